@@ -1,0 +1,1 @@
+//! Compiles an OCI `LinuxSeccomp` into a BPF program (seccompiler) and installs it.

@@ -1,0 +1,1 @@
+//! The engine façade the CLI (and later the API) calls.

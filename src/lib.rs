@@ -1,0 +1,12 @@
+//! berth: a rootless developer sandbox. The library is the engine; `main.rs` is a thin CLI over it.
+//!
+//! Dependencies point down: `engine` -> {`image`, `rootfs`, `spec`, `state`} -> `container`.
+
+pub mod container;
+pub mod engine;
+pub mod image;
+pub mod paths;
+pub mod rootfs;
+pub mod spec;
+pub mod state;
+pub mod system;

@@ -1,0 +1,1 @@
+//! Root filesystem drivers and the unpacked-layer store.

@@ -1,0 +1,1 @@
+//! Capability sets: Docker's default, --cap-add/--cap-drop arithmetic.

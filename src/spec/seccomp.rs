@@ -1,0 +1,1 @@
+//! Docker's default seccomp profile, as an OCI `LinuxSeccomp`.

@@ -1,0 +1,1 @@
+//! `berth doctor` and `berth info`: host checks.
