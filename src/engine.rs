@@ -1,1 +1,307 @@
-//! The engine façade the CLI (and later the API) calls.
+//! The engine: the one façade the CLI (and later the REST API) calls. It joins the image
+//! store, the layer store, the rootfs drivers, the spec builder and the container records,
+//! and hands a bundle to a backend.
+
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::container::{self, IdMapping, RunOptions};
+use crate::image::{ImageError, ImageStore, ImageSummary, LoadedImage};
+use crate::paths::Dirs;
+use crate::rootfs::{self, Driver, LayerStore, RootfsError};
+use crate::spec::{self, NetworkMode, RunRequest, SpecContext, SpecError};
+use crate::state::{ContainerRecord, ContainerStore, StateError, Status};
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    #[error(transparent)]
+    Rootfs(#[from] RootfsError),
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Container(#[from] container::ContainerError),
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+impl EngineError {
+    /// The exit status `berth run` reports for this error, as Docker does: 125 for berth's own
+    /// failures, 126 when the command cannot be invoked, 127 when it is not found.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            EngineError::Container(container::ContainerError::Start { code, .. }) => *code,
+            _ => 125,
+        }
+    }
+}
+
+fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> EngineError {
+    let path = path.to_path_buf();
+    move |source| EngineError::Io { what, path, source }
+}
+
+/// Settings that change how the engine works.
+#[derive(Debug, Clone, Default)]
+pub struct EngineOptions {
+    /// Forces a rootfs driver instead of the detected one.
+    pub storage_driver: Option<String>,
+}
+
+/// How `run` treats the container around the process.
+#[derive(Debug, Clone, Default)]
+pub struct RunFlags {
+    pub name: Option<String>,
+    pub remove: bool,
+    pub attach_stdin: bool,
+}
+
+pub struct Engine {
+    pub dirs: Dirs,
+    pub ids: IdMapping,
+    images: ImageStore,
+    layers: LayerStore,
+    containers: ContainerStore,
+    forced_driver: Option<Driver>,
+}
+
+/// Facts for `berth info`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Info {
+    pub version: &'static str,
+    pub rootfs_driver: String,
+    pub userns_mode: String,
+    pub uid_map: Vec<String>,
+    pub data_dir: PathBuf,
+    pub runtime_dir: PathBuf,
+    pub images: usize,
+    pub containers: usize,
+}
+
+fn random_hex(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    if std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut buf))
+        .is_err()
+    {
+        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        for (i, b) in buf.iter_mut().enumerate() {
+            *b = ((nanos >> (i % 16 * 8)) as u8) ^ (std::process::id() as u8).wrapping_mul(i as u8 + 1);
+        }
+    }
+    hex::encode(buf)
+}
+
+const ADJECTIVES: &[&str] = &[
+    "brave", "calm", "eager", "fond", "gentle", "happy", "keen", "lucid", "merry", "nimble", "proud", "quiet",
+    "sharp", "tender", "vivid", "witty", "bold", "clever", "daring", "jolly",
+];
+const NOUNS: &[&str] = &[
+    "anchor", "buoy", "cabin", "dock", "ferry", "galley", "harbor", "jetty", "keel", "lantern", "mast", "oar",
+    "pier", "quay", "rudder", "sail", "tide", "wharf", "yacht", "compass",
+];
+
+fn generated_name(id: &str) -> String {
+    let b = hex::decode(&id[..4]).unwrap_or_else(|_| vec![0, 0]);
+    format!(
+        "{}_{}_{}",
+        ADJECTIVES[b[0] as usize % ADJECTIVES.len()],
+        NOUNS[b[1] as usize % NOUNS.len()],
+        &id[4..8]
+    )
+}
+
+impl Engine {
+    pub fn open(opts: EngineOptions) -> Result<Engine, EngineError> {
+        let dirs = Dirs::from_env();
+        for d in [&dirs.data, &dirs.runtime] {
+            std::fs::create_dir_all(d).map_err(io("creating", d))?;
+        }
+        let forced_driver = opts
+            .storage_driver
+            .or_else(|| std::env::var("BERTH_STORAGE_DRIVER").ok().filter(|s| !s.is_empty()))
+            .map(|s| s.parse())
+            .transpose()?;
+        Ok(Engine {
+            images: ImageStore::open(&dirs.data)?,
+            layers: LayerStore::new(dirs.data.join("layers")),
+            containers: ContainerStore::new(dirs.data.join("containers")),
+            ids: IdMapping::for_current_user(),
+            dirs,
+            forced_driver,
+        })
+    }
+
+    /// The rootfs driver in use (forced, or the fastest that works here).
+    pub fn driver(&self) -> Driver {
+        self.forced_driver.unwrap_or_else(|| {
+            let scratch = self.dirs.data.join("tmp");
+            let _ = std::fs::create_dir_all(&scratch);
+            rootfs::detect(&self.dirs.data.join("driver-probe"), &scratch, &self.ids)
+        })
+    }
+
+    pub fn load(&self, archive: &Path) -> Result<Vec<LoadedImage>, EngineError> {
+        Ok(self.images.load_archive(archive)?)
+    }
+
+    pub fn images(&self) -> Result<Vec<ImageSummary>, EngineError> {
+        Ok(self.images.list()?)
+    }
+
+    pub fn info(&self) -> Info {
+        let fmt = |r: &crate::container::idmap::IdRange| format!("{} {} {}", r.container, r.host, r.size);
+        Info {
+            version: env!("CARGO_PKG_VERSION"),
+            rootfs_driver: self.driver().to_string(),
+            userns_mode: format!("{:?}", self.ids.mode),
+            uid_map: self.ids.uid.iter().map(fmt).collect(),
+            data_dir: self.dirs.data.clone(),
+            runtime_dir: self.dirs.runtime.clone(),
+            images: self.images.list().map(|l| l.len()).unwrap_or(0),
+            containers: self.containers.list().len(),
+        }
+    }
+
+    pub fn containers(&self) -> Vec<ContainerRecord> {
+        self.containers.list()
+    }
+
+    /// Runs `image` in the foreground and returns the container's exit status.
+    pub fn run(&self, image: &str, req: RunRequest, flags: RunFlags) -> Result<i32, EngineError> {
+        let resolved = self.images.resolve(image)?;
+        if let Some(w) = self.ids.warning() {
+            eprintln!("{w}");
+        }
+        let lowers = self.layers.ensure(&resolved.layers, &self.ids)?;
+        let driver = self.driver();
+
+        let id = random_hex(32);
+        let dir = self.containers.dir(&id);
+        let name = {
+            let _lock = self.containers.lock()?;
+            let name = flags.name.clone().unwrap_or_else(|| generated_name(&id));
+            self.containers.check_name(&name)?;
+            std::fs::create_dir_all(&dir).map_err(io("creating", &dir))?;
+            let rec = ContainerRecord {
+                id: id.clone(),
+                name: name.clone(),
+                image: image.to_string(),
+                image_id: resolved.id.clone(),
+                command: req.cmd.clone(),
+                created: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+                status: Status::Created,
+                exit_code: None,
+                monitor_pid: Some(std::process::id() as i32),
+                driver: driver.to_string(),
+                writable: vec![],
+            };
+            self.containers.save(&rec)?;
+            name
+        };
+        let result = self.run_prepared(&id, &name, image, &resolved, &lowers, driver, &req, &flags);
+        if flags.remove || result.is_err() {
+            self.remove_dir(&id);
+        }
+        result
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn run_prepared(
+        &self,
+        id: &str,
+        name: &str,
+        image: &str,
+        resolved: &crate::image::ResolvedImage,
+        lowers: &[PathBuf],
+        driver: Driver,
+        req: &RunRequest,
+        flags: &RunFlags,
+    ) -> Result<i32, EngineError> {
+        let dir = self.containers.dir(id);
+        let plan = rootfs::prepare(driver, lowers, &dir, &self.ids)?;
+        let etc_dir = dir.join("etc");
+        std::fs::create_dir_all(&etc_dir).map_err(io("creating", &etc_dir))?;
+        for v in &req.volumes {
+            if !v.host.exists() {
+                std::fs::create_dir_all(&v.host).map_err(io("creating the volume source", &v.host))?;
+            }
+        }
+        let ctx = SpecContext {
+            id,
+            root_mount: plan.root_mount.clone(),
+            root_path: plan.root_path.clone(),
+            etc_dir: etc_dir.clone(),
+            ids: &self.ids,
+            passwd: rootfs::read_merged(lowers, "etc/passwd"),
+            group: rootfs::read_merged(lowers, "etc/group"),
+        };
+        let spec = spec::build(req, &resolved.config, &ctx)?;
+        let hostname = spec.hostname().clone().unwrap_or_default();
+        spec::write_etc_files(&etc_dir, &hostname, req.network).map_err(io("writing /etc files in", &etc_dir))?;
+        let config = dir.join("config.json");
+        spec.save(&config)
+            .map_err(|e| EngineError::Io { what: "writing", path: config.clone(), source: std::io::Error::other(e.to_string()) })?;
+
+        let mut rec = self.containers.find(id)?;
+        rec.status = Status::Running;
+        rec.writable = plan.writable.clone();
+        rec.command = spec.process().as_ref().and_then(|p| p.args().clone()).unwrap_or_default();
+        self.containers.save(&rec)?;
+        let _ = (name, image, req.network == NetworkMode::Host);
+
+        let opts = RunOptions {
+            attach_stdin: flags.attach_stdin,
+            remove_after: if flags.remove { plan.writable.clone() } else { vec![] },
+        };
+        let code = container::run(&dir, &self.ids, &opts)?;
+        if !flags.remove {
+            rec.status = Status::Exited;
+            rec.exit_code = Some(code);
+            rec.monitor_pid = None;
+            self.containers.save(&rec)?;
+        }
+        Ok(code)
+    }
+
+    fn remove_dir(&self, id: &str) {
+        let dir = self.containers.dir(id);
+        let owned = ["upper", "work", "rootfs"].iter().map(|d| dir.join(d)).collect();
+        let _ = rootfs::remove_owned_tree(owned, &self.ids);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Removes a container that is not running (or any, with `force`, after killing it).
+    pub fn remove(&self, key: &str, force: bool) -> Result<String, EngineError> {
+        let rec = self.containers.find(key)?;
+        if ContainerStore::is_running(&rec) {
+            if !force {
+                return Err(StateError::Running(key.to_string()).into());
+            }
+            if let Some(pid) = rec.monitor_pid {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            }
+        }
+        self.remove_dir(&rec.id);
+        Ok(rec.id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_docker_like() {
+        let n = generated_name("0a1b2c3d4e");
+        assert!(crate::state::valid_name(&n), "{n}");
+        assert_eq!(n.matches('_').count(), 2);
+    }
+}

@@ -1,3 +1,33 @@
-//! The container backend: user namespace, namespaces, mounts, pivot_root, caps, seccomp, process.
+//! The container backend: runs an OCI bundle in user, mount, pid, uts, ipc, cgroup (and
+//! network) namespaces. It reads nothing but the bundle's config.json.
 
+pub mod idmap;
+pub mod mounts;
+pub mod process;
+pub mod pty;
 pub mod seccomp;
+pub mod userns;
+
+pub use idmap::{IdMapping, IdMode};
+pub use process::{run, RunOptions, INIT_ANNOTATION};
+
+/// Errors of the container backend.
+#[derive(Debug, thiserror::Error)]
+pub enum ContainerError {
+    /// The bundle's spec is unusable.
+    #[error("invalid bundle: {0}")]
+    Spec(String),
+    /// Setting up the container failed before the process could start.
+    #[error("{0}")]
+    Setup(String),
+    /// The container process could not be started; `code` is Docker's (125/126/127).
+    #[error("{message}")]
+    Start { code: i32, message: String },
+    #[error("{what}: {source}")]
+    Sys {
+        what: &'static str,
+        source: nix::Error,
+    },
+    #[error(transparent)]
+    Userns(#[from] userns::UsernsError),
+}

@@ -1,0 +1,82 @@
+//! Command-line front end: one file per command group.
+
+mod image;
+mod run;
+mod system;
+
+use clap::{Parser, Subcommand};
+
+use berth::engine::{Engine, EngineOptions};
+
+#[derive(Parser)]
+#[command(name = "berth", version, about = "Rootless developer sandbox: containers in user namespaces, with a microVM wall")]
+struct Cli {
+    /// Force a rootfs driver: overlay, fuse-overlayfs or copy (default: the fastest that works).
+    #[arg(long, global = true, env = "BERTH_STORAGE_DRIVER", value_name = "DRIVER")]
+    storage_driver: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a command in a new container.
+    Run(run::RunArgs),
+    /// Import images from an oci-archive or docker-archive tarball.
+    Load(image::LoadArgs),
+    /// List images.
+    Images(image::ImagesArgs),
+    /// Manage images.
+    #[command(subcommand)]
+    Image(image::ImageCommand),
+    /// List containers.
+    Ps(system::PsArgs),
+    /// Remove containers.
+    Rm(system::RmArgs),
+    /// Show how berth is set up on this machine.
+    Info(system::InfoArgs),
+    /// Check this machine for what berth needs, and say how to fix what is missing.
+    Doctor,
+}
+
+/// Runs the CLI and returns the process exit status.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    let opts = EngineOptions { storage_driver: cli.storage_driver };
+    if let Command::Doctor = cli.command {
+        return system::doctor();
+    }
+    let engine = match Engine::open(opts) {
+        Ok(e) => e,
+        Err(e) => return report(anyhow::Error::new(e), 125),
+    };
+    let result = match cli.command {
+        Command::Run(args) => return run::run(&engine, args),
+        Command::Load(args) => image::load(&engine, args),
+        Command::Images(args) => image::images(&engine, args),
+        Command::Image(cmd) => image::image(&engine, cmd),
+        Command::Ps(args) => system::ps(&engine, args),
+        Command::Rm(args) => system::rm(&engine, args),
+        Command::Info(args) => system::info(&engine, args),
+        Command::Doctor => unreachable!("handled above"),
+    };
+    match result {
+        Ok(()) => 0,
+        Err(e) => report(e, 125),
+    }
+}
+
+/// Prints an error with its causes once each, and returns `code`.
+pub fn report(e: anyhow::Error, code: i32) -> i32 {
+    let mut msg = format!("berth: {e}");
+    let mut last = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !last.contains(&c) {
+            msg.push_str(&format!(": {c}"));
+        }
+        last = c;
+    }
+    eprintln!("{msg}");
+    code
+}

@@ -1,0 +1,365 @@
+//! Mount set-up inside the container's mount namespace: the rootfs, the spec's mounts,
+//! device nodes, pivot_root, masked and read-only paths. Every path from the image is
+//! resolved inside the rootfs (a hostile symlink cannot point a mount at the host).
+
+use std::os::unix::fs::{symlink, FileTypeExt};
+use std::path::{Component, Path, PathBuf};
+
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sys::statvfs::{statvfs, FsFlags};
+use oci_spec::runtime::{LinuxDevice, Mount};
+
+/// A failed mount step, with the path involved; the message goes to the user as is.
+pub type MountResult<T> = Result<T, String>;
+
+/// Resolves `path` (absolute inside the container) under `root`, following symlinks as if
+/// `root` were `/`, so the result never leaves `root`.
+pub fn secure_join(root: &Path, path: &Path) -> PathBuf {
+    let mut resolved = PathBuf::new();
+    let mut pending: Vec<std::ffi::OsString> = path
+        .components()
+        .rev()
+        .filter_map(|c| match c {
+            Component::Normal(n) => Some(n.to_os_string()),
+            Component::ParentDir => Some("..".into()),
+            _ => None,
+        })
+        .collect();
+    let mut links = 0;
+    while let Some(part) = pending.pop() {
+        if part == ".." {
+            resolved.pop();
+            continue;
+        }
+        let candidate = root.join(&resolved).join(&part);
+        match std::fs::symlink_metadata(&candidate) {
+            Ok(m) if m.file_type().is_symlink() && links < 255 => {
+                links += 1;
+                let target = std::fs::read_link(&candidate).unwrap_or_default();
+                if target.is_absolute() {
+                    resolved = PathBuf::new();
+                }
+                for c in target.components().rev() {
+                    match c {
+                        Component::Normal(n) => pending.push(n.to_os_string()),
+                        Component::ParentDir => pending.push("..".into()),
+                        _ => {}
+                    }
+                }
+            }
+            _ => resolved.push(part),
+        }
+    }
+    root.join(resolved)
+}
+
+/// OCI mount options split into mount flags, propagation flags and filesystem data.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ParsedOptions {
+    pub flags: MsFlags,
+    pub propagation: MsFlags,
+    pub data: Vec<String>,
+}
+
+pub fn parse_options(options: &[String]) -> ParsedOptions {
+    let mut p = ParsedOptions {
+        flags: MsFlags::empty(),
+        propagation: MsFlags::empty(),
+        data: Vec::new(),
+    };
+    for o in options {
+        let (set, clear, prop) = match o.as_str() {
+            "ro" => (MsFlags::MS_RDONLY, MsFlags::empty(), MsFlags::empty()),
+            "rw" => (MsFlags::empty(), MsFlags::MS_RDONLY, MsFlags::empty()),
+            "nosuid" => (MsFlags::MS_NOSUID, MsFlags::empty(), MsFlags::empty()),
+            "suid" => (MsFlags::empty(), MsFlags::MS_NOSUID, MsFlags::empty()),
+            "nodev" => (MsFlags::MS_NODEV, MsFlags::empty(), MsFlags::empty()),
+            "dev" => (MsFlags::empty(), MsFlags::MS_NODEV, MsFlags::empty()),
+            "noexec" => (MsFlags::MS_NOEXEC, MsFlags::empty(), MsFlags::empty()),
+            "exec" => (MsFlags::empty(), MsFlags::MS_NOEXEC, MsFlags::empty()),
+            "sync" => (MsFlags::MS_SYNCHRONOUS, MsFlags::empty(), MsFlags::empty()),
+            "dirsync" => (MsFlags::MS_DIRSYNC, MsFlags::empty(), MsFlags::empty()),
+            "noatime" => (MsFlags::MS_NOATIME, MsFlags::empty(), MsFlags::empty()),
+            "nodiratime" => (MsFlags::MS_NODIRATIME, MsFlags::empty(), MsFlags::empty()),
+            "relatime" => (MsFlags::MS_RELATIME, MsFlags::empty(), MsFlags::empty()),
+            "strictatime" => (MsFlags::MS_STRICTATIME, MsFlags::empty(), MsFlags::empty()),
+            "bind" => (MsFlags::MS_BIND, MsFlags::empty(), MsFlags::empty()),
+            "rbind" => (MsFlags::MS_BIND | MsFlags::MS_REC, MsFlags::empty(), MsFlags::empty()),
+            "private" => (MsFlags::empty(), MsFlags::empty(), MsFlags::MS_PRIVATE),
+            "rprivate" => (MsFlags::empty(), MsFlags::empty(), MsFlags::MS_PRIVATE | MsFlags::MS_REC),
+            "slave" => (MsFlags::empty(), MsFlags::empty(), MsFlags::MS_SLAVE),
+            "rslave" => (MsFlags::empty(), MsFlags::empty(), MsFlags::MS_SLAVE | MsFlags::MS_REC),
+            "shared" => (MsFlags::empty(), MsFlags::empty(), MsFlags::MS_SHARED),
+            "rshared" => (MsFlags::empty(), MsFlags::empty(), MsFlags::MS_SHARED | MsFlags::MS_REC),
+            "unbindable" => (MsFlags::empty(), MsFlags::empty(), MsFlags::MS_UNBINDABLE),
+            "runbindable" => (MsFlags::empty(), MsFlags::empty(), MsFlags::MS_UNBINDABLE | MsFlags::MS_REC),
+            other => {
+                p.data.push(other.to_string());
+                continue;
+            }
+        };
+        p.flags |= set;
+        p.flags &= !clear;
+        p.propagation |= prop;
+    }
+    p
+}
+
+/// Flags a bind remount must keep: in a user namespace the kernel refuses to clear
+/// nosuid/nodev/noexec/ro/atime flags that the host mount has (they are "locked").
+fn locked_flags(path: &Path) -> MsFlags {
+    let Ok(st) = statvfs(path) else {
+        return MsFlags::empty();
+    };
+    let f = st.flags();
+    let mut out = MsFlags::empty();
+    for (fs, ms) in [
+        (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
+        (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
+        (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
+        (FsFlags::ST_RDONLY, MsFlags::MS_RDONLY),
+        (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
+        (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
+        (FsFlags::ST_RELATIME, MsFlags::MS_RELATIME),
+    ] {
+        if f.contains(fs) {
+            out |= ms;
+        }
+    }
+    out
+}
+
+/// Remounts an existing bind mount at `path` with `flags` added to its locked flags.
+pub fn remount_bind(path: &Path, flags: MsFlags) -> MountResult<()> {
+    let all = flags | locked_flags(path) | MsFlags::MS_BIND | MsFlags::MS_REMOUNT;
+    mount(None::<&str>, path, None::<&str>, all, None::<&str>)
+        .map_err(|e| format!("remounting {} read-only: {e}", path.display()))
+}
+
+fn ensure_dir(p: &Path) -> MountResult<()> {
+    std::fs::create_dir_all(p).map_err(|e| format!("creating mount point {}: {e}", p.display()))
+}
+
+fn ensure_file(p: &Path) -> MountResult<()> {
+    if std::fs::symlink_metadata(p).is_ok() {
+        return Ok(());
+    }
+    if let Some(parent) = p.parent() {
+        ensure_dir(parent)?;
+    }
+    std::fs::File::create(p)
+        .map(drop)
+        .map_err(|e| format!("creating mount point {}: {e}", p.display()))
+}
+
+/// Applies one OCI mount below `rootfs`.
+pub fn mount_entry(rootfs: &Path, m: &Mount) -> MountResult<()> {
+    let dest = secure_join(rootfs, m.destination());
+    let typ = m.typ().as_deref().unwrap_or("bind");
+    let opts = parse_options(m.options().as_deref().unwrap_or(&[]));
+    let source = m.source().clone().unwrap_or_else(|| PathBuf::from(typ));
+    let is_bind = typ == "bind" || opts.flags.contains(MsFlags::MS_BIND);
+    if is_bind {
+        let meta = std::fs::metadata(&source)
+            .map_err(|e| format!("bind source {}: {e}", source.display()))?;
+        if meta.is_dir() {
+            ensure_dir(&dest)?;
+        } else {
+            ensure_file(&dest)?;
+        }
+        let rec = opts.flags & MsFlags::MS_REC;
+        mount(
+            Some(&source),
+            &dest,
+            None::<&str>,
+            MsFlags::MS_BIND | rec,
+            None::<&str>,
+        )
+        .map_err(|e| {
+            format!(
+                "bind-mounting {} on {}: {e}",
+                source.display(),
+                m.destination().display()
+            )
+        })?;
+        let extra = opts.flags & !(MsFlags::MS_BIND | MsFlags::MS_REC);
+        if !extra.is_empty() {
+            remount_bind(&dest, extra)?;
+        }
+    } else {
+        ensure_dir(&dest)?;
+        let data = opts.data.join(",");
+        let res = mount(
+            Some(&source),
+            &dest,
+            Some(typ),
+            opts.flags,
+            (!data.is_empty()).then_some(data.as_str()),
+        );
+        match res {
+            Ok(()) => {}
+            // sysfs needs a network namespace of our own; without one, bind the host's read-only.
+            Err(nix::Error::EPERM) if typ == "sysfs" => {
+                mount(
+                    Some("/sys"),
+                    &dest,
+                    None::<&str>,
+                    MsFlags::MS_BIND | MsFlags::MS_REC,
+                    None::<&str>,
+                )
+                .map_err(|e| format!("binding /sys: {e}"))?;
+                remount_bind(&dest, MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC)?;
+            }
+            Err(e) => {
+                return Err(format!(
+                    "mounting {typ} on {}: {e}",
+                    m.destination().display()
+                ))
+            }
+        }
+    }
+    if !opts.propagation.is_empty() {
+        mount(None::<&str>, &dest, None::<&str>, opts.propagation, None::<&str>)
+            .map_err(|e| format!("setting propagation of {}: {e}", m.destination().display()))?;
+    }
+    Ok(())
+}
+
+/// Device nodes: rootless containers cannot mknod, so each node is bind-mounted from the host.
+pub fn bind_devices(rootfs: &Path, devices: &[LinuxDevice]) -> MountResult<()> {
+    for d in devices {
+        let dest = secure_join(rootfs, d.path());
+        let host = d.path();
+        match std::fs::metadata(host) {
+            Ok(m) if m.file_type().is_char_device() || m.file_type().is_block_device() => {}
+            _ => continue,
+        }
+        ensure_file(&dest)?;
+        mount(Some(host), &dest, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+            .map_err(|e| format!("binding device {}: {e}", host.display()))?;
+    }
+    Ok(())
+}
+
+/// The links every /dev has.
+pub fn dev_symlinks(rootfs: &Path) -> MountResult<()> {
+    for (link, target) in [
+        ("dev/fd", "/proc/self/fd"),
+        ("dev/stdin", "/proc/self/fd/0"),
+        ("dev/stdout", "/proc/self/fd/1"),
+        ("dev/stderr", "/proc/self/fd/2"),
+        ("dev/ptmx", "pts/ptmx"),
+        ("dev/core", "/proc/kcore"),
+    ] {
+        let p = rootfs.join(link);
+        if std::fs::symlink_metadata(&p).is_err() {
+            symlink(target, &p).map_err(|e| format!("creating /{link}: {e}"))?;
+        }
+    }
+    Ok(())
+}
+
+/// Binds the container's terminal to /dev/console, as Docker does with -t.
+pub fn bind_console(rootfs: &Path, pty_slave: &Path) -> MountResult<()> {
+    let dest = rootfs.join("dev/console");
+    ensure_file(&dest)?;
+    mount(Some(pty_slave), &dest, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+        .map_err(|e| format!("binding /dev/console: {e}"))
+}
+
+/// Makes `rootfs` the root: pivot_root to itself, then detach the old root.
+pub fn pivot_into(rootfs: &Path) -> MountResult<()> {
+    nix::unistd::chdir(rootfs).map_err(|e| format!("chdir {}: {e}", rootfs.display()))?;
+    nix::unistd::pivot_root(".", ".").map_err(|e| format!("pivot_root: {e}"))?;
+    umount2(".", MntFlags::MNT_DETACH).map_err(|e| format!("detaching old root: {e}"))?;
+    nix::unistd::chdir("/").map_err(|e| format!("chdir /: {e}"))
+}
+
+/// Hides paths (after pivot_root): directories get an empty read-only tmpfs, files /dev/null.
+pub fn mask_paths(paths: &[String]) -> MountResult<()> {
+    for p in paths {
+        let path = Path::new(p);
+        let Ok(meta) = std::fs::metadata(path) else {
+            continue;
+        };
+        let res = if meta.is_dir() {
+            mount(
+                Some("tmpfs"),
+                path,
+                Some("tmpfs"),
+                MsFlags::MS_RDONLY,
+                Some("size=0,mode=0555"),
+            )
+        } else {
+            mount(Some("/dev/null"), path, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+        };
+        res.map_err(|e| format!("masking {p}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Makes paths read-only (after pivot_root).
+pub fn readonly_paths(paths: &[String]) -> MountResult<()> {
+    for p in paths {
+        let path = Path::new(p);
+        if std::fs::symlink_metadata(path).is_err() {
+            continue;
+        }
+        mount(
+            Some(path),
+            path,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None::<&str>,
+        )
+        .map_err(|e| format!("binding {p} read-only: {e}"))?;
+        remount_bind(path, MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC)?;
+    }
+    Ok(())
+}
+
+/// Whether `p` is the root of a mount (its device differs from its parent's, or it is `/`).
+pub fn is_mountpoint(p: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let (Ok(a), Ok(b)) = (std::fs::metadata(p), std::fs::metadata(p.join(".."))) else {
+        return false;
+    };
+    a.dev() != b.dev() || a.ino() == b.ino()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_split_into_flags_and_data() {
+        let p = parse_options(&[
+            "nosuid".into(),
+            "ro".into(),
+            "mode=755".into(),
+            "rslave".into(),
+            "size=65536k".into(),
+        ]);
+        assert!(p.flags.contains(MsFlags::MS_NOSUID | MsFlags::MS_RDONLY));
+        assert_eq!(p.propagation, MsFlags::MS_SLAVE | MsFlags::MS_REC);
+        assert_eq!(p.data, vec!["mode=755", "size=65536k"]);
+        let rw = parse_options(&["ro".into(), "rw".into()]);
+        assert!(!rw.flags.contains(MsFlags::MS_RDONLY));
+    }
+
+    #[test]
+    fn secure_join_never_leaves_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("usr/lib")).unwrap();
+        symlink("/", root.join("escape")).unwrap();
+        symlink("../../../../etc", root.join("usr/up")).unwrap();
+        symlink("usr/lib", root.join("lib")).unwrap();
+        assert_eq!(secure_join(root, Path::new("/escape/etc/passwd")), root.join("etc/passwd"));
+        assert_eq!(secure_join(root, Path::new("/usr/up/shadow")), root.join("etc/shadow"));
+        assert_eq!(secure_join(root, Path::new("/lib/x")), root.join("usr/lib/x"));
+        assert_eq!(secure_join(root, Path::new("/../../x")), root.join("x"));
+        symlink("loop", root.join("loop")).unwrap();
+        assert!(secure_join(root, Path::new("/loop")).starts_with(root));
+    }
+}
