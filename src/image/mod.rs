@@ -1,1 +1,23 @@
-//! Images: references, the content store, archive load/save, layer unpacking.
+//! Images: references, the content store, archive load, layer unpacking.
+//!
+//! - [`reference`]: Docker reference grammar and normalisation
+//!   (`busybox` -> `docker.io/library/busybox:latest`).
+//! - [`store`]: the content-addressed store (`blobs/sha256/<hex>`, `images.json`)
+//!   and the API the engine uses: [`ImageStore::load_archive`],
+//!   [`ImageStore::list`], [`ImageStore::resolve`].
+//! - `archive`: reading `docker save` / `podman save` / OCI archives into the store.
+//! - [`unpack`]: applying one layer to a directory, safely and rootless, with
+//!   OCI whiteouts turned into overlayfs whiteouts.
+
+mod archive;
+mod compression;
+pub mod reference;
+pub mod store;
+pub mod unpack;
+
+#[cfg(test)]
+mod testutil;
+
+pub use reference::{Reference, ReferenceError};
+pub use store::{ImageError, ImageStore, ImageSummary, LayerRef, LoadedImage, ResolvedImage};
+pub use unpack::{is_whiteout, unpack_layer, UnpackError, UnpackReport, OPAQUE_XATTR};
