@@ -259,14 +259,6 @@ pub fn dev_symlinks(rootfs: &Path) -> MountResult<()> {
     Ok(())
 }
 
-/// Binds the container's terminal to /dev/console, as Docker does with -t.
-pub fn bind_console(rootfs: &Path, pty_slave: &Path) -> MountResult<()> {
-    let dest = rootfs.join("dev/console");
-    ensure_file(&dest)?;
-    mount(Some(pty_slave), &dest, None::<&str>, MsFlags::MS_BIND, None::<&str>)
-        .map_err(|e| format!("binding /dev/console: {e}"))
-}
-
 /// Makes `rootfs` the root: pivot_root to itself, then detach the old root.
 pub fn pivot_into(rootfs: &Path) -> MountResult<()> {
     nix::unistd::chdir(rootfs).map_err(|e| format!("chdir {}: {e}", rootfs.display()))?;

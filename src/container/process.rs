@@ -24,7 +24,7 @@ use oci_spec::runtime::{LinuxNamespaceType, Mount, Spec};
 
 use super::idmap::{IdMapping, IdMode};
 use super::mounts;
-use super::pty::{self, Pty, RawMode};
+use super::pty::{self, RawMode};
 use super::seccomp as bpf;
 use super::userns::{self, child_exit, Forked};
 use super::ContainerError;
@@ -101,7 +101,18 @@ pub fn run(bundle: &Path, ids: &IdMapping, opts: &RunOptions) -> Result<i32, Con
         None => None,
     };
     let terminal = process.terminal().unwrap_or(false);
-    let pty = if terminal { Some(Pty::open().map_err(ContainerError::Setup)?) } else { None };
+    let console = if terminal {
+        let (parent, child) = nix::sys::socket::socketpair(
+            nix::sys::socket::AddressFamily::Unix,
+            nix::sys::socket::SockType::Stream,
+            None,
+            nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+        )
+        .map_err(|e| ContainerError::Sys { what: "creating the console socket", source: e })?;
+        Some((parent, child, pty::initial_size()))
+    } else {
+        None
+    };
     let stdin_null = if opts.attach_stdin {
         None
     } else {
@@ -134,7 +145,7 @@ pub fn run(bundle: &Path, ids: &IdMapping, opts: &RunOptions) -> Result<i32, Con
                 bundle,
                 ids,
                 opts,
-                pty: pty.as_ref(),
+                console: console.as_ref().map(|(_, c, size)| (c, *size)),
                 stdin_null,
                 old_mask,
                 seccomp,
@@ -146,11 +157,11 @@ pub fn run(bundle: &Path, ids: &IdMapping, opts: &RunOptions) -> Result<i32, Con
             drop(status_wr);
             drop(err_wr);
             drop(stdin_null);
-            let pty = pty.map(|p| {
-                drop(p.slave);
-                p.master
+            let console = console.map(|(parent, child, _)| {
+                drop(child);
+                parent
             });
-            let result = supervise(stage1_pid, ids, sync_wr, status_rd, err_rd, &sfd, pty, opts);
+            let result = supervise(stage1_pid, ids, sync_wr, status_rd, err_rd, &sfd, console, opts);
             drop(restore_mask);
             result
         }
@@ -177,7 +188,7 @@ fn supervise(
     status_rd: OwnedFd,
     err_rd: OwnedFd,
     sfd: &SignalFd,
-    master: Option<OwnedFd>,
+    console: Option<OwnedFd>,
     opts: &RunOptions,
 ) -> Result<i32, ContainerError> {
     userns::parent_write_maps(stage1, ids, sync_wr)?;
@@ -193,6 +204,9 @@ fn supervise(
             None => break None,
         }
     };
+    // With -t the container sends the master of its pty before it execs.
+    let master = console.as_ref().and_then(|c| pty::recv_fd(c.as_fd()));
+    drop(console);
     let mut err = String::new();
     let _ = std::fs::File::from(err_rd).read_to_string(&mut err);
     if !err.is_empty() || container.is_none() {
@@ -361,7 +375,8 @@ struct Stage<'a> {
     bundle: &'a Path,
     ids: &'a IdMapping,
     opts: &'a RunOptions,
-    pty: Option<&'a Pty>,
+    /// With -t: our end of the console socket and the initial window size.
+    console: Option<(&'a OwnedFd, nix::pty::Winsize)>,
     stdin_null: Option<OwnedFd>,
     old_mask: SigSet,
     seccomp: Option<bpf::SeccompFilters>,
@@ -539,16 +554,10 @@ fn stage2(ctx: Stage, rootfs: &Path, new_net: bool, err: OwnedFd) -> ! {
 
 fn setup_container(ctx: &Stage, rootfs: &Path, new_net: bool) -> Result<(), String> {
     nix::unistd::setsid().map_err(|e| format!("setsid: {e}"))?;
-    if let Some(p) = ctx.pty {
-        // SAFETY: TIOCSCTTY on our own pty slave fd with argument 0.
-        if unsafe { libc::ioctl(p.slave.as_raw_fd(), libc::TIOCSCTTY, 0) } < 0 {
-            return Err(format!("making the pty the controlling terminal: {}", nix::Error::last()));
+    if ctx.console.is_none() {
+        if let Some(null) = &ctx.stdin_null {
+            dup_to(null.as_raw_fd(), 0)?;
         }
-        for target in 0..3 {
-            dup_to(p.slave.as_raw_fd(), target)?;
-        }
-    } else if let Some(null) = &ctx.stdin_null {
-        dup_to(null.as_raw_fd(), 0)?;
     }
     if new_net {
         loopback_up()?;
@@ -565,14 +574,15 @@ fn setup_container(ctx: &Stage, rootfs: &Path, new_net: bool) -> Result<(), Stri
     if rootfs.join("dev").is_dir() {
         mounts::dev_symlinks(rootfs)?;
     }
-    if let Some(p) = ctx.pty {
-        mounts::bind_console(rootfs, &p.slave_path)?;
-    }
     let process = spec.process().as_ref().ok_or("no process in spec")?;
     // Docker creates a missing working directory.
     let cwd = mounts::secure_join(rootfs, process.cwd());
     let _ = std::fs::create_dir_all(&cwd);
     mounts::pivot_into(rootfs)?;
+    if let Some((sock, size)) = &ctx.console {
+        let master = pty::open_in_container(size)?;
+        pty::send_fd(sock.as_fd(), master.as_fd())?;
+    }
     mounts::mask_paths(linux.masked_paths().as_deref().unwrap_or(&[]))?;
     mounts::readonly_paths(linux.readonly_paths().as_deref().unwrap_or(&[]))?;
     if spec.root().as_ref().and_then(|r| r.readonly()).unwrap_or(false) {
