@@ -9,7 +9,7 @@ use crate::container::{self, IdMapping, RunOptions};
 use crate::image::{ImageError, ImageStore, ImageSummary, LoadedImage};
 use crate::paths::Dirs;
 use crate::rootfs::{self, Driver, LayerStore, RootfsError};
-use crate::spec::{self, NetworkMode, RunRequest, SpecContext, SpecError};
+use crate::spec::{self, RunRequest, SpecContext, SpecError};
 use crate::state::{ContainerRecord, ContainerStore, StateError, Status};
 
 #[derive(Debug, thiserror::Error)]
@@ -91,21 +91,25 @@ fn random_hex(bytes: usize) -> String {
         .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut buf))
         .is_err()
     {
-        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
         for (i, b) in buf.iter_mut().enumerate() {
-            *b = ((nanos >> (i % 16 * 8)) as u8) ^ (std::process::id() as u8).wrapping_mul(i as u8 + 1);
+            *b = ((nanos >> (i % 16 * 8)) as u8)
+                ^ (std::process::id() as u8).wrapping_mul(i as u8 + 1);
         }
     }
     hex::encode(buf)
 }
 
 const ADJECTIVES: &[&str] = &[
-    "brave", "calm", "eager", "fond", "gentle", "happy", "keen", "lucid", "merry", "nimble", "proud", "quiet",
-    "sharp", "tender", "vivid", "witty", "bold", "clever", "daring", "jolly",
+    "brave", "calm", "eager", "fond", "gentle", "happy", "keen", "lucid", "merry", "nimble",
+    "proud", "quiet", "sharp", "tender", "vivid", "witty", "bold", "clever", "daring", "jolly",
 ];
 const NOUNS: &[&str] = &[
-    "anchor", "buoy", "cabin", "dock", "ferry", "galley", "harbor", "jetty", "keel", "lantern", "mast", "oar",
-    "pier", "quay", "rudder", "sail", "tide", "wharf", "yacht", "compass",
+    "anchor", "buoy", "cabin", "dock", "ferry", "galley", "harbor", "jetty", "keel", "lantern",
+    "mast", "oar", "pier", "quay", "rudder", "sail", "tide", "wharf", "yacht", "compass",
 ];
 
 fn generated_name(id: &str) -> String {
@@ -126,7 +130,11 @@ impl Engine {
         }
         let forced_driver = opts
             .storage_driver
-            .or_else(|| std::env::var("BERTH_STORAGE_DRIVER").ok().filter(|s| !s.is_empty()))
+            .or_else(|| {
+                std::env::var("BERTH_STORAGE_DRIVER")
+                    .ok()
+                    .filter(|s| !s.is_empty())
+            })
             .map(|s| s.parse())
             .transpose()?;
         Ok(Engine {
@@ -157,7 +165,8 @@ impl Engine {
     }
 
     pub fn info(&self) -> Info {
-        let fmt = |r: &crate::container::idmap::IdRange| format!("{} {} {}", r.container, r.host, r.size);
+        let fmt =
+            |r: &crate::container::idmap::IdRange| format!("{} {} {}", r.container, r.host, r.size);
         Info {
             version: env!("CARGO_PKG_VERSION"),
             rootfs_driver: self.driver().to_string(),
@@ -171,7 +180,21 @@ impl Engine {
     }
 
     pub fn containers(&self) -> Vec<ContainerRecord> {
+        self.clean_stale();
         self.containers.list()
+    }
+
+    /// Tidies after a berth that was killed: `--rm` containers go away, others are marked exited.
+    fn clean_stale(&self) {
+        for mut rec in self.containers.stale() {
+            if rec.auto_remove {
+                self.remove_dir(&rec.id);
+            } else {
+                rec.status = Status::Exited;
+                rec.monitor_pid = None;
+                let _ = self.containers.save(&rec);
+            }
+        }
     }
 
     /// Runs `image` in the foreground and returns the container's exit status.
@@ -185,7 +208,8 @@ impl Engine {
 
         let id = random_hex(32);
         let dir = self.containers.dir(&id);
-        let name = {
+        self.clean_stale();
+        {
             let _lock = self.containers.lock()?;
             let name = flags.name.clone().unwrap_or_else(|| generated_name(&id));
             self.containers.check_name(&name)?;
@@ -196,17 +220,20 @@ impl Engine {
                 image: image.to_string(),
                 image_id: resolved.id.clone(),
                 command: req.cmd.clone(),
-                created: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+                created: SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0),
                 status: Status::Created,
                 exit_code: None,
                 monitor_pid: Some(std::process::id() as i32),
                 driver: driver.to_string(),
                 writable: vec![],
+                auto_remove: flags.remove,
             };
             self.containers.save(&rec)?;
-            name
-        };
-        let result = self.run_prepared(&id, &name, image, &resolved, &lowers, driver, &req, &flags);
+        }
+        let result = self.run_prepared(&id, &resolved, &lowers, driver, &req, &flags);
         if flags.remove || result.is_err() {
             self.remove_dir(&id);
         }
@@ -217,8 +244,6 @@ impl Engine {
     fn run_prepared(
         &self,
         id: &str,
-        name: &str,
-        image: &str,
         resolved: &crate::image::ResolvedImage,
         lowers: &[PathBuf],
         driver: Driver,
@@ -231,7 +256,8 @@ impl Engine {
         std::fs::create_dir_all(&etc_dir).map_err(io("creating", &etc_dir))?;
         for v in &req.volumes {
             if !v.host.exists() {
-                std::fs::create_dir_all(&v.host).map_err(io("creating the volume source", &v.host))?;
+                std::fs::create_dir_all(&v.host)
+                    .map_err(io("creating the volume source", &v.host))?;
             }
         }
         let ctx = SpecContext {
@@ -245,21 +271,32 @@ impl Engine {
         };
         let spec = spec::build(req, &resolved.config, &ctx)?;
         let hostname = spec.hostname().clone().unwrap_or_default();
-        spec::write_etc_files(&etc_dir, &hostname, req.network).map_err(io("writing /etc files in", &etc_dir))?;
+        spec::write_etc_files(&etc_dir, &hostname, req.network)
+            .map_err(io("writing /etc files in", &etc_dir))?;
         let config = dir.join("config.json");
-        spec.save(&config)
-            .map_err(|e| EngineError::Io { what: "writing", path: config.clone(), source: std::io::Error::other(e.to_string()) })?;
+        spec.save(&config).map_err(|e| EngineError::Io {
+            what: "writing",
+            path: config.clone(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
 
         let mut rec = self.containers.find(id)?;
         rec.status = Status::Running;
         rec.writable = plan.writable.clone();
-        rec.command = spec.process().as_ref().and_then(|p| p.args().clone()).unwrap_or_default();
+        rec.command = spec
+            .process()
+            .as_ref()
+            .and_then(|p| p.args().clone())
+            .unwrap_or_default();
         self.containers.save(&rec)?;
-        let _ = (name, image, req.network == NetworkMode::Host);
 
         let opts = RunOptions {
             attach_stdin: flags.attach_stdin,
-            remove_after: if flags.remove { plan.writable.clone() } else { vec![] },
+            remove_after: if flags.remove {
+                plan.writable.clone()
+            } else {
+                vec![]
+            },
         };
         let code = container::run(&dir, &self.ids, &opts)?;
         if !flags.remove {
@@ -273,7 +310,10 @@ impl Engine {
 
     fn remove_dir(&self, id: &str) {
         let dir = self.containers.dir(id);
-        let owned = ["upper", "work", "rootfs"].iter().map(|d| dir.join(d)).collect();
+        let owned = ["upper", "work", "rootfs"]
+            .iter()
+            .map(|d| dir.join(d))
+            .collect();
         let _ = rootfs::remove_owned_tree(owned, &self.ids);
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -286,7 +326,10 @@ impl Engine {
                 return Err(StateError::Running(key.to_string()).into());
             }
             if let Some(pid) = rec.monitor_pid {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
             }
         }
         self.remove_dir(&rec.id);

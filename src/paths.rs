@@ -36,8 +36,11 @@ impl Dirs {
         let uid = nix::unistd::geteuid().as_raw();
         Dirs {
             data: xdg("XDG_DATA_HOME", home.join(".local/share")).join("berth"),
-            runtime: xdg("XDG_RUNTIME_DIR", PathBuf::from(format!("/tmp/berth-{uid}")))
-                .join("berth"),
+            runtime: xdg(
+                "XDG_RUNTIME_DIR",
+                PathBuf::from(format!("/tmp/berth-{uid}")),
+            )
+            .join("berth"),
             cache: xdg("XDG_CACHE_HOME", home.join(".cache")).join("berth"),
         }
     }

@@ -58,8 +58,12 @@ pub fn load(engine: &Engine, args: LoadArgs) -> anyhow::Result<()> {
 
 /// "3 hours ago" from an RFC 3339 timestamp, as Docker prints CREATED.
 fn ago(created: Option<&str>) -> String {
-    let Some(ts) = created else { return "N/A".into() };
-    let Some(secs) = parse_rfc3339(ts) else { return ts.to_string() };
+    let Some(ts) = created else {
+        return "N/A".into();
+    };
+    let Some(secs) = parse_rfc3339(ts) else {
+        return ts.to_string();
+    };
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
@@ -103,7 +107,11 @@ pub fn human_size(bytes: u64) -> String {
     if i == 0 {
         format!("{bytes}B")
     } else {
-        format!("{v:.3}").trim_end_matches('0').trim_end_matches('.').to_string() + units[i]
+        format!("{v:.3}")
+            .trim_end_matches('0')
+            .trim_end_matches('.')
+            .to_string()
+            + units[i]
     }
 }
 
@@ -124,7 +132,11 @@ pub fn images(engine: &Engine, args: ImagesArgs) -> anyhow::Result<()> {
     }
     let short = |id: &str| {
         let hex = id.trim_start_matches("sha256:");
-        if args.no_trunc { id.to_string() } else { hex[..12.min(hex.len())].to_string() }
+        if args.no_trunc {
+            id.to_string()
+        } else {
+            hex[..12.min(hex.len())].to_string()
+        }
     };
     if args.quiet {
         let mut seen = std::collections::BTreeSet::new();
@@ -135,9 +147,21 @@ pub fn images(engine: &Engine, args: ImagesArgs) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    let mut rows = vec![["REPOSITORY".to_string(), "TAG".into(), "IMAGE ID".into(), "CREATED".into(), "SIZE".into()]];
+    let mut rows = vec![[
+        "REPOSITORY".to_string(),
+        "TAG".into(),
+        "IMAGE ID".into(),
+        "CREATED".into(),
+        "SIZE".into(),
+    ]];
     for i in &list {
-        rows.push([i.repository.clone(), i.tag.clone(), short(&i.id), ago(i.created.as_deref()), human_size(i.size)]);
+        rows.push([
+            i.repository.clone(),
+            i.tag.clone(),
+            short(&i.id),
+            ago(i.created.as_deref()),
+            human_size(i.size),
+        ]);
     }
     print_table(&rows);
     Ok(())

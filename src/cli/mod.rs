@@ -9,10 +9,19 @@ use clap::{Parser, Subcommand};
 use berth::engine::{Engine, EngineOptions};
 
 #[derive(Parser)]
-#[command(name = "berth", version, about = "Rootless developer sandbox: containers in user namespaces, with a microVM wall")]
+#[command(
+    name = "berth",
+    version,
+    about = "Rootless developer sandbox: containers in user namespaces, with a microVM wall"
+)]
 struct Cli {
     /// Force a rootfs driver: overlay, fuse-overlayfs or copy (default: the fastest that works).
-    #[arg(long, global = true, env = "BERTH_STORAGE_DRIVER", value_name = "DRIVER")]
+    #[arg(
+        long,
+        global = true,
+        env = "BERTH_STORAGE_DRIVER",
+        value_name = "DRIVER"
+    )]
     storage_driver: Option<String>,
     #[command(subcommand)]
     command: Command,
@@ -21,7 +30,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a command in a new container.
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
     /// Import images from an oci-archive or docker-archive tarball.
     Load(image::LoadArgs),
     /// List images.
@@ -42,7 +51,9 @@ enum Command {
 /// Runs the CLI and returns the process exit status.
 pub fn main() -> i32 {
     let cli = Cli::parse();
-    let opts = EngineOptions { storage_driver: cli.storage_driver };
+    let opts = EngineOptions {
+        storage_driver: cli.storage_driver,
+    };
     if let Command::Doctor = cli.command {
         return system::doctor();
     }
@@ -51,7 +62,7 @@ pub fn main() -> i32 {
         Err(e) => return report(anyhow::Error::new(e), 125),
     };
     let result = match cli.command {
-        Command::Run(args) => return run::run(&engine, args),
+        Command::Run(args) => return run::run(&engine, *args),
         Command::Load(args) => image::load(&engine, args),
         Command::Images(args) => image::images(&engine, args),
         Command::Image(cmd) => image::image(&engine, cmd),

@@ -72,7 +72,12 @@ pub struct RunArgs {
     #[arg(long, alias = "net", default_value = "none")]
     network: String,
     /// The image, then the command and its arguments.
-    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "IMAGE [CMD]...")]
+    #[arg(
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "IMAGE [CMD]..."
+    )]
     args: Vec<String>,
 }
 
@@ -86,7 +91,8 @@ fn env_entry(raw: &str) -> Option<String> {
 }
 
 fn read_env_file(path: &PathBuf) -> anyhow::Result<Vec<String>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading --env-file {}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading --env-file {}", path.display()))?;
     Ok(text
         .lines()
         .map(str::trim_start)
@@ -119,7 +125,11 @@ fn request(a: &RunArgs) -> anyhow::Result<RunRequest> {
         "host" => NetworkMode::Host,
         other => bail!("unknown --network {other:?}: berth runs containers with --network none or --network host"),
     };
-    let volumes = a.volume.iter().map(|v| v.parse::<BindVolume>()).collect::<Result<Vec<_>, _>>()?;
+    let volumes = a
+        .volume
+        .iter()
+        .map(|v| v.parse::<BindVolume>())
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(RunRequest {
         cmd: a.args[1..].to_vec(),
         entrypoint: a.entrypoint.clone(),
@@ -146,7 +156,11 @@ pub fn run(engine: &Engine, args: RunArgs) -> i32 {
         Ok(r) => r,
         Err(e) => return super::report(e, 125),
     };
-    let flags = RunFlags { name: args.name.clone(), remove: args.rm, attach_stdin: args.interactive };
+    let flags = RunFlags {
+        name: args.name.clone(),
+        remove: args.rm,
+        attach_stdin: args.interactive,
+    };
     match engine.run(&args.args[0], req, flags) {
         Ok(code) => code,
         Err(e) => {

@@ -51,11 +51,19 @@ pub fn info(engine: &Engine, args: InfoArgs) -> anyhow::Result<()> {
 }
 
 pub fn doctor() -> i32 {
-    0 // TEMP-DOCTOR
+    let checks = berth::system::run_checks();
+    print!("{}", berth::system::render(&checks));
+    i32::from(berth::system::has_failures(&checks))
 }
 
 pub fn ps(engine: &Engine, args: PsArgs) -> anyhow::Result<()> {
-    let mut rows = vec![["CONTAINER ID".to_string(), "IMAGE".into(), "COMMAND".into(), "STATUS".into(), "NAMES".into()]];
+    let mut rows = vec![[
+        "CONTAINER ID".to_string(),
+        "IMAGE".into(),
+        "COMMAND".into(),
+        "STATUS".into(),
+        "NAMES".into(),
+    ]];
     for r in engine.containers() {
         let running = berth::state::ContainerStore::is_running(&r);
         if !args.all && !running {
@@ -76,7 +84,13 @@ pub fn ps(engine: &Engine, args: PsArgs) -> anyhow::Result<()> {
             cmd.truncate(27);
             cmd.push_str("...");
         }
-        rows.push([r.id[..12].to_string(), r.image.clone(), format!("\"{cmd}\""), status, r.name.clone()]);
+        rows.push([
+            r.id[..12].to_string(),
+            r.image.clone(),
+            format!("\"{cmd}\""),
+            status,
+            r.name.clone(),
+        ]);
     }
     if !args.quiet {
         super::image::print_table(&rows);

@@ -112,18 +112,42 @@ impl IdMapping {
             (Some(u), Some(g)) => IdMapping {
                 mode: IdMode::Subordinate,
                 uid: vec![
-                    IdRange { container: 0, host: uid, size: 1 },
-                    IdRange { container: 1, host: u.start, size: u.count },
+                    IdRange {
+                        container: 0,
+                        host: uid,
+                        size: 1,
+                    },
+                    IdRange {
+                        container: 1,
+                        host: u.start,
+                        size: u.count,
+                    },
                 ],
                 gid: vec![
-                    IdRange { container: 0, host: gid, size: 1 },
-                    IdRange { container: 1, host: g.start, size: g.count },
+                    IdRange {
+                        container: 0,
+                        host: gid,
+                        size: 1,
+                    },
+                    IdRange {
+                        container: 1,
+                        host: g.start,
+                        size: g.count,
+                    },
                 ],
             },
             _ => IdMapping {
                 mode: IdMode::SingleId,
-                uid: vec![IdRange { container: 0, host: uid, size: 1 }],
-                gid: vec![IdRange { container: 0, host: gid, size: 1 }],
+                uid: vec![IdRange {
+                    container: 0,
+                    host: uid,
+                    size: 1,
+                }],
+                gid: vec![IdRange {
+                    container: 0,
+                    host: gid,
+                    size: 1,
+                }],
             },
         }
     }
@@ -193,7 +217,11 @@ fn run_map_tool(
     let mut cmd = Command::new(tool);
     cmd.arg(pid.to_string());
     for r in ranges {
-        cmd.args([r.container.to_string(), r.host.to_string(), r.size.to_string()]);
+        cmd.args([
+            r.container.to_string(),
+            r.host.to_string(),
+            r.size.to_string(),
+        ]);
     }
     let out = cmd
         .output()
@@ -218,13 +246,23 @@ mod tests {
         let text = "# comment\nalice:100000:65536\n1001:300000:1000\nbob:0:0\n";
         assert_eq!(
             parse_subid(text, "alice", 1000),
-            Some(SubRange { start: 100000, count: 65536 })
+            Some(SubRange {
+                start: 100000,
+                count: 65536
+            })
         );
         assert_eq!(
             parse_subid(text, "carol", 1001),
-            Some(SubRange { start: 300000, count: 1000 })
+            Some(SubRange {
+                start: 300000,
+                count: 1000
+            })
         );
-        assert_eq!(parse_subid(text, "bob", 1002), None, "empty range is no range");
+        assert_eq!(
+            parse_subid(text, "bob", 1002),
+            None,
+            "empty range is no range"
+        );
     }
 
     #[test]
@@ -232,8 +270,14 @@ mod tests {
         let m = IdMapping::build(
             1000,
             1000,
-            Some(SubRange { start: 100000, count: 65536 }),
-            Some(SubRange { start: 100000, count: 65536 }),
+            Some(SubRange {
+                start: 100000,
+                count: 65536,
+            }),
+            Some(SubRange {
+                start: 100000,
+                count: 65536,
+            }),
         );
         assert_eq!(m.mode, IdMode::Subordinate);
         assert_eq!(format_map(&m.uid), "0 1000 1\n1 100000 65536\n");

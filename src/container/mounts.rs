@@ -84,15 +84,35 @@ pub fn parse_options(options: &[String]) -> ParsedOptions {
             "relatime" => (MsFlags::MS_RELATIME, MsFlags::empty(), MsFlags::empty()),
             "strictatime" => (MsFlags::MS_STRICTATIME, MsFlags::empty(), MsFlags::empty()),
             "bind" => (MsFlags::MS_BIND, MsFlags::empty(), MsFlags::empty()),
-            "rbind" => (MsFlags::MS_BIND | MsFlags::MS_REC, MsFlags::empty(), MsFlags::empty()),
+            "rbind" => (
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                MsFlags::empty(),
+                MsFlags::empty(),
+            ),
             "private" => (MsFlags::empty(), MsFlags::empty(), MsFlags::MS_PRIVATE),
-            "rprivate" => (MsFlags::empty(), MsFlags::empty(), MsFlags::MS_PRIVATE | MsFlags::MS_REC),
+            "rprivate" => (
+                MsFlags::empty(),
+                MsFlags::empty(),
+                MsFlags::MS_PRIVATE | MsFlags::MS_REC,
+            ),
             "slave" => (MsFlags::empty(), MsFlags::empty(), MsFlags::MS_SLAVE),
-            "rslave" => (MsFlags::empty(), MsFlags::empty(), MsFlags::MS_SLAVE | MsFlags::MS_REC),
+            "rslave" => (
+                MsFlags::empty(),
+                MsFlags::empty(),
+                MsFlags::MS_SLAVE | MsFlags::MS_REC,
+            ),
             "shared" => (MsFlags::empty(), MsFlags::empty(), MsFlags::MS_SHARED),
-            "rshared" => (MsFlags::empty(), MsFlags::empty(), MsFlags::MS_SHARED | MsFlags::MS_REC),
+            "rshared" => (
+                MsFlags::empty(),
+                MsFlags::empty(),
+                MsFlags::MS_SHARED | MsFlags::MS_REC,
+            ),
             "unbindable" => (MsFlags::empty(), MsFlags::empty(), MsFlags::MS_UNBINDABLE),
-            "runbindable" => (MsFlags::empty(), MsFlags::empty(), MsFlags::MS_UNBINDABLE | MsFlags::MS_REC),
+            "runbindable" => (
+                MsFlags::empty(),
+                MsFlags::empty(),
+                MsFlags::MS_UNBINDABLE | MsFlags::MS_REC,
+            ),
             other => {
                 p.data.push(other.to_string());
                 continue;
@@ -208,7 +228,13 @@ pub fn mount_entry(rootfs: &Path, m: &Mount) -> MountResult<()> {
                     None::<&str>,
                 )
                 .map_err(|e| format!("binding /sys: {e}"))?;
-                remount_bind(&dest, MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC)?;
+                remount_bind(
+                    &dest,
+                    MsFlags::MS_RDONLY
+                        | MsFlags::MS_NOSUID
+                        | MsFlags::MS_NODEV
+                        | MsFlags::MS_NOEXEC,
+                )?;
             }
             Err(e) => {
                 return Err(format!(
@@ -219,8 +245,14 @@ pub fn mount_entry(rootfs: &Path, m: &Mount) -> MountResult<()> {
         }
     }
     if !opts.propagation.is_empty() {
-        mount(None::<&str>, &dest, None::<&str>, opts.propagation, None::<&str>)
-            .map_err(|e| format!("setting propagation of {}: {e}", m.destination().display()))?;
+        mount(
+            None::<&str>,
+            &dest,
+            None::<&str>,
+            opts.propagation,
+            None::<&str>,
+        )
+        .map_err(|e| format!("setting propagation of {}: {e}", m.destination().display()))?;
     }
     Ok(())
 }
@@ -235,8 +267,14 @@ pub fn bind_devices(rootfs: &Path, devices: &[LinuxDevice]) -> MountResult<()> {
             _ => continue,
         }
         ensure_file(&dest)?;
-        mount(Some(host), &dest, None::<&str>, MsFlags::MS_BIND, None::<&str>)
-            .map_err(|e| format!("binding device {}: {e}", host.display()))?;
+        mount(
+            Some(host),
+            &dest,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(|e| format!("binding device {}: {e}", host.display()))?;
     }
     Ok(())
 }
@@ -283,7 +321,13 @@ pub fn mask_paths(paths: &[String]) -> MountResult<()> {
                 Some("size=0,mode=0555"),
             )
         } else {
-            mount(Some("/dev/null"), path, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+            mount(
+                Some("/dev/null"),
+                path,
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )
         };
         res.map_err(|e| format!("masking {p}: {e}"))?;
     }
@@ -305,7 +349,10 @@ pub fn readonly_paths(paths: &[String]) -> MountResult<()> {
             None::<&str>,
         )
         .map_err(|e| format!("binding {p} read-only: {e}"))?;
-        remount_bind(path, MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC)?;
+        remount_bind(
+            path,
+            MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        )?;
     }
     Ok(())
 }
@@ -347,9 +394,18 @@ mod tests {
         symlink("/", root.join("escape")).unwrap();
         symlink("../../../../etc", root.join("usr/up")).unwrap();
         symlink("usr/lib", root.join("lib")).unwrap();
-        assert_eq!(secure_join(root, Path::new("/escape/etc/passwd")), root.join("etc/passwd"));
-        assert_eq!(secure_join(root, Path::new("/usr/up/shadow")), root.join("etc/shadow"));
-        assert_eq!(secure_join(root, Path::new("/lib/x")), root.join("usr/lib/x"));
+        assert_eq!(
+            secure_join(root, Path::new("/escape/etc/passwd")),
+            root.join("etc/passwd")
+        );
+        assert_eq!(
+            secure_join(root, Path::new("/usr/up/shadow")),
+            root.join("etc/shadow")
+        );
+        assert_eq!(
+            secure_join(root, Path::new("/lib/x")),
+            root.join("usr/lib/x")
+        );
         assert_eq!(secure_join(root, Path::new("/../../x")), root.join("x"));
         symlink("loop", root.join("loop")).unwrap();
         assert!(secure_join(root, Path::new("/loop")).starts_with(root));

@@ -77,7 +77,11 @@ pub fn load_spec(bundle: &Path) -> Result<Spec, ContainerError> {
 
 /// The rootfs path of a bundle (relative paths are relative to the bundle).
 pub fn rootfs_path(bundle: &Path, spec: &Spec) -> PathBuf {
-    let root = spec.root().as_ref().map(|r| r.path().clone()).unwrap_or_else(|| "rootfs".into());
+    let root = spec
+        .root()
+        .as_ref()
+        .map(|r| r.path().clone())
+        .unwrap_or_else(|| "rootfs".into());
     bundle.join(root)
 }
 
@@ -97,7 +101,9 @@ pub fn run(bundle: &Path, ids: &IdMapping, opts: &RunOptions) -> Result<i32, Con
         .as_ref()
         .ok_or_else(|| ContainerError::Spec("config.json has no process".into()))?;
     let seccomp = match spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) {
-        Some(profile) => Some(bpf::compile(profile).map_err(|e| ContainerError::Spec(e.to_string()))?),
+        Some(profile) => {
+            Some(bpf::compile(profile).map_err(|e| ContainerError::Spec(e.to_string()))?)
+        }
         None => None,
     };
     let terminal = process.terminal().unwrap_or(false);
@@ -108,7 +114,10 @@ pub fn run(bundle: &Path, ids: &IdMapping, opts: &RunOptions) -> Result<i32, Con
             None,
             nix::sys::socket::SockFlag::SOCK_CLOEXEC,
         )
-        .map_err(|e| ContainerError::Sys { what: "creating the console socket", source: e })?;
+        .map_err(|e| ContainerError::Sys {
+            what: "creating the console socket",
+            source: e,
+        })?;
         Some((parent, child, pty::initial_size()))
     } else {
         None
@@ -116,18 +125,25 @@ pub fn run(bundle: &Path, ids: &IdMapping, opts: &RunOptions) -> Result<i32, Con
     let stdin_null = if opts.attach_stdin {
         None
     } else {
-        Some(OwnedFd::from(std::fs::File::open("/dev/null").map_err(|e| {
-            ContainerError::Setup(format!("opening /dev/null: {e}"))
-        })?))
+        Some(OwnedFd::from(std::fs::File::open("/dev/null").map_err(
+            |e| ContainerError::Setup(format!("opening /dev/null: {e}")),
+        )?))
     };
 
     let sigs = forwarded_set();
     let mut old_mask = SigSet::empty();
     nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&sigs), Some(&mut old_mask))
-        .map_err(|e| ContainerError::Sys { what: "blocking signals", source: e })?;
+        .map_err(|e| ContainerError::Sys {
+            what: "blocking signals",
+            source: e,
+        })?;
     let restore_mask = scopeguard(old_mask);
-    let sfd = SignalFd::with_flags(&sigs, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
-        .map_err(|e| ContainerError::Sys { what: "signalfd", source: e })?;
+    let sfd = SignalFd::with_flags(&sigs, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK).map_err(
+        |e| ContainerError::Sys {
+            what: "signalfd",
+            source: e,
+        },
+    )?;
 
     let (sync_rd, sync_wr) = pipe()?;
     let (status_rd, status_wr) = pipe()?;
@@ -161,7 +177,9 @@ pub fn run(bundle: &Path, ids: &IdMapping, opts: &RunOptions) -> Result<i32, Con
                 drop(child);
                 parent
             });
-            let result = supervise(stage1_pid, ids, sync_wr, status_rd, err_rd, &sfd, console, opts);
+            let result = supervise(
+                stage1_pid, ids, sync_wr, status_rd, err_rd, &sfd, console, opts,
+            );
             drop(restore_mask);
             result
         }
@@ -226,15 +244,31 @@ fn supervise(
     let mut buf = [0u8; 8192];
     while exit.is_none() || master_open {
         let mut fds = vec![
-            libc::pollfd { fd: sfd.as_raw_fd(), events: libc::POLLIN, revents: 0 },
-            libc::pollfd { fd: status.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+            libc::pollfd {
+                fd: sfd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: status.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
         ];
         let stdin_idx = stdin_open.then(|| {
-            fds.push(libc::pollfd { fd: 0, events: libc::POLLIN, revents: 0 });
+            fds.push(libc::pollfd {
+                fd: 0,
+                events: libc::POLLIN,
+                revents: 0,
+            });
             fds.len() - 1
         });
         let master_idx = master.as_ref().filter(|_| master_open).map(|m| {
-            fds.push(libc::pollfd { fd: m.as_raw_fd(), events: libc::POLLIN, revents: 0 });
+            fds.push(libc::pollfd {
+                fd: m.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            });
             fds.len() - 1
         });
         if exit.is_some() {
@@ -243,7 +277,13 @@ fn supervise(
             fds[1].fd = -1;
         }
         // SAFETY: fds is a valid, initialised array of pollfd for the duration of the call.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, if exit.is_some() { 100 } else { -1 }) };
+        let n = unsafe {
+            libc::poll(
+                fds.as_mut_ptr(),
+                fds.len() as libc::nfds_t,
+                if exit.is_some() { 100 } else { -1 },
+            )
+        };
         if n < 0 {
             if nix::Error::last() == nix::Error::EINTR {
                 continue;
@@ -255,7 +295,9 @@ fn supervise(
         }
         if fds[0].revents & libc::POLLIN != 0 {
             while let Ok(Some(si)) = sfd.read_signal() {
-                let Ok(sig) = Signal::try_from(si.ssi_signo as i32) else { continue };
+                let Ok(sig) = Signal::try_from(si.ssi_signo as i32) else {
+                    continue;
+                };
                 match sig {
                     Signal::SIGCHLD => {}
                     Signal::SIGWINCH => {
@@ -341,7 +383,10 @@ fn start_error(raw: &str) -> ContainerError {
             code: 125,
             message: "the container's set-up process ended without a word".into(),
         },
-        _ => ContainerError::Start { code: 125, message: raw.trim().to_string() },
+        _ => ContainerError::Start {
+            code: 125,
+            message: raw.trim().to_string(),
+        },
     }
 }
 
@@ -393,7 +438,13 @@ fn stage1(ctx: Stage, sync_rd: OwnedFd, status_wr: OwnedFd, err_wr: OwnedFd) -> 
     if let Err(e) = userns::child_wait_for_maps(sync_rd, ctx.ids) {
         fail(&err_wr, 125, &e);
     }
-    if let Err(e) = mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_SLAVE, None::<&str>) {
+    if let Err(e) = mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_SLAVE,
+        None::<&str>,
+    ) {
         fail(&err_wr, 125, &format!("making / a slave mount: {e}"));
     }
     let rootfs = rootfs_path(ctx.bundle, ctx.spec);
@@ -449,8 +500,14 @@ fn stage1(ctx: Stage, sync_rd: OwnedFd, status_wr: OwnedFd, err_wr: OwnedFd) -> 
 fn mount_rootfs(spec: &Spec, rootfs: &Path) -> Result<Option<Child>, String> {
     let Some(m) = root_mount(spec) else {
         // A ready directory: make it a mount point so pivot_root accepts it.
-        mount(Some(rootfs), rootfs, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
-            .map_err(|e| format!("binding the rootfs {}: {e}", rootfs.display()))?;
+        mount(
+            Some(rootfs),
+            rootfs,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None::<&str>,
+        )
+        .map_err(|e| format!("binding the rootfs {}: {e}", rootfs.display()))?;
         return Ok(None);
     };
     let typ = m.typ().as_deref().unwrap_or("bind");
@@ -481,8 +538,14 @@ fn mount_rootfs(spec: &Spec, rootfs: &Path) -> Result<Option<Child>, String> {
         }
         "bind" => {
             let src = m.source().clone().unwrap_or_default();
-            mount(Some(&src), rootfs, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
-                .map_err(|e| format!("binding the rootfs {}: {e}", src.display()))?;
+            mount(
+                Some(&src),
+                rootfs,
+                None::<&str>,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None::<&str>,
+            )
+            .map_err(|e| format!("binding the rootfs {}: {e}", src.display()))?;
             Ok(None)
         }
         fs => {
@@ -505,7 +568,13 @@ impl SpawnDeath for Command {
         // SAFETY: the closure only calls prctl, which is async-signal-safe.
         unsafe {
             self.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0);
+                libc::prctl(
+                    libc::PR_SET_PDEATHSIG,
+                    libc::SIGKILL as libc::c_ulong,
+                    0,
+                    0,
+                    0,
+                );
                 Ok(())
             })
         }
@@ -530,16 +599,32 @@ fn stop_fuse(rootfs: &Path, fuse: &mut Option<Child>) {
 
 /// The spec's root entry, if any: a mount whose destination is "/".
 pub fn root_mount(spec: &Spec) -> Option<&Mount> {
-    spec.mounts().as_ref()?.iter().find(|m| m.destination() == Path::new("/"))
+    spec.mounts()
+        .as_ref()?
+        .iter()
+        .find(|m| m.destination() == Path::new("/"))
 }
 
 fn stage2(ctx: Stage, rootfs: &Path, new_net: bool, err: OwnedFd) -> ! {
     userns::set_parent_death_signal();
+    // A mount namespace of its own: pivot_root then moves only the container, not the
+    // fuse-overlayfs daemon, which must keep seeing the host's paths to its layers; and
+    // stage 1 can still unmount the rootfs in its namespace to end that daemon.
+    if let Err(e) = unshare(CloneFlags::CLONE_NEWNS) {
+        fail(
+            &err,
+            125,
+            &format!("creating the container's mount namespace: {e}"),
+        );
+    }
     if let Err(e) = setup_container(&ctx, rootfs, new_net) {
         fail(&err, 125, &e);
     }
     let annotations = ctx.spec.annotations().clone().unwrap_or_default();
-    if annotations.get(INIT_ANNOTATION).is_some_and(|v| v == "true") {
+    if annotations
+        .get(INIT_ANNOTATION)
+        .is_some_and(|v| v == "true")
+    {
         match userns::clone_fork(CloneFlags::empty()) {
             Ok(Forked::Parent(child)) => {
                 drop(err);
@@ -585,9 +670,20 @@ fn setup_container(ctx: &Stage, rootfs: &Path, new_net: bool) -> Result<(), Stri
     }
     mounts::mask_paths(linux.masked_paths().as_deref().unwrap_or(&[]))?;
     mounts::readonly_paths(linux.readonly_paths().as_deref().unwrap_or(&[]))?;
-    if spec.root().as_ref().and_then(|r| r.readonly()).unwrap_or(false) {
-        mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY, None::<&str>)
-            .map_err(|e| format!("making the root read-only: {e}"))?;
+    if spec
+        .root()
+        .as_ref()
+        .and_then(|r| r.readonly())
+        .unwrap_or(false)
+    {
+        mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY,
+            None::<&str>,
+        )
+        .map_err(|e| format!("making the root read-only: {e}"))?;
     }
     if let Some(h) = spec.hostname() {
         nix::unistd::sethostname(h).map_err(|e| format!("sethostname: {e}"))?;
@@ -595,7 +691,10 @@ fn setup_container(ctx: &Stage, rootfs: &Path, new_net: bool) -> Result<(), Stri
     for rl in process.rlimits().as_deref().unwrap_or(&[]) {
         let res = rlimit_resource(&format!("{:?}", rl.typ()));
         if let Some(res) = res {
-            let lim = libc::rlimit { rlim_cur: rl.soft(), rlim_max: rl.hard() };
+            let lim = libc::rlimit {
+                rlim_cur: rl.soft(),
+                rlim_max: rl.hard(),
+            };
             // SAFETY: setrlimit reads one rlimit struct from a valid pointer.
             if unsafe { libc::setrlimit(res, &lim) } != 0 {
                 return Err(format!("setrlimit {:?}: {}", rl.typ(), nix::Error::last()));
@@ -676,7 +775,9 @@ fn reaper(child: Pid) -> ! {
         loop {
             match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::Exited(pid, code)) if pid == child => child_exit(code),
-                Ok(WaitStatus::Signaled(pid, sig, _)) if pid == child => child_exit(128 + sig as i32),
+                Ok(WaitStatus::Signaled(pid, sig, _)) if pid == child => {
+                    child_exit(128 + sig as i32)
+                }
                 Ok(WaitStatus::StillAlive) | Err(_) => break,
                 Ok(_) => continue,
             }
@@ -690,7 +791,14 @@ fn exec_process(ctx: Stage, err: OwnedFd) -> ! {
         fail(&err, 125, &e);
     }
     if let Err(e) = nix::unistd::chdir(process.cwd()) {
-        fail(&err, 125, &format!("cannot enter the working directory {}: {e}", process.cwd().display()));
+        fail(
+            &err,
+            125,
+            &format!(
+                "cannot enter the working directory {}: {e}",
+                process.cwd().display()
+            ),
+        );
     }
     userns::set_parent_death_signal();
     if let Some(f) = &ctx.seccomp {
@@ -715,9 +823,16 @@ fn exec_process(ctx: Stage, err: OwnedFd) -> ! {
         .filter_map(|a| CString::new(a.as_bytes()).ok())
         .collect();
     let env: Vec<String> = process.env().clone().unwrap_or_default();
-    let envc: Vec<CString> = env.iter().filter_map(|e| CString::new(e.as_bytes()).ok()).collect();
+    let envc: Vec<CString> = env
+        .iter()
+        .filter_map(|e| CString::new(e.as_bytes()).ok())
+        .collect();
     let Some(arg0) = args.first() else {
-        fail(&err, 125, "no command: give one after the image name, or set Cmd/Entrypoint in the image");
+        fail(
+            &err,
+            125,
+            "no command: give one after the image name, or set Cmd/Entrypoint in the image",
+        );
     };
     let name = arg0.to_string_lossy().to_string();
     let path_env = env
@@ -728,22 +843,41 @@ fn exec_process(ctx: Stage, err: OwnedFd) -> ! {
     let candidates: Vec<PathBuf> = if name.contains('/') {
         vec![PathBuf::from(&name)]
     } else {
-        path_env.split(':').filter(|d| !d.is_empty()).map(|d| Path::new(d).join(&name)).collect()
+        path_env
+            .split(':')
+            .filter(|d| !d.is_empty())
+            .map(|d| Path::new(d).join(&name))
+            .collect()
     };
-    let mut denied = false;
+    // The most telling error wins: anything but "not found" means the file is there.
+    let mut worst: Option<nix::Error> = None;
     for c in &candidates {
-        let Ok(cpath) = CString::new(c.as_os_str().as_bytes()) else { continue };
+        let Ok(cpath) = CString::new(c.as_os_str().as_bytes()) else {
+            continue;
+        };
         let e = nix::unistd::execve(&cpath, &args, &envc).unwrap_err();
-        if e == nix::Error::EACCES {
-            denied = true;
+        if e != nix::Error::ENOENT && e != nix::Error::ENOTDIR && worst.is_none() {
+            worst = Some(e);
         }
     }
-    if denied {
-        fail(&err, 126, &format!("exec: \"{name}\": permission denied"))
+    if let Some(e) = worst {
+        fail(
+            &err,
+            126,
+            &format!("exec: \"{name}\": {}", e.desc().to_lowercase()),
+        )
     } else if name.contains('/') {
-        fail(&err, 127, &format!("exec: \"{name}\": no such file or directory"))
+        fail(
+            &err,
+            127,
+            &format!("exec: \"{name}\": no such file or directory"),
+        )
     } else {
-        fail(&err, 127, &format!("exec: \"{name}\": executable file not found in $PATH"))
+        fail(
+            &err,
+            127,
+            &format!("exec: \"{name}\": executable file not found in $PATH"),
+        )
     }
 }
 
@@ -751,17 +885,23 @@ fn exec_process(ctx: Stage, err: OwnedFd) -> ! {
 fn set_identity(ctx: &Stage) -> Result<(), String> {
     use caps::{CapSet, Capability};
     let process = ctx.spec.process().as_ref().ok_or("no process")?;
-    let parse = |names: &Option<oci_spec::runtime::Capabilities>| -> std::collections::HashSet<Capability> {
-        names
-            .as_ref()
-            .map(|s| s.iter().filter_map(|c| format!("CAP_{c}").parse::<Capability>().ok()).collect())
-            .unwrap_or_default()
-    };
+    let parse =
+        |names: &Option<oci_spec::runtime::Capabilities>| -> std::collections::HashSet<Capability> {
+            names
+                .as_ref()
+                .map(|s| {
+                    s.iter()
+                        .filter_map(|c| format!("CAP_{c}").parse::<Capability>().ok())
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
     let pc = process.capabilities().clone().unwrap_or_default();
     let bounding = parse(pc.bounding());
     for cap in caps::all() {
         if !bounding.contains(&cap) {
-            caps::drop(None, CapSet::Bounding, cap).map_err(|e| format!("dropping {cap} from the bounding set: {e}"))?;
+            caps::drop(None, CapSet::Bounding, cap)
+                .map_err(|e| format!("dropping {cap} from the bounding set: {e}"))?;
         }
     }
     if process.no_new_privileges().unwrap_or(false) {
@@ -789,11 +929,17 @@ fn set_identity(ctx: &Stage) -> Result<(), String> {
     }
     let gid = Gid::from_raw(user.gid());
     nix::unistd::setresgid(gid, gid, gid).map_err(|e| {
-        format!("cannot switch to group {}: {e} (is the id inside the user namespace's range?)", user.gid())
+        format!(
+            "cannot switch to group {}: {e} (is the id inside the user namespace's range?)",
+            user.gid()
+        )
     })?;
     let uid = Uid::from_raw(user.uid());
     nix::unistd::setresuid(uid, uid, uid).map_err(|e| {
-        format!("cannot switch to user {}: {e} (is the id inside the user namespace's range?)", user.uid())
+        format!(
+            "cannot switch to user {}: {e} (is the id inside the user namespace's range?)",
+            user.uid()
+        )
     })?;
     // SAFETY: prctl with integer arguments only.
     unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 0, 0, 0, 0) };
@@ -801,13 +947,18 @@ fn set_identity(ctx: &Stage) -> Result<(), String> {
     let effective = parse(pc.effective());
     let inheritable = parse(pc.inheritable());
     // Shrink effective before permitted: the kernel refuses effective outside permitted.
-    let eff_now: std::collections::HashSet<Capability> = effective.intersection(&permitted).copied().collect();
-    caps::set(None, CapSet::Effective, &eff_now).map_err(|e| format!("setting effective capabilities: {e}"))?;
-    caps::set(None, CapSet::Inheritable, &inheritable).map_err(|e| format!("setting inheritable capabilities: {e}"))?;
-    caps::set(None, CapSet::Permitted, &permitted).map_err(|e| format!("setting permitted capabilities: {e}"))?;
+    let eff_now: std::collections::HashSet<Capability> =
+        effective.intersection(&permitted).copied().collect();
+    caps::set(None, CapSet::Effective, &eff_now)
+        .map_err(|e| format!("setting effective capabilities: {e}"))?;
+    caps::set(None, CapSet::Inheritable, &inheritable)
+        .map_err(|e| format!("setting inheritable capabilities: {e}"))?;
+    caps::set(None, CapSet::Permitted, &permitted)
+        .map_err(|e| format!("setting permitted capabilities: {e}"))?;
     let _ = caps::clear(None, CapSet::Ambient);
     for cap in parse(pc.ambient()) {
-        caps::raise(None, CapSet::Ambient, cap).map_err(|e| format!("raising ambient {cap}: {e}"))?;
+        caps::raise(None, CapSet::Ambient, cap)
+            .map_err(|e| format!("raising ambient {cap}: {e}"))?;
     }
     Ok(())
 }

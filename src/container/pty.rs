@@ -12,7 +12,12 @@ nix::ioctl_write_ptr_bad!(set_winsize, libc::TIOCSWINSZ, Winsize);
 
 /// The window size of the terminal on `fd`, if it is one.
 pub fn window_size(fd: BorrowedFd) -> Option<Winsize> {
-    let mut ws = Winsize { ws_row: 0, ws_col: 0, ws_xpixel: 0, ws_ypixel: 0 };
+    let mut ws = Winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
     // SAFETY: TIOCGWINSZ writes one Winsize into the pointer we pass, which is valid.
     let ok = unsafe { get_winsize(fd.as_raw_fd(), &mut ws) }.is_ok();
     (ok && ws.ws_row > 0).then_some(ws)
@@ -28,7 +33,12 @@ pub fn copy_window_size(from: BorrowedFd, to: BorrowedFd) {
 
 /// The size for a new container terminal: the user's terminal's, or 24x80.
 pub fn initial_size() -> Winsize {
-    window_size(std::io::stdin().as_fd()).unwrap_or(Winsize { ws_row: 24, ws_col: 80, ws_xpixel: 0, ws_ypixel: 0 })
+    window_size(std::io::stdin().as_fd()).unwrap_or(Winsize {
+        ws_row: 24,
+        ws_col: 80,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    })
 }
 
 /// Inside the container (after pivot_root): opens a pty in the container's own devpts, makes
@@ -41,13 +51,20 @@ pub fn open_in_container(size: &Winsize) -> Result<OwnedFd, String> {
     nix::pty::grantpt(&master).map_err(|e| format!("grantpt: {e}"))?;
     nix::pty::unlockpt(&master).map_err(|e| format!("unlockpt: {e}"))?;
     let name = nix::pty::ptsname_r(&master).map_err(|e| format!("ptsname: {e}"))?;
-    let slave = nix::fcntl::open(name.as_str(), OFlag::O_RDWR | OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty())
-        .map_err(|e| format!("opening {name}: {e}"))?;
+    let slave = nix::fcntl::open(
+        name.as_str(),
+        OFlag::O_RDWR | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(|e| format!("opening {name}: {e}"))?;
     // SAFETY: TIOCSWINSZ reads one Winsize from a valid pointer; TIOCSCTTY takes an int.
     unsafe {
         let _ = set_winsize(slave, size);
         if libc::ioctl(slave, libc::TIOCSCTTY, 0) < 0 {
-            return Err(format!("making {name} the controlling terminal: {}", nix::Error::last()));
+            return Err(format!(
+                "making {name} the controlling terminal: {}",
+                nix::Error::last()
+            ));
         }
     }
     for target in 0..3 {
@@ -61,8 +78,14 @@ pub fn open_in_container(size: &Winsize) -> Result<OwnedFd, String> {
     if std::fs::symlink_metadata(console).is_err() {
         let _ = std::fs::File::create(console);
     }
-    nix::mount::mount(Some(name.as_str()), console, None::<&str>, nix::mount::MsFlags::MS_BIND, None::<&str>)
-        .map_err(|e| format!("binding {name} to /dev/console: {e}"))?;
+    nix::mount::mount(
+        Some(name.as_str()),
+        console,
+        None::<&str>,
+        nix::mount::MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(|e| format!("binding {name} to /dev/console: {e}"))?;
     // SAFETY: posix_openpt returned a fresh descriptor that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(master.into_raw_fd()) })
 }
@@ -72,9 +95,15 @@ pub fn send_fd(sock: BorrowedFd, fd: BorrowedFd) -> Result<(), String> {
     use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
     let fds = [fd.as_raw_fd()];
     let iov = [std::io::IoSlice::new(b"m")];
-    sendmsg::<()>(sock.as_raw_fd(), &iov, &[ControlMessage::ScmRights(&fds)], MsgFlags::empty(), None)
-        .map(drop)
-        .map_err(|e| format!("passing the terminal to berth: {e}"))
+    sendmsg::<()>(
+        sock.as_raw_fd(),
+        &iov,
+        &[ControlMessage::ScmRights(&fds)],
+        MsgFlags::empty(),
+        None,
+    )
+    .map(drop)
+    .map_err(|e| format!("passing the terminal to berth: {e}"))
 }
 
 /// Receives a descriptor sent with `send_fd`; None when the sender went away first.
@@ -83,7 +112,13 @@ pub fn recv_fd(sock: BorrowedFd) -> Option<OwnedFd> {
     let mut byte = [0u8; 1];
     let mut iov = [std::io::IoSliceMut::new(&mut byte)];
     let mut space = nix::cmsg_space!([RawFd; 1]);
-    let msg = recvmsg::<()>(sock.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC).ok()?;
+    let msg = recvmsg::<()>(
+        sock.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .ok()?;
     for c in msg.cmsgs().ok()? {
         if let ControlMessageOwned::ScmRights(fds) = c {
             if let Some(fd) = fds.first() {

@@ -14,10 +14,7 @@ use super::idmap::{IdMapError, IdMapping, IdMode};
 #[derive(Debug, thiserror::Error)]
 pub enum UsernsError {
     #[error("cannot create namespaces ({flags}): {source}; check `berth doctor` (are unprivileged user namespaces enabled?)")]
-    Clone {
-        flags: String,
-        source: nix::Error,
-    },
+    Clone { flags: String, source: nix::Error },
     #[error("{0}")]
     IdMap(#[from] IdMapError),
     #[error("{0}")]
@@ -88,11 +85,7 @@ pub fn child_wait_for_maps(sync_rd: OwnedFd, ids: &IdMapping) -> Result<(), Stri
 }
 
 /// Parent side of the handshake: write the maps for `child` and release it.
-pub fn parent_write_maps(
-    child: Pid,
-    ids: &IdMapping,
-    sync_wr: OwnedFd,
-) -> Result<(), UsernsError> {
+pub fn parent_write_maps(child: Pid, ids: &IdMapping, sync_wr: OwnedFd) -> Result<(), UsernsError> {
     if let Err(e) = ids.apply(child.as_raw()) {
         let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
         let _ = waitpid(child, None);
@@ -168,6 +161,12 @@ pub fn wait_retry(pid: Pid) -> Result<WaitStatus, UsernsError> {
 pub fn set_parent_death_signal() {
     // SAFETY: prctl(PR_SET_PDEATHSIG) takes an integer signal number only.
     unsafe {
-        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0);
+        libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        );
     }
 }

@@ -24,7 +24,8 @@ fn xattr_get(path: &Path, name: &str) -> Option<Vec<u8>> {
     let n = std::ffi::CString::new(name).ok()?;
     let mut buf = vec![0u8; 256];
     // SAFETY: lgetxattr writes at most buf.len() bytes into buf; strings are NUL-terminated.
-    let len = unsafe { libc::lgetxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    let len =
+        unsafe { libc::lgetxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
     (len >= 0).then(|| {
         buf.truncate(len as usize);
         buf

@@ -28,7 +28,11 @@ impl LayerStore {
 
     /// Unpacks every layer not yet unpacked and returns their directories, bottom first.
     /// Concurrent callers wait for each other per layer (flock), so a layer is unpacked once.
-    pub fn ensure(&self, layers: &[LayerRef], ids: &IdMapping) -> Result<Vec<PathBuf>, RootfsError> {
+    pub fn ensure(
+        &self,
+        layers: &[LayerRef],
+        ids: &IdMapping,
+    ) -> Result<Vec<PathBuf>, RootfsError> {
         std::fs::create_dir_all(&self.root).map_err(super::io("creating", &self.root))?;
         let mut out = Vec::with_capacity(layers.len());
         for layer in layers {
@@ -41,7 +45,12 @@ impl LayerStore {
         Ok(out)
     }
 
-    fn unpack_locked(&self, layer: &LayerRef, dest: &Path, ids: &IdMapping) -> Result<(), RootfsError> {
+    fn unpack_locked(
+        &self,
+        layer: &LayerRef,
+        dest: &Path,
+        ids: &IdMapping,
+    ) -> Result<(), RootfsError> {
         let lock_path = dest.with_extension("lock");
         let lock = std::fs::OpenOptions::new()
             .create(true)
@@ -51,7 +60,11 @@ impl LayerStore {
             .map_err(super::io("opening", &lock_path))?;
         // SAFETY: flock on a descriptor we own; blocks until the lock is ours.
         if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            return Err(RootfsError::Io { what: "locking", path: lock_path, source: std::io::Error::last_os_error() });
+            return Err(RootfsError::Io {
+                what: "locking",
+                path: lock_path,
+                source: std::io::Error::last_os_error(),
+            });
         }
         if dest.exists() {
             return Ok(());
@@ -62,16 +75,21 @@ impl LayerStore {
         let d = dest.to_path_buf();
         let result = run_in_userns(ids, move || {
             let _ = std::fs::remove_dir_all(&stale);
-            std::fs::create_dir(&stale).map_err(|e| format!("creating {}: {e}", stale.display()))?;
+            std::fs::create_dir(&stale)
+                .map_err(|e| format!("creating {}: {e}", stale.display()))?;
             let report = unpack_layer(&l, &stale).map_err(|e| e.to_string())?;
             for warning in &report.skipped {
                 eprintln!("warning: layer {}: {warning}", &l.diff_id);
             }
-            std::fs::rename(&stale, &d).map_err(|e| format!("moving the unpacked layer into place: {e}"))
+            std::fs::rename(&stale, &d)
+                .map_err(|e| format!("moving the unpacked layer into place: {e}"))
         });
         if let Err(e) = result {
             let _ = super::remove_owned_tree(vec![tmp], ids);
-            return Err(RootfsError::Unpack { diff_id: layer.diff_id.clone(), message: e.to_string() });
+            return Err(RootfsError::Unpack {
+                diff_id: layer.diff_id.clone(),
+                message: e.to_string(),
+            });
         }
         Ok(())
     }

@@ -30,7 +30,9 @@ pub enum RootfsError {
     },
     #[error("unpacking layer {diff_id}: {message}")]
     Unpack { diff_id: String, message: String },
-    #[error("the overlay layer list is too long for one mount ({len} bytes); use --storage-driver copy")]
+    #[error(
+        "the overlay layer list is too long for one mount ({len} bytes); use --storage-driver copy"
+    )]
     TooManyLayers { len: usize },
     #[error(transparent)]
     Userns(#[from] UsernsError),
@@ -85,16 +87,23 @@ pub struct RootfsPlan {
 /// Whether fuse-overlayfs is installed and /dev/fuse can be opened.
 pub fn fuse_available() -> bool {
     which("fuse-overlayfs").is_some()
-        && std::fs::OpenOptions::new().read(true).write(true).open("/dev/fuse").is_ok()
+        && std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/fuse")
+            .is_ok()
 }
 
 /// Finds an executable on PATH.
 pub fn which(name: &str) -> Option<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
-    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin".into());
+    let path = std::env::var_os("PATH")
+        .unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin".into());
     std::env::split_paths(&path)
         .map(|d| d.join(name))
-        .find(|p| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
+        .find(|p| {
+            std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
 }
 
 /// Tries a kernel overlay mount in a user namespace with `ids` (what `run` will do).
@@ -112,8 +121,14 @@ pub fn probe_kernel_overlay(scratch: &Path, ids: &IdMapping) -> Result<(), Strin
             b.join("upper").display(),
             b.join("work").display()
         );
-        nix::mount::mount(Some("overlay"), &b.join("merged"), Some("overlay"), nix::mount::MsFlags::empty(), Some(data.as_str()))
-            .map_err(|e| format!("kernel overlay in a user namespace: {e}"))?;
+        nix::mount::mount(
+            Some("overlay"),
+            &b.join("merged"),
+            Some("overlay"),
+            nix::mount::MsFlags::empty(),
+            Some(data.as_str()),
+        )
+        .map_err(|e| format!("kernel overlay in a user namespace: {e}"))?;
         let _ = nix::mount::umount2(&b.join("merged"), nix::mount::MntFlags::MNT_DETACH);
         let _ = std::fs::remove_dir_all(&b);
         Ok(())
@@ -150,7 +165,12 @@ pub fn detect(cache_file: &Path, scratch: &Path, ids: &IdMapping) -> Driver {
 }
 
 /// Prepares the rootfs of a new container in `dir` from `lowers` (bottom layer first).
-pub fn prepare(driver: Driver, lowers: &[PathBuf], dir: &Path, ids: &IdMapping) -> Result<RootfsPlan, RootfsError> {
+pub fn prepare(
+    driver: Driver,
+    lowers: &[PathBuf],
+    dir: &Path,
+    ids: &IdMapping,
+) -> Result<RootfsPlan, RootfsError> {
     let root_path = dir.join("rootfs");
     std::fs::create_dir_all(&root_path).map_err(io("creating", &root_path))?;
     match driver {
@@ -161,7 +181,11 @@ pub fn prepare(driver: Driver, lowers: &[PathBuf], dir: &Path, ids: &IdMapping) 
                 std::fs::create_dir_all(d).map_err(io("creating", d))?;
             }
             // overlayfs wants the top layer first.
-            let lower: Vec<String> = lowers.iter().rev().map(|p| p.display().to_string()).collect();
+            let lower: Vec<String> = lowers
+                .iter()
+                .rev()
+                .map(|p| p.display().to_string())
+                .collect();
             let mut options = vec![
                 format!("lowerdir={}", lower.join(":")),
                 format!("upperdir={}", upper.display()),
@@ -183,14 +207,28 @@ pub fn prepare(driver: Driver, lowers: &[PathBuf], dir: &Path, ids: &IdMapping) 
                 .source(typ)
                 .options(options)
                 .build()
-                .map_err(|e| RootfsError::Io { what: "building the root mount for", path: dir.into(), source: std::io::Error::other(e.to_string()) })?;
-            Ok(RootfsPlan { root_mount: Some(m), root_path, writable: vec![upper, work] })
+                .map_err(|e| RootfsError::Io {
+                    what: "building the root mount for",
+                    path: dir.into(),
+                    source: std::io::Error::other(e.to_string()),
+                })?;
+            Ok(RootfsPlan {
+                root_mount: Some(m),
+                root_path,
+                writable: vec![upper, work],
+            })
         }
         Driver::Copy => {
             let target = root_path.clone();
             let lowers = lowers.to_vec();
-            run_in_userns(ids, move || copy::stack_layers(&lowers, &target).map_err(|e| e.to_string()))?;
-            Ok(RootfsPlan { root_mount: None, root_path: root_path.clone(), writable: vec![root_path] })
+            run_in_userns(ids, move || {
+                copy::stack_layers(&lowers, &target).map_err(|e| e.to_string())
+            })?;
+            Ok(RootfsPlan {
+                root_mount: None,
+                root_path: root_path.clone(),
+                writable: vec![root_path],
+            })
         }
     }
 }
@@ -219,11 +257,20 @@ pub fn read_merged(lowers: &[PathBuf], rel: &str) -> Option<String> {
 
 fn xattr_is_opaque(dir: &Path) -> bool {
     use std::os::unix::ffi::OsStrExt;
-    let Ok(path) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else { return false };
+    let Ok(path) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+        return false;
+    };
     let name = std::ffi::CString::new(crate::image::OPAQUE_XATTR).expect("constant has no NUL");
     let mut buf = [0u8; 4];
     // SAFETY: lgetxattr writes at most buf.len() bytes into buf; both strings are NUL-terminated.
-    let n = unsafe { libc::lgetxattr(path.as_ptr(), name.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    let n = unsafe {
+        libc::lgetxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
     n == 1 && buf[0] == b'y'
 }
 

@@ -88,7 +88,11 @@ impl FromStr for BindVolume {
                 other => return Err(err(&format!("unknown option {other:?}; use ro or rw"))),
             }
         }
-        Ok(BindVolume { host: host.into(), container: ctr.into(), read_only })
+        Ok(BindVolume {
+            host: host.into(),
+            container: ctr.into(),
+            read_only,
+        })
     }
 }
 
@@ -190,7 +194,8 @@ pub fn merge_env(base: &[String], overrides: &[String]) -> Vec<String> {
 }
 
 fn has_env(env: &[String], key: &str) -> bool {
-    env.iter().any(|kv| kv.split_once('=').map(|(k, _)| k) == Some(key))
+    env.iter()
+        .any(|kv| kv.split_once('=').map(|(k, _)| k) == Some(key))
 }
 
 fn to_oci_caps(names: &[String]) -> oci_spec::runtime::Capabilities {
@@ -202,12 +207,18 @@ fn to_oci_caps(names: &[String]) -> oci_spec::runtime::Capabilities {
 
 /// The process arguments: Docker's Entrypoint/Cmd rules.
 pub fn process_args(req: &RunRequest, image: Option<&oci_spec::image::Config>) -> Vec<String> {
-    let image_ep = image.and_then(|c| c.entrypoint().clone()).unwrap_or_default();
+    let image_ep = image
+        .and_then(|c| c.entrypoint().clone())
+        .unwrap_or_default();
     let image_cmd = image.and_then(|c| c.cmd().clone()).unwrap_or_default();
     match &req.entrypoint {
         // --entrypoint replaces the image's Entrypoint and drops its Cmd.
         Some(ep) => {
-            let mut args: Vec<String> = if ep.is_empty() { vec![] } else { vec![ep.clone()] };
+            let mut args: Vec<String> = if ep.is_empty() {
+                vec![]
+            } else {
+                vec![ep.clone()]
+            };
             args.extend(req.cmd.iter().cloned());
             args
         }
@@ -224,7 +235,11 @@ pub fn process_args(req: &RunRequest, image: Option<&oci_spec::image::Config>) -
 }
 
 /// Builds the runtime spec for `req` on an image with `config`.
-pub fn build(req: &RunRequest, config: &ImageConfiguration, ctx: &SpecContext) -> Result<Spec, SpecError> {
+pub fn build(
+    req: &RunRequest,
+    config: &ImageConfiguration,
+    ctx: &SpecContext,
+) -> Result<Spec, SpecError> {
     let image = config.config().as_ref();
     let args = process_args(req, image);
 
@@ -238,7 +253,11 @@ pub fn build(req: &RunRequest, config: &ImageConfiguration, ctx: &SpecContext) -
     let cwd = req
         .workdir
         .clone()
-        .or_else(|| image.and_then(|c| c.working_dir().clone()).filter(|w| !w.is_empty()))
+        .or_else(|| {
+            image
+                .and_then(|c| c.working_dir().clone())
+                .filter(|w| !w.is_empty())
+        })
         .unwrap_or_else(|| "/".into());
     if !cwd.starts_with('/') {
         return Err(SpecError::Workdir(cwd));
@@ -318,21 +337,28 @@ pub fn build(req: &RunRequest, config: &ImageConfiguration, ctx: &SpecContext) -
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| SpecError::Build(e.to_string()))?;
 
-    let devices = [("/dev/null", 1, 3), ("/dev/zero", 1, 5), ("/dev/full", 1, 7), ("/dev/random", 1, 8), ("/dev/urandom", 1, 9), ("/dev/tty", 5, 0)]
-        .iter()
-        .map(|(p, maj, min)| {
-            LinuxDeviceBuilder::default()
-                .path(*p)
-                .typ(LinuxDeviceType::C)
-                .major(*maj as i64)
-                .minor(*min as i64)
-                .file_mode(0o666u32)
-                .uid(0u32)
-                .gid(0u32)
-                .build()
-        })
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| SpecError::Build(e.to_string()))?;
+    let devices = [
+        ("/dev/null", 1, 3),
+        ("/dev/zero", 1, 5),
+        ("/dev/full", 1, 7),
+        ("/dev/random", 1, 8),
+        ("/dev/urandom", 1, 9),
+        ("/dev/tty", 5, 0),
+    ]
+    .iter()
+    .map(|(p, maj, min)| {
+        LinuxDeviceBuilder::default()
+            .path(*p)
+            .typ(LinuxDeviceType::C)
+            .major(*maj as i64)
+            .minor(*min as i64)
+            .file_mode(0o666u32)
+            .uid(0u32)
+            .gid(0u32)
+            .build()
+    })
+    .collect::<Result<Vec<_>, _>>()
+    .map_err(|e| SpecError::Build(e.to_string()))?;
 
     let map = |ranges: &[crate::container::idmap::IdRange]| {
         ranges
@@ -353,7 +379,12 @@ pub fn build(req: &RunRequest, config: &ImageConfiguration, ctx: &SpecContext) -
         .devices(devices)
         .uid_mappings(map(&ctx.ids.uid)?)
         .gid_mappings(map(&ctx.ids.gid)?);
-    if !req.privileged {
+    if req.privileged {
+        // Set explicitly: oci-spec's defaults would bring masked paths back.
+        linux = linux
+            .masked_paths(Vec::<String>::new())
+            .readonly_paths(Vec::<String>::new());
+    } else {
         linux = linux
             .masked_paths(opts(MASKED_PATHS))
             .readonly_paths(opts(READONLY_PATHS));
@@ -391,23 +422,68 @@ fn default_mounts(req: &RunRequest, ctx: &SpecContext) -> Result<Vec<Mount>, Spe
     if let Some(root) = &ctx.root_mount {
         mounts.push(root.clone());
     }
-    mounts.push(mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"])?);
-    mounts.push(mount("/dev", "tmpfs", "tmpfs", &["nosuid", "strictatime", "mode=755", "size=65536k"])?);
-    let mut pts = vec!["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"];
+    mounts.push(mount(
+        "/proc",
+        "proc",
+        "proc",
+        &["nosuid", "noexec", "nodev"],
+    )?);
+    mounts.push(mount(
+        "/dev",
+        "tmpfs",
+        "tmpfs",
+        &["nosuid", "strictatime", "mode=755", "size=65536k"],
+    )?);
+    let mut pts = vec![
+        "nosuid",
+        "noexec",
+        "newinstance",
+        "ptmxmode=0666",
+        "mode=0620",
+    ];
     if ctx.ids.mode == IdMode::HostRoot || ctx.ids.maps_gid(5) {
         pts.push("gid=5");
     }
     mounts.push(mount("/dev/pts", "devpts", "devpts", &pts)?);
-    mounts.push(mount("/dev/shm", "tmpfs", "shm", &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"])?);
-    mounts.push(mount("/dev/mqueue", "mqueue", "mqueue", &["nosuid", "noexec", "nodev"])?);
+    mounts.push(mount(
+        "/dev/shm",
+        "tmpfs",
+        "shm",
+        &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
+    )?);
+    mounts.push(mount(
+        "/dev/mqueue",
+        "mqueue",
+        "mqueue",
+        &["nosuid", "noexec", "nodev"],
+    )?);
     match req.network {
-        NetworkMode::None => mounts.push(mount("/sys", "sysfs", "sysfs", &["nosuid", "noexec", "nodev", "ro"])?),
+        NetworkMode::None => mounts.push(mount(
+            "/sys",
+            "sysfs",
+            "sysfs",
+            &["nosuid", "noexec", "nodev", "ro"],
+        )?),
         // sysfs can only be mounted with a network namespace of our own.
-        NetworkMode::Host => mounts.push(mount("/sys", "bind", "/sys", &["rbind", "nosuid", "noexec", "nodev", "ro"])?),
+        NetworkMode::Host => mounts.push(mount(
+            "/sys",
+            "bind",
+            "/sys",
+            &["rbind", "nosuid", "noexec", "nodev", "ro"],
+        )?),
     }
-    for (dest, file) in [("/etc/hostname", "hostname"), ("/etc/hosts", "hosts"), ("/etc/resolv.conf", "resolv.conf")] {
+    for (dest, file) in [
+        ("/etc/hostname", "hostname"),
+        ("/etc/hosts", "hosts"),
+        ("/etc/resolv.conf", "resolv.conf"),
+    ] {
         let src = ctx.etc_dir.join(file);
-        mounts.push(mount(dest, "bind", &src.to_string_lossy(), &["rbind", "rprivate"])?);
+        mounts.push(mount(
+            dest,
+            "bind",
+            &src.to_string_lossy(),
+            &["rbind", "rprivate"],
+        )?);
     }
     for t in &req.tmpfs {
         let (path, extra) = t.split_once(':').unwrap_or((t.as_str(), ""));
@@ -423,7 +499,12 @@ fn default_mounts(req: &RunRequest, ctx: &SpecContext) -> Result<Vec<Mount>, Spe
         if v.read_only {
             o.push("ro");
         }
-        mounts.push(mount(&v.container.to_string_lossy(), "bind", &v.host.to_string_lossy(), &o)?);
+        mounts.push(mount(
+            &v.container.to_string_lossy(),
+            "bind",
+            &v.host.to_string_lossy(),
+            &o,
+        )?);
     }
     Ok(mounts)
 }
@@ -489,6 +570,10 @@ mod tests {
         req.entrypoint = Some("/other".into());
         assert_eq!(process_args(&req, Some(&c)), vec!["/other", "mine"]);
         req.cmd.clear();
-        assert_eq!(process_args(&req, Some(&c)), vec!["/other"], "--entrypoint drops the image Cmd");
+        assert_eq!(
+            process_args(&req, Some(&c)),
+            vec!["/other"],
+            "--entrypoint drops the image Cmd"
+        );
     }
 }

@@ -55,14 +55,21 @@ fn group_entries(text: &str) -> impl Iterator<Item = GroupEntry<'_>> {
         Some(GroupEntry {
             name: f[0],
             gid: f[2].parse().ok()?,
-            members: f.get(3).map(|m| m.split(',').filter(|s| !s.is_empty()).collect()).unwrap_or_default(),
+            members: f
+                .get(3)
+                .map(|m| m.split(',').filter(|s| !s.is_empty()).collect())
+                .unwrap_or_default(),
         })
     })
 }
 
 /// Resolves `spec` ("", "name", "uid", "name:group", "uid:gid", ...) against the image's
 /// passwd and group files (either may be missing).
-pub fn resolve(spec: &str, passwd: Option<&str>, group: Option<&str>) -> Result<ExecUser, UserError> {
+pub fn resolve(
+    spec: &str,
+    passwd: Option<&str>,
+    group: Option<&str>,
+) -> Result<ExecUser, UserError> {
     let (user_part, group_part) = match spec.split_once(':') {
         Some((u, g)) => (u, Some(g)),
         None => (spec, None),
@@ -99,7 +106,12 @@ pub fn resolve(spec: &str, passwd: Option<&str>, group: Option<&str>) -> Result<
     additional.retain(|g| *g != gid);
     additional.sort_unstable();
     additional.dedup();
-    Ok(ExecUser { uid, gid, additional_gids: additional, home })
+    Ok(ExecUser {
+        uid,
+        gid,
+        additional_gids: additional,
+        home,
+    })
 }
 
 #[cfg(test)]
@@ -137,7 +149,13 @@ mod tests {
 
     #[test]
     fn unknown_names_fail_clearly() {
-        assert_eq!(resolve("ghost", Some(PASSWD), Some(GROUP)), Err(UserError::NoUser("ghost".into())));
-        assert_eq!(resolve("user:ghosts", Some(PASSWD), Some(GROUP)), Err(UserError::NoGroup("ghosts".into())));
+        assert_eq!(
+            resolve("ghost", Some(PASSWD), Some(GROUP)),
+            Err(UserError::NoUser("ghost".into()))
+        );
+        assert_eq!(
+            resolve("user:ghosts", Some(PASSWD), Some(GROUP)),
+            Err(UserError::NoGroup("ghosts".into()))
+        );
     }
 }

@@ -54,6 +54,9 @@ pub struct ContainerRecord {
     /// Rootfs driver used, and the directories with files owned by mapped ids.
     pub driver: String,
     pub writable: Vec<PathBuf>,
+    /// `--rm`: the record goes away with the container, also after a crash of berth.
+    #[serde(default)]
+    pub auto_remove: bool,
 }
 
 /// The containers directory.
@@ -96,14 +99,20 @@ impl ContainerStore {
             .map_err(io("opening", &p))?;
         // SAFETY: flock on a descriptor we own.
         if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            return Err(StateError::Io { what: "locking", path: p, source: std::io::Error::last_os_error() });
+            return Err(StateError::Io {
+                what: "locking",
+                path: p,
+                source: std::io::Error::last_os_error(),
+            });
         }
         Ok(StoreLock(f))
     }
 
     /// All records (unreadable directories are skipped: they are being created or removed).
     pub fn list(&self) -> Vec<ContainerRecord> {
-        let Ok(rd) = std::fs::read_dir(&self.root) else { return vec![] };
+        let Ok(rd) = std::fs::read_dir(&self.root) else {
+            return vec![];
+        };
         let mut out: Vec<ContainerRecord> = rd
             .flatten()
             .filter_map(|e| std::fs::read(e.path().join("state.json")).ok())
@@ -119,7 +128,10 @@ impl ContainerStore {
         if let Some(r) = all.iter().find(|r| r.name == key || r.id == key) {
             return Ok(r.clone());
         }
-        let matches: Vec<_> = all.iter().filter(|r| key.len() >= 3 && r.id.starts_with(key)).collect();
+        let matches: Vec<_> = all
+            .iter()
+            .filter(|r| key.len() >= 3 && r.id.starts_with(key))
+            .collect();
         match matches.as_slice() {
             [one] => Ok((*one).clone()),
             _ => Err(StateError::NotFound(key.to_string())),
@@ -132,7 +144,10 @@ impl ContainerStore {
             return Err(StateError::BadName(name.to_string()));
         }
         if let Some(r) = self.list().into_iter().find(|r| r.name == name) {
-            return Err(StateError::NameInUse { name: name.to_string(), id: r.id[..12].to_string() });
+            return Err(StateError::NameInUse {
+                name: name.to_string(),
+                id: r.id[..12].to_string(),
+            });
         }
         Ok(())
     }
@@ -142,16 +157,31 @@ impl ContainerStore {
         let dir = self.dir(&rec.id);
         std::fs::create_dir_all(&dir).map_err(io("creating", &dir))?;
         let tmp = dir.join("state.json.tmp");
-        let data = serde_json::to_vec_pretty(rec).map_err(|source| StateError::Corrupt { path: tmp.clone(), source })?;
+        let data = serde_json::to_vec_pretty(rec).map_err(|source| StateError::Corrupt {
+            path: tmp.clone(),
+            source,
+        })?;
         std::fs::write(&tmp, data).map_err(io("writing", &tmp))?;
         let dst = dir.join("state.json");
         std::fs::rename(&tmp, &dst).map_err(io("renaming", &dst))
     }
 
+    /// Records whose supervising berth died without cleaning up (killed with SIGKILL).
+    pub fn stale(&self) -> Vec<ContainerRecord> {
+        self.list()
+            .into_iter()
+            .filter(|r| r.status != Status::Exited && !Self::monitor_alive(r))
+            .collect()
+    }
+
+    fn monitor_alive(rec: &ContainerRecord) -> bool {
+        rec.monitor_pid
+            .is_some_and(|p| nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), None).is_ok())
+    }
+
     /// Whether the supervising process of a record is still alive.
     pub fn is_running(rec: &ContainerRecord) -> bool {
-        rec.status == Status::Running
-            && rec.monitor_pid.is_some_and(|p| nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), None).is_ok())
+        rec.status == Status::Running && Self::monitor_alive(rec)
     }
 }
 
@@ -172,6 +202,7 @@ mod tests {
             monitor_pid: None,
             driver: "overlay".into(),
             writable: vec![],
+            auto_remove: false,
         }
     }
 
@@ -180,8 +211,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = ContainerStore::new(dir.path().to_path_buf());
         store.save(&rec("abcdef0123456789", "web")).unwrap();
-        assert!(matches!(store.check_name("web"), Err(StateError::NameInUse { .. })));
-        assert!(matches!(store.check_name("-bad"), Err(StateError::BadName(_))));
+        assert!(matches!(
+            store.check_name("web"),
+            Err(StateError::NameInUse { .. })
+        ));
+        assert!(matches!(
+            store.check_name("-bad"),
+            Err(StateError::BadName(_))
+        ));
         store.check_name("db").unwrap();
         assert_eq!(store.find("abcd").unwrap().name, "web");
         assert_eq!(store.find("web").unwrap().id, "abcdef0123456789");
