@@ -297,6 +297,7 @@ impl Engine {
             } else {
                 vec![]
             },
+            seccomp_cache: Some(self.dirs.cache.join("seccomp")),
         };
         let code = container::run(&dir, &self.ids, &opts)?;
         if !flags.remove {
@@ -310,9 +311,12 @@ impl Engine {
 
     fn remove_dir(&self, id: &str) {
         let dir = self.containers.dir(id);
-        let owned = ["upper", "work", "rootfs"]
+        // Try as ourselves first: an empty mount point or a writable layer already removed
+        // by the container's stage 1 needs no user namespace.
+        let owned: Vec<PathBuf> = ["upper", "work", "rootfs"]
             .iter()
             .map(|d| dir.join(d))
+            .filter(|p| p.exists() && std::fs::remove_dir_all(p).is_err())
             .collect();
         let _ = rootfs::remove_owned_tree(owned, &self.ids);
         let _ = std::fs::remove_dir_all(&dir);

@@ -38,6 +38,8 @@ pub const INIT_ANNOTATION: &str = "dev.berth.init";
 pub struct RunOptions {
     pub attach_stdin: bool,
     pub remove_after: Vec<PathBuf>,
+    /// Where compiled seccomp filters are kept between runs.
+    pub seccomp_cache: Option<PathBuf>,
 }
 
 /// Signals `berth run` passes on to the container process.
@@ -102,7 +104,11 @@ pub fn run(bundle: &Path, ids: &IdMapping, opts: &RunOptions) -> Result<i32, Con
         .ok_or_else(|| ContainerError::Spec("config.json has no process".into()))?;
     let seccomp = match spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) {
         Some(profile) => {
-            Some(bpf::compile(profile).map_err(|e| ContainerError::Spec(e.to_string()))?)
+            let compiled = match &opts.seccomp_cache {
+                Some(dir) => bpf::compile_cached(profile, dir),
+                None => bpf::compile(profile),
+            };
+            Some(compiled.map_err(|e| ContainerError::Spec(e.to_string()))?)
         }
         None => None,
     };

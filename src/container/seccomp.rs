@@ -845,3 +845,90 @@ mod tests {
         assert_eq!(exit_code_under(&filters, mixed_actions_checks), 0);
     }
 }
+
+/// Compiles `profile` for this machine, reusing a compiled copy from `cache_dir` when one
+/// exists. Compiling Docker's profile costs milliseconds per run (seccompiler resolves every
+/// name); the cache is keyed by the profile's exact JSON, the arch and berth's version.
+pub fn compile_cached(profile: &LinuxSeccomp, cache_dir: &std::path::Path) -> Result<SeccompFilters, SeccompError> {
+    use sha2::Digest;
+    let Ok(json) = serde_json::to_vec(profile) else {
+        return compile(profile);
+    };
+    let mut h = sha2::Sha256::new();
+    h.update(&json);
+    h.update(std::env::consts::ARCH.as_bytes());
+    h.update(env!("CARGO_PKG_VERSION").as_bytes());
+    let path = cache_dir.join(format!("{}.bpf", hex::encode(h.finalize())));
+    if let Some(filters) = std::fs::read(&path).ok().and_then(|b| decode(&b)) {
+        return Ok(filters);
+    }
+    let filters = compile(profile)?;
+    let _ = std::fs::create_dir_all(cache_dir);
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    if std::fs::write(&tmp, encode(&filters)).is_ok() {
+        let _ = std::fs::rename(&tmp, &path);
+    }
+    Ok(filters)
+}
+
+/// Layout: per program a u32 instruction count, then 8 bytes per instruction (little endian).
+fn encode(f: &SeccompFilters) -> Vec<u8> {
+    let mut out = Vec::new();
+    for p in &f.programs {
+        out.extend_from_slice(&(p.len() as u32).to_le_bytes());
+        for ins in p {
+            out.extend_from_slice(&ins.code.to_le_bytes());
+            out.push(ins.jt);
+            out.push(ins.jf);
+            out.extend_from_slice(&ins.k.to_le_bytes());
+        }
+    }
+    out
+}
+
+fn decode(mut b: &[u8]) -> Option<SeccompFilters> {
+    let mut programs = Vec::new();
+    while !b.is_empty() {
+        let n = u32::from_le_bytes(b.get(..4)?.try_into().ok()?) as usize;
+        b = &b[4..];
+        let body = b.get(..n.checked_mul(8)?)?;
+        let prog: BpfProgram = body
+            .chunks_exact(8)
+            .map(|c| seccompiler::sock_filter {
+                code: u16::from_le_bytes([c[0], c[1]]),
+                jt: c[2],
+                jf: c[3],
+                k: u32::from_le_bytes([c[4], c[5], c[6], c[7]]),
+            })
+            .collect();
+        if prog.is_empty() || prog.len() > 4096 {
+            return None;
+        }
+        programs.push(prog);
+        b = &b[n * 8..];
+    }
+    Some(SeccompFilters { programs })
+}
+
+#[cfg(test)]
+mod cache_tests {
+    use super::*;
+
+    #[test]
+    fn cached_filters_equal_fresh_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let profile = crate::spec::seccomp::default_profile(
+            &crate::spec::caps::DEFAULT_CAPS.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+        );
+        let fresh = compile(&profile).unwrap();
+        let first = compile_cached(&profile, dir.path()).unwrap();
+        let second = compile_cached(&profile, dir.path()).unwrap();
+        assert_eq!(encode(&fresh), encode(&first));
+        assert_eq!(encode(&fresh), encode(&second));
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+        // A damaged cache file is ignored, not trusted.
+        let file = std::fs::read_dir(dir.path()).unwrap().next().unwrap().unwrap().path();
+        std::fs::write(&file, b"\x05\0\0\0garbage").unwrap();
+        assert_eq!(encode(&compile_cached(&profile, dir.path()).unwrap()), encode(&fresh));
+    }
+}
