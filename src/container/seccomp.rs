@@ -849,7 +849,10 @@ mod tests {
 /// Compiles `profile` for this machine, reusing a compiled copy from `cache_dir` when one
 /// exists. Compiling Docker's profile costs milliseconds per run (seccompiler resolves every
 /// name); the cache is keyed by the profile's exact JSON, the arch and berth's version.
-pub fn compile_cached(profile: &LinuxSeccomp, cache_dir: &std::path::Path) -> Result<SeccompFilters, SeccompError> {
+pub fn compile_cached(
+    profile: &LinuxSeccomp,
+    cache_dir: &std::path::Path,
+) -> Result<SeccompFilters, SeccompError> {
     use sha2::Digest;
     let Ok(json) = serde_json::to_vec(profile) else {
         return compile(profile);
@@ -918,7 +921,10 @@ mod cache_tests {
     fn cached_filters_equal_fresh_ones() {
         let dir = tempfile::tempdir().unwrap();
         let profile = crate::spec::seccomp::default_profile(
-            &crate::spec::caps::DEFAULT_CAPS.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+            &crate::spec::caps::DEFAULT_CAPS
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>(),
         );
         let fresh = compile(&profile).unwrap();
         let first = compile_cached(&profile, dir.path()).unwrap();
@@ -927,8 +933,16 @@ mod cache_tests {
         assert_eq!(encode(&fresh), encode(&second));
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
         // A damaged cache file is ignored, not trusted.
-        let file = std::fs::read_dir(dir.path()).unwrap().next().unwrap().unwrap().path();
+        let file = std::fs::read_dir(dir.path())
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
         std::fs::write(&file, b"\x05\0\0\0garbage").unwrap();
-        assert_eq!(encode(&compile_cached(&profile, dir.path()).unwrap()), encode(&fresh));
+        assert_eq!(
+            encode(&compile_cached(&profile, dir.path()).unwrap()),
+            encode(&fresh)
+        );
     }
 }

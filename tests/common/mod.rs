@@ -6,7 +6,9 @@
 //!   `berthtest` (created by `scripts/setup-host`), through
 //!   `setpriv --reuid --regid --init-groups` with a clean environment;
 //! - test process is an ordinary user: berth runs as that user;
-//! - `Berth::as_root()`: berth runs as root, unchanged.
+//! - `Berth::as_root()`: berth runs as root, unchanged;
+//! - `Berth::options().user(NAME)`: berth runs as the unprivileged user NAME
+//!   through setpriv, like `berthtest`; the test process must be root.
 //!
 //! A fixture whose prerequisites are missing (no test user, no subuid range,
 //! no user namespaces, binary out of the user's reach) skips the test with
@@ -45,6 +47,9 @@ pub use pty::PtySession;
 
 /// The unprivileged user the suite runs berth as when it runs as root.
 pub const TEST_USER: &str = "berthtest";
+/// An unprivileged user with no subordinate id range (created by
+/// `scripts/setup-host`), for berth's single-id fallback.
+pub const NOSUB_USER: &str = "berthnosub";
 /// The PATH berth (and through it the container runtime helpers) sees.
 pub const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 /// How long one berth command may take before the test fails.
@@ -84,6 +89,8 @@ pub struct Identity {
     pub drop_privileges: bool,
     /// The user's subordinate uid range, if any (start, count).
     pub subuids: Option<(u32, u32)>,
+    /// The user's subordinate gid range, if any (start, count).
+    pub subgids: Option<(u32, u32)>,
 }
 
 fn is_root() -> bool {
@@ -110,22 +117,13 @@ fn check_unprivileged() -> Result<Identity, String> {
             .map_err(|e| format!("looking up uid {}: {e}", Uid::effective()))?
             .ok_or_else(|| format!("uid {} has no /etc/passwd entry", Uid::effective()))?
     };
-    let subuids = subid_range("/etc/subuid", &user.name, user.uid.as_raw());
-    let subgids = subid_range("/etc/subgid", &user.name, user.gid.as_raw());
-    let (Some(_), Some(_)) = (subuids, subgids) else {
+    let id = identity_of(&user, is_root());
+    let (Some(_), Some(_)) = (id.subuids, id.subgids) else {
         return Err(format!(
             "no subordinate id range for {name} in /etc/subuid and /etc/subgid: \
              run `sudo scripts/setup-host --user {name}` (or add `{name}:200000:65536` to both)",
-            name = user.name
+            name = id.name
         ));
-    };
-    let id = Identity {
-        name: user.name.clone(),
-        uid: user.uid.as_raw(),
-        gid: user.gid.as_raw(),
-        home: user.dir.clone(),
-        drop_privileges: is_root(),
-        subuids,
     };
     for helper in ["newuidmap", "newgidmap"] {
         if which(helper).is_none() {
@@ -134,6 +132,60 @@ fn check_unprivileged() -> Result<Identity, String> {
             ));
         }
     }
+    check_usable(&id)?;
+    Ok(id)
+}
+
+/// The identity for `Options::user(name)` fixtures, checked once per user and
+/// test process. Whether the user has a subordinate range is the test's
+/// business (`Identity::subuids`, `Identity::subgids`), not a prerequisite.
+fn named_user(name: &str) -> Result<Identity, String> {
+    static IDS: Mutex<Vec<(String, Result<Identity, String>)>> = Mutex::new(Vec::new());
+    let mut ids = IDS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, found)) = ids.iter().find(|(n, _)| n == name) {
+        return found.clone();
+    }
+    let checked = check_named_user(name);
+    ids.push((name.to_string(), checked.clone()));
+    checked
+}
+
+fn check_named_user(name: &str) -> Result<Identity, String> {
+    if !is_root() {
+        return Err(format!(
+            "this test runs berth as the user {name}, and switching to that user (setpriv) \
+             needs the suite to run as root"
+        ));
+    }
+    let user = User::from_name(name)
+        .map_err(|e| format!("looking up {name}: {e}"))?
+        .ok_or_else(|| format!("no user {name}: run scripts/setup-host as root to create it"))?;
+    if user.uid.is_root() {
+        return Err(format!(
+            "{name} has uid 0; Options::user is for unprivileged users"
+        ));
+    }
+    let id = identity_of(&user, true);
+    check_usable(&id)?;
+    Ok(id)
+}
+
+/// `user` as berth sees it, with its subordinate ranges.
+fn identity_of(user: &User, drop_privileges: bool) -> Identity {
+    Identity {
+        name: user.name.clone(),
+        uid: user.uid.as_raw(),
+        gid: user.gid.as_raw(),
+        home: user.dir.clone(),
+        drop_privileges,
+        subuids: subid_range("/etc/subuid", &user.name, user.uid.as_raw()),
+        subgids: subid_range("/etc/subgid", &user.name, user.uid.as_raw()),
+    }
+}
+
+/// What any unprivileged identity needs: to reach the binary and the test
+/// images, and to create a user namespace.
+fn check_usable(id: &Identity) -> Result<(), String> {
     if id.drop_privileges {
         // The user must reach the binary and the test images through every parent directory.
         let images = image::images_dir();
@@ -146,8 +198,9 @@ fn check_unprivileged() -> Result<Identity, String> {
         );
         if !quiet_success(probe) {
             return Err(format!(
-                "{TEST_USER} cannot reach {} or {}: a parent directory is not searchable by others \
+                "{} cannot reach {} or {}: a parent directory is not searchable by others \
                  (e.g. a checkout under /root); `chmod o+x` the parents or move the checkout to /work or /srv",
+                id.name,
                 berth_bin(),
                 images_parent.display()
             ));
@@ -161,7 +214,7 @@ fn check_unprivileged() -> Result<Identity, String> {
             id.name
         ));
     }
-    Ok(id)
+    Ok(())
 }
 
 impl Identity {
@@ -202,6 +255,7 @@ fn root_identity() -> Identity {
         home: "/root".into(),
         drop_privileges: false,
         subuids: subid_range("/etc/subuid", "root", 0),
+        subgids: subid_range("/etc/subgid", "root", 0),
     }
 }
 
@@ -235,10 +289,21 @@ fn quiet_success(mut cmd: Command) -> bool {
 /// processes it cannot attribute, and kills only its own.
 static ALIVE: Mutex<(usize, Vec<i32>)> = Mutex::new((0, Vec::new()));
 
+/// Whom a fixture runs berth as.
+#[derive(Default)]
+enum Who {
+    /// `berthtest` when the suite runs as root, else the user running it.
+    #[default]
+    Unprivileged,
+    Root,
+    /// A named unprivileged user (the suite must run as root).
+    User(String),
+}
+
 /// How to set a fixture up.
 #[derive(Default)]
 pub struct Options {
-    root: bool,
+    who: Who,
     global_args: Vec<String>,
     env: Vec<(String, String)>,
     no_image: bool,
@@ -247,7 +312,15 @@ pub struct Options {
 impl Options {
     /// Run berth as root instead of the unprivileged user.
     pub fn root(mut self) -> Self {
-        self.root = true;
+        self.who = Who::Root;
+        self
+    }
+
+    /// Run berth as the unprivileged user `name` (e.g. [`NOSUB_USER`])
+    /// instead of the usual one. Needs the suite to run as root: otherwise
+    /// the test skips (fails under CI).
+    pub fn user(mut self, name: &str) -> Self {
+        self.who = Who::User(name.to_string());
         self
     }
 
@@ -271,20 +344,28 @@ impl Options {
 
     /// The fixture, or `None` (after printing why) when the test must skip.
     pub fn start(self) -> Option<Berth> {
-        let identity = if self.root {
-            if !is_root() {
-                skip("this test runs berth as root and the suite is not running as root");
-                return None;
+        let identity = match &self.who {
+            Who::Root => {
+                if !is_root() {
+                    skip("this test runs berth as root and the suite is not running as root");
+                    return None;
+                }
+                root_identity()
             }
-            root_identity()
-        } else {
-            match unprivileged() {
+            Who::Unprivileged => match unprivileged() {
                 Ok(id) => id.clone(),
                 Err(reason) => {
                     skip(&reason);
                     return None;
                 }
-            }
+            },
+            Who::User(name) => match named_user(name) {
+                Ok(id) => id,
+                Err(reason) => {
+                    skip(&reason);
+                    return None;
+                }
+            },
         };
         let berth = Berth::create(identity, self.global_args, self.env);
         if !self.no_image {
