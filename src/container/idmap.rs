@@ -157,13 +157,14 @@ impl IdMapping {
         self.mode != IdMode::HostRoot
     }
 
-    /// Whether container id `id` exists (maps to some host id).
+    /// Whether container gid `id` exists (maps to some host id).
     pub fn maps_gid(&self, id: u32) -> bool {
-        self.mode == IdMode::HostRoot
-            || self
-                .gid
-                .iter()
-                .any(|r| id >= r.container && id - r.container < r.size)
+        self.mode == IdMode::HostRoot || in_ranges(&self.gid, id)
+    }
+
+    /// Whether container uid `id` exists (maps to some host id).
+    pub fn maps_uid(&self, id: u32) -> bool {
+        self.mode == IdMode::HostRoot || in_ranges(&self.uid, id)
     }
 
     /// The warning printed once per run in single-id mode.
@@ -194,6 +195,12 @@ impl IdMapping {
             }
         }
     }
+}
+
+fn in_ranges(ranges: &[IdRange], id: u32) -> bool {
+    ranges
+        .iter()
+        .any(|r| id >= r.container && id - r.container < r.size)
 }
 
 fn format_map(ranges: &[IdRange]) -> String {

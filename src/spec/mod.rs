@@ -30,6 +30,13 @@ pub enum SpecError {
     Workdir(String),
     #[error(transparent)]
     User(#[from] user::UserError),
+    #[error("{kind} {id} does not exist in this user namespace (it maps {mapped}); {fix}")]
+    Unmapped {
+        kind: &'static str,
+        id: u32,
+        mapped: String,
+        fix: String,
+    },
     #[error(transparent)]
     Caps(#[from] caps::CapsError),
     #[error("building the runtime spec: {0}")]
@@ -249,6 +256,30 @@ pub fn build(
         .or_else(|| image.and_then(|c| c.user().clone()))
         .unwrap_or_default();
     let user = user::resolve(&user_spec, ctx.passwd.as_deref(), ctx.group.as_deref())?;
+
+    for (kind, id, ok, ranges) in [
+        ("user", user.uid, ctx.ids.maps_uid(user.uid), &ctx.ids.uid),
+        ("group", user.gid, ctx.ids.maps_gid(user.gid), &ctx.ids.gid),
+    ] {
+        if !ok {
+            let mapped = ranges
+                .iter()
+                .map(|r| format!("{}-{}", r.container, r.container + r.size - 1))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let fix = if ctx.ids.mode == IdMode::SingleId {
+                "only root exists without a subordinate id range: add `USER:100000:65536` to /etc/subuid and /etc/subgid (`berth doctor`)".to_string()
+            } else {
+                "use an id inside that range".to_string()
+            };
+            return Err(SpecError::Unmapped {
+                kind,
+                id,
+                mapped: format!("ids {mapped}"),
+                fix,
+            });
+        }
+    }
 
     let cwd = req
         .workdir

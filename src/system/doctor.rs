@@ -836,7 +836,7 @@ fn kvm_module() -> Option<&'static str> {
 
 fn check_kvm(dev: DevState, pvm: bool, me: &Me) -> Check {
     const NAME: &str = "kvm";
-    const PVM: &str = "KVM here is PVM (software nested virtualization): tiny guests run but standard Linux guests never reach userspace; full microVM runs go through scripts/kvm-nested";
+    const PVM: &str = "KVM here is PVM (software nested virtualization): tiny guests run but standard Linux guests never reach userspace; full microVM runs need hardware KVM or nested virtualization";
     match dev {
         DevState::Missing => Check::warn(
             NAME,
@@ -890,7 +890,7 @@ fn check_kvm(dev: DevState, pvm: bool, me: &Me) -> Check {
         DevState::ReadWrite if pvm => Check::warn(
             NAME,
             format!("/dev/kvm read-write, but {PVM}"),
-            "run microVMs through scripts/kvm-nested here, or directly on hardware with VT-x/AMD-V (or nested virtualization enabled)",
+            "run microVMs on hardware with VT-x/AMD-V, or in a VM with nested virtualization enabled",
         ),
         DevState::ReadWrite => Check::ok(NAME, "/dev/kvm read-write"),
     }
