@@ -6,7 +6,10 @@ use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::container::{self, IdMapping, RunOptions};
-use crate::image::{ImageError, ImageStore, ImageSummary, LoadedImage};
+use crate::image::{
+    ArchiveFormat, ContainerUse, HistoryEntry, ImageError, ImageInspect, ImageRemoval, ImageStore,
+    ImageSummary, LoadedImage,
+};
 use crate::paths::Dirs;
 use crate::rootfs::{self, Driver, LayerStore, RootfsError};
 use crate::spec::{self, RunRequest, SpecContext, SpecError};
@@ -162,6 +165,68 @@ impl Engine {
 
     pub fn images(&self) -> Result<Vec<ImageSummary>, EngineError> {
         Ok(self.images.list()?)
+    }
+
+    /// `berth tag SOURCE TARGET`.
+    pub fn tag_image(&self, source: &str, target: &str) -> Result<(), EngineError> {
+        Ok(self.images.tag(source, target)?)
+    }
+
+    /// `berth rmi [-f] REF`: untags or deletes one image, refusing an image a
+    /// container uses unless `force` (always when the container runs), then
+    /// deletes the unpacked layers no remaining image uses.
+    pub fn remove_image(&self, reference: &str, force: bool) -> Result<ImageRemoval, EngineError> {
+        let users: Vec<ContainerUse> = self
+            .containers()
+            .iter()
+            .map(|c| ContainerUse {
+                id: c.id.clone(),
+                image_id: c.image_id.clone(),
+                running: ContainerStore::is_running(c),
+            })
+            .collect();
+        let removal = self.images.remove(reference, force, &users)?;
+        if !removal.unused_layers.is_empty() {
+            // An image loaded meanwhile may use a layer again: check once more.
+            let in_use = self.images.diff_ids_in_use()?;
+            let dirs: Vec<PathBuf> = removal
+                .unused_layers
+                .iter()
+                .filter(|d| !in_use.contains(*d))
+                .map(|d| self.layers.path(d))
+                .collect();
+            for d in &dirs {
+                let _ = std::fs::remove_file(d.with_extension("lock"));
+            }
+            rootfs::remove_owned_tree(dirs, &self.ids)?;
+        }
+        Ok(removal)
+    }
+
+    /// `berth image inspect REF`.
+    pub fn inspect_image(&self, reference: &str) -> Result<ImageInspect, EngineError> {
+        Ok(self.images.inspect(reference)?)
+    }
+
+    /// `berth history REF`: newest step first.
+    pub fn image_history(&self, reference: &str) -> Result<Vec<HistoryEntry>, EngineError> {
+        Ok(self.images.history(reference)?)
+    }
+
+    /// `berth save`: the images `refs` name as one archive, to `output` (written
+    /// to a temporary file and renamed) or, without one, to `out`.
+    pub fn save_images(
+        &self,
+        refs: &[String],
+        format: ArchiveFormat,
+        output: Option<&Path>,
+        out: &mut dyn std::io::Write,
+    ) -> Result<(), EngineError> {
+        match output {
+            Some(path) => self.images.save_to_file(refs, format, path)?,
+            None => self.images.save_to_writer(refs, format, out)?,
+        }
+        Ok(())
     }
 
     pub fn info(&self) -> Info {

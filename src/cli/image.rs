@@ -1,11 +1,14 @@
-//! `berth load`, `berth images`, `berth image ls`.
+//! `berth load`, `berth images`, `berth image ls`, `berth tag`, `berth rmi`,
+//! `berth image inspect`, `berth history`, `berth save`.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
 
 use berth::engine::Engine;
+use berth::image::ArchiveFormat;
 
 #[derive(Args)]
 pub struct LoadArgs {
@@ -28,6 +31,68 @@ pub struct ImagesArgs {
     /// Output format: table or json.
     #[arg(long, default_value = "table")]
     format: String,
+    /// Show the manifest digests.
+    #[arg(long)]
+    digests: bool,
+}
+
+#[derive(Args)]
+pub struct TagArgs {
+    /// The image to name (name or id).
+    source: String,
+    /// The new name, NAME[:TAG].
+    target: String,
+}
+
+#[derive(Args)]
+pub struct RmiArgs {
+    /// Remove the image even when a stopped container uses it or it has several names.
+    #[arg(short, long)]
+    force: bool,
+    /// Accepted for Docker compatibility; berth keeps no parent images.
+    #[arg(long)]
+    no_prune: bool,
+    /// Images to remove (names or ids).
+    #[arg(required = true, value_name = "IMAGE")]
+    images: Vec<String>,
+}
+
+#[derive(Args)]
+pub struct InspectArgs {
+    /// Images to inspect (names or ids).
+    #[arg(required = true, value_name = "IMAGE")]
+    images: Vec<String>,
+}
+
+#[derive(Args)]
+pub struct HistoryArgs {
+    /// Sizes and dates in human-readable form.
+    #[arg(short = 'H', long, default_value_t = true, action = clap::ArgAction::Set)]
+    human: bool,
+    /// Do not truncate the output.
+    #[arg(long)]
+    no_trunc: bool,
+    /// Show only image ids.
+    #[arg(short, long)]
+    quiet: bool,
+    /// Output format: table or json.
+    #[arg(long, default_value = "table")]
+    format: String,
+    /// The image (name or id).
+    image: String,
+}
+
+#[derive(Args)]
+pub struct SaveArgs {
+    /// Write to this file instead of standard output.
+    #[arg(short, long)]
+    output: Option<PathBuf>,
+    /// docker-archive (as `docker save`) or oci-archive.
+    #[arg(long, default_value = "docker-archive")]
+    format: String,
+    /// Images to save (names or ids).
+    #[arg(required = true, value_name = "IMAGE")]
+    images: Vec<String>,
 }
 
 #[derive(Subcommand)]
@@ -37,6 +102,17 @@ pub enum ImageCommand {
     Ls(ImagesArgs),
     /// Import images from an archive.
     Load(LoadArgs),
+    /// Give an image another name.
+    Tag(TagArgs),
+    /// Remove images.
+    #[command(alias = "rmi", alias = "remove")]
+    Rm(RmiArgs),
+    /// Show images' configuration as JSON.
+    Inspect(InspectArgs),
+    /// Show the history of an image.
+    History(HistoryArgs),
+    /// Write images to an archive.
+    Save(SaveArgs),
 }
 
 pub fn load(engine: &Engine, args: LoadArgs) -> anyhow::Result<()> {
@@ -123,7 +199,7 @@ pub fn images(engine: &Engine, args: ImagesArgs) -> anyhow::Result<()> {
             .map(|i| {
                 serde_json::json!({
                     "Repository": i.repository, "Tag": i.tag, "ID": i.id,
-                    "CreatedAt": i.created, "Size": i.size,
+                    "Digest": i.digest, "CreatedAt": i.created, "Size": i.size,
                 })
             })
             .collect();
@@ -145,6 +221,28 @@ pub fn images(engine: &Engine, args: ImagesArgs) -> anyhow::Result<()> {
                 println!("{}", short(&i.id));
             }
         }
+        return Ok(());
+    }
+    if args.digests {
+        let mut rows = vec![[
+            "REPOSITORY".to_string(),
+            "TAG".into(),
+            "DIGEST".into(),
+            "IMAGE ID".into(),
+            "CREATED".into(),
+            "SIZE".into(),
+        ]];
+        for i in &list {
+            rows.push([
+                i.repository.clone(),
+                i.tag.clone(),
+                i.digest.clone(),
+                short(&i.id),
+                ago(i.created.as_deref()),
+                human_size(i.size),
+            ]);
+        }
+        print_table(&rows);
         return Ok(());
     }
     let mut rows = vec![[
@@ -192,7 +290,161 @@ pub fn image(engine: &Engine, cmd: ImageCommand) -> anyhow::Result<()> {
     match cmd {
         ImageCommand::Ls(a) => images(engine, a),
         ImageCommand::Load(a) => load(engine, a),
+        ImageCommand::Tag(a) => tag(engine, a),
+        ImageCommand::Rm(a) => rmi(engine, a),
+        ImageCommand::Inspect(a) => inspect(engine, a),
+        ImageCommand::History(a) => history(engine, a),
+        ImageCommand::Save(a) => save(engine, a),
     }
+}
+
+/// `berth tag SOURCE TARGET`: prints nothing, as Docker.
+pub fn tag(engine: &Engine, args: TagArgs) -> anyhow::Result<()> {
+    engine.tag_image(&args.source, &args.target)?;
+    Ok(())
+}
+
+/// `berth rmi`: each reference in turn, `Untagged:` and `Deleted:` lines as
+/// Docker prints them; a reference that fails is reported and the rest go on.
+pub fn rmi(engine: &Engine, args: RmiArgs) -> anyhow::Result<()> {
+    let mut failed: Option<anyhow::Error> = None;
+    for reference in &args.images {
+        match engine.remove_image(reference, args.force) {
+            Ok(removal) => {
+                for n in &removal.untagged {
+                    println!("Untagged: {n}");
+                }
+                if let Some(id) = &removal.deleted {
+                    println!("Deleted: {id}");
+                }
+            }
+            Err(e) => {
+                if let Some(previous) = failed.take() {
+                    super::report(previous, 1);
+                }
+                failed = Some(e.into());
+            }
+        }
+    }
+    failed.map_or(Ok(()), Err)
+}
+
+/// JSON as Docker prints it: four-space indents.
+fn to_docker_json(value: &impl serde::Serialize) -> anyhow::Result<String> {
+    let mut out = Vec::new();
+    let fmt = serde_json::ser::PrettyFormatter::with_indent(b"    ");
+    let mut ser = serde_json::Serializer::with_formatter(&mut out, fmt);
+    value.serialize(&mut ser)?;
+    Ok(String::from_utf8(out)?)
+}
+
+/// `berth image inspect`: a JSON array of the images found; an image not
+/// found is an error after the others are printed, as with Docker.
+pub fn inspect(engine: &Engine, args: InspectArgs) -> anyhow::Result<()> {
+    let mut found = Vec::new();
+    let mut failed: Option<anyhow::Error> = None;
+    for reference in &args.images {
+        match engine.inspect_image(reference) {
+            Ok(i) => found.push(i),
+            Err(e) => {
+                if let Some(previous) = failed.take() {
+                    super::report(previous, 1);
+                }
+                failed = Some(e.into());
+            }
+        }
+    }
+    println!("{}", to_docker_json(&found)?);
+    failed.map_or(Ok(()), Err)
+}
+
+/// Docker's `Ellipsis`: at most `max` characters, the last one `…` when cut.
+fn ellipsis(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text.to_string();
+    }
+    let mut out: String = text.chars().take(max.saturating_sub(1)).collect();
+    out.push('…');
+    out
+}
+
+/// `berth history`: IMAGE, CREATED, CREATED BY, SIZE, COMMENT, newest first.
+pub fn history(engine: &Engine, args: HistoryArgs) -> anyhow::Result<()> {
+    let rows = engine.image_history(&args.image)?;
+    let id = |r: &berth::image::HistoryEntry| match &r.id {
+        Some(id) if args.no_trunc => id.clone(),
+        Some(id) => id.trim_start_matches("sha256:")[..12].to_string(),
+        None => "<missing>".to_string(),
+    };
+    if args.format == "json" {
+        let json: Vec<_> = rows
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "ID": id(r), "Created": r.created, "CreatedBy": r.created_by,
+                    "Size": r.size, "Comment": r.comment,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&json)?);
+        return Ok(());
+    }
+    if args.quiet {
+        for r in &rows {
+            println!("{}", id(r));
+        }
+        return Ok(());
+    }
+    let mut table = vec![[
+        "IMAGE".to_string(),
+        "CREATED".into(),
+        "CREATED BY".into(),
+        "SIZE".into(),
+        "COMMENT".into(),
+    ]];
+    for r in &rows {
+        let created_by = r.created_by.replace('\t', " ");
+        table.push([
+            id(r),
+            if args.human {
+                ago(r.created.as_deref())
+            } else {
+                r.created.clone().unwrap_or_default()
+            },
+            if args.no_trunc {
+                created_by
+            } else {
+                ellipsis(&created_by, 45)
+            },
+            if args.human {
+                human_size(r.size)
+            } else {
+                r.size.to_string()
+            },
+            r.comment.clone(),
+        ]);
+    }
+    print_table(&table);
+    Ok(())
+}
+
+/// `berth save`: to `-o FILE` (complete or absent, never half-written), or
+/// to standard output when it is not a terminal.
+pub fn save(engine: &Engine, args: SaveArgs) -> anyhow::Result<()> {
+    let format: ArchiveFormat = args.format.parse()?;
+    if args.output.is_none() && std::io::stdout().is_terminal() {
+        anyhow::bail!("cowardly refusing to save to a terminal. Use the -o flag or redirect");
+    }
+    let stdout = std::io::stdout();
+    let mut lock = std::io::BufWriter::new(stdout.lock());
+    engine
+        .save_images(&args.images, format, args.output.as_deref(), &mut lock)
+        .with_context(|| match &args.output {
+            Some(p) => format!("saving to {}", p.display()),
+            None => "saving to standard output".to_string(),
+        })?;
+    std::io::Write::flush(&mut lock)?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -205,5 +457,14 @@ mod tests {
         assert_eq!(human_size(1_500_000), "1.5MB");
         assert_eq!(parse_rfc3339("1970-01-02T00:00:01Z"), Some(86401));
         assert_eq!(parse_rfc3339("2024-03-01T00:00:00Z"), Some(1709251200));
+    }
+
+    #[test]
+    fn ellipsis_like_docker() {
+        assert_eq!(ellipsis("short", 45), "short");
+        let long = "x".repeat(50);
+        let cut = ellipsis(&long, 45);
+        assert_eq!(cut.chars().count(), 45);
+        assert!(cut.ends_with('…'));
     }
 }

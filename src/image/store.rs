@@ -133,6 +133,12 @@ pub enum ImageError {
         /// The platforms in the index.
         available: String,
     },
+    /// The image cannot be removed or changed as asked (Docker's "conflict").
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// A tag or save target that is not a plain `NAME[:TAG]`.
+    #[error("{0}")]
+    Usage(String),
     /// The store's own index is damaged.
     #[error("image index {} is damaged: {reason}; move it away and load the images again", path.display())]
     CorruptStore {
@@ -172,6 +178,8 @@ pub struct ImageSummary {
     pub tag: String,
     /// `sha256:<hex>` of the image config.
     pub id: String,
+    /// `sha256:<hex>` of the image manifest (what `--digests` shows).
+    pub digest: String,
     /// The config's `created` time (RFC 3339), if it has one.
     pub created: Option<String>,
     /// Compressed layers plus config, in bytes.
@@ -272,6 +280,7 @@ impl ImageStore {
                 repository,
                 tag,
                 id: rec.id.clone(),
+                digest: rec.manifest_digest.clone(),
                 created: rec.created.clone(),
                 size: rec.size,
             };
@@ -308,7 +317,7 @@ impl ImageStore {
         self.resolve_record(record, name)
     }
 
-    fn resolve_record(
+    pub(crate) fn resolve_record(
         &self,
         record: &ImageRecord,
         name: String,
@@ -426,14 +435,14 @@ impl ImageStore {
         self.root.join("images.json")
     }
 
-    fn corrupt(&self, reason: String) -> ImageError {
+    pub(crate) fn corrupt(&self, reason: String) -> ImageError {
         ImageError::CorruptStore {
             path: self.index_path(),
             reason,
         }
     }
 
-    fn read_blob_json(&self, digest: &str) -> Result<Vec<u8>, ImageError> {
+    pub(crate) fn read_blob_json(&self, digest: &str) -> Result<Vec<u8>, ImageError> {
         let path = self
             .blob_path(digest)
             .ok_or_else(|| self.corrupt(format!("{digest} is not a sha256 digest")))?;
@@ -472,6 +481,37 @@ impl ImageStore {
     /// Adds `records` to the index under the store lock. A name moves from any
     /// image that had it to the new one, as `docker load` does.
     pub(crate) fn add_images(&self, records: Vec<ImageRecord>) -> Result<(), ImageError> {
+        self.update_index(|index| {
+            for new in records {
+                for old in index.images.iter_mut() {
+                    if old.id != new.id {
+                        old.names.retain(|n| !new.names.contains(n));
+                    }
+                }
+                match index.images.iter_mut().find(|r| r.id == new.id) {
+                    Some(existing) => {
+                        for n in new.names {
+                            if !existing.names.contains(&n) {
+                                existing.names.push(n);
+                            }
+                        }
+                        existing.manifest_digest = new.manifest_digest;
+                        existing.size = new.size;
+                    }
+                    None => index.images.push(new),
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// Reads the index under the store lock, lets `change` edit it, and
+    /// replaces the file atomically when `change` succeeds. The lock is held
+    /// until this returns, so `change` may also delete blobs safely.
+    pub(crate) fn update_index<T>(
+        &self,
+        change: impl FnOnce(&mut ImageIndexFile) -> Result<T, ImageError>,
+    ) -> Result<T, ImageError> {
         let lock_path = self.root.join("images.lock");
         let lock_file = OpenOptions::new()
             .create(true)
@@ -485,25 +525,7 @@ impl ImageStore {
 
         let mut index = self.read_index()?;
         index.version = INDEX_VERSION;
-        for new in records {
-            for old in index.images.iter_mut() {
-                if old.id != new.id {
-                    old.names.retain(|n| !new.names.contains(n));
-                }
-            }
-            match index.images.iter_mut().find(|r| r.id == new.id) {
-                Some(existing) => {
-                    for n in new.names {
-                        if !existing.names.contains(&n) {
-                            existing.names.push(n);
-                        }
-                    }
-                    existing.manifest_digest = new.manifest_digest;
-                    existing.size = new.size;
-                }
-                None => index.images.push(new),
-            }
-        }
+        let out = change(&mut index)?;
         let bytes = serde_json::to_vec_pretty(&index)
             .map_err(|e| ImageError::Invalid(format!("cannot encode image index: {e}")))?;
         let (tmp_path, mut file) = create_temp(&self.root, ".images.json")?;
@@ -515,12 +537,13 @@ impl ImageStore {
         let path = self.index_path();
         fs::rename(&tmp_path, &path).map_err(ImageError::io("replace", &path))?;
         guard.disarm();
-        sync_dir(&self.root)
+        sync_dir(&self.root)?;
+        Ok(out)
     }
 }
 
 /// Finds the record a user's reference means, and the familiar name it matched.
-fn find_image<'a>(
+pub(crate) fn find_image<'a>(
     images: &'a [ImageRecord],
     input: &str,
 ) -> Result<(&'a ImageRecord, Option<String>), ImageError> {
