@@ -144,13 +144,26 @@ fn ago(created: Option<&str>) -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0);
-    let d = (now - secs).max(0);
-    match d {
-        0..=59 => "Less than a minute ago".into(),
-        60..=3599 => format!("{} minutes ago", d / 60),
-        3600..=86399 => format!("{} hours ago", d / 3600),
-        86400..=2_591_999 => format!("{} days ago", d / 86400),
-        _ => format!("{} months ago", d / 2_592_000),
+    format!("{} ago", human_duration((now - secs).max(0)))
+}
+
+/// Docker's `units.HumanDuration`, from seconds.
+fn human_duration(seconds: i64) -> String {
+    let minutes = seconds / 60;
+    // Docker rounds hours to the nearest.
+    let hours = (seconds + 1800) / 3600;
+    match seconds {
+        ..=0 => "Less than a second".into(),
+        1 => "1 second".into(),
+        2..=59 => format!("{seconds} seconds"),
+        _ if minutes == 1 => "About a minute".into(),
+        _ if minutes < 60 => format!("{minutes} minutes"),
+        _ if hours == 1 => "About an hour".into(),
+        _ if hours < 48 => format!("{hours} hours"),
+        _ if hours < 24 * 7 * 2 => format!("{} days", hours / 24),
+        _ if hours < 24 * 30 * 2 => format!("{} weeks", hours / 24 / 7),
+        _ if hours < 24 * 365 * 2 => format!("{} months", hours / 24 / 30),
+        _ => format!("{} years", seconds / 3600 / 24 / 365),
     }
 }
 
@@ -457,6 +470,18 @@ mod tests {
         assert_eq!(human_size(1_500_000), "1.5MB");
         assert_eq!(parse_rfc3339("1970-01-02T00:00:01Z"), Some(86401));
         assert_eq!(parse_rfc3339("2024-03-01T00:00:00Z"), Some(1709251200));
+    }
+
+    #[test]
+    fn durations_like_docker() {
+        assert_eq!(human_duration(0), "Less than a second");
+        assert_eq!(human_duration(30), "30 seconds");
+        assert_eq!(human_duration(90), "About a minute");
+        assert_eq!(human_duration(3 * 3600), "3 hours");
+        assert_eq!(human_duration(3 * 86400), "3 days");
+        assert_eq!(human_duration(21 * 86400), "3 weeks");
+        assert_eq!(human_duration(90 * 86400), "3 months");
+        assert_eq!(human_duration(3 * 365 * 86400), "3 years");
     }
 
     #[test]

@@ -33,6 +33,14 @@ enum Command {
     Run(Box<run::RunArgs>),
     /// Import images from an oci-archive or docker-archive tarball.
     Load(image::LoadArgs),
+    /// Write images to an archive (docker-archive or oci-archive).
+    Save(image::SaveArgs),
+    /// Give an image another name.
+    Tag(image::TagArgs),
+    /// Remove images.
+    Rmi(image::RmiArgs),
+    /// Show the history of an image.
+    History(image::HistoryArgs),
     /// List images.
     Images(image::ImagesArgs),
     /// Manage images.
@@ -64,6 +72,10 @@ pub fn main() -> i32 {
     let result = match cli.command {
         Command::Run(args) => return run::run(&engine, *args),
         Command::Load(args) => image::load(&engine, args),
+        Command::Save(a) => image::save(&engine, a),
+        Command::Tag(a) => image::tag(&engine, a),
+        Command::Rmi(a) => image::rmi(&engine, a),
+        Command::History(a) => image::history(&engine, a),
         Command::Images(args) => image::images(&engine, args),
         Command::Image(cmd) => image::image(&engine, cmd),
         Command::Ps(args) => system::ps(&engine, args),
