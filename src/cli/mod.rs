@@ -65,9 +65,15 @@ pub fn main() -> i32 {
     if let Command::Doctor = cli.command {
         return system::doctor();
     }
+    // Docker's convention: `run` fails with 125 when the engine itself fails, other commands with 1.
+    let engine_error = if matches!(cli.command, Command::Run(_)) {
+        125
+    } else {
+        1
+    };
     let engine = match Engine::open(opts) {
         Ok(e) => e,
-        Err(e) => return report(anyhow::Error::new(e), 125),
+        Err(e) => return report(anyhow::Error::new(e), engine_error),
     };
     let result = match cli.command {
         Command::Run(args) => return run::run(&engine, *args),
@@ -85,7 +91,7 @@ pub fn main() -> i32 {
     };
     match result {
         Ok(()) => 0,
-        Err(e) => report(e, 125),
+        Err(e) => report(e, 1),
     }
 }
 
