@@ -1,0 +1,168 @@
+//! PID 1 duties: kernel file systems, the root file system from the image's layer disks
+//! (each a read-only erofs/ext4 block device, stacked by overlayfs with a tmpfs upper),
+//! the agent channel, and powering off.
+
+use std::os::fd::OwnedFd;
+use std::path::Path;
+
+use nix::mount::{mount, MsFlags};
+
+/// What berth tells the agent on the kernel command line.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct BootArgs {
+    /// Layer block devices, bottom first (`berth.layers=vdb,vdc`).
+    pub layers: Vec<String>,
+    /// Filesystem of the layer disks (`berth.layerfs=erofs`).
+    pub layer_fs: String,
+    /// The channel device (`berth.channel=hvc0`).
+    pub channel: String,
+}
+
+impl BootArgs {
+    pub fn parse(cmdline: &str) -> BootArgs {
+        let mut b = BootArgs {
+            layer_fs: "erofs".into(),
+            channel: "hvc0".into(),
+            ..Default::default()
+        };
+        for word in cmdline.split_whitespace() {
+            let Some((k, v)) = word.split_once('=') else {
+                continue;
+            };
+            let valid = |d: &str| !d.is_empty() && d.chars().all(|c| c.is_ascii_alphanumeric());
+            match k {
+                "berth.layers" => {
+                    b.layers = v
+                        .split(',')
+                        .filter(|d| valid(d))
+                        .map(String::from)
+                        .collect()
+                }
+                "berth.layerfs" if matches!(v, "erofs" | "ext4" | "squashfs") => {
+                    b.layer_fs = v.into()
+                }
+                "berth.channel" if valid(v) => b.channel = v.into(),
+                _ => {}
+            }
+        }
+        b
+    }
+}
+
+fn m(src: &str, dst: &str, fs: &str, flags: MsFlags, data: Option<&str>) -> Result<(), String> {
+    let _ = std::fs::create_dir_all(dst);
+    mount(Some(src), dst, Some(fs), flags, data).map_err(|e| format!("mounting {fs} on {dst}: {e}"))
+}
+
+/// Mounts the kernel file systems and the image root, switches into it, opens the channel.
+pub fn prepare(boot: &BootArgs) -> Result<OwnedFd, String> {
+    let nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    m("devtmpfs", "/dev", "devtmpfs", MsFlags::MS_NOSUID, None)?;
+    m("proc", "/proc", "proc", nodev, None)?;
+    if !boot.layers.is_empty() {
+        m(
+            "tmpfs",
+            "/run/berth",
+            "tmpfs",
+            MsFlags::empty(),
+            Some("mode=0755"),
+        )?;
+        let mut lowers = Vec::new();
+        for (i, dev) in boot.layers.iter().enumerate() {
+            let dir = format!("/run/berth/layer{i}");
+            m(
+                &format!("/dev/{dev}"),
+                &dir,
+                &boot.layer_fs,
+                MsFlags::MS_RDONLY,
+                None,
+            )?;
+            lowers.push(dir);
+        }
+        lowers.reverse();
+        for d in ["/run/berth/upper", "/run/berth/work", "/run/berth/root"] {
+            std::fs::create_dir_all(d).map_err(|e| format!("creating {d}: {e}"))?;
+        }
+        let data = format!(
+            "lowerdir={},upperdir=/run/berth/upper,workdir=/run/berth/work",
+            lowers.join(":")
+        );
+        m(
+            "overlay",
+            "/run/berth/root",
+            "overlay",
+            MsFlags::empty(),
+            Some(&data),
+        )?;
+        for d in ["dev", "proc"] {
+            let target = format!("/run/berth/root/{d}");
+            let _ = std::fs::create_dir_all(&target);
+            mount(
+                Some(&*format!("/{d}")),
+                &*target,
+                None::<&str>,
+                MsFlags::MS_MOVE,
+                None::<&str>,
+            )
+            .map_err(|e| format!("moving /{d}: {e}"))?;
+        }
+        nix::unistd::chdir("/run/berth/root").map_err(|e| format!("chdir: {e}"))?;
+        mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
+            .map_err(|e| format!("moving the root: {e}"))?;
+        nix::unistd::chroot(".").map_err(|e| format!("chroot: {e}"))?;
+        nix::unistd::chdir("/").map_err(|e| format!("chdir /: {e}"))?;
+    }
+    m("sysfs", "/sys", "sysfs", nodev | MsFlags::MS_RDONLY, None)?;
+    m(
+        "devpts",
+        "/dev/pts",
+        "devpts",
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("newinstance,ptmxmode=0666,mode=0620"),
+    )?;
+    m("tmpfs", "/dev/shm", "tmpfs", nodev, Some("mode=1777"))?;
+    let _ = std::os::unix::fs::symlink("pts/ptmx", "/dev/ptmx");
+    let _ = std::os::unix::fs::symlink("/proc/self/fd", "/dev/fd");
+    let chan = format!("/dev/{}", boot.channel);
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&chan)
+        .map_err(|e| format!("opening the agent channel {chan}: {e}"))?;
+    Ok(OwnedFd::from(f))
+}
+
+/// Microseconds since the kernel started (CLOCK_BOOTTIME).
+pub fn uptime_us() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
+        .map(|t| t.tv_sec() as u64 * 1_000_000 + t.tv_nsec() as u64 / 1000)
+        .unwrap_or(0)
+}
+
+/// Syncs and powers the VM off (the VMM sees the i8042 reset or the ACPI-less halt).
+pub fn power_off(_code: i32, _root: &Path) -> ! {
+    nix::unistd::sync();
+    let _ = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_AUTOBOOT);
+    let _ = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_POWER_OFF);
+    loop {
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn boot_args_are_parsed_and_sanitised() {
+        let b = BootArgs::parse(
+            "console=ttyS0 berth.layers=vdb,vdc,../x berth.layerfs=ext4 berth.channel=hvc1 quiet",
+        );
+        assert_eq!(b.layers, vec!["vdb", "vdc"]);
+        assert_eq!(b.layer_fs, "ext4");
+        assert_eq!(b.channel, "hvc1");
+        let d = BootArgs::parse("berth.layerfs=nfs berth.channel=../../etc");
+        assert_eq!(d.layer_fs, "erofs");
+        assert_eq!(d.channel, "hvc0");
+    }
+}

@@ -1,0 +1,340 @@
+//! The framed protocol between berth (host) and the agent (guest) on one byte stream
+//! (a virtio console port in the VM). Every frame is `kind: u8`, `len: u32 LE`, then `len`
+//! bytes. Both sides treat the other as hostile: unknown kinds and oversized frames are
+//! errors, never allocations of whatever size the peer claims.
+
+use std::io::{Read, Write};
+
+/// The largest payload either side accepts (a spec is well under this).
+pub const MAX_FRAME: usize = 1 << 20;
+
+/// What the host asks of the process that starts the session.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StartOptions {
+    /// Keep stdin open for the host's data (else the process gets /dev/null).
+    pub stdin: bool,
+    /// Initial terminal size when the spec asks for a terminal.
+    pub rows: u16,
+    pub cols: u16,
+}
+
+/// One message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    // host -> guest
+    /// The OCI runtime spec (config.json bytes) and the start options (JSON).
+    Start {
+        spec: Vec<u8>,
+        options: StartOptions,
+    },
+    Stdin(Vec<u8>),
+    StdinEof,
+    Resize {
+        rows: u16,
+        cols: u16,
+    },
+    Signal(i32),
+    // guest -> host
+    /// The agent is up; `boot_us` is the guest's monotonic time at that moment.
+    Ready {
+        boot_us: u64,
+    },
+    Stdout(Vec<u8>),
+    Stderr(Vec<u8>),
+    /// The process ended: exit status, or 128+N for signal N.
+    Exit(i32),
+    /// The process could not be started; `code` is Docker's (125/126/127).
+    Error {
+        code: i32,
+        message: String,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProtocolError {
+    #[error("channel closed")]
+    Closed,
+    #[error("frame of {0} bytes is over the {MAX_FRAME}-byte limit")]
+    TooLarge(usize),
+    #[error("unknown frame kind {0}")]
+    UnknownKind(u8),
+    #[error("malformed {kind} frame: {why}")]
+    Malformed { kind: &'static str, why: String },
+    #[error("channel i/o: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+const START: u8 = 1;
+const STDIN: u8 = 2;
+const STDIN_EOF: u8 = 3;
+const RESIZE: u8 = 4;
+const SIGNAL: u8 = 5;
+const READY: u8 = 10;
+const STDOUT: u8 = 11;
+const STDERR: u8 = 12;
+const EXIT: u8 = 13;
+const ERROR: u8 = 14;
+
+impl Frame {
+    /// Serialises the frame.
+    pub fn encode(&self) -> Vec<u8> {
+        let (kind, payload): (u8, Vec<u8>) = match self {
+            Frame::Start { spec, options } => {
+                let opts = serde_json::to_vec(options).unwrap_or_default();
+                let mut p = (spec.len() as u32).to_le_bytes().to_vec();
+                p.extend_from_slice(spec);
+                p.extend_from_slice(&opts);
+                (START, p)
+            }
+            Frame::Stdin(d) => (STDIN, d.clone()),
+            Frame::StdinEof => (STDIN_EOF, vec![]),
+            Frame::Resize { rows, cols } => {
+                let mut p = rows.to_le_bytes().to_vec();
+                p.extend_from_slice(&cols.to_le_bytes());
+                (RESIZE, p)
+            }
+            Frame::Signal(s) => (SIGNAL, s.to_le_bytes().to_vec()),
+            Frame::Ready { boot_us } => (READY, boot_us.to_le_bytes().to_vec()),
+            Frame::Stdout(d) => (STDOUT, d.clone()),
+            Frame::Stderr(d) => (STDERR, d.clone()),
+            Frame::Exit(c) => (EXIT, c.to_le_bytes().to_vec()),
+            Frame::Error { code, message } => {
+                let mut p = code.to_le_bytes().to_vec();
+                p.extend_from_slice(message.as_bytes());
+                (ERROR, p)
+            }
+        };
+        let mut out = Vec::with_capacity(5 + payload.len());
+        out.push(kind);
+        out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        out.extend_from_slice(&payload);
+        out
+    }
+
+    fn decode(kind: u8, p: Vec<u8>) -> Result<Frame, ProtocolError> {
+        let fixed = |name: &'static str, n: usize| -> Result<(), ProtocolError> {
+            if p.len() == n {
+                Ok(())
+            } else {
+                Err(ProtocolError::Malformed {
+                    kind: name,
+                    why: format!("{} bytes, expected {n}", p.len()),
+                })
+            }
+        };
+        Ok(match kind {
+            START => {
+                let bad = |why: &str| ProtocolError::Malformed {
+                    kind: "start",
+                    why: why.to_string(),
+                };
+                let n = u32::from_le_bytes(
+                    p.get(..4)
+                        .ok_or_else(|| bad("short"))?
+                        .try_into()
+                        .map_err(|_| bad("short"))?,
+                ) as usize;
+                let spec = p
+                    .get(4..4 + n)
+                    .ok_or_else(|| bad("spec length past the end"))?
+                    .to_vec();
+                let options =
+                    serde_json::from_slice(&p[4 + n..]).map_err(|e| bad(&e.to_string()))?;
+                Frame::Start { spec, options }
+            }
+            STDIN => Frame::Stdin(p),
+            STDIN_EOF => {
+                fixed("stdin-eof", 0)?;
+                Frame::StdinEof
+            }
+            RESIZE => {
+                fixed("resize", 4)?;
+                Frame::Resize {
+                    rows: u16::from_le_bytes([p[0], p[1]]),
+                    cols: u16::from_le_bytes([p[2], p[3]]),
+                }
+            }
+            SIGNAL => {
+                fixed("signal", 4)?;
+                Frame::Signal(i32::from_le_bytes([p[0], p[1], p[2], p[3]]))
+            }
+            READY => {
+                fixed("ready", 8)?;
+                Frame::Ready {
+                    boot_us: u64::from_le_bytes(p[..8].try_into().expect("length checked")),
+                }
+            }
+            STDOUT => Frame::Stdout(p),
+            STDERR => Frame::Stderr(p),
+            EXIT => {
+                fixed("exit", 4)?;
+                Frame::Exit(i32::from_le_bytes([p[0], p[1], p[2], p[3]]))
+            }
+            ERROR => {
+                if p.len() < 4 {
+                    return Err(ProtocolError::Malformed {
+                        kind: "error",
+                        why: "short".into(),
+                    });
+                }
+                Frame::Error {
+                    code: i32::from_le_bytes([p[0], p[1], p[2], p[3]]),
+                    message: String::from_utf8_lossy(&p[4..]).into_owned(),
+                }
+            }
+            other => return Err(ProtocolError::UnknownKind(other)),
+        })
+    }
+
+    /// Writes the frame in one call.
+    pub fn write_to(&self, w: &mut impl Write) -> Result<(), ProtocolError> {
+        w.write_all(&self.encode())?;
+        w.flush()?;
+        Ok(())
+    }
+
+    /// Reads one frame (blocking).
+    pub fn read_from(r: &mut impl Read) -> Result<Frame, ProtocolError> {
+        let mut head = [0u8; 5];
+        match r.read_exact(&mut head) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                return Err(ProtocolError::Closed)
+            }
+            Err(e) => return Err(e.into()),
+        }
+        let len = u32::from_le_bytes([head[1], head[2], head[3], head[4]]) as usize;
+        if len > MAX_FRAME {
+            return Err(ProtocolError::TooLarge(len));
+        }
+        let mut payload = vec![0u8; len];
+        r.read_exact(&mut payload).map_err(|e| match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => ProtocolError::Closed,
+            _ => e.into(),
+        })?;
+        Frame::decode(head[0], payload)
+    }
+}
+
+/// Incremental decoder for a non-blocking stream: feed bytes, take whole frames.
+#[derive(Default)]
+pub struct Decoder {
+    buf: Vec<u8>,
+}
+
+impl Decoder {
+    pub fn feed(&mut self, data: &[u8]) {
+        self.buf.extend_from_slice(data);
+    }
+
+    /// The next complete frame, if one has arrived.
+    pub fn next_frame(&mut self) -> Result<Option<Frame>, ProtocolError> {
+        if self.buf.len() < 5 {
+            return Ok(None);
+        }
+        let len = u32::from_le_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]) as usize;
+        if len > MAX_FRAME {
+            return Err(ProtocolError::TooLarge(len));
+        }
+        if self.buf.len() < 5 + len {
+            return Ok(None);
+        }
+        let kind = self.buf[0];
+        let payload = self.buf[5..5 + len].to_vec();
+        self.buf.drain(..5 + len);
+        Frame::decode(kind, payload).map(Some)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn all() -> Vec<Frame> {
+        vec![
+            Frame::Start {
+                spec: b"{\"ociVersion\":\"1.2.0\"}".to_vec(),
+                options: StartOptions {
+                    stdin: true,
+                    rows: 24,
+                    cols: 80,
+                },
+            },
+            Frame::Stdin(b"hello".to_vec()),
+            Frame::StdinEof,
+            Frame::Resize {
+                rows: 50,
+                cols: 132,
+            },
+            Frame::Signal(15),
+            Frame::Ready { boot_us: 123_456 },
+            Frame::Stdout(vec![0, 1, 2]),
+            Frame::Stderr(b"oops".to_vec()),
+            Frame::Exit(137),
+            Frame::Error {
+                code: 127,
+                message: "exec: \"x\": executable file not found in $PATH".into(),
+            },
+        ]
+    }
+
+    #[test]
+    fn every_frame_round_trips_whole_and_byte_by_byte() {
+        let mut stream = Vec::new();
+        for f in all() {
+            stream.extend(f.encode());
+        }
+        let mut r = std::io::Cursor::new(stream.clone());
+        for f in all() {
+            assert_eq!(Frame::read_from(&mut r).unwrap(), f);
+        }
+        assert!(matches!(
+            Frame::read_from(&mut r),
+            Err(ProtocolError::Closed)
+        ));
+        let mut d = Decoder::default();
+        let mut got = Vec::new();
+        for b in stream {
+            d.feed(&[b]);
+            while let Some(f) = d.next_frame().unwrap() {
+                got.push(f);
+            }
+        }
+        assert_eq!(got, all());
+    }
+
+    #[test]
+    fn hostile_frames_are_refused() {
+        let huge = [STDOUT, 0xff, 0xff, 0xff, 0x7f];
+        assert!(matches!(
+            Frame::read_from(&mut &huge[..]),
+            Err(ProtocolError::TooLarge(_))
+        ));
+        let mut d = Decoder::default();
+        d.feed(&huge);
+        assert!(matches!(d.next_frame(), Err(ProtocolError::TooLarge(_))));
+        assert!(matches!(
+            Frame::read_from(&mut &[99u8, 0, 0, 0, 0][..]),
+            Err(ProtocolError::UnknownKind(99))
+        ));
+        assert!(matches!(
+            Frame::read_from(&mut &[EXIT, 2, 0, 0, 0, 1, 2][..]),
+            Err(ProtocolError::Malformed { .. })
+        ));
+        // A start frame whose inner spec length points past the end.
+        let mut p = 1000u32.to_le_bytes().to_vec();
+        p.extend_from_slice(b"{}");
+        let mut f = vec![START];
+        f.extend((p.len() as u32).to_le_bytes());
+        f.extend(p);
+        assert!(matches!(
+            Frame::read_from(&mut &f[..]),
+            Err(ProtocolError::Malformed { .. })
+        ));
+        // Truncated payload.
+        assert!(matches!(
+            Frame::read_from(&mut &[STDIN, 4, 0, 0, 0, 1][..]),
+            Err(ProtocolError::Closed)
+        ));
+    }
+}

@@ -1,0 +1,649 @@
+//! One session: receive the Start frame, run the spec's process, relay stdio, the terminal,
+//! signals and the exit status until the process is gone. Single-threaded: one poll loop
+//! over the channel, the process's output and a signalfd for SIGCHLD.
+
+use std::ffi::OsString;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+
+use nix::sys::signal::{SigSet, SigmaskHow, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+use oci_spec::runtime::Spec;
+
+use crate::protocol::{Decoder, Frame, ProtocolError, StartOptions};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error(transparent)]
+    Protocol(#[from] ProtocolError),
+    #[error("the first frame must be Start, got {0:?}")]
+    NoStart(Frame),
+    #[error("{0}")]
+    Sys(String),
+}
+
+/// What the agent does beyond running the process.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SessionConfig {
+    /// PID 1 in a VM: also apply the spec's system-wide settings (hostname, tmpfs mounts,
+    /// read-only root) and reap every orphan.
+    pub system: bool,
+}
+
+nix::ioctl_write_ptr_bad!(set_winsize, libc::TIOCSWINSZ, nix::pty::Winsize);
+
+/// The process as started: its pid and the host-facing ends of its stdio.
+struct Running {
+    child: Child,
+    stdin: Option<OwnedFd>,
+    stdout: Option<OwnedFd>,
+    stderr: Option<OwnedFd>,
+    /// With a terminal, stdout carries the pty master and stdin writes go to it too.
+    pty: bool,
+}
+
+fn sys(what: &str) -> impl Fn(nix::Error) -> SessionError + '_ {
+    move |e| SessionError::Sys(format!("{what}: {e}"))
+}
+
+/// Runs one session over `channel` and returns the process's exit status.
+pub fn serve(channel: OwnedFd, cfg: SessionConfig) -> Result<i32, SessionError> {
+    let mut chan = std::fs::File::from(channel);
+    let first = Frame::read_from(&mut chan)?;
+    let Frame::Start { spec, options } = first else {
+        return Err(SessionError::NoStart(first));
+    };
+    let spec: Spec = match serde_json::from_slice(&spec) {
+        Ok(s) => s,
+        Err(e) => {
+            Frame::Error {
+                code: 125,
+                message: format!("invalid runtime spec: {e}"),
+            }
+            .write_to(&mut chan)?;
+            return Ok(125);
+        }
+    };
+    if cfg.system {
+        if let Err(message) = apply_system(&spec) {
+            Frame::Error { code: 125, message }.write_to(&mut chan)?;
+            return Ok(125);
+        }
+    }
+
+    let mut mask = SigSet::empty();
+    mask.add(Signal::SIGCHLD);
+    let mut old = SigSet::empty();
+    nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&mask), Some(&mut old))
+        .map_err(sys("blocking SIGCHLD"))?;
+    let sfd = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
+        .map_err(sys("signalfd"))?;
+
+    let mut running = match start(&spec, &options) {
+        Ok(r) => r,
+        Err((code, message)) => {
+            let _ = nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
+            Frame::Error { code, message }.write_to(&mut chan)?;
+            return Ok(code);
+        }
+    };
+    let pid = Pid::from_raw(running.child.id() as i32);
+    let status = relay(&mut chan, &sfd, &mut running, pid, cfg)?;
+    let _ = nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
+    Frame::Exit(status).write_to(&mut chan)?;
+    Ok(status)
+}
+
+fn relay(
+    chan: &mut std::fs::File,
+    sfd: &SignalFd,
+    r: &mut Running,
+    pid: Pid,
+    cfg: SessionConfig,
+) -> Result<i32, SessionError> {
+    let mut decoder = Decoder::default();
+    let mut status: Option<i32> = None;
+    let mut chan_open = true;
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        if status.is_some() && r.stdout.is_none() && r.stderr.is_none() {
+            return Ok(status.unwrap_or(125));
+        }
+        let mut fds = vec![libc::pollfd {
+            fd: sfd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        let chan_idx = chan_open.then(|| {
+            fds.push(libc::pollfd {
+                fd: chan.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            });
+            fds.len() - 1
+        });
+        let out_idx = r.stdout.as_ref().map(|f| {
+            fds.push(libc::pollfd {
+                fd: f.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            });
+            fds.len() - 1
+        });
+        let err_idx = r.stderr.as_ref().map(|f| {
+            fds.push(libc::pollfd {
+                fd: f.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            });
+            fds.len() - 1
+        });
+        // Once the process is gone, only drain what it left in its pipes.
+        let timeout = if status.is_some() { 100 } else { -1 };
+        // SAFETY: fds is a valid array of initialised pollfd for the duration of the call.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
+        if n < 0 {
+            if nix::Error::last() == nix::Error::EINTR {
+                continue;
+            }
+            return Err(SessionError::Sys(format!("poll: {}", nix::Error::last())));
+        }
+        if n == 0 && status.is_some() {
+            return Ok(status.unwrap_or(125));
+        }
+        if fds[0].revents != 0 {
+            while let Ok(Some(_)) = sfd.read_signal() {}
+            loop {
+                let target = if cfg.system { Pid::from_raw(-1) } else { pid };
+                match waitpid(target, Some(WaitPidFlag::WNOHANG)) {
+                    Ok(WaitStatus::Exited(p, code)) if p == pid => status = Some(code),
+                    Ok(WaitStatus::Signaled(p, sig, _)) if p == pid => {
+                        status = Some(128 + sig as i32)
+                    }
+                    Ok(WaitStatus::StillAlive) | Err(_) => break,
+                    Ok(_) => continue,
+                }
+            }
+        }
+        if let Some(i) = chan_idx {
+            if fds[i].revents != 0 {
+                match nix::unistd::read(chan.as_raw_fd(), &mut buf) {
+                    Ok(0) | Err(_) => {
+                        // The host went away: end the process as a killed berth would.
+                        chan_open = false;
+                        let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+                    }
+                    Ok(k) => {
+                        decoder.feed(&buf[..k]);
+                        while let Some(frame) = decoder.next_frame()? {
+                            handle(frame, r, pid);
+                        }
+                    }
+                }
+            }
+        }
+        for (idx, is_err) in [(out_idx, false), (err_idx, true)] {
+            let Some(i) = idx else { continue };
+            if fds[i].revents == 0 {
+                continue;
+            }
+            let fd = if is_err {
+                r.stderr.as_ref()
+            } else {
+                r.stdout.as_ref()
+            };
+            let Some(fd) = fd else { continue };
+            match nix::unistd::read(fd.as_raw_fd(), &mut buf) {
+                Ok(0) | Err(_) => {
+                    if is_err {
+                        r.stderr = None;
+                    } else {
+                        r.stdout = None;
+                    }
+                }
+                Ok(k) => {
+                    let data = buf[..k].to_vec();
+                    let frame = if is_err {
+                        Frame::Stderr(data)
+                    } else {
+                        Frame::Stdout(data)
+                    };
+                    frame.write_to(chan)?;
+                }
+            }
+        }
+    }
+}
+
+fn handle(frame: Frame, r: &mut Running, pid: Pid) {
+    match frame {
+        Frame::Stdin(data) => {
+            let fd = if r.pty {
+                r.stdout.as_ref()
+            } else {
+                r.stdin.as_ref()
+            };
+            if let Some(fd) = fd {
+                let _ = write_all(fd.as_raw_fd(), &data);
+            }
+        }
+        Frame::StdinEof => {
+            if r.pty {
+                if let Some(fd) = &r.stdout {
+                    let _ = write_all(fd.as_raw_fd(), &[4u8]);
+                }
+            } else {
+                r.stdin = None;
+            }
+        }
+        Frame::Resize { rows, cols } if r.pty => {
+            if let Some(fd) = &r.stdout {
+                let ws = nix::pty::Winsize {
+                    ws_row: rows,
+                    ws_col: cols,
+                    ws_xpixel: 0,
+                    ws_ypixel: 0,
+                };
+                // SAFETY: TIOCSWINSZ reads one Winsize from a valid pointer.
+                let _ = unsafe { set_winsize(fd.as_raw_fd(), &ws) };
+            }
+        }
+        Frame::Signal(n) => {
+            if let Ok(sig) = Signal::try_from(n) {
+                let _ = nix::sys::signal::kill(pid, sig);
+            }
+        }
+        // Frames only the guest sends, or a second Start: ignored.
+        _ => {}
+    }
+}
+
+fn write_all(fd: RawFd, mut data: &[u8]) -> nix::Result<()> {
+    while !data.is_empty() {
+        // SAFETY: the descriptor stays open for this call; we only borrow it.
+        let b = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        match nix::unistd::write(b, data) {
+            Ok(n) => data = &data[n..],
+            Err(nix::Error::EINTR) | Err(nix::Error::EAGAIN) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Hostname, tmpfs mounts and the read-only root: settings that belong to the whole VM.
+fn apply_system(spec: &Spec) -> Result<(), String> {
+    if let Some(h) = spec.hostname() {
+        nix::unistd::sethostname(h).map_err(|e| format!("sethostname: {e}"))?;
+    }
+    for m in spec.mounts().as_deref().unwrap_or(&[]) {
+        if m.typ().as_deref() != Some("tmpfs") || m.destination().starts_with("/dev") {
+            continue;
+        }
+        let dest = m.destination();
+        std::fs::create_dir_all(dest).map_err(|e| format!("creating {}: {e}", dest.display()))?;
+        let data: Vec<String> = m
+            .options()
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|o| o.contains('='))
+            .collect();
+        let flags = nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV;
+        nix::mount::mount(
+            Some("tmpfs"),
+            dest,
+            Some("tmpfs"),
+            flags,
+            Some(data.join(",").as_str()),
+        )
+        .map_err(|e| format!("mounting tmpfs on {}: {e}", dest.display()))?;
+    }
+    if spec
+        .root()
+        .as_ref()
+        .and_then(|r| r.readonly())
+        .unwrap_or(false)
+    {
+        nix::mount::mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            nix::mount::MsFlags::MS_REMOUNT | nix::mount::MsFlags::MS_RDONLY,
+            None::<&str>,
+        )
+        .map_err(|e| format!("making the root read-only: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Starts the spec's process; on failure returns Docker's code and a message.
+fn start(spec: &Spec, options: &StartOptions) -> Result<Running, (i32, String)> {
+    let process = spec
+        .process()
+        .as_ref()
+        .ok_or((125, "the spec has no process".to_string()))?;
+    let args = process.args().clone().unwrap_or_default();
+    let Some(program) = args.first() else {
+        return Err((
+            125,
+            "no command: give one after the image name, or set Cmd/Entrypoint in the image".into(),
+        ));
+    };
+    let env: Vec<(OsString, OsString)> = process
+        .env()
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (OsString::from(k), OsString::from(v)))
+        })
+        .collect();
+    let cwd = process.cwd().clone();
+    let _ = std::fs::create_dir_all(&cwd);
+    let user = process.user();
+    let (uid, gid) = (user.uid(), user.gid());
+    let groups: Vec<libc::gid_t> = user.additional_gids().clone().unwrap_or_default();
+    let umask = user.umask();
+    let rlimits: Vec<(libc::__rlimit_resource_t, libc::rlimit)> = process
+        .rlimits()
+        .clone()
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|rl| {
+            rlimit_resource(&format!("{:?}", rl.typ())).map(|res| {
+                (
+                    res,
+                    libc::rlimit {
+                        rlim_cur: rl.soft(),
+                        rlim_max: rl.hard(),
+                    },
+                )
+            })
+        })
+        .collect();
+    let terminal = process.terminal().unwrap_or(false);
+
+    let mut cmd = Command::new(program);
+    cmd.arg0(program)
+        .args(&args[1..])
+        .env_clear()
+        .envs(env)
+        .current_dir(&cwd);
+    let mut master = None;
+    if terminal {
+        let ws = nix::pty::Winsize {
+            ws_row: options.rows.max(1),
+            ws_col: options.cols.max(1),
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        let pty =
+            nix::pty::openpty(Some(&ws), None).map_err(|e| (125, format!("opening a pty: {e}")))?;
+        let dup = |fd: &OwnedFd| fd.try_clone().map_err(|e| (125, format!("pty: {e}")));
+        cmd.stdin(Stdio::from(dup(&pty.slave)?))
+            .stdout(Stdio::from(dup(&pty.slave)?))
+            .stderr(Stdio::from(pty.slave));
+        master = Some(pty.master);
+    } else {
+        cmd.stdin(if options.stdin {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    }
+    // SAFETY: the closure only makes async-signal-safe syscalls (sigprocmask, setsid, ioctl,
+    // setrlimit, umask, setgroups, setresgid, setresuid) between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            let empty = SigSet::empty();
+            nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&empty), None)?;
+            nix::unistd::setsid()?;
+            if terminal && libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            for (res, lim) in &rlimits {
+                if libc::setrlimit(*res, lim) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            if let Some(m) = umask {
+                libc::umask(m as libc::mode_t);
+            }
+            if libc::setgroups(groups.len(), groups.as_ptr()) != 0 && libc::geteuid() == 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::getegid() != gid && libc::setresgid(gid, gid, gid) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::geteuid() != uid && libc::setresuid(uid, uid, uid) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => (
+            127,
+            format!("exec: \"{program}\": executable file not found in $PATH"),
+        ),
+        std::io::ErrorKind::PermissionDenied => {
+            (126, format!("exec: \"{program}\": permission denied"))
+        }
+        _ => (126, format!("exec: \"{program}\": {e}")),
+    })?;
+    let to_fd = |f: Option<OwnedFd>| f;
+    let (stdin, stdout, stderr) = match master {
+        Some(m) => (None, Some(m), None),
+        None => (
+            to_fd(child.stdin.take().map(OwnedFd::from)),
+            to_fd(child.stdout.take().map(OwnedFd::from)),
+            to_fd(child.stderr.take().map(OwnedFd::from)),
+        ),
+    };
+    Ok(Running {
+        child,
+        stdin,
+        stdout,
+        stderr,
+        pty: terminal,
+    })
+}
+
+fn rlimit_resource(name: &str) -> Option<libc::__rlimit_resource_t> {
+    Some(match name.trim_start_matches("Rlimit") {
+        "Nofile" => libc::RLIMIT_NOFILE,
+        "Nproc" => libc::RLIMIT_NPROC,
+        "Core" => libc::RLIMIT_CORE,
+        "Stack" => libc::RLIMIT_STACK,
+        "Memlock" => libc::RLIMIT_MEMLOCK,
+        "Fsize" => libc::RLIMIT_FSIZE,
+        "Cpu" => libc::RLIMIT_CPU,
+        "As" => libc::RLIMIT_AS,
+        "Data" => libc::RLIMIT_DATA,
+        _ => return None,
+    })
+}
+
+/// A connected pair of stream sockets: the host end and the agent end (tests, and a
+/// host-side agent for debugging).
+pub fn channel_pair() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: socketpair writes two descriptors into the array we pass.
+    if unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    } != 0
+    {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: both descriptors are fresh and owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Used by tests: the host side of a whole session, collecting stdout, stderr and the status.
+pub fn drive(
+    host: OwnedFd,
+    spec: &[u8],
+    options: StartOptions,
+    input: &[Frame],
+) -> Result<(Vec<u8>, Vec<u8>, Frame), ProtocolError> {
+    let mut f = std::fs::File::from(host);
+    Frame::Start {
+        spec: spec.to_vec(),
+        options,
+    }
+    .write_to(&mut f)?;
+    for frame in input {
+        frame.write_to(&mut f)?;
+    }
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    loop {
+        match Frame::read_from(&mut f)? {
+            Frame::Stdout(d) => out.extend(d),
+            Frame::Stderr(d) => err.extend(d),
+            end @ (Frame::Exit(_) | Frame::Error { .. }) => return Ok((out, err, end)),
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(args: &[&str], env: &[&str], cwd: &str, terminal: bool) -> Vec<u8> {
+        let mut s = Spec::default();
+        let mut p = s.process().clone().unwrap_or_default();
+        p.set_args(Some(args.iter().map(|a| a.to_string()).collect()));
+        p.set_env(Some(env.iter().map(|a| a.to_string()).collect()));
+        p.set_cwd(cwd.into());
+        p.set_terminal(Some(terminal));
+        let mut u = p.user().clone();
+        u.set_uid(nix::unistd::geteuid().as_raw());
+        u.set_gid(nix::unistd::getegid().as_raw());
+        u.set_additional_gids(None);
+        p.set_user(u);
+        p.set_capabilities(None);
+        p.set_rlimits(None);
+        s.set_process(Some(p));
+        serde_json::to_vec(&s).unwrap()
+    }
+
+    fn session(
+        spec_bytes: Vec<u8>,
+        options: StartOptions,
+        input: Vec<Frame>,
+    ) -> (String, String, Frame) {
+        let (host, agent) = channel_pair().unwrap();
+        let t = std::thread::spawn(move || serve(agent, SessionConfig::default()));
+        let (out, err, end) = drive(host, &spec_bytes, options, &input).unwrap();
+        t.join().unwrap().unwrap();
+        (
+            String::from_utf8_lossy(&out).into(),
+            String::from_utf8_lossy(&err).into(),
+            end,
+        )
+    }
+
+    const PATH: &str = "PATH=/usr/bin:/bin";
+    fn opts(stdin: bool) -> StartOptions {
+        StartOptions {
+            stdin,
+            rows: 24,
+            cols: 80,
+        }
+    }
+
+    #[test]
+    fn runs_the_process_with_env_cwd_and_exit_status() {
+        let s = spec(
+            &["sh", "-c", "echo $GREETING; pwd; echo oops >&2; exit 7"],
+            &[PATH, "GREETING=hi"],
+            "/tmp",
+            false,
+        );
+        let (out, err, end) = session(s, opts(false), vec![]);
+        assert_eq!(out, "hi\n/tmp\n");
+        assert_eq!(err, "oops\n");
+        assert_eq!(end, Frame::Exit(7));
+    }
+
+    #[test]
+    fn stdin_and_eof_reach_the_process() {
+        let s = spec(&["sh", "-c", "wc -c"], &[PATH], "/", false);
+        let (out, _, end) = session(
+            s,
+            opts(true),
+            vec![Frame::Stdin(b"12345".to_vec()), Frame::StdinEof],
+        );
+        assert_eq!(out.trim(), "5");
+        assert_eq!(end, Frame::Exit(0));
+    }
+
+    #[test]
+    fn signals_give_128_plus_n() {
+        let s = spec(&["sh", "-c", "kill -TERM $$; sleep 5"], &[PATH], "/", false);
+        let (_, _, end) = session(s, opts(false), vec![]);
+        assert_eq!(end, Frame::Exit(128 + 15));
+        let s = spec(&["sleep", "30"], &[PATH], "/", false);
+        let (_, _, end) = session(s, opts(false), vec![Frame::Signal(9)]);
+        assert_eq!(end, Frame::Exit(137));
+    }
+
+    #[test]
+    fn missing_commands_are_docker_errors() {
+        let s = spec(&["no-such-command-here"], &[PATH], "/", false);
+        let (_, _, end) = session(s, opts(false), vec![]);
+        assert!(matches!(end, Frame::Error { code: 127, .. }), "{end:?}");
+        let (host, agent) = channel_pair().unwrap();
+        let t = std::thread::spawn(move || serve(agent, SessionConfig::default()));
+        let (_, _, end) = drive(host, b"not json", opts(false), &[]).unwrap();
+        assert!(matches!(end, Frame::Error { code: 125, .. }));
+        t.join().unwrap().unwrap();
+    }
+
+    #[test]
+    fn terminal_sessions_get_a_sized_pty() {
+        let s = spec(
+            &["sh", "-c", "stty size; test -t 0 && echo tty"],
+            &[PATH],
+            "/",
+            true,
+        );
+        let (out, _, end) = session(
+            s,
+            StartOptions {
+                stdin: true,
+                rows: 33,
+                cols: 101,
+            },
+            vec![],
+        );
+        assert!(out.contains("33 101"), "{out:?}");
+        assert!(out.contains("tty"), "{out:?}");
+        assert_eq!(end, Frame::Exit(0));
+    }
+
+    #[test]
+    fn a_first_frame_other_than_start_is_refused() {
+        let (host, agent) = channel_pair().unwrap();
+        let mut f = std::fs::File::from(host);
+        Frame::Stdin(b"x".to_vec()).write_to(&mut f).unwrap();
+        assert!(matches!(
+            serve(agent, SessionConfig::default()),
+            Err(SessionError::NoStart(_))
+        ));
+        drop(f);
+    }
+}
