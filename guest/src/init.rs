@@ -80,11 +80,13 @@ pub fn prepare(boot: &BootArgs) -> Result<OwnedFd, String> {
             lowers.push(dir);
         }
         lowers.reverse();
+        // The layer disks carry berth's rootless whiteouts: char 0:0 nodes and
+        // `user.overlay.opaque`, which overlayfs reads with `userxattr`.
         for d in ["/run/berth/upper", "/run/berth/work", "/run/berth/root"] {
             std::fs::create_dir_all(d).map_err(|e| format!("creating {d}: {e}"))?;
         }
         let data = format!(
-            "lowerdir={},upperdir=/run/berth/upper,workdir=/run/berth/work",
+            "lowerdir={},upperdir=/run/berth/upper,workdir=/run/berth/work,userxattr",
             lowers.join(":")
         );
         m(
