@@ -4,6 +4,7 @@
 //! fuse-overlayfs where the kernel refuses, and a plain copy as the last resort.
 
 mod copy;
+pub mod erofs;
 mod layers;
 
 use std::fmt;
