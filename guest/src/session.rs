@@ -349,21 +349,13 @@ fn start(spec: &Spec, options: &StartOptions) -> Result<Running, (i32, String)> 
     let (uid, gid) = (user.uid(), user.gid());
     let groups: Vec<libc::gid_t> = user.additional_gids().clone().unwrap_or_default();
     let umask = user.umask();
-    let rlimits: Vec<(libc::__rlimit_resource_t, libc::rlimit)> = process
+    let rlimits: Vec<(nix::sys::resource::Resource, u64, u64)> = process
         .rlimits()
         .clone()
         .unwrap_or_default()
         .iter()
         .filter_map(|rl| {
-            rlimit_resource(&format!("{:?}", rl.typ())).map(|res| {
-                (
-                    res,
-                    libc::rlimit {
-                        rlim_cur: rl.soft(),
-                        rlim_max: rl.hard(),
-                    },
-                )
-            })
+            rlimit_resource(&format!("{:?}", rl.typ())).map(|res| (res, rl.soft(), rl.hard()))
         })
         .collect();
     let terminal = process.terminal().unwrap_or(false);
@@ -408,10 +400,8 @@ fn start(spec: &Spec, options: &StartOptions) -> Result<Running, (i32, String)> 
             if terminal && libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
                 return Err(std::io::Error::last_os_error());
             }
-            for (res, lim) in &rlimits {
-                if libc::setrlimit(*res, lim) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
+            for (res, soft, hard) in &rlimits {
+                nix::sys::resource::setrlimit(*res, *soft, *hard)?;
             }
             if let Some(m) = umask {
                 libc::umask(m as libc::mode_t);
@@ -456,17 +446,17 @@ fn start(spec: &Spec, options: &StartOptions) -> Result<Running, (i32, String)> 
     })
 }
 
-fn rlimit_resource(name: &str) -> Option<libc::__rlimit_resource_t> {
+fn rlimit_resource(name: &str) -> Option<nix::sys::resource::Resource> {
     Some(match name.trim_start_matches("Rlimit") {
-        "Nofile" => libc::RLIMIT_NOFILE,
-        "Nproc" => libc::RLIMIT_NPROC,
-        "Core" => libc::RLIMIT_CORE,
-        "Stack" => libc::RLIMIT_STACK,
-        "Memlock" => libc::RLIMIT_MEMLOCK,
-        "Fsize" => libc::RLIMIT_FSIZE,
-        "Cpu" => libc::RLIMIT_CPU,
-        "As" => libc::RLIMIT_AS,
-        "Data" => libc::RLIMIT_DATA,
+        "Nofile" => nix::sys::resource::Resource::RLIMIT_NOFILE,
+        "Nproc" => nix::sys::resource::Resource::RLIMIT_NPROC,
+        "Core" => nix::sys::resource::Resource::RLIMIT_CORE,
+        "Stack" => nix::sys::resource::Resource::RLIMIT_STACK,
+        "Memlock" => nix::sys::resource::Resource::RLIMIT_MEMLOCK,
+        "Fsize" => nix::sys::resource::Resource::RLIMIT_FSIZE,
+        "Cpu" => nix::sys::resource::Resource::RLIMIT_CPU,
+        "As" => nix::sys::resource::Resource::RLIMIT_AS,
+        "Data" => nix::sys::resource::Resource::RLIMIT_DATA,
         _ => return None,
     })
 }
