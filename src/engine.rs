@@ -6,9 +6,13 @@ use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::container::{self, IdMapping, RunOptions};
+use crate::image::registry::{
+    self, Credentials, PullOptions, PulledImage, PushOptions, PushedImage, RegistriesConfig,
+    RegistryError,
+};
 use crate::image::{
     ArchiveFormat, ContainerUse, HistoryEntry, ImageError, ImageInspect, ImageRemoval, ImageStore,
-    ImageSummary, LoadedImage,
+    ImageSummary, LoadedImage, PruneReport, ResolvedImage,
 };
 use crate::paths::Dirs;
 use crate::rootfs::{self, Driver, LayerStore, RootfsError};
@@ -19,6 +23,8 @@ use crate::state::{ContainerRecord, ContainerStore, StateError, Status};
 pub enum EngineError {
     #[error(transparent)]
     Image(#[from] ImageError),
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
     #[error(transparent)]
     Rootfs(#[from] RootfsError),
     #[error(transparent)]
@@ -229,6 +235,103 @@ impl Engine {
         Ok(())
     }
 
+    /// `berth pull`: fetches an image (short names go to the default search registry).
+    pub fn pull(&self, reference: &str, opts: &PullOptions) -> Result<PulledImage, EngineError> {
+        let config = RegistriesConfig::load()?;
+        let r = config.qualify(reference).map_err(RegistryError::from)?;
+        Ok(registry::pull(&self.images, &config, &r, opts)?)
+    }
+
+    /// `berth push SOURCE [DESTINATION]`.
+    pub fn push(
+        &self,
+        source: &str,
+        destination: Option<&str>,
+        opts: &PushOptions,
+    ) -> Result<PushedImage, EngineError> {
+        let config = RegistriesConfig::load()?;
+        Ok(registry::push(
+            &self.images,
+            &config,
+            source,
+            destination,
+            opts,
+        )?)
+    }
+
+    /// `berth login`: checks the credentials with the registry, then saves them;
+    /// returns the registry host and the auth file.
+    pub fn login(
+        &self,
+        host: &str,
+        creds: &Credentials,
+        tls_verify: bool,
+    ) -> Result<(String, PathBuf), EngineError> {
+        let config = RegistriesConfig::load()?;
+        let host = registry::normalize_host(host)?;
+        let file = registry::login(&config, &host, creds, tls_verify)?;
+        Ok((host, file))
+    }
+
+    /// `berth logout`: forgets the credentials for a registry; returns its host.
+    pub fn logout(&self, host: &str) -> Result<String, EngineError> {
+        let host = registry::normalize_host(host)?;
+        registry::logout(&host)?;
+        Ok(host)
+    }
+
+    /// `berth image prune [-a]`: deletes images without a name (all with
+    /// `all`) that no container uses, and the unpacked layers they free.
+    pub fn prune_images(&self, all: bool) -> Result<PruneReport, EngineError> {
+        let users: Vec<ContainerUse> = self
+            .containers()
+            .iter()
+            .map(|c| ContainerUse {
+                id: c.id.clone(),
+                image_id: c.image_id.clone(),
+                running: ContainerStore::is_running(c),
+            })
+            .collect();
+        let report = self.images.prune(all, &users)?;
+        if !report.unused_layers.is_empty() {
+            // An image loaded meanwhile may use a layer again: check once more.
+            let in_use = self.images.diff_ids_in_use()?;
+            let dirs: Vec<PathBuf> = report
+                .unused_layers
+                .iter()
+                .filter(|d| !in_use.contains(*d))
+                .map(|d| self.layers.path(d))
+                .collect();
+            for d in &dirs {
+                let _ = std::fs::remove_file(d.with_extension("lock"));
+            }
+            rootfs::remove_owned_tree(dirs, &self.ids)?;
+        }
+        Ok(report)
+    }
+
+    /// The stored image `image` names; a name the store lacks is pulled
+    /// first, as `docker run` does. The pull's threads are gone when this
+    /// returns, so the caller may fork.
+    fn resolve_or_pull(&self, image: &str) -> Result<ResolvedImage, EngineError> {
+        match self.images.resolve(image) {
+            Err(ImageError::NotFound(_)) if !image.starts_with("sha256:") => {}
+            other => return Ok(other?),
+        }
+        let config = RegistriesConfig::load()?;
+        let Ok(r) = config.qualify(image) else {
+            return Ok(self.images.resolve(image)?);
+        };
+        let canonical = r.to_string();
+        match self.images.resolve(&canonical) {
+            Err(ImageError::NotFound(_)) => {}
+            other => return Ok(other?),
+        }
+        eprintln!("Unable to find image '{}' locally", r.familiar());
+        registry::pull(&self.images, &config, &r, &PullOptions::default())?;
+        Ok(self.images.resolve(&canonical)?)
+    }
+
     pub fn info(&self) -> Info {
         let fmt =
             |r: &crate::container::idmap::IdRange| format!("{} {} {}", r.container, r.host, r.size);
@@ -264,7 +367,7 @@ impl Engine {
 
     /// Runs `image` in the foreground and returns the container's exit status.
     pub fn run(&self, image: &str, req: RunRequest, flags: RunFlags) -> Result<i32, EngineError> {
-        let resolved = self.images.resolve(image)?;
+        let resolved = self.resolve_or_pull(image)?;
         if let Some(w) = self.ids.warning() {
             eprintln!("{w}");
         }

@@ -1,5 +1,6 @@
 //! `berth load`, `berth images`, `berth image ls`, `berth tag`, `berth rmi`,
-//! `berth image inspect`, `berth history`, `berth save`.
+//! `berth image inspect`, `berth history`, `berth save`, `berth image prune`
+//! (and `berth image pull|push`, which are `berth pull|push`).
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -113,6 +114,22 @@ pub enum ImageCommand {
     History(HistoryArgs),
     /// Write images to an archive.
     Save(SaveArgs),
+    /// Remove images without a name that no container uses.
+    Prune(PruneArgs),
+    /// Download an image from a registry.
+    Pull(super::registry::PullArgs),
+    /// Upload an image to a registry.
+    Push(super::registry::PushArgs),
+}
+
+#[derive(Args)]
+pub struct PruneArgs {
+    /// Remove every image no container uses, named or not.
+    #[arg(short, long)]
+    all: bool,
+    /// Do not ask (berth never asks; accepted for Docker compatibility).
+    #[arg(short, long)]
+    force: bool,
 }
 
 pub fn load(engine: &Engine, args: LoadArgs) -> anyhow::Result<()> {
@@ -308,7 +325,28 @@ pub fn image(engine: &Engine, cmd: ImageCommand) -> anyhow::Result<()> {
         ImageCommand::Inspect(a) => inspect(engine, a),
         ImageCommand::History(a) => history(engine, a),
         ImageCommand::Save(a) => save(engine, a),
+        ImageCommand::Prune(a) => prune(engine, a),
+        ImageCommand::Pull(a) => super::registry::pull(engine, a),
+        ImageCommand::Push(a) => super::registry::push(engine, a),
     }
+}
+
+/// `berth image prune`: Docker's report of what went and the space it freed.
+pub fn prune(engine: &Engine, args: PruneArgs) -> anyhow::Result<()> {
+    let _ = args.force;
+    let report = engine.prune_images(args.all)?;
+    if !report.deleted.is_empty() {
+        println!("Deleted Images:");
+        for n in &report.untagged {
+            println!("untagged: {n}");
+        }
+        for id in &report.deleted {
+            println!("deleted: {id}");
+        }
+        println!();
+    }
+    println!("Total reclaimed space: {}", human_size(report.reclaimed));
+    Ok(())
 }
 
 /// `berth tag SOURCE TARGET`: prints nothing, as Docker.

@@ -1,8 +1,10 @@
 //! Command-line front end: one file per command group.
 
 mod image;
+mod registry;
 mod run;
 mod system;
+mod vmm;
 
 use clap::{Parser, Subcommand};
 
@@ -33,6 +35,14 @@ enum Command {
     Run(Box<run::RunArgs>),
     /// Import images from an oci-archive or docker-archive tarball.
     Load(image::LoadArgs),
+    /// Download an image from a registry.
+    Pull(registry::PullArgs),
+    /// Upload an image to a registry.
+    Push(registry::PushArgs),
+    /// Log in to a registry (credentials go to the podman/Docker auth file).
+    Login(registry::LoginArgs),
+    /// Forget the credentials for a registry.
+    Logout(registry::LogoutArgs),
     /// Write images to an archive (docker-archive or oci-archive).
     Save(image::SaveArgs),
     /// Give an image another name.
@@ -54,6 +64,8 @@ enum Command {
     Info(system::InfoArgs),
     /// Check this machine for what berth needs, and say how to fix what is missing.
     Doctor,
+    /// Boot a kernel in a bare microVM with a serial console on stdout (no image, no agent).
+    Vmm(vmm::VmmArgs),
 }
 
 /// Runs the CLI and returns the process exit status.
@@ -64,6 +76,9 @@ pub fn main() -> i32 {
     };
     if let Command::Doctor = cli.command {
         return system::doctor();
+    }
+    if let Command::Vmm(args) = cli.command {
+        return vmm::vmm(args);
     }
     // Docker's convention: `run` fails with 125 when the engine itself fails, other commands with 1.
     let engine_error = if matches!(cli.command, Command::Run(_)) {
@@ -78,6 +93,10 @@ pub fn main() -> i32 {
     let result = match cli.command {
         Command::Run(args) => return run::run(&engine, *args),
         Command::Load(args) => image::load(&engine, args),
+        Command::Pull(a) => registry::pull(&engine, a),
+        Command::Push(a) => registry::push(&engine, a),
+        Command::Login(a) => registry::login(&engine, a),
+        Command::Logout(a) => registry::logout(&engine, a),
         Command::Save(a) => image::save(&engine, a),
         Command::Tag(a) => image::tag(&engine, a),
         Command::Rmi(a) => image::rmi(&engine, a),
@@ -87,7 +106,7 @@ pub fn main() -> i32 {
         Command::Ps(args) => system::ps(&engine, args),
         Command::Rm(args) => system::rm(&engine, args),
         Command::Info(args) => system::info(&engine, args),
-        Command::Doctor => unreachable!("handled above"),
+        Command::Doctor | Command::Vmm(_) => unreachable!("handled above"),
     };
     match result {
         Ok(()) => 0,

@@ -35,8 +35,9 @@ use super::unpack::normalize;
 
 const ANNOTATION_REF_NAME: &str = "org.opencontainers.image.ref.name";
 const ANNOTATION_CONTAINERD_NAME: &str = "io.containerd.image.name";
-const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
-const DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+pub(crate) const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+pub(crate) const DOCKER_MANIFEST_LIST: &str =
+    "application/vnd.docker.distribution.manifest.list.v2+json";
 const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
 const DOCKER_LAYERS: [&str; 4] = [
     "application/vnd.docker.image.rootfs.diff.tar",
@@ -327,13 +328,13 @@ struct OciLayout {
     image_layout_version: String,
 }
 
-enum Kind {
+pub(crate) enum Kind {
     Manifest,
     Index,
     Other,
 }
 
-fn kind_of(media_type: &MediaType) -> Kind {
+pub(crate) fn kind_of(media_type: &MediaType) -> Kind {
     match media_type {
         MediaType::ImageManifest => Kind::Manifest,
         MediaType::ImageIndex => Kind::Index,
@@ -415,7 +416,7 @@ fn add_name(names: &mut Vec<String>, r: &Reference) {
 }
 
 /// The platform this machine runs, in OCI terms.
-fn host_platform() -> (&'static str, &'static str) {
+pub(crate) fn host_platform() -> (&'static str, &'static str) {
     let arch = match std::env::consts::ARCH {
         "x86_64" => "amd64",
         "aarch64" => "arm64",
@@ -540,15 +541,11 @@ fn import_oci_manifest(
     let path = verify_blob(tree, staged, desc, "manifest")?;
     let manifest: ImageManifest = parse_json(&path, &format!("manifest {}", desc.digest()))?;
     let config_desc = manifest.config();
-    match config_desc.media_type() {
-        MediaType::ImageConfig => {}
-        MediaType::Other(m) if m == DOCKER_CONFIG => {}
-        other => {
-            return Err(ImageError::UnsupportedMediaType {
-                what: format!("config of manifest {}", desc.digest()),
-                media_type: other.to_string(),
-            })
-        }
+    if !supported_config(config_desc.media_type()) {
+        return Err(ImageError::UnsupportedMediaType {
+            what: format!("config of manifest {}", desc.digest()),
+            media_type: config_desc.media_type().to_string(),
+        });
     }
     let config_path = verify_blob(tree, staged, config_desc, "config")?;
     let config: ImageConfiguration =
@@ -556,16 +553,7 @@ fn import_oci_manifest(
     check_diff_ids(&config, manifest.layers().len())?;
     let mut size = config_desc.size();
     for layer in manifest.layers() {
-        let supported = matches!(
-            layer.media_type(),
-            MediaType::ImageLayer
-                | MediaType::ImageLayerGzip
-                | MediaType::ImageLayerZstd
-                | MediaType::ImageLayerNonDistributable
-                | MediaType::ImageLayerNonDistributableGzip
-                | MediaType::ImageLayerNonDistributableZstd
-        ) || matches!(layer.media_type(), MediaType::Other(m) if DOCKER_LAYERS.contains(&m.as_str()));
-        if !supported {
+        if !supported_layer(layer.media_type()) {
             return Err(ImageError::UnsupportedMediaType {
                 what: format!("layer {}", layer.digest()),
                 media_type: layer.media_type().to_string(),
@@ -583,7 +571,26 @@ fn import_oci_manifest(
     })
 }
 
-fn check_diff_ids(config: &ImageConfiguration, layers: usize) -> Result<(), ImageError> {
+/// Layer media types berth can unpack (OCI and Docker, plain, gzip or zstd).
+pub(crate) fn supported_layer(media_type: &MediaType) -> bool {
+    matches!(
+        media_type,
+        MediaType::ImageLayer
+            | MediaType::ImageLayerGzip
+            | MediaType::ImageLayerZstd
+            | MediaType::ImageLayerNonDistributable
+            | MediaType::ImageLayerNonDistributableGzip
+            | MediaType::ImageLayerNonDistributableZstd
+    ) || matches!(media_type, MediaType::Other(m) if DOCKER_LAYERS.contains(&m.as_str()))
+}
+
+/// Image config media types (OCI and Docker).
+pub(crate) fn supported_config(media_type: &MediaType) -> bool {
+    matches!(media_type, MediaType::ImageConfig)
+        || matches!(media_type, MediaType::Other(m) if m == DOCKER_CONFIG)
+}
+
+pub(crate) fn check_diff_ids(config: &ImageConfiguration, layers: usize) -> Result<(), ImageError> {
     let diff_ids = config.rootfs().diff_ids();
     if diff_ids.len() != layers {
         return Err(ImageError::Invalid(format!(

@@ -1,4 +1,4 @@
-//! Managing stored images: `tag`, `rmi`, `image inspect`, `history`.
+//! Managing stored images: `tag`, `rmi`, `image prune`, `image inspect`, `history`.
 //!
 //! Every change goes through [`ImageStore::update_index`], so it happens under
 //! the store lock and replaces `images.json` atomically. Removing an image
@@ -32,6 +32,19 @@ pub struct ImageRemoval {
     pub untagged: Vec<String>,
     /// The image id, when the image itself was deleted.
     pub deleted: Option<String>,
+    /// Diff ids of unpacked layers that no remaining image uses.
+    pub unused_layers: Vec<String>,
+}
+
+/// What `berth image prune` removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PruneReport {
+    /// Ids of the images deleted.
+    pub deleted: Vec<String>,
+    /// Names those images had, in familiar form (with `all`).
+    pub untagged: Vec<String>,
+    /// Bytes of the images deleted (compressed layers and configs).
+    pub reclaimed: u64,
     /// Diff ids of unpacked layers that no remaining image uses.
     pub unused_layers: Vec<String>,
 }
@@ -217,6 +230,35 @@ impl ImageStore {
             removal.unused_layers = self.delete_unused_blobs(&record, &index.images)?;
             removal.deleted = Some(record.id.clone());
             Ok(removal)
+        })
+    }
+
+    /// `berth image prune`: deletes the images without a name (every image
+    /// with `all`) that no container uses, with the blobs no other image needs.
+    pub fn prune(&self, all: bool, containers: &[ContainerUse]) -> Result<PruneReport, ImageError> {
+        self.update_index(|index| {
+            let (doomed, kept): (Vec<ImageRecord>, Vec<ImageRecord>) =
+                std::mem::take(&mut index.images)
+                    .into_iter()
+                    .partition(|r| {
+                        (all || r.names.is_empty())
+                            && !containers.iter().any(|c| c.image_id == r.id)
+                    });
+            index.images = kept;
+            let mut report = PruneReport::default();
+            for rec in &doomed {
+                for d in self.delete_unused_blobs(rec, &index.images)? {
+                    if !report.unused_layers.contains(&d) {
+                        report.unused_layers.push(d);
+                    }
+                }
+                report
+                    .untagged
+                    .extend(rec.names.iter().map(|n| familiar(n)));
+                report.deleted.push(rec.id.clone());
+                report.reclaimed += rec.size;
+            }
+            Ok(report)
         })
     }
 
@@ -522,6 +564,34 @@ mod tests {
         assert_eq!(r.deleted.as_deref(), Some(a_id.as_str()));
         // Its layer is b's too: not unused.
         assert!(r.unused_layers.is_empty());
+    }
+
+    #[test]
+    fn prune_removes_untagged_images_no_container_uses() {
+        let (_dir, store, a_id, b_id) = store_with_two_images();
+        assert_eq!(store.prune(false, &[]).unwrap(), PruneReport::default());
+        // Both lose their names; a container uses a.
+        store
+            .update_index(|i| {
+                i.images.iter_mut().for_each(|r| r.names.clear());
+                Ok(())
+            })
+            .unwrap();
+        let user = ContainerUse {
+            id: "c".repeat(64),
+            image_id: a_id.clone(),
+            running: false,
+        };
+        let b = store.resolve(&b_id).unwrap();
+        let r = store.prune(false, std::slice::from_ref(&user)).unwrap();
+        assert_eq!(r.deleted, std::slice::from_ref(&b_id));
+        assert_eq!(r.unused_layers, [b.layers[1].diff_id.clone()]);
+        assert!(!b.layers[1].blob_path.exists());
+        assert!(b.layers[0].blob_path.exists(), "a still uses layer 1");
+        store.resolve(&a_id).unwrap();
+        let r = store.prune(true, &[]).unwrap();
+        assert_eq!(r.deleted, [a_id]);
+        assert_eq!(blob_count(&store), 0);
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //!   [`ImageStore::list`], [`ImageStore::resolve`].
 //! - `archive`: reading `docker save` / `podman save` / OCI archives into the store.
 //! - [`manage`]: `tag`, `rmi` (with blob clean-up), `image inspect`, `history`.
+//! - [`registry`]: `pull`, `push`, `login`, `logout` and the registry settings.
 //! - [`save`]: writing docker-archive and oci-archive files (`berth save`).
 //! - [`unpack`]: applying one layer to a directory, safely and rootless, with
 //!   OCI whiteouts turned into overlayfs whiteouts.
@@ -15,6 +16,7 @@ mod archive;
 mod compression;
 pub mod manage;
 pub mod reference;
+pub mod registry;
 pub mod save;
 pub mod store;
 pub mod unpack;
@@ -22,7 +24,7 @@ pub mod unpack;
 #[cfg(test)]
 mod testutil;
 
-pub use manage::{ContainerUse, HistoryEntry, ImageInspect, ImageRemoval};
+pub use manage::{ContainerUse, HistoryEntry, ImageInspect, ImageRemoval, PruneReport};
 pub use reference::{Reference, ReferenceError};
 pub use save::ArchiveFormat;
 pub use store::{ImageError, ImageStore, ImageSummary, LayerRef, LoadedImage, ResolvedImage};

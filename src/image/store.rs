@@ -51,7 +51,9 @@ pub enum ImageError {
     #[error(transparent)]
     Reference(#[from] ReferenceError),
     /// No image has this name or id.
-    #[error("image {0} not known: load it with `berth load -i FILE`")]
+    #[error(
+        "image {0} not known: pull it with `berth pull {0}` or load it with `berth load -i FILE`"
+    )]
     NotFound(String),
     /// A short id matches more than one image.
     #[error("short id {prefix} matches {count} images: give more characters of the id")]
@@ -372,36 +374,82 @@ impl ImageStore {
     /// Streams `reader` into the store as the blob `expected` (`sha256:<hex>`),
     /// verifying the digest on the way; returns the size. On a mismatch nothing
     /// is left under the digest. An existing blob is kept and `reader` is not read.
-    pub fn write_blob(&self, reader: impl Read, expected: &str) -> Result<u64, ImageError> {
+    pub fn write_blob(&self, mut reader: impl Read, expected: &str) -> Result<u64, ImageError> {
+        if let Some(size) = self.blob_size(expected) {
+            return Ok(size);
+        }
+        let mut writer = self.blob_writer(expected, "blob", None)?;
+        let mut buf = vec![0u8; 256 << 10];
+        loop {
+            let n = match reader.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(ImageError::io("read blob", &writer.tmp_path)(e)),
+            };
+            writer.write(&buf[..n])?;
+        }
+        writer.commit()
+    }
+
+    /// The size of blob `digest` when the store has it.
+    pub fn blob_size(&self, digest: &str) -> Option<u64> {
+        let meta = fs::metadata(self.blob_path(digest)?).ok()?;
+        meta.is_file().then_some(meta.len())
+    }
+
+    /// A temporary file in the blob directory that becomes blob `expected`
+    /// on [`BlobWriter::commit`], only if what was written hashes to it (and
+    /// has `expected_size` bytes, when given). Dropped uncommitted, it leaves nothing.
+    pub fn blob_writer(
+        &self,
+        expected: &str,
+        what: &str,
+        expected_size: Option<u64>,
+    ) -> Result<BlobWriter, ImageError> {
         let target = self
             .blob_path(expected)
             .ok_or_else(|| ImageError::Invalid(format!("{expected} is not a sha256 digest")))?;
-        if let Ok(meta) = fs::metadata(&target) {
-            if meta.is_file() {
-                return Ok(meta.len());
+        let dir = self.blob_dir();
+        let (tmp_path, file) = create_temp(&dir, TEMP_BLOB_PREFIX)?;
+        Ok(BlobWriter {
+            file: io::BufWriter::with_capacity(1 << 20, file),
+            guard: RemoveOnDrop(Some(tmp_path.clone())),
+            tmp_path,
+            target,
+            dir,
+            hasher: Sha256::new(),
+            count: 0,
+            expected: expected.to_string(),
+            expected_size,
+            what: what.to_string(),
+        })
+    }
+
+    /// Removes temporary blobs that processes no longer running left behind
+    /// (a pull killed half-way), so an interrupted pull restarts cleanly.
+    pub fn remove_stale_temp_blobs(&self) {
+        let Ok(entries) = fs::read_dir(self.blob_dir()) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(rest) = name
+                .to_str()
+                .and_then(|n| n.strip_prefix(TEMP_BLOB_PREFIX))
+                .and_then(|n| n.strip_prefix('-'))
+            else {
+                continue;
+            };
+            let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<i32>().ok()) else {
+                continue;
+            };
+            let alive =
+                pid == std::process::id() as i32 || Path::new(&format!("/proc/{pid}")).exists();
+            if !alive {
+                let _ = fs::remove_file(entry.path());
             }
         }
-        let dir = self.blob_dir();
-        let (tmp_path, mut file) = create_temp(&dir, ".tmp-blob")?;
-        let guard = RemoveOnDrop(Some(tmp_path.clone()));
-        let mut hashing = HashingReader::new(reader);
-        let size =
-            io::copy(&mut hashing, &mut file).map_err(ImageError::io("write blob", &tmp_path))?;
-        let actual = hashing.digest();
-        if actual != expected {
-            return Err(ImageError::DigestMismatch {
-                what: "blob".into(),
-                expected: expected.into(),
-                actual,
-            });
-        }
-        file.sync_all()
-            .map_err(ImageError::io("sync blob", &tmp_path))?;
-        drop(file);
-        fs::rename(&tmp_path, &target).map_err(ImageError::io("store blob", &target))?;
-        guard.disarm();
-        sync_dir(&dir)?;
-        Ok(size)
     }
 
     /// Moves a verified file into the store as blob `hex` (same file system).
@@ -709,6 +757,86 @@ impl Drop for RemoveOnDrop {
     }
 }
 
+/// Name prefix of blobs being written (`<prefix>-<pid>-...`).
+const TEMP_BLOB_PREFIX: &str = ".tmp-blob";
+
+/// A blob being written: hashed and counted as it goes, renamed under its
+/// digest by [`BlobWriter::commit`] only when it matches. See [`ImageStore::blob_writer`].
+pub struct BlobWriter {
+    file: io::BufWriter<File>,
+    guard: RemoveOnDrop,
+    tmp_path: PathBuf,
+    target: PathBuf,
+    dir: PathBuf,
+    hasher: Sha256,
+    count: u64,
+    expected: String,
+    expected_size: Option<u64>,
+    what: String,
+}
+
+impl BlobWriter {
+    /// Appends `data`; more bytes than the expected size is an error at once,
+    /// so a hostile server cannot fill the disk.
+    pub fn write(&mut self, data: &[u8]) -> Result<(), ImageError> {
+        self.count += data.len() as u64;
+        if let Some(size) = self.expected_size.filter(|s| self.count > *s) {
+            return Err(ImageError::SizeMismatch {
+                what: format!("{} {}", self.what, self.expected),
+                expected: size,
+                actual: self.count,
+            });
+        }
+        self.hasher.update(data);
+        self.file
+            .write_all(data)
+            .map_err(ImageError::io("write blob", &self.tmp_path))
+    }
+
+    /// Bytes written so far.
+    pub fn written(&self) -> u64 {
+        self.count
+    }
+
+    /// `sha256:<hex>` of what was written so far.
+    pub fn digest_so_far(&self) -> String {
+        format!("sha256:{}", hex::encode(self.hasher.clone().finalize()))
+    }
+
+    /// Checks size and digest, then syncs and renames the file into place;
+    /// returns the size. On any mismatch the temporary file is removed.
+    pub fn commit(self) -> Result<u64, ImageError> {
+        let what = format!("{} {}", self.what, self.expected);
+        if let Some(size) = self.expected_size.filter(|s| *s != self.count) {
+            return Err(ImageError::SizeMismatch {
+                what,
+                expected: size,
+                actual: self.count,
+            });
+        }
+        let actual = format!("sha256:{}", hex::encode(self.hasher.finalize()));
+        if actual != self.expected {
+            return Err(ImageError::DigestMismatch {
+                what,
+                expected: self.expected,
+                actual,
+            });
+        }
+        let file = self
+            .file
+            .into_inner()
+            .map_err(|e| ImageError::io("write blob", &self.tmp_path)(e.into_error()))?;
+        file.sync_all()
+            .map_err(ImageError::io("sync blob", &self.tmp_path))?;
+        drop(file);
+        fs::rename(&self.tmp_path, &self.target)
+            .map_err(ImageError::io("store blob", &self.target))?;
+        self.guard.disarm();
+        sync_dir(&self.dir)?;
+        Ok(self.count)
+    }
+}
+
 /// A reader that hashes what passes through it.
 pub(crate) struct HashingReader<R> {
     inner: R,
@@ -860,7 +988,7 @@ mod tests {
         let err = find_image(&images, "nothere").unwrap_err();
         assert_eq!(
             err.to_string(),
-            "image nothere not known: load it with `berth load -i FILE`"
+            "image nothere not known: pull it with `berth pull nothere` or load it with `berth load -i FILE`"
         );
         assert!(matches!(
             find_image(&images, "Bad"),

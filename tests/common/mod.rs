@@ -26,6 +26,7 @@
 pub mod image;
 pub mod procs;
 pub mod pty;
+pub mod registry;
 
 use std::ffi::OsStr;
 use std::fs;

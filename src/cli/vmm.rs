@@ -1,0 +1,104 @@
+//! `berth vmm`: the bare microVM monitor. Boots a kernel with a serial console on stdout and
+//! exits when the guest resets or powers off — for debugging kernels and measuring the VMM.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use clap::Args;
+
+use berth::vm::{self, VmConfig};
+
+#[derive(Args)]
+pub struct VmmArgs {
+    /// The kernel: a PVH ELF, an ELF vmlinux or a bzImage.
+    #[arg(long, value_name = "FILE")]
+    kernel: PathBuf,
+    /// An initrd (or, for PVH kernels, the first boot module).
+    #[arg(long, value_name = "FILE")]
+    initrd: Option<PathBuf>,
+    /// The kernel command line.
+    #[arg(long, value_name = "STRING", default_value = vm::DEFAULT_CMDLINE)]
+    cmdline: String,
+    /// Number of vCPUs.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    cpus: u8,
+    /// Guest memory: 512M, 2G, 65536k, or a plain number of MiB.
+    #[arg(long, value_name = "SIZE", default_value = "128M")]
+    memory: String,
+}
+
+/// Runs the VM; 0 when the guest reset or powered off, 1 when it could not boot or failed.
+pub fn vmm(args: VmmArgs) -> i32 {
+    let start = Instant::now();
+    match run(args, start) {
+        Ok(()) => 0,
+        Err(e) => super::report(e, 1),
+    }
+}
+
+fn run(args: VmmArgs, start: Instant) -> anyhow::Result<()> {
+    let mem_mib = parse_mib(&args.memory)?;
+    let config = VmConfig {
+        kernel: args.kernel,
+        initrd: args.initrd,
+        cmdline: args.cmdline,
+        vcpus: args.cpus,
+        mem_mib,
+    };
+    let report = vm::run(&config, Box::new(std::io::stdout()), start)
+        .with_context(|| format!("microVM with kernel {}", config.kernel.display()))?;
+    if let Some(boot) = report.boot_time {
+        eprintln!("berth: Guest-boot-time = {} us", boot.as_micros());
+    }
+    eprintln!("berth: guest {}", report.exit);
+    Ok(())
+}
+
+/// `SIZE` in MiB: `64M`, `64MiB`, `1g`, `65536k`, or a plain number of MiB.
+fn parse_mib(size: &str) -> anyhow::Result<u64> {
+    let text = size.trim();
+    let lower = text.to_ascii_lowercase();
+    let lower = lower
+        .strip_suffix("ib")
+        .or(lower.strip_suffix('b'))
+        .unwrap_or(&lower);
+    let (digits, unit) = match lower.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => (&lower[..i], Some(c)),
+        _ => (lower, None),
+    };
+    let Ok(n) = digits.parse::<u64>() else {
+        bail!("invalid --memory {size:?}: use a size such as 512M or 2G");
+    };
+    let bytes = match unit {
+        Some('k') => n.checked_mul(1 << 10),
+        Some('m') => n.checked_mul(1 << 20),
+        Some('g') => n.checked_mul(1 << 30),
+        None => n.checked_mul(1 << 20),
+        Some(_) => None,
+    };
+    match bytes {
+        Some(bytes) if bytes % (1 << 20) == 0 => Ok(bytes >> 20),
+        Some(_) => bail!("--memory {size:?} is not a whole number of MiB"),
+        None => bail!("invalid --memory {size:?}: use a size such as 512M or 2G"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_sizes() {
+        assert_eq!(parse_mib("64M").unwrap(), 64);
+        assert_eq!(parse_mib("64m").unwrap(), 64);
+        assert_eq!(parse_mib("64MiB").unwrap(), 64);
+        assert_eq!(parse_mib("2G").unwrap(), 2048);
+        assert_eq!(parse_mib("65536k").unwrap(), 64);
+        assert_eq!(parse_mib("256").unwrap(), 256);
+        assert!(parse_mib("1000k").is_err());
+        assert!(parse_mib("lots").is_err());
+        assert!(parse_mib("12T").is_err());
+        assert!(parse_mib("").is_err());
+    }
+}

@@ -1,0 +1,263 @@
+//! Wires a microVM together and boots it. Read top to bottom, [`boot`] is the boot story:
+//! KVM and the VM, guest memory, the kernel, what the kernel is told, the devices, the vCPUs,
+//! and the threads that run them; [`RunningVm::wait`] is the end of it.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::Path;
+use std::sync::mpsc::{self, Receiver};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
+use linux_loader::loader::bootparam::setup_header;
+use linux_loader::loader::{self, bzimage, elf, BzImage, Elf, KernelLoader, PvhBootCapability};
+use vm_memory::{Address, Bytes, GuestAddress};
+
+use super::arch::layout::HIMEM_START;
+use super::arch::{self, BootEntry, BootInfo};
+use super::devices::boot_timer::{BOOT_TIMER_ADDR, BOOT_TIMER_LEN};
+use super::devices::i8042::{I8042_BASE, I8042_LEN};
+use super::devices::serial::{COM1_BASE, COM1_IRQ, COM1_LEN};
+use super::devices::{BootTimer, Bus, SerialConsole, I8042};
+use super::memory::{self, GuestMemory};
+use super::vcpu::{self, Vcpu, VcpuContext};
+use super::vm::{self, Vm};
+use super::{Error, ExitSignal, RunReport, VmConfig, VmEvent};
+
+/// The offset of the 64-bit entry point (startup_64) in a bzImage's protected-mode kernel.
+const BZIMAGE_ENTRY_64: u64 = 0x200;
+
+/// Why the kernel or initrd could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    #[error("cannot read it")]
+    Open(#[source] std::io::Error),
+    #[error("not a kernel: berth boots ELF kernels (PVH or 64-bit vmlinux) and bzImages")]
+    NotAKernel,
+    #[error("loading the ELF kernel failed ({0}): is it an x86_64 kernel that fits in --memory?")]
+    Elf(loader::Error),
+    #[error("loading the bzImage failed ({0}): does it fit in --memory?")]
+    BzImage(loader::Error),
+    #[error("the initrd is empty: pass an initramfs or drop --initrd")]
+    EmptyInitrd,
+    #[error(
+        "the initrd ({size} bytes) does not fit in guest memory above the kernel: raise --memory"
+    )]
+    InitrdTooBig { size: u64 },
+    #[error("reading the initrd into guest memory failed")]
+    InitrdRead(#[source] vm_memory::GuestMemoryError),
+}
+
+/// A kernel in guest memory.
+struct LoadedKernel {
+    entry: BootEntry,
+    /// The first guest-physical address past the kernel.
+    end: u64,
+    /// A bzImage's setup header.
+    setup_header: Option<setup_header>,
+}
+
+/// A booted VM: its vCPU threads run until [`RunningVm::wait`] sees the guest end.
+pub struct RunningVm {
+    // Kept alive while vCPUs run: the VM (and through it KVM's view of memory) and the memory.
+    _vm: Vm,
+    _mem: GuestMemory,
+    events: Receiver<VmEvent>,
+    exit: ExitSignal,
+    vcpus: Vec<JoinHandle<()>>,
+    boot_time: Arc<OnceLock<Duration>>,
+}
+
+/// Boots `config`: every step in order, each one's failure reported as such.
+pub fn boot(
+    config: &VmConfig,
+    console: Box<dyn Write + Send>,
+    start: Instant,
+) -> Result<RunningVm, Error> {
+    if config.vcpus == 0 {
+        return Err(Error::NoVcpus);
+    }
+
+    // 1. KVM, and a VM with its interrupt controllers (which must precede the vCPUs).
+    let kvm = vm::open_kvm()?;
+    let vm = Vm::new(&kvm, config.vcpus)?;
+
+    // 2. Guest memory, mapped lazily and handed to KVM.
+    let mem = memory::create(config.mem_mib)?;
+    vm.register_memory(&mem)?;
+
+    // 3. The kernel (PVH ELF, ELF vmlinux or bzImage), the initrd, the command line.
+    let kernel_error = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| Error::Kernel { path, source }
+    };
+    let kernel = load_kernel(&mem, &config.kernel).map_err(kernel_error(&config.kernel))?;
+    let initrd = match &config.initrd {
+        Some(path) => {
+            Some(load_initrd(&mem, config.mem_mib, &kernel, path).map_err(kernel_error(path))?)
+        }
+        None => None,
+    };
+    let cmdline = arch::cmdline(&config.cmdline)?;
+    let cmdline_len = arch::write_cmdline(&mem, &cmdline)?;
+
+    // 4. What the kernel is told: the MP table, and the PVH start info or the Linux zero page
+    //    (memory map, command line, initrd).
+    let info = BootInfo {
+        entry: kernel.entry,
+        mem_mib: config.mem_mib,
+        cmdline_len,
+        initrd,
+        setup_header: kernel.setup_header,
+    };
+    arch::write_boot_info(&mem, &info, config.vcpus)?;
+
+    // 5. Devices: COM1 on IRQ 4 (an irqfd), the i8042 for the guest's reset, the boot timer;
+    //    then the PIT.
+    let (events_tx, events) = mpsc::channel();
+    let exit = ExitSignal::new(events_tx);
+    let serial_irq = vm::irq_eventfd().map_err(Error::Devices)?;
+    vm.register_irqfd(&serial_irq, COM1_IRQ)?;
+    let mut pio = Bus::new();
+    pio.insert(
+        Arc::new(Mutex::new(SerialConsole::new(serial_irq, console))),
+        COM1_BASE,
+        COM1_LEN,
+    )?;
+    pio.insert(
+        Arc::new(Mutex::new(I8042::new(exit.clone()))),
+        I8042_BASE,
+        I8042_LEN,
+    )?;
+    let boot_timer = BootTimer::new(start);
+    let boot_time = boot_timer.boot_time();
+    let mut mmio = Bus::new();
+    mmio.insert(
+        Arc::new(Mutex::new(boot_timer)),
+        BOOT_TIMER_ADDR,
+        BOOT_TIMER_LEN,
+    )?;
+    vm.create_pit()?;
+
+    // 6. vCPUs, each with its CPUID, MSRs, registers, FPU and LAPIC. vCPU 0 starts at the
+    //    kernel's entry; the others wait in KVM for the guest's INIT/SIPI.
+    let supported = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(Error::SupportedCpuid)?;
+    let mut vcpus = Vec::with_capacity(usize::from(config.vcpus));
+    for id in 0..config.vcpus {
+        let fd = vm.create_vcpu(id)?;
+        arch::configure_vcpu(&fd, &mem, &supported, id, config.vcpus, &kernel.entry)?;
+        vcpus.push(Vcpu::new(id, fd));
+    }
+
+    // 7. Run: a thread per vCPU.
+    let ctx = Arc::new(VcpuContext {
+        pio,
+        mmio,
+        exit: exit.clone(),
+    });
+    let mut handles = Vec::with_capacity(vcpus.len());
+    for vcpu in vcpus {
+        match vcpu.start(ctx.clone()) {
+            Ok(handle) => handles.push(handle),
+            Err(e) => {
+                exit.stop();
+                vcpu::stop_all(handles);
+                return Err(e.into());
+            }
+        }
+    }
+    Ok(RunningVm {
+        _vm: vm,
+        _mem: mem,
+        events,
+        exit,
+        vcpus: handles,
+        boot_time,
+    })
+}
+
+impl RunningVm {
+    /// Waits for the guest to end the run (or a vCPU to fail), then stops every vCPU.
+    pub fn wait(self) -> Result<RunReport, Error> {
+        // `self.exit` holds a sender, so this only returns with an event.
+        let event = self.events.recv().unwrap_or(VmEvent::Failed(Error::Lost));
+        self.exit.stop();
+        vcpu::stop_all(self.vcpus);
+        match event {
+            VmEvent::Exit(exit) => Ok(RunReport {
+                exit,
+                boot_time: self.boot_time.get().copied(),
+            }),
+            VmEvent::Failed(e) => Err(e),
+        }
+    }
+}
+
+/// Loads an ELF kernel (its PVH entry when it has one, else the 64-bit entry) or a bzImage.
+fn load_kernel(mem: &GuestMemory, path: &Path) -> Result<LoadedKernel, KernelError> {
+    let mut file = File::open(path).map_err(KernelError::Open)?;
+    let himem = Some(GuestAddress(HIMEM_START));
+    match Elf::load(mem, None, &mut file, himem) {
+        Ok(loaded) => {
+            let entry = match loaded.pvh_boot_cap {
+                PvhBootCapability::PvhEntryPresent(entry) => BootEntry::Pvh { entry },
+                _ => BootEntry::Linux64 {
+                    entry: loaded.kernel_load,
+                },
+            };
+            return Ok(LoadedKernel {
+                entry,
+                end: loaded.kernel_end,
+                setup_header: None,
+            });
+        }
+        Err(loader::Error::Elf(elf::Error::InvalidElfMagicNumber | elf::Error::ReadElfHeader)) => {}
+        Err(e) => return Err(KernelError::Elf(e)),
+    }
+    match BzImage::load(mem, None, &mut file, himem) {
+        Ok(loaded) => Ok(LoadedKernel {
+            entry: BootEntry::Linux64 {
+                entry: loaded
+                    .kernel_load
+                    .checked_add(BZIMAGE_ENTRY_64)
+                    .ok_or(KernelError::NotAKernel)?,
+            },
+            end: loaded.kernel_end,
+            setup_header: loaded.setup_header,
+        }),
+        Err(loader::Error::Bzimage(
+            bzimage::Error::InvalidBzImage
+            | bzimage::Error::ReadBzImageHeader
+            | bzimage::Error::SeekBzImageHeader
+            | bzimage::Error::Underflow,
+        )) => Err(KernelError::NotAKernel),
+        Err(e) => Err(KernelError::BzImage(e)),
+    }
+}
+
+/// Reads the initrd to the top of low memory; returns where it went and its size.
+fn load_initrd(
+    mem: &GuestMemory,
+    mem_mib: u64,
+    kernel: &LoadedKernel,
+    path: &Path,
+) -> Result<(GuestAddress, u64), KernelError> {
+    let mut file = File::open(path).map_err(KernelError::Open)?;
+    let size = file.metadata().map_err(KernelError::Open)?.len();
+    if size == 0 {
+        return Err(KernelError::EmptyInitrd);
+    }
+    let addr_max = kernel
+        .setup_header
+        .map_or(u64::from(u32::MAX), |h| u64::from(h.initrd_addr_max));
+    let addr = arch::initrd_addr(mem_mib, kernel.end, size, addr_max)
+        .ok_or(KernelError::InitrdTooBig { size })?;
+    let len = usize::try_from(size).map_err(|_| KernelError::InitrdTooBig { size })?;
+    mem.read_exact_volatile_from(addr, &mut file, len)
+        .map_err(KernelError::InitrdRead)?;
+    Ok((addr, size))
+}

@@ -1,0 +1,181 @@
+//! The KVM microVM monitor: boots a kernel in a VM of its own, with a serial console, and
+//! reports how the guest ended.
+//!
+//! Split as Firecracker's VMM is: [`memory`] (guest RAM and its layout), `vm` (the VM file
+//! descriptor, interrupt controllers, memory registration), `vcpu` (vCPU threads and their
+//! exits), `arch` (x86_64 boot state: CPUID, MSRs, registers, MP table, boot information),
+//! [`devices`] (serial, i8042, boot timer, the buses), and `builder`, which wires them
+//! together in boot order. [`run`] boots a VM and waits for it to end; `boot` and
+//! `RunningVm::wait` are the same in two steps.
+//!
+//! Guest memory is hostile input: every address the guest or a kernel image provides goes
+//! through vm-memory's checked accessors, and device accesses through the bus's range checks.
+
+#[cfg(target_arch = "x86_64")]
+pub mod arch;
+#[cfg(target_arch = "x86_64")]
+mod builder;
+pub mod devices;
+pub mod memory;
+#[cfg(target_arch = "x86_64")]
+pub mod vcpu;
+// `vm::vm` is the VM file descriptor's module, as Firecracker's `vstate/vm.rs`.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::module_inception)]
+pub mod vm;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Sender;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[cfg(target_arch = "x86_64")]
+pub use builder::{boot, KernelError, RunningVm};
+
+/// The command line when none is given: the serial console, reboot through the i8042 (which
+/// ends the VM), no PCI probing.
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=1 pci=off";
+/// Default guest size.
+pub const DEFAULT_MEM_MIB: u64 = 128;
+
+/// What to boot, and on how much machine.
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    /// A PVH ELF kernel, an ELF vmlinux or a bzImage.
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    pub cmdline: String,
+    pub vcpus: u8,
+    pub mem_mib: u64,
+}
+
+/// How a guest ended a run that went as it should.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitReason {
+    /// The guest reset the machine (i8042 reset, or a reset system event).
+    Reset,
+    /// The guest powered the machine off.
+    PowerOff,
+    /// The guest halted with nothing left to wake it.
+    Halted,
+}
+
+impl std::fmt::Display for ExitReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ExitReason::Reset => "reset",
+            ExitReason::PowerOff => "power-off",
+            ExitReason::Halted => "halted",
+        })
+    }
+}
+
+/// The outcome of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunReport {
+    pub exit: ExitReason,
+    /// Time from the VMM's start to the guest's boot-timer signal, if it sent one.
+    pub boot_time: Option<Duration>,
+}
+
+/// Why a VM could not boot or did not end well.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("the microVM is only implemented for x86_64 so far")]
+    UnsupportedArch,
+    #[error("--cpus must be at least 1")]
+    NoVcpus,
+    #[error("the VM's vCPUs stopped without reporting why")]
+    Lost,
+    #[cfg(target_arch = "x86_64")]
+    #[error(transparent)]
+    Kvm(#[from] vm::Error),
+    #[error(transparent)]
+    Memory(#[from] memory::Error),
+    #[cfg(target_arch = "x86_64")]
+    #[error("{}: {source}", path.display())]
+    Kernel { path: PathBuf, source: KernelError },
+    #[cfg(target_arch = "x86_64")]
+    #[error(transparent)]
+    Boot(#[from] arch::Error),
+    #[error("setting up the devices")]
+    Devices(#[source] std::io::Error),
+    #[error("placing a device on the bus")]
+    Bus(#[from] devices::bus::Error),
+    #[cfg(target_arch = "x86_64")]
+    #[error("KVM_GET_SUPPORTED_CPUID failed")]
+    SupportedCpuid(#[source] kvm_ioctls::Error),
+    #[cfg(target_arch = "x86_64")]
+    #[error(transparent)]
+    Vcpu(#[from] vcpu::Error),
+}
+
+/// How the vCPUs and devices report the end of a run to the thread waiting for it.
+#[derive(Debug)]
+pub enum VmEvent {
+    Exit(ExitReason),
+    Failed(Error),
+}
+
+/// Ends the run: sets the stop flag every vCPU checks before KVM_RUN, then reports why. Only
+/// the first report counts.
+#[derive(Clone)]
+pub struct ExitSignal {
+    stop: Arc<AtomicBool>,
+    events: Sender<VmEvent>,
+}
+
+impl ExitSignal {
+    pub fn new(events: Sender<VmEvent>) -> ExitSignal {
+        ExitSignal {
+            stop: Arc::new(AtomicBool::new(false)),
+            events,
+        }
+    }
+
+    /// Stops the vCPUs and reports `event`.
+    pub fn end(&self, event: VmEvent) {
+        self.stop.store(true, Ordering::SeqCst);
+        // The receiver only goes away once the run is over.
+        let _ = self.events.send(event);
+    }
+
+    /// Stops the vCPUs without a report (the run's end is already known).
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether the run is ending.
+    pub fn stopping(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+}
+
+/// Boots `config` with the serial console on `console` and waits until the guest ends.
+/// `start` is when the VMM started, for the boot timer.
+#[cfg(target_arch = "x86_64")]
+pub fn run(
+    config: &VmConfig,
+    console: Box<dyn Write + Send>,
+    start: Instant,
+) -> Result<RunReport, Error> {
+    builder::boot(config, console, start)?.wait()
+}
+
+/// Boots `config` with the serial console on `console` and waits until the guest ends.
+#[cfg(not(target_arch = "x86_64"))]
+pub fn run(
+    _config: &VmConfig,
+    _console: Box<dyn Write + Send>,
+    _start: Instant,
+) -> Result<RunReport, Error> {
+    Err(Error::UnsupportedArch)
+}
+
+/// Whether /dev/kvm is PVM (software nested virtualization, the `kvm_pvm` module): tiny guests
+/// run there, standard Linux guests do not get to userspace.
+pub fn kvm_is_pvm() -> bool {
+    Path::new("/sys/module/kvm_pvm").exists()
+}
