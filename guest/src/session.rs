@@ -142,7 +142,9 @@ fn relay(
             fds.len() - 1
         });
         // Once the process is gone, only drain what it left in its pipes.
-        let timeout = if status.is_some() { 100 } else { -1 };
+        // SIGCHLD is process-wide: when the agent shares its process with other threads
+        // (tests, a host-side agent) another thread may take it, so poll for the exit too.
+        let timeout = if status.is_some() { 100 } else { 50 };
         // SAFETY: fds is a valid array of initialised pollfd for the duration of the call.
         let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
         if n < 0 {
@@ -154,7 +156,7 @@ fn relay(
         if n == 0 && status.is_some() {
             return Ok(status.unwrap_or(125));
         }
-        if fds[0].revents != 0 {
+        if status.is_none() {
             while let Ok(Some(_)) = sfd.read_signal() {}
             loop {
                 let target = if cfg.system { Pid::from_raw(-1) } else { pid };
@@ -396,6 +398,12 @@ fn start(spec: &Spec, options: &StartOptions) -> Result<Running, (i32, String)> 
         cmd.pre_exec(move || {
             let empty = SigSet::empty();
             nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&empty), None)?;
+            // Dispositions ignored by whoever started the agent must not reach the process.
+            for sig in 1..32 {
+                if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                    libc::signal(sig, libc::SIG_DFL);
+                }
+            }
             nix::unistd::setsid()?;
             if terminal && libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
                 return Err(std::io::Error::last_os_error());
