@@ -182,31 +182,41 @@ impl Engine {
     /// container uses unless `force` (always when the container runs), then
     /// deletes the unpacked layers no remaining image uses.
     pub fn remove_image(&self, reference: &str, force: bool) -> Result<ImageRemoval, EngineError> {
-        let users: Vec<ContainerUse> = self
-            .containers()
+        let users = self.container_uses();
+        let removal = self.images.remove(reference, force, &users)?;
+        self.remove_unused_layers(&removal.unused_layers)?;
+        Ok(removal)
+    }
+
+    /// Which containers use which image, for rmi and prune.
+    fn container_uses(&self) -> Vec<ContainerUse> {
+        self.containers()
             .iter()
             .map(|c| ContainerUse {
                 id: c.id.clone(),
                 image_id: c.image_id.clone(),
                 running: ContainerStore::is_running(c),
             })
-            .collect();
-        let removal = self.images.remove(reference, force, &users)?;
-        if !removal.unused_layers.is_empty() {
-            // An image loaded meanwhile may use a layer again: check once more.
-            let in_use = self.images.diff_ids_in_use()?;
-            let dirs: Vec<PathBuf> = removal
-                .unused_layers
-                .iter()
-                .filter(|d| !in_use.contains(*d))
-                .map(|d| self.layers.path(d))
-                .collect();
-            for d in &dirs {
-                let _ = std::fs::remove_file(d.with_extension("lock"));
-            }
-            rootfs::remove_owned_tree(dirs, &self.ids)?;
+            .collect()
+    }
+
+    /// Removes the unpacked layers no image uses any more.
+    fn remove_unused_layers(&self, unused: &[String]) -> Result<(), EngineError> {
+        if unused.is_empty() {
+            return Ok(());
         }
-        Ok(removal)
+        // An image loaded meanwhile may use a layer again: check once more.
+        let in_use = self.images.diff_ids_in_use()?;
+        let dirs: Vec<PathBuf> = unused
+            .iter()
+            .filter(|d| !in_use.contains(*d))
+            .map(|d| self.layers.path(d))
+            .collect();
+        for d in &dirs {
+            let _ = std::fs::remove_file(d.with_extension("lock"));
+        }
+        rootfs::remove_owned_tree(dirs, &self.ids)?;
+        Ok(())
     }
 
     /// `berth image inspect REF`.
@@ -283,30 +293,9 @@ impl Engine {
     /// `berth image prune [-a]`: deletes images without a name (all with
     /// `all`) that no container uses, and the unpacked layers they free.
     pub fn prune_images(&self, all: bool) -> Result<PruneReport, EngineError> {
-        let users: Vec<ContainerUse> = self
-            .containers()
-            .iter()
-            .map(|c| ContainerUse {
-                id: c.id.clone(),
-                image_id: c.image_id.clone(),
-                running: ContainerStore::is_running(c),
-            })
-            .collect();
+        let users = self.container_uses();
         let report = self.images.prune(all, &users)?;
-        if !report.unused_layers.is_empty() {
-            // An image loaded meanwhile may use a layer again: check once more.
-            let in_use = self.images.diff_ids_in_use()?;
-            let dirs: Vec<PathBuf> = report
-                .unused_layers
-                .iter()
-                .filter(|d| !in_use.contains(*d))
-                .map(|d| self.layers.path(d))
-                .collect();
-            for d in &dirs {
-                let _ = std::fs::remove_file(d.with_extension("lock"));
-            }
-            rootfs::remove_owned_tree(dirs, &self.ids)?;
-        }
+        self.remove_unused_layers(&report.unused_layers)?;
         Ok(report)
     }
 

@@ -3,7 +3,6 @@
 //! mode, berth's whiteouts (char 0:0) and `user.overlay.opaque`. The guest agent stacks the
 //! disks with overlayfs (`userxattr`). Images are cached per layer diff id.
 
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -36,21 +35,7 @@ pub fn layer_disks(
 }
 
 fn build_locked(dir: &Path, image: &Path, ids: &IdMapping) -> Result<(), RootfsError> {
-    let lock_path = image.with_extension("lock");
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(super::io("opening", &lock_path))?;
-    // SAFETY: flock on a descriptor we own; blocks until the lock is ours.
-    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
-        return Err(RootfsError::Io {
-            what: "locking",
-            path: lock_path,
-            source: std::io::Error::last_os_error(),
-        });
-    }
+    let _lock = super::lock_exclusive(&image.with_extension("lock"))?;
     if image.exists() {
         return Ok(());
     }

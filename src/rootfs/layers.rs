@@ -1,7 +1,6 @@
 //! The unpacked-layer store: `layers/<hex of diff id>/` holds each layer exactly once,
 //! unpacked inside the user namespace so ownership lands on the mapped ids.
 
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use crate::container::idmap::IdMapping;
@@ -51,21 +50,7 @@ impl LayerStore {
         dest: &Path,
         ids: &IdMapping,
     ) -> Result<(), RootfsError> {
-        let lock_path = dest.with_extension("lock");
-        let lock = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(super::io("opening", &lock_path))?;
-        // SAFETY: flock on a descriptor we own; blocks until the lock is ours.
-        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            return Err(RootfsError::Io {
-                what: "locking",
-                path: lock_path,
-                source: std::io::Error::last_os_error(),
-            });
-        }
+        let _lock = super::lock_exclusive(&dest.with_extension("lock"))?;
         if dest.exists() {
             return Ok(());
         }

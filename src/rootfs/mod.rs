@@ -44,6 +44,27 @@ fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> RootfsE
     move |source| RootfsError::Io { what, path, source }
 }
 
+/// Takes an exclusive flock on `path` (created if missing), held until the file is dropped:
+/// concurrent berth processes then build a layer or a layer disk only once.
+pub(crate) fn lock_exclusive(path: &Path) -> Result<std::fs::File, RootfsError> {
+    use std::os::fd::AsRawFd;
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(io("opening", path))?;
+    // SAFETY: flock on a descriptor we own; blocks until the lock is ours.
+    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        return Err(RootfsError::Io {
+            what: "locking",
+            path: path.to_path_buf(),
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    Ok(lock)
+}
+
 /// How a container's rootfs is assembled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Driver {

@@ -1301,13 +1301,4 @@ mod tests {
             Level::Ok
         );
     }
-
-    /// Prints this host's report: `cargo test --lib system:: -- --ignored --nocapture`.
-    #[test]
-    #[ignore = "inspects (and probes) the real host"]
-    fn print_host_report() {
-        let checks = run_checks();
-        println!("{}", render(&checks));
-        println!("kvm: {}, cgroups: {}", kvm_status(), cgroup_mode());
-    }
 }
