@@ -4,6 +4,7 @@ pub mod boot_timer;
 pub mod bus;
 pub mod i8042;
 pub mod serial;
+pub mod virtio;
 
 pub use boot_timer::BootTimer;
 pub use bus::{Bus, BusDevice};

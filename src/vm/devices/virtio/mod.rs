@@ -1,0 +1,141 @@
+//! virtio devices on the virtio-mmio transport: [`block`] (the image's layer disks) and
+//! [`console`] (the guest agent's channel, `/dev/hvc0` in the guest).
+//!
+//! Split queues come from rust-vmm's virtio-queue, whose descriptor chains and
+//! `Reader`/`Writer` check every guest address against guest memory; the devices here add
+//! their own checks on what the guest asks of them (request types, sector ranges, lengths).
+//! Everything a driver writes is hostile: a malformed request fails that request (or is
+//! dropped), never the VMM.
+
+pub mod block;
+pub mod console;
+pub mod mmio;
+#[doc(hidden)]
+pub mod testdriver;
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+use virtio_queue::{Queue, QueueT};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::super::memory::GuestMemory;
+
+pub use block::Block;
+pub use console::Console;
+pub use mmio::MmioTransport;
+
+/// virtio device ids (virtio 1.1, 5).
+pub const TYPE_BLOCK: u32 = 2;
+pub const TYPE_CONSOLE: u32 = 3;
+
+/// Feature bit every device offers: the driver speaks virtio 1.x (the "modern" interface,
+/// which virtio-mmio version 2 requires).
+pub const F_VERSION_1: u64 = 1 << 32;
+
+/// InterruptStatus bit: the device used buffers in a queue.
+pub const INT_USED_RING: u32 = 1;
+/// InterruptStatus bit: the configuration changed.
+pub const INT_CONFIG: u32 = 2;
+
+/// A device's interrupt line: the InterruptStatus register the driver reads and acknowledges,
+/// and the eventfd KVM turns into an edge on the device's IRQ (an irqfd).
+#[derive(Clone)]
+pub struct Interrupt {
+    status: Arc<AtomicU32>,
+    event: Arc<EventFd>,
+}
+
+impl Interrupt {
+    pub fn new(event: EventFd) -> Interrupt {
+        Interrupt {
+            status: Arc::new(AtomicU32::new(0)),
+            event: Arc::new(event),
+        }
+    }
+
+    /// Tells the driver that a queue has used buffers.
+    pub fn signal_used_queue(&self) {
+        self.status.fetch_or(INT_USED_RING, Ordering::SeqCst);
+        // A full eventfd counter already means "interrupt pending": nothing is lost.
+        let _ = self.event.write(1);
+    }
+
+    pub fn status(&self) -> u32 {
+        self.status.load(Ordering::SeqCst)
+    }
+
+    /// The driver's InterruptACK write.
+    pub fn ack(&self, bits: u32) {
+        self.status.fetch_and(!bits, Ordering::SeqCst);
+    }
+
+    fn clear(&self) {
+        self.status.store(0, Ordering::SeqCst);
+    }
+}
+
+/// What a device works on while it handles a queue: guest memory, its queues (as the driver
+/// configured them) and its interrupt.
+pub struct QueueContext<'a> {
+    pub mem: &'a GuestMemory,
+    pub queues: &'a mut [Queue],
+    pub interrupt: &'a Interrupt,
+}
+
+impl QueueContext<'_> {
+    /// Hands the driver a used chain of queue `index` and interrupts it if it wants to know.
+    pub fn add_used(&mut self, index: usize, head: u16, len: u32) {
+        let Some(queue) = self.queues.get_mut(index) else {
+            return;
+        };
+        // A failure here means the driver's used ring is not in guest memory: the driver
+        // broke its own queue, and it will simply not see this buffer come back.
+        if queue.add_used(self.mem, head, len).is_ok() {
+            match queue.needs_notification(self.mem) {
+                Ok(false) => {}
+                _ => self.interrupt.signal_used_queue(),
+            }
+        }
+    }
+}
+
+/// A virtio device model, independent of its transport.
+pub trait VirtioDevice: Send {
+    /// The virtio device id.
+    fn device_type(&self) -> u32;
+    /// The largest size of each queue (the driver may pick smaller ones).
+    fn queue_max_sizes(&self) -> &[u16];
+    /// The feature bits the device offers.
+    fn features(&self) -> u64;
+    /// Reads the device-specific configuration space; bytes past its end read as zero.
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// The driver set DRIVER_OK: the queues are ready to use.
+    fn activate(&mut self, _ctx: &mut QueueContext) {}
+    /// The driver notified queue `index` (only called once activated).
+    fn process_queue(&mut self, index: usize, ctx: &mut QueueContext);
+    /// The driver reset the device.
+    fn reset(&mut self) {}
+}
+
+/// Copies `config[offset..offset + data.len()]` into `data`, zero past the end: the
+/// configuration-space read every device shares.
+pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
+    data.fill(0);
+    let Ok(start) = usize::try_from(offset) else {
+        return;
+    };
+    if start >= config.len() {
+        return;
+    }
+    let n = data.len().min(config.len() - start);
+    data[..n].copy_from_slice(&config[start..start + n]);
+}
+
+/// The next available chain of `queue`, or None when it is empty or its ring is unreadable.
+fn pop<'m>(
+    queue: &mut Queue,
+    mem: &'m GuestMemory,
+) -> Option<virtio_queue::DescriptorChain<&'m GuestMemory>> {
+    queue.pop_descriptor_chain(mem)
+}
