@@ -18,6 +18,8 @@ use crate::paths::Dirs;
 use crate::rootfs::{self, Driver, LayerStore, RootfsError};
 use crate::spec::{self, RunRequest, SpecContext, SpecError};
 use crate::state::{ContainerRecord, ContainerStore, StateError, Status};
+use crate::vm::guest::{self, GuestError};
+use crate::vm::sandbox::{self, SandboxConfig, SandboxError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -33,6 +35,10 @@ pub enum EngineError {
     State(#[from] StateError),
     #[error(transparent)]
     Container(#[from] container::ContainerError),
+    #[error(transparent)]
+    Guest(#[from] GuestError),
+    #[error(transparent)]
+    Sandbox(#[from] SandboxError),
     #[error("{what} {path}: {source}")]
     Io {
         what: &'static str,
@@ -47,6 +53,7 @@ impl EngineError {
     pub fn exit_code(&self) -> i32 {
         match self {
             EngineError::Container(container::ContainerError::Start { code, .. }) => *code,
+            EngineError::Sandbox(SandboxError::Start { code, .. }) => *code,
             _ => 125,
         }
     }
@@ -70,7 +77,19 @@ pub struct RunFlags {
     pub name: Option<String>,
     pub remove: bool,
     pub attach_stdin: bool,
+    /// Run in a microVM instead of a container.
+    pub vm: Option<VmRequest>,
 }
+
+/// The machine a `run --vm` sandbox gets.
+#[derive(Debug, Clone)]
+pub struct VmRequest {
+    pub cpus: u8,
+    pub mem_mib: u64,
+}
+
+/// The rootfs "driver" recorded for microVM sandboxes.
+const VM_DRIVER: &str = "microvm";
 
 pub struct Engine {
     pub dirs: Dirs,
@@ -361,7 +380,11 @@ impl Engine {
             eprintln!("{w}");
         }
         let lowers = self.layers.ensure(&resolved.layers, &self.ids)?;
-        let driver = self.driver();
+        let driver = match flags.vm {
+            // The guest stacks the layers itself; no host rootfs driver is involved.
+            Some(_) => None,
+            None => Some(self.driver()),
+        };
 
         let id = random_hex(32);
         let dir = self.containers.dir(&id);
@@ -384,13 +407,16 @@ impl Engine {
                 status: Status::Created,
                 exit_code: None,
                 monitor_pid: Some(std::process::id() as i32),
-                driver: driver.to_string(),
+                driver: driver.map_or_else(|| VM_DRIVER.to_string(), |d| d.to_string()),
                 writable: vec![],
                 auto_remove: flags.remove,
             };
             self.containers.save(&rec)?;
         }
-        let result = self.run_prepared(&id, &resolved, &lowers, driver, &req, &flags);
+        let result = match driver {
+            Some(driver) => self.run_prepared(&id, &resolved, &lowers, driver, &req, &flags),
+            None => self.run_vm(&id, &resolved, &lowers, &req, &flags),
+        };
         if flags.remove || result.is_err() {
             self.remove_dir(&id);
         }
@@ -464,6 +490,82 @@ impl Engine {
             self.containers.save(&rec)?;
         }
         Ok(code)
+    }
+
+    /// Runs the prepared container `id` in a microVM: the layers as erofs disks, the same
+    /// spec as the container wall, the guest agent applying it.
+    fn run_vm(
+        &self,
+        id: &str,
+        resolved: &crate::image::ResolvedImage,
+        lowers: &[PathBuf],
+        req: &RunRequest,
+        flags: &RunFlags,
+    ) -> Result<i32, EngineError> {
+        let Some(machine) = &flags.vm else {
+            unreachable!("run_vm is only called for --vm");
+        };
+        let dir = self.containers.dir(id);
+        let kernel = guest::kernel(&self.dirs.data)?;
+        let agent = guest::agent(&self.dirs.data)?;
+        let vm_cache = self.dirs.cache.join("vm");
+        let initramfs = guest::initramfs(&agent, &vm_cache)?;
+        let disks = rootfs::erofs::layer_disks(lowers, &vm_cache.join("layers"), &self.ids)?;
+
+        let etc_dir = dir.join("etc");
+        std::fs::create_dir_all(&etc_dir).map_err(io("creating", &etc_dir))?;
+        let ctx = SpecContext {
+            id,
+            root_mount: None,
+            root_path: dir.join("rootfs"),
+            etc_dir,
+            ids: &self.ids,
+            passwd: rootfs::read_merged(lowers, "etc/passwd"),
+            group: rootfs::read_merged(lowers, "etc/group"),
+        };
+        let spec = spec::build(req, &resolved.config, &ctx)?;
+        let spec_json = serde_json::to_vec(&spec).map_err(|e| EngineError::Io {
+            what: "encoding the runtime spec for",
+            path: dir.clone(),
+            source: std::io::Error::other(e),
+        })?;
+        let config = dir.join("config.json");
+        std::fs::write(&config, &spec_json).map_err(io("writing", &config))?;
+
+        let mut rec = self.containers.find(id)?;
+        rec.status = Status::Running;
+        rec.command = spec
+            .process()
+            .as_ref()
+            .and_then(|p| p.args().clone())
+            .unwrap_or_default();
+        self.containers.save(&rec)?;
+
+        let outcome = sandbox::run(&SandboxConfig {
+            kernel,
+            initramfs,
+            layers: disks,
+            vcpus: machine.cpus,
+            mem_mib: machine.mem_mib,
+            spec: spec_json,
+            tty: req.tty,
+            attach_stdin: flags.attach_stdin,
+            console_log: dir.join("console.log"),
+        })?;
+        if let (Some(b), Some(_)) = (outcome.boot, std::env::var_os("BERTH_BOOT_TIMES")) {
+            eprintln!(
+                "berth: microVM agent ready {} ms after start (guest uptime {} ms)",
+                b.to_agent.as_millis(),
+                b.guest_uptime.as_millis()
+            );
+        }
+        if !flags.remove {
+            rec.status = Status::Exited;
+            rec.exit_code = Some(outcome.exit_code);
+            rec.monitor_pid = None;
+            self.containers.save(&rec)?;
+        }
+        Ok(outcome.exit_code)
     }
 
     fn remove_dir(&self, id: &str) {

@@ -10,4 +10,5 @@ pub mod rootfs;
 pub mod spec;
 pub mod state;
 pub mod system;
+pub mod term;
 pub mod vm;

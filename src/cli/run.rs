@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context};
 use clap::Args;
 
-use berth::engine::{Engine, RunFlags};
+use berth::engine::{Engine, RunFlags, VmRequest};
 use berth::spec::{BindVolume, NetworkMode, RunRequest, SeccompMode};
 
 #[derive(Args)]
@@ -68,6 +68,15 @@ pub struct RunArgs {
     /// All capabilities, no seccomp filter, no masked paths (inside the user namespace).
     #[arg(long)]
     privileged: bool,
+    /// Run in a KVM microVM with its own kernel instead of a container.
+    #[arg(long)]
+    vm: bool,
+    /// vCPUs of the microVM (--vm).
+    #[arg(long, value_name = "N")]
+    cpus: Option<String>,
+    /// Memory of the microVM (--vm): 512M, 2G, or a plain number of MiB.
+    #[arg(short = 'm', long, value_name = "SIZE")]
+    memory: Option<String>,
     /// Network: none (only lo) or host.
     #[arg(long, alias = "net", default_value = "none")]
     network: String,
@@ -150,9 +159,51 @@ fn request(a: &RunArgs) -> anyhow::Result<RunRequest> {
     })
 }
 
+/// The default microVM: one vCPU, 512 MiB (mapped lazily: only what the guest touches costs
+/// host memory).
+const VM_DEFAULT_CPUS: u8 = 1;
+const VM_DEFAULT_MEM_MIB: u64 = 512;
+
+/// The microVM `--vm` asks for, after refusing the flags a microVM cannot honour.
+fn vm_request(a: &RunArgs) -> anyhow::Result<Option<VmRequest>> {
+    if !a.vm {
+        if a.cpus.is_some() || a.memory.is_some() {
+            bail!("--cpus and --memory size a microVM (--vm); berth does not limit containers through cgroups yet");
+        }
+        return Ok(None);
+    }
+    let refuse = |flag: &str, why: &str| -> anyhow::Result<()> {
+        bail!("{flag} is not available with --vm: {why}")
+    };
+    if !a.volume.is_empty() {
+        refuse("-v/--volume", "host directories do not reach the microVM yet (no shared-directory device); use the container wall")?;
+    }
+    if !a.cap_add.is_empty() || !a.cap_drop.is_empty() || a.privileged {
+        refuse("--cap-add/--cap-drop/--privileged", "the process in a microVM runs with the guest's own privileges; the VM itself is the wall")?;
+    }
+    if !a.security_opt.is_empty() {
+        refuse("--security-opt", "the guest agent applies no seccomp profile; the VM itself is the wall")?;
+    }
+    if a.network != "none" {
+        refuse(&format!("--network {}", a.network), "a microVM has no network device yet; use --network none")?;
+    }
+    let cpus = match &a.cpus {
+        None => VM_DEFAULT_CPUS,
+        Some(c) => match c.parse::<u8>() {
+            Ok(n) if (1..=8).contains(&n) => n,
+            _ => bail!("invalid --cpus {c:?}: a microVM gets a whole number of vCPUs from 1 to 8"),
+        },
+    };
+    let mem_mib = match &a.memory {
+        None => VM_DEFAULT_MEM_MIB,
+        Some(m) => super::vmm::parse_mib(m)?,
+    };
+    Ok(Some(VmRequest { cpus, mem_mib }))
+}
+
 /// Runs the container and returns its exit status (125 for berth's own errors).
 pub fn run(engine: &Engine, args: RunArgs) -> i32 {
-    let req = match request(&args) {
+    let (req, vm) = match request(&args).and_then(|r| Ok((r, vm_request(&args)?))) {
         Ok(r) => r,
         Err(e) => return super::report(e, 125),
     };
@@ -160,6 +211,7 @@ pub fn run(engine: &Engine, args: RunArgs) -> i32 {
         name: args.name.clone(),
         remove: args.rm,
         attach_stdin: args.interactive,
+        vm,
     };
     match engine.run(&args.args[0], req, flags) {
         Ok(code) => code,

@@ -7,7 +7,7 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use clap::Args;
 
-use berth::vm::{self, VmConfig};
+use berth::vm::{self, DiskConfig, VmConfig};
 
 #[derive(Args)]
 pub struct VmmArgs {
@@ -26,6 +26,10 @@ pub struct VmmArgs {
     /// Guest memory: 512M, 2G, 65536k, or a plain number of MiB.
     #[arg(long, value_name = "SIZE", default_value = "128M")]
     memory: String,
+    /// A virtio block device: FILE, or FILE,ro for a read-only one (repeatable; the guest
+    /// sees vda, vdb, ... in this order).
+    #[arg(long, value_name = "FILE[,ro]")]
+    disk: Vec<String>,
 }
 
 /// Runs the VM; 0 when the guest reset or powered off, 1 when it could not boot or failed.
@@ -45,6 +49,20 @@ fn run(args: VmmArgs, start: Instant) -> anyhow::Result<()> {
         cmdline: args.cmdline,
         vcpus: args.cpus,
         mem_mib,
+        disks: args
+            .disk
+            .iter()
+            .map(|d| match d.strip_suffix(",ro") {
+                Some(path) => DiskConfig {
+                    path: path.into(),
+                    read_only: true,
+                },
+                None => DiskConfig {
+                    path: d.into(),
+                    read_only: false,
+                },
+            })
+            .collect(),
     };
     let report = vm::run(&config, Box::new(std::io::stdout()), start)
         .with_context(|| format!("microVM with kernel {}", config.kernel.display()))?;
@@ -56,7 +74,7 @@ fn run(args: VmmArgs, start: Instant) -> anyhow::Result<()> {
 }
 
 /// `SIZE` in MiB: `64M`, `64MiB`, `1g`, `65536k`, or a plain number of MiB.
-fn parse_mib(size: &str) -> anyhow::Result<u64> {
+pub fn parse_mib(size: &str) -> anyhow::Result<u64> {
     let text = size.trim();
     let lower = text.to_ascii_lowercase();
     let lower = lower

@@ -4,6 +4,7 @@
 
 use std::fs::File;
 use std::io::Write;
+use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -20,11 +21,22 @@ use super::arch::{self, BootEntry, BootInfo};
 use super::devices::boot_timer::{BOOT_TIMER_ADDR, BOOT_TIMER_LEN};
 use super::devices::i8042::{I8042_BASE, I8042_LEN};
 use super::devices::serial::{COM1_BASE, COM1_IRQ, COM1_LEN};
+use super::devices::virtio::{self, Block, Console, Interrupt, MmioTransport};
 use super::devices::{BootTimer, Bus, SerialConsole, I8042};
 use super::memory::{self, GuestMemory};
 use super::vcpu::{self, Vcpu, VcpuContext};
 use super::vm::{self, Vm};
 use super::{Error, ExitSignal, RunReport, VmConfig, VmEvent};
+
+/// Where the virtio-mmio devices start: the page after the boot timer.
+pub const VIRTIO_MMIO_BASE: u64 = BOOT_TIMER_ADDR + BOOT_TIMER_LEN;
+/// The I/O APIC pins virtio devices interrupt on: 5..=23 (0-4 are the PIT, keyboard, cascade
+/// and the serial ports). With more devices than pins, devices share pins; Linux's
+/// virtio_mmio driver requests its interrupt as shared and reads each device's status.
+const VIRTIO_IRQ_FIRST: u32 = 5;
+const VIRTIO_IRQ_COUNT: u32 = 19;
+/// The most virtio devices a VM gets (a 128-layer image plus its channel fits).
+pub const MAX_VIRTIO_DEVICES: usize = 160;
 
 /// The offset of the 64-bit entry point (startup_64) in a bzImage's protected-mode kernel.
 const BZIMAGE_ENTRY_64: u64 = 0x200;
@@ -68,12 +80,16 @@ pub struct RunningVm {
     exit: ExitSignal,
     vcpus: Vec<JoinHandle<()>>,
     boot_time: Arc<OnceLock<Duration>>,
+    /// The agent channel's host-input thread and the device's end of the stream, shut down
+    /// to stop that thread when the VM ends.
+    channel: Option<(JoinHandle<()>, UnixStream)>,
 }
 
 /// Boots `config`: every step in order, each one's failure reported as such.
 pub fn boot(
     config: &VmConfig,
     console: Box<dyn Write + Send>,
+    channel: Option<UnixStream>,
     start: Instant,
 ) -> Result<RunningVm, Error> {
     if config.vcpus == 0 {
@@ -100,7 +116,16 @@ pub fn boot(
         }
         None => None,
     };
-    let cmdline = arch::cmdline(&config.cmdline)?;
+    let device_count = config.disks.len() + usize::from(channel.is_some());
+    if device_count > MAX_VIRTIO_DEVICES {
+        return Err(Error::TooManyDevices(device_count));
+    }
+    let mut cmdline_text = config.cmdline.clone();
+    for i in 0..device_count {
+        let (addr, irq) = virtio_slot(i);
+        cmdline_text.push_str(&format!(" virtio_mmio.device=4K@{addr:#x}:{irq}"));
+    }
+    let cmdline = arch::cmdline(&cmdline_text)?;
     let cmdline_len = arch::write_cmdline(&mem, &cmdline)?;
 
     // 4. What the kernel is told: the MP table, and the PVH start info or the Linux zero page
@@ -139,6 +164,43 @@ pub fn boot(
         BOOT_TIMER_ADDR,
         BOOT_TIMER_LEN,
     )?;
+    // virtio-mmio: the disks in order (the guest names them vda, vdb, ...), then the
+    //    agent channel (hvc0), each with an irqfd on its pin.
+    let mut slot = 0;
+    let mut next_slot = |vm: &Vm| -> Result<(u64, Interrupt), Error> {
+        let (addr, irq) = virtio_slot(slot);
+        slot += 1;
+        let event = vm::irq_eventfd().map_err(Error::Devices)?;
+        vm.register_irqfd(&event, irq)?;
+        Ok((addr, Interrupt::new(event)))
+    };
+    for (i, disk) in config.disks.iter().enumerate() {
+        let block = Block::open(&disk.path, disk.read_only, &format!("berth{i}")).map_err(|source| {
+            Error::Disk {
+                path: disk.path.clone(),
+                source,
+            }
+        })?;
+        let (addr, interrupt) = next_slot(&vm)?;
+        let transport = MmioTransport::new(block, mem.clone(), interrupt);
+        mmio.insert(Arc::new(Mutex::new(transport)), addr, virtio::mmio::MMIO_LEN)?;
+    }
+    let channel = match channel {
+        Some(stream) => {
+            let output = stream.try_clone().map_err(Error::Devices)?;
+            let (addr, interrupt) = next_slot(&vm)?;
+            let transport = Arc::new(Mutex::new(MmioTransport::new(
+                Console::new(Box::new(output)),
+                mem.clone(),
+                interrupt,
+            )));
+            mmio.insert(transport.clone(), addr, virtio::mmio::MMIO_LEN)?;
+            let shutdown = stream.try_clone().map_err(Error::Devices)?;
+            let input = virtio::console::spawn_input(transport, stream).map_err(Error::Devices)?;
+            Some((input, shutdown))
+        }
+        None => None,
+    };
     vm.create_pit()?;
 
     // 6. vCPUs, each with its CPUID, MSRs, registers, FPU and LAPIC. vCPU 0 starts at the
@@ -177,7 +239,15 @@ pub fn boot(
         exit,
         vcpus: handles,
         boot_time,
+        channel,
     })
+}
+
+/// The MMIO address and interrupt of the `index`th virtio device.
+fn virtio_slot(index: usize) -> (u64, u32) {
+    let addr = VIRTIO_MMIO_BASE + index as u64 * virtio::mmio::MMIO_LEN;
+    let irq = VIRTIO_IRQ_FIRST + (index as u32 % VIRTIO_IRQ_COUNT);
+    (addr, irq)
 }
 
 impl RunningVm {
@@ -187,6 +257,10 @@ impl RunningVm {
         let event = self.events.recv().unwrap_or(VmEvent::Failed(Error::Lost));
         self.exit.stop();
         vcpu::stop_all(self.vcpus);
+        if let Some((input, stream)) = self.channel {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+            let _ = input.join();
+        }
         match event {
             VmEvent::Exit(exit) => Ok(RunReport {
                 exit,

@@ -16,7 +16,9 @@ pub mod arch;
 #[cfg(target_arch = "x86_64")]
 mod builder;
 pub mod devices;
+pub mod guest;
 pub mod memory;
+pub mod sandbox;
 #[cfg(target_arch = "x86_64")]
 pub mod vcpu;
 // `vm::vm` is the VM file descriptor's module, as Firecracker's `vstate/vm.rs`.
@@ -32,7 +34,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 #[cfg(target_arch = "x86_64")]
-pub use builder::{boot, KernelError, RunningVm};
+pub use builder::{boot, KernelError, RunningVm, MAX_VIRTIO_DEVICES as MAX_DEVICES};
+#[cfg(not(target_arch = "x86_64"))]
+pub const MAX_DEVICES: usize = 0;
 
 /// The command line when none is given: the serial console, reboot through the i8042 (which
 /// ends the VM), no PCI probing.
@@ -49,6 +53,15 @@ pub struct VmConfig {
     pub cmdline: String,
     pub vcpus: u8,
     pub mem_mib: u64,
+    /// virtio block devices, in the order the guest sees them (vda, vdb, ...).
+    pub disks: Vec<DiskConfig>,
+}
+
+/// A host file the guest sees as a virtio block device.
+#[derive(Debug, Clone)]
+pub struct DiskConfig {
+    pub path: PathBuf,
+    pub read_only: bool,
 }
 
 /// How a guest ended a run that went as it should.
@@ -100,6 +113,14 @@ pub enum Error {
     #[cfg(target_arch = "x86_64")]
     #[error(transparent)]
     Boot(#[from] arch::Error),
+    #[error("too many devices for one VM ({0}; at most {MAX_DEVICES}): an image with that many layers needs squashing")]
+    TooManyDevices(usize),
+    #[error("opening the disk {}", path.display())]
+    Disk {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("setting up the devices")]
     Devices(#[source] std::io::Error),
     #[error("placing a device on the bus")]
@@ -161,7 +182,7 @@ pub fn run(
     console: Box<dyn Write + Send>,
     start: Instant,
 ) -> Result<RunReport, Error> {
-    builder::boot(config, console, start)?.wait()
+    builder::boot(config, console, None, start)?.wait()
 }
 
 /// Boots `config` with the serial console on `console` and waits until the guest ends.

@@ -1,0 +1,458 @@
+//! The microVM wall: runs an OCI runtime spec's process inside a VM of its own. The VM boots
+//! berth's guest kernel with the agent as `/init`, the image's layer disks as virtio-blk
+//! devices and the agent channel as a virtio console; the agent stacks the layers, applies the
+//! spec and runs the process, and this side carries stdin, stdout, stderr, the terminal size
+//! and signals over the channel until the agent reports the exit status.
+//!
+//! Threads: the vCPUs and the console's input thread (the VMM's), one reading the agent's
+//! frames, one waiting for the VM to end; the calling thread polls the user's stdin, the
+//! signals and the events of the other two.
+
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use berth_agent::protocol::{Frame, ProtocolError, StartOptions};
+use nix::poll::{PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{SigSet, SigmaskHow, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+
+use super::guest::disk_name;
+use super::{DiskConfig, RunReport, VmConfig};
+use crate::term::{self, RawMode};
+
+/// The signals a running sandbox's process receives from berth (as `docker run` proxies them).
+const FORWARDED: &[Signal] = &[
+    Signal::SIGINT,
+    Signal::SIGTERM,
+    Signal::SIGHUP,
+    Signal::SIGQUIT,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+    Signal::SIGALRM,
+    Signal::SIGCONT,
+];
+
+/// How long the agent may take to come up before berth gives up on the VM.
+const DEFAULT_BOOT_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a guest may take to power off after its process ended.
+const POWER_OFF_GRACE: Duration = Duration::from_secs(10);
+
+/// What to run, and in how much machine.
+#[derive(Debug, Clone)]
+pub struct SandboxConfig {
+    pub kernel: PathBuf,
+    pub initramfs: PathBuf,
+    /// The image's layer disks (erofs), bottom layer first.
+    pub layers: Vec<PathBuf>,
+    pub vcpus: u8,
+    pub mem_mib: u64,
+    /// The OCI runtime spec (config.json).
+    pub spec: Vec<u8>,
+    pub tty: bool,
+    pub attach_stdin: bool,
+    /// Where the guest's serial console (kernel messages, agent failures) is written.
+    pub console_log: PathBuf,
+}
+
+/// How long the guest took to come up, as the agent reported it.
+#[derive(Debug, Clone, Copy)]
+pub struct BootTimes {
+    /// From the VMM's start to the agent's ready message.
+    pub to_agent: Duration,
+    /// The guest's own clock at that moment (kernel + agent set-up).
+    pub guest_uptime: Duration,
+}
+
+/// The process's exit status and the VM's boot times.
+#[derive(Debug, Clone, Copy)]
+pub struct Outcome {
+    pub exit_code: i32,
+    pub boot: Option<BootTimes>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error("this host's /dev/kvm is PVM (kvm_pvm, software nested virtualization): it runs tiny guests, but a Linux guest never reaches userspace on it. Use a host with hardware KVM (bare metal, or a cloud VM with nested virtualization), or run berth inside scripts/kvm-nested")]
+    PvmHost,
+    #[error(transparent)]
+    Vm(#[from] super::Error),
+    #[error("the agent channel: {0}")]
+    Channel(#[source] io::Error),
+    #[error("the agent broke the protocol: {0}")]
+    Protocol(#[from] ProtocolError),
+    #[error("the microVM stopped ({reason}) before its process ended; the guest console said:\n{console}")]
+    Stopped { reason: String, console: String },
+    #[error("the guest agent did not come up within {}s; the guest console said:\n{console}", timeout.as_secs())]
+    BootTimeout { timeout: Duration, console: String },
+    #[error("cannot set up signal handling: {0}")]
+    Signals(#[source] nix::Error),
+    #[error("cannot open the console log {}: {source}", path.display())]
+    ConsoleLog {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// The agent could not start the process (Docker's 125/126/127).
+    #[error("{message}")]
+    Start { code: i32, message: String },
+}
+
+/// What the frame reader and the VM waiter tell the main loop.
+enum Event {
+    Ready { boot_us: u64, at: Instant },
+    Exit(i32),
+    StartFailed { code: i32, message: String },
+    ChannelClosed(Option<ProtocolError>),
+    VmEnded(Result<RunReport, super::Error>),
+}
+
+/// Runs the sandbox to the end of its process; returns its exit status (128+N for a signal).
+#[cfg(target_arch = "x86_64")]
+pub fn run(cfg: &SandboxConfig) -> Result<Outcome, SandboxError> {
+    if super::kvm_is_pvm() && std::env::var_os("BERTH_VM_ALLOW_PVM").is_none() {
+        return Err(SandboxError::PvmHost);
+    }
+    let start = Instant::now();
+
+    // Signals for the process are read from a signalfd; the threads started below inherit the
+    // mask, so none of them takes a signal meant for the sandbox.
+    let mut mask = SigSet::empty();
+    for s in FORWARDED {
+        mask.add(*s);
+    }
+    mask.add(Signal::SIGWINCH);
+    let mut old_mask = SigSet::empty();
+    nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&mask), Some(&mut old_mask))
+        .map_err(SandboxError::Signals)?;
+    let _restore = MaskGuard(old_mask);
+    let sfd = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+        .map_err(SandboxError::Signals)?;
+
+    let console = std::fs::File::create(&cfg.console_log).map_err(|source| {
+        SandboxError::ConsoleLog {
+            path: cfg.console_log.clone(),
+            source,
+        }
+    })?;
+    let (host, device) = UnixStream::pair().map_err(SandboxError::Channel)?;
+    let layers: Vec<String> = (0..cfg.layers.len()).map(disk_name).collect();
+    let cmdline = format!(
+        "{} quiet nomodules 8250.nr_uarts=1 random.trust_cpu=on rdinit=/init berth.layers={} berth.layerfs=erofs berth.channel=hvc0",
+        super::DEFAULT_CMDLINE.replace("panic=1", "panic=-1"),
+        layers.join(",")
+    );
+    let config = VmConfig {
+        kernel: cfg.kernel.clone(),
+        initrd: Some(cfg.initramfs.clone()),
+        cmdline,
+        vcpus: cfg.vcpus,
+        mem_mib: cfg.mem_mib,
+        disks: cfg
+            .layers
+            .iter()
+            .map(|p| DiskConfig {
+                path: p.clone(),
+                read_only: true,
+            })
+            .collect(),
+    };
+    let vm = super::boot(&config, Box::new(console), Some(device), start)?;
+
+    let (events_tx, events) = mpsc::channel();
+    let (wake_r, wake_w) = nix::unistd::pipe().map_err(|e| SandboxError::Channel(e.into()))?;
+    let wake_w = std::sync::Arc::new(wake_w);
+    let notify = {
+        let wake_w = wake_w.clone();
+        move |tx: &mpsc::Sender<Event>, ev: Event| {
+            let _ = tx.send(ev);
+            let _ = nix::unistd::write(wake_w.as_fd(), &[1]);
+        }
+    };
+    {
+        let tx = events_tx.clone();
+        let notify = notify.clone();
+        std::thread::Builder::new()
+            .name("vm-wait".into())
+            .spawn(move || notify(&tx, Event::VmEnded(vm.wait())))
+            .map_err(SandboxError::Channel)?;
+    }
+    {
+        let tx = events_tx;
+        let reader = host.try_clone().map_err(SandboxError::Channel)?;
+        let notify = notify.clone();
+        std::thread::Builder::new()
+            .name("agent-frames".into())
+            .spawn(move || read_frames(reader, |ev| notify(&tx, ev)))
+            .map_err(SandboxError::Channel)?;
+    }
+
+    let mut session = Session {
+        cfg,
+        host,
+        started: false,
+        stdin_open: cfg.attach_stdin,
+        boot: None,
+        raw: None,
+    };
+    let boot_timeout = std::env::var("BERTH_VM_BOOT_TIMEOUT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map(Duration::from_secs)
+        .unwrap_or(DEFAULT_BOOT_TIMEOUT);
+    let stdin = io::stdin();
+    let mut exit_code: Option<i32> = None;
+    let mut exit_deadline: Option<Instant> = None;
+    loop {
+        let deadline = match (session.started, exit_deadline) {
+            (_, Some(d)) => Some(d),
+            (false, None) => Some(start + boot_timeout),
+            (true, None) => None,
+        };
+        let timeout = match deadline {
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    if let Some(code) = exit_code {
+                        // The process ended but the guest did not power off: the VM goes with
+                        // this process.
+                        return Ok(Outcome {
+                            exit_code: code,
+                            boot: session.boot,
+                        });
+                    }
+                    return Err(SandboxError::BootTimeout {
+                        timeout: boot_timeout,
+                        console: console_tail(&cfg.console_log),
+                    });
+                }
+                PollTimeout::try_from(left.as_millis().min(60_000) as i32)
+                    .unwrap_or(PollTimeout::MAX)
+            }
+            None => PollTimeout::NONE,
+        };
+        let poll_stdin = session.started && session.stdin_open && exit_code.is_none();
+        let mut fds = vec![
+            PollFd::new(wake_r.as_fd(), PollFlags::POLLIN),
+            PollFd::new(sfd.as_fd(), PollFlags::POLLIN),
+        ];
+        if poll_stdin {
+            fds.push(PollFd::new(stdin.as_fd(), PollFlags::POLLIN));
+        }
+        match nix::poll::poll(&mut fds, timeout) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(SandboxError::Channel(e.into())),
+        }
+        let ready = |fd: &PollFd| {
+            fd.revents()
+                .is_some_and(|r| r.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR))
+        };
+        let (wake, sig, input) = (
+            ready(&fds[0]),
+            ready(&fds[1]),
+            fds.get(2).is_some_and(ready),
+        );
+        drop(fds);
+
+        if input {
+            session.forward_stdin(stdin.as_fd())?;
+        }
+        if sig {
+            while let Ok(Some(si)) = sfd.read_signal() {
+                let Ok(signal) = Signal::try_from(si.ssi_signo as i32) else {
+                    continue;
+                };
+                if !session.started {
+                    // Nothing to deliver to yet: the VM goes with berth, as the process would.
+                    if signal != Signal::SIGWINCH {
+                        return Ok(Outcome {
+                            exit_code: 128 + signal as i32,
+                            boot: None,
+                        });
+                    }
+                    continue;
+                }
+                let frame = if signal == Signal::SIGWINCH {
+                    let Some(ws) = term::window_size(stdin.as_fd()) else {
+                        continue;
+                    };
+                    Frame::Resize {
+                        rows: ws.ws_row,
+                        cols: ws.ws_col,
+                    }
+                } else {
+                    Frame::Signal(signal as i32)
+                };
+                // A guest that stopped reading cannot take it; the VM's end is reported below.
+                let _ = session.send(&frame);
+            }
+        }
+        if wake {
+            let mut byte = [0u8; 64];
+            let _ = nix::unistd::read(wake_r.as_raw_fd(), &mut byte);
+            while let Ok(ev) = events.try_recv() {
+                match ev {
+                    Event::Ready { boot_us, at } => {
+                        if session.started {
+                            continue;
+                        }
+                        session.boot = Some(BootTimes {
+                            to_agent: at.saturating_duration_since(start),
+                            guest_uptime: Duration::from_micros(boot_us),
+                        });
+                        session.start()?;
+                    }
+                    Event::Exit(code) => {
+                        exit_code = Some(code);
+                        exit_deadline = Some(Instant::now() + POWER_OFF_GRACE);
+                    }
+                    Event::StartFailed { code, message } => {
+                        return Err(SandboxError::Start { code, message });
+                    }
+                    Event::ChannelClosed(err) => {
+                        if exit_code.is_none() {
+                            if let Some(e) = err {
+                                return Err(e.into());
+                            }
+                        }
+                    }
+                    Event::VmEnded(result) => {
+                        if let Some(code) = exit_code {
+                            return Ok(Outcome {
+                                exit_code: code,
+                                boot: session.boot,
+                            });
+                        }
+                        let reason = match result {
+                            Ok(report) => report.exit.to_string(),
+                            Err(e) => e.to_string(),
+                        };
+                        return Err(SandboxError::Stopped {
+                            reason,
+                            console: console_tail(&cfg.console_log),
+                        });
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+pub fn run(_cfg: &SandboxConfig) -> Result<Outcome, SandboxError> {
+    Err(SandboxError::Vm(super::Error::UnsupportedArch))
+}
+
+/// The host end of one session.
+struct Session<'a> {
+    cfg: &'a SandboxConfig,
+    host: UnixStream,
+    started: bool,
+    stdin_open: bool,
+    boot: Option<BootTimes>,
+    raw: Option<RawMode>,
+}
+
+impl Session<'_> {
+    fn send(&mut self, frame: &Frame) -> Result<(), SandboxError> {
+        frame.write_to(&mut self.host).map_err(SandboxError::from)
+    }
+
+    fn start(&mut self) -> Result<(), SandboxError> {
+        let size = term::initial_size();
+        let options = StartOptions {
+            stdin: self.cfg.attach_stdin,
+            rows: size.ws_row,
+            cols: size.ws_col,
+        };
+        if self.cfg.tty && nix::unistd::isatty(io::stdin().as_raw_fd()).unwrap_or(false) {
+            self.raw = Some(RawMode::enter());
+        }
+        self.send(&Frame::Start {
+            spec: self.cfg.spec.clone(),
+            options,
+        })?;
+        self.started = true;
+        Ok(())
+    }
+
+    fn forward_stdin(&mut self, stdin: BorrowedFd) -> Result<(), SandboxError> {
+        let mut buf = [0u8; 32 << 10];
+        match nix::unistd::read(stdin.as_raw_fd(), &mut buf) {
+            Ok(0) | Err(_) => {
+                self.stdin_open = false;
+                let _ = self.send(&Frame::StdinEof);
+            }
+            Ok(n) => {
+                let _ = self.send(&Frame::Stdin(buf[..n].to_vec()));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Reads the agent's frames: output to berth's stdout and stderr, the rest as events.
+fn read_frames(mut channel: UnixStream, mut report: impl FnMut(Event)) {
+    let mut stdout = io::stdout();
+    let mut stderr = io::stderr();
+    loop {
+        let frame = match Frame::read_from(&mut channel) {
+            Ok(f) => f,
+            Err(ProtocolError::Closed) => return report(Event::ChannelClosed(None)),
+            Err(e) => return report(Event::ChannelClosed(Some(e))),
+        };
+        match frame {
+            Frame::Ready { boot_us } => report(Event::Ready {
+                boot_us,
+                at: Instant::now(),
+            }),
+            Frame::Stdout(data) => {
+                let _ = stdout.write_all(&data).and_then(|()| stdout.flush());
+            }
+            Frame::Stderr(data) => {
+                let _ = stderr.write_all(&data).and_then(|()| stderr.flush());
+            }
+            Frame::Exit(code) => return report(Event::Exit(code)),
+            Frame::Error { code, message } => {
+                return report(Event::StartFailed { code, message })
+            }
+            // Frames only the host sends: a confused or hostile guest.
+            other => {
+                return report(Event::ChannelClosed(Some(ProtocolError::Malformed {
+                    kind: "guest",
+                    why: format!("unexpected {other:?} from the guest"),
+                })))
+            }
+        }
+    }
+}
+
+/// The last lines of the guest console, for error messages.
+fn console_tail(path: &std::path::Path) -> String {
+    let mut text = String::new();
+    if let Ok(mut f) = std::fs::File::open(path) {
+        let mut bytes = Vec::new();
+        let _ = f.read_to_end(&mut bytes);
+        let start = bytes.len().saturating_sub(4096);
+        text = String::from_utf8_lossy(&bytes[start..]).into_owned();
+    }
+    let lines: Vec<&str> = text.lines().collect();
+    let tail = lines[lines.len().saturating_sub(20)..].join("\n");
+    if tail.trim().is_empty() {
+        "(nothing)".into()
+    } else {
+        tail
+    }
+}
+
+/// Restores the signal mask when dropped.
+struct MaskGuard(SigSet);
+
+impl Drop for MaskGuard {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&self.0), None);
+    }
+}
