@@ -54,11 +54,15 @@ fn m(src: &str, dst: &str, fs: &str, flags: MsFlags, data: Option<&str>) -> Resu
     mount(Some(src), dst, Some(fs), flags, data).map_err(|e| format!("mounting {fs} on {dst}: {e}"))
 }
 
-/// Mounts the kernel file systems and the image root, switches into it, opens the channel.
-pub fn prepare(boot: &BootArgs) -> Result<OwnedFd, String> {
+/// Mounts the kernel file systems, reads what berth put on the command line, mounts the
+/// image root, switches into it and opens the channel.
+pub fn prepare() -> Result<OwnedFd, String> {
     let nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     m("devtmpfs", "/dev", "devtmpfs", MsFlags::MS_NOSUID, None)?;
     m("proc", "/proc", "proc", nodev, None)?;
+    let cmdline = std::fs::read_to_string("/proc/cmdline")
+        .map_err(|e| format!("reading /proc/cmdline: {e}"))?;
+    let boot = BootArgs::parse(&cmdline);
     if !boot.layers.is_empty() {
         m(
             "tmpfs",
@@ -131,6 +135,13 @@ pub fn prepare(boot: &BootArgs) -> Result<OwnedFd, String> {
         .write(true)
         .open(&chan)
         .map_err(|e| format!("opening the agent channel {chan}: {e}"))?;
+    // The channel is a tty (hvc): without raw mode the line discipline would echo the host's
+    // bytes back, hold input until a newline and turn every 0x0a the agent sends into \r\n.
+    let mut tio = nix::sys::termios::tcgetattr(&f)
+        .map_err(|e| format!("reading the terminal settings of {chan}: {e}"))?;
+    nix::sys::termios::cfmakeraw(&mut tio);
+    nix::sys::termios::tcsetattr(&f, nix::sys::termios::SetArg::TCSANOW, &tio)
+        .map_err(|e| format!("putting {chan} in raw mode: {e}"))?;
     Ok(OwnedFd::from(f))
 }
 

@@ -30,9 +30,7 @@ fn main() {
         eprintln!("berth-agent: run me as PID 1 of a berth microVM, or with --fd N");
         std::process::exit(2);
     }
-    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
-    let boot = init::BootArgs::parse(&cmdline);
-    let code = match init::prepare(&boot) {
+    let code = match init::prepare() {
         Ok(channel) => {
             let mut chan =
                 std::fs::File::from(channel.try_clone().expect("dup of the agent channel"));

@@ -138,11 +138,19 @@ pub fn run(cfg: &SandboxConfig) -> Result<Outcome, SandboxError> {
             source,
         }
     })?;
+    // BERTH_VM_DEBUG=1: the kernel's full log, on berth's stderr as well as in the log file.
+    let debug = std::env::var_os("BERTH_VM_DEBUG").is_some_and(|v| !v.is_empty() && v != "0");
+    let console: Box<dyn Write + Send> = if debug {
+        Box::new(Tee(console, io::stderr()))
+    } else {
+        Box::new(console)
+    };
     let (host, device) = UnixStream::pair().map_err(SandboxError::Channel)?;
     let layers: Vec<String> = (0..cfg.layers.len()).map(disk_name).collect();
     let cmdline = format!(
-        "{} quiet nomodules 8250.nr_uarts=1 random.trust_cpu=on rdinit=/init berth.layers={} berth.layerfs=erofs berth.channel=hvc0",
+        "{} {} nomodules 8250.nr_uarts=1 random.trust_cpu=on rdinit=/init berth.layers={} berth.layerfs=erofs berth.channel=hvc0",
         super::DEFAULT_CMDLINE.replace("panic=1", "panic=-1"),
+        if debug { "loglevel=8" } else { "quiet" },
         layers.join(",")
     );
     let config = VmConfig {
@@ -160,7 +168,7 @@ pub fn run(cfg: &SandboxConfig) -> Result<Outcome, SandboxError> {
             })
             .collect(),
     };
-    let vm = super::boot(&config, Box::new(console), Some(device), start)?;
+    let vm = super::boot(&config, console, Some(device), start)?;
 
     let (events_tx, events) = mpsc::channel();
     let (wake_r, wake_w) = nix::unistd::pipe().map_err(|e| SandboxError::Channel(e.into()))?;
@@ -445,6 +453,21 @@ fn console_tail(path: &std::path::Path) -> String {
         "(nothing)".into()
     } else {
         tail
+    }
+}
+
+/// Writes to two writers (the console log and stderr, for BERTH_VM_DEBUG).
+struct Tee<A, B>(A, B);
+
+impl<A: Write, B: Write> Write for Tee<A, B> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.write_all(buf)?;
+        let _ = self.1.write_all(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        let _ = self.1.flush();
+        self.0.flush()
     }
 }
 
