@@ -111,6 +111,11 @@ pub struct Info {
     pub runtime_dir: PathBuf,
     pub images: usize,
     pub containers: usize,
+    /// The guest kernel and agent `run --vm` boots, if installed.
+    pub vm_kernel: Option<PathBuf>,
+    pub vm_agent: Option<PathBuf>,
+    /// Whether `run --vm` can run here, or why not.
+    pub kvm: String,
 }
 
 fn random_hex(bytes: usize) -> String {
@@ -352,6 +357,12 @@ impl Engine {
             runtime_dir: self.dirs.runtime.clone(),
             images: self.images.list().map(|l| l.len()).unwrap_or(0),
             containers: self.containers.list().len(),
+            vm_kernel: guest::kernel(&self.dirs.data).ok(),
+            vm_agent: guest::agent(&self.dirs.data).ok(),
+            kvm: match sandbox::check_host() {
+                Ok(()) => "usable".to_string(),
+                Err(e) => format!("not usable: {e}"),
+            },
         }
     }
 
@@ -375,6 +386,10 @@ impl Engine {
 
     /// Runs `image` in the foreground and returns the container's exit status.
     pub fn run(&self, image: &str, req: RunRequest, flags: RunFlags) -> Result<i32, EngineError> {
+        if flags.vm.is_some() {
+            // Before pulling or preparing anything: a host that cannot run the guest says so now.
+            sandbox::check_host()?;
+        }
         let resolved = self.resolve_or_pull(image)?;
         if let Some(w) = self.ids.warning() {
             eprintln!("{w}");
@@ -518,12 +533,22 @@ impl Engine {
             id,
             root_mount: None,
             root_path: dir.join("rootfs"),
-            etc_dir,
+            etc_dir: etc_dir.clone(),
             ids: &self.ids,
             passwd: rootfs::read_merged(lowers, "etc/passwd"),
             group: rootfs::read_merged(lowers, "etc/group"),
         };
         let spec = spec::build(req, &resolved.config, &ctx)?;
+        let hostname = spec.hostname().clone().unwrap_or_default();
+        spec::write_etc_files(&etc_dir, &hostname, req.network)
+            .map_err(io("writing /etc files in", &etc_dir))?;
+        let etc_files = ["hostname", "hosts", "resolv.conf"]
+            .iter()
+            .filter_map(|name| {
+                let text = std::fs::read_to_string(etc_dir.join(name)).ok()?;
+                Some((name.to_string(), text))
+            })
+            .collect();
         let spec_json = serde_json::to_vec(&spec).map_err(|e| EngineError::Io {
             what: "encoding the runtime spec for",
             path: dir.clone(),
@@ -550,6 +575,7 @@ impl Engine {
             spec: spec_json,
             tty: req.tty,
             attach_stdin: flags.attach_stdin,
+            etc_files,
             console_log: dir.join("console.log"),
         })?;
         if let (Some(b), Some(_)) = (outcome.boot, std::env::var_os("BERTH_BOOT_TIMES")) {

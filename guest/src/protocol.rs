@@ -16,6 +16,10 @@ pub struct StartOptions {
     /// Initial terminal size when the spec asks for a terminal.
     pub rows: u16,
     pub cols: u16,
+    /// Files for the guest root before the process starts (PID 1 only): `hostname`, `hosts`
+    /// and `resolv.conf` under /etc, the same ones the container wall bind-mounts.
+    #[serde(default)]
+    pub etc_files: Vec<(String, String)>,
 }
 
 /// One message.
@@ -258,6 +262,7 @@ mod tests {
                     stdin: true,
                     rows: 24,
                     cols: 80,
+                    etc_files: vec![("hostname".into(), "h\n".into())],
                 },
             },
             Frame::Stdin(b"hello".to_vec()),

@@ -68,7 +68,7 @@ pub fn serve(channel: OwnedFd, cfg: SessionConfig) -> Result<i32, SessionError> 
         }
     };
     if cfg.system {
-        if let Err(message) = apply_system(&spec) {
+        if let Err(message) = apply_system(&spec, &options) {
             Frame::Error { code: 125, message }.write_to(&mut chan)?;
             return Ok(125);
         }
@@ -276,10 +276,29 @@ fn write_all(fd: RawFd, mut data: &[u8]) -> nix::Result<()> {
     Ok(())
 }
 
-/// Hostname, tmpfs mounts and the read-only root: settings that belong to the whole VM.
-fn apply_system(spec: &Spec) -> Result<(), String> {
+/// The /etc files the host may send, by name.
+const ETC_FILES: &[&str] = &["hostname", "hosts", "resolv.conf"];
+
+/// Hostname, /etc files, tmpfs mounts and the read-only root: settings that belong to the
+/// whole VM.
+fn apply_system(spec: &Spec, options: &StartOptions) -> Result<(), String> {
     if let Some(h) = spec.hostname() {
         nix::unistd::sethostname(h).map_err(|e| format!("sethostname: {e}"))?;
+    }
+    for (name, content) in &options.etc_files {
+        // Only the names berth writes, and never through a symlink the image placed there.
+        if !ETC_FILES.contains(&name.as_str()) {
+            continue;
+        }
+        let path = std::path::Path::new("/etc").join(name);
+        if std::fs::symlink_metadata("/etc").is_ok_and(|m| !m.is_dir()) {
+            break;
+        }
+        let _ = std::fs::create_dir_all("/etc");
+        if std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink()) {
+            let _ = std::fs::remove_file(&path);
+        }
+        std::fs::write(&path, content).map_err(|e| format!("writing {}: {e}", path.display()))?;
     }
     for m in spec.mounts().as_deref().unwrap_or(&[]) {
         if m.typ().as_deref() != Some("tmpfs") || m.destination().starts_with("/dev") {
@@ -560,6 +579,7 @@ mod tests {
             stdin,
             rows: 24,
             cols: 80,
+            etc_files: vec![],
         }
     }
 
@@ -625,6 +645,7 @@ mod tests {
                 stdin: true,
                 rows: 33,
                 cols: 101,
+                etc_files: vec![],
             },
             vec![],
         );

@@ -182,10 +182,16 @@ fn vm_request(a: &RunArgs) -> anyhow::Result<Option<VmRequest>> {
         refuse("--cap-add/--cap-drop/--privileged", "the process in a microVM runs with the guest's own privileges; the VM itself is the wall")?;
     }
     if !a.security_opt.is_empty() {
-        refuse("--security-opt", "the guest agent applies no seccomp profile; the VM itself is the wall")?;
+        refuse(
+            "--security-opt",
+            "the guest agent applies no seccomp profile; the VM itself is the wall",
+        )?;
     }
     if a.network != "none" {
-        refuse(&format!("--network {}", a.network), "a microVM has no network device yet; use --network none")?;
+        refuse(
+            &format!("--network {}", a.network),
+            "a microVM has no network device yet; use --network none",
+        )?;
     }
     let cpus = match &a.cpus {
         None => VM_DEFAULT_CPUS,

@@ -47,6 +47,15 @@ pub fn info(engine: &Engine, args: InfoArgs) -> anyhow::Result<()> {
     println!("Runtime dir: {}", info.runtime_dir.display());
     println!("Images: {}", info.images);
     println!("Containers: {}", info.containers);
+    let or_missing = |p: &Option<std::path::PathBuf>| {
+        p.as_ref().map_or_else(
+            || "not installed (scripts/build-guest builds it)".to_string(),
+            |p| p.display().to_string(),
+        )
+    };
+    println!("microVM kernel: {}", or_missing(&info.vm_kernel));
+    println!("microVM agent: {}", or_missing(&info.vm_agent));
+    println!("KVM: {}", info.kvm);
     Ok(())
 }
 

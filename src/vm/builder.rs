@@ -175,15 +175,20 @@ pub fn boot(
         Ok((addr, Interrupt::new(event)))
     };
     for (i, disk) in config.disks.iter().enumerate() {
-        let block = Block::open(&disk.path, disk.read_only, &format!("berth{i}")).map_err(|source| {
-            Error::Disk {
-                path: disk.path.clone(),
-                source,
-            }
-        })?;
+        let block =
+            Block::open(&disk.path, disk.read_only, &format!("berth{i}")).map_err(|source| {
+                Error::Disk {
+                    path: disk.path.clone(),
+                    source,
+                }
+            })?;
         let (addr, interrupt) = next_slot(&vm)?;
         let transport = MmioTransport::new(block, mem.clone(), interrupt);
-        mmio.insert(Arc::new(Mutex::new(transport)), addr, virtio::mmio::MMIO_LEN)?;
+        mmio.insert(
+            Arc::new(Mutex::new(transport)),
+            addr,
+            virtio::mmio::MMIO_LEN,
+        )?;
     }
     let channel = match channel {
         Some(stream) => {

@@ -223,11 +223,18 @@ mod tests {
             eprintln!("skipping: cpio is not installed");
             return;
         };
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let listing = String::from_utf8_lossy(&out.stdout);
         assert!(listing.contains("crw-------"), "{listing}");
         assert!(listing.contains("dev/console"), "{listing}");
-        assert!(listing.contains("-rwxr-xr-x") && listing.contains(" init"), "{listing}");
+        assert!(
+            listing.contains("-rwxr-xr-x") && listing.contains(" init"),
+            "{listing}"
+        );
         assert_eq!(archive.len() % 4, 0);
     }
 

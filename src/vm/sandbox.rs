@@ -54,6 +54,8 @@ pub struct SandboxConfig {
     pub spec: Vec<u8>,
     pub tty: bool,
     pub attach_stdin: bool,
+    /// /etc/hostname, /etc/hosts and /etc/resolv.conf for the guest, by file name.
+    pub etc_files: Vec<(String, String)>,
     /// Where the guest's serial console (kernel messages, agent failures) is written.
     pub console_log: PathBuf,
 }
@@ -110,12 +112,21 @@ enum Event {
     VmEnded(Result<RunReport, super::Error>),
 }
 
-/// Runs the sandbox to the end of its process; returns its exit status (128+N for a signal).
-#[cfg(target_arch = "x86_64")]
-pub fn run(cfg: &SandboxConfig) -> Result<Outcome, SandboxError> {
+/// Whether this host can run a berth microVM: KVM opens, and it is not PVM (on which a Linux
+/// guest would never reach userspace: better to say so at once than to hang).
+pub fn check_host() -> Result<(), SandboxError> {
     if super::kvm_is_pvm() && std::env::var_os("BERTH_VM_ALLOW_PVM").is_none() {
         return Err(SandboxError::PvmHost);
     }
+    #[cfg(target_arch = "x86_64")]
+    super::vm::open_kvm().map_err(|e| SandboxError::Vm(e.into()))?;
+    Ok(())
+}
+
+/// Runs the sandbox to the end of its process; returns its exit status (128+N for a signal).
+#[cfg(target_arch = "x86_64")]
+pub fn run(cfg: &SandboxConfig) -> Result<Outcome, SandboxError> {
+    check_host()?;
     let start = Instant::now();
 
     // Signals for the process are read from a signalfd; the threads started below inherit the
@@ -132,12 +143,11 @@ pub fn run(cfg: &SandboxConfig) -> Result<Outcome, SandboxError> {
     let sfd = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
         .map_err(SandboxError::Signals)?;
 
-    let console = std::fs::File::create(&cfg.console_log).map_err(|source| {
-        SandboxError::ConsoleLog {
+    let console =
+        std::fs::File::create(&cfg.console_log).map_err(|source| SandboxError::ConsoleLog {
             path: cfg.console_log.clone(),
             source,
-        }
-    })?;
+        })?;
     // BERTH_VM_DEBUG=1: the kernel's full log, on berth's stderr as well as in the log file.
     let debug = std::env::var_os("BERTH_VM_DEBUG").is_some_and(|v| !v.is_empty() && v != "0");
     let console: Box<dyn Write + Send> = if debug {
@@ -255,8 +265,9 @@ pub fn run(cfg: &SandboxConfig) -> Result<Outcome, SandboxError> {
             Err(e) => return Err(SandboxError::Channel(e.into())),
         }
         let ready = |fd: &PollFd| {
-            fd.revents()
-                .is_some_and(|r| r.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR))
+            fd.revents().is_some_and(|r| {
+                r.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR)
+            })
         };
         let (wake, sig, input) = (
             ready(&fds[0]),
@@ -375,6 +386,7 @@ impl Session<'_> {
             stdin: self.cfg.attach_stdin,
             rows: size.ws_row,
             cols: size.ws_col,
+            etc_files: self.cfg.etc_files.clone(),
         };
         if self.cfg.tty && nix::unistd::isatty(io::stdin().as_raw_fd()).unwrap_or(false) {
             self.raw = Some(RawMode::enter());
@@ -424,9 +436,7 @@ fn read_frames(mut channel: UnixStream, mut report: impl FnMut(Event)) {
                 let _ = stderr.write_all(&data).and_then(|()| stderr.flush());
             }
             Frame::Exit(code) => return report(Event::Exit(code)),
-            Frame::Error { code, message } => {
-                return report(Event::StartFailed { code, message })
-            }
+            Frame::Error { code, message } => return report(Event::StartFailed { code, message }),
             // Frames only the host sends: a confused or hostile guest.
             other => {
                 return report(Event::ChannelClosed(Some(ProtocolError::Malformed {

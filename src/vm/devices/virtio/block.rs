@@ -198,7 +198,8 @@ fn copy_from_guest(
     while done < len {
         let n = CHUNK.min((len - done) as usize);
         reader.read_exact(&mut buf[..n]).map_err(|_| ())?;
-        file.write_all_at(&buf[..n], offset + done).map_err(|_| ())?;
+        file.write_all_at(&buf[..n], offset + done)
+            .map_err(|_| ())?;
         done += n as u64;
     }
     Ok(())
@@ -239,7 +240,6 @@ impl VirtioDevice for Block {
         }
     }
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -286,7 +286,11 @@ mod tests {
 
         let mut d = Driver::new(&mem);
         header(&mem, 0x10000, T_IN, 1);
-        d.add(&[(0x10000, 16, false), (0x11000, 512, true), (0x12000, 1, true)]);
+        d.add(&[
+            (0x10000, 16, false),
+            (0x11000, 512, true),
+            (0x12000, 1, true),
+        ]);
         notify(&mut t, 0);
         assert_eq!(d.used(), vec![(0, 513)]);
         assert_eq!(status(&mem, 0x12000), S_OK);
@@ -296,7 +300,11 @@ mod tests {
 
         header(&mem, 0x10000, T_OUT, 7);
         mem.write_slice(&[7u8; 512], GuestAddress(0x11000)).unwrap();
-        d.add(&[(0x10000, 16, false), (0x11000, 512, false), (0x12000, 1, true)]);
+        d.add(&[
+            (0x10000, 16, false),
+            (0x11000, 512, false),
+            (0x12000, 1, true),
+        ]);
         notify(&mut t, 0);
         assert_eq!(d.used().last(), Some(&(3, 1)));
         assert_eq!(status(&mem, 0x12000), S_OK);
@@ -310,17 +318,25 @@ mod tests {
         let (mut t, mem) = disk(&[1u8; 1024], true);
         let mut d = Driver::new(&mem);
         for (ty, sector, data_write, want) in [
-            (T_IN, 2, true, S_IOERR),         // past the end
-            (T_IN, u64::MAX, true, S_IOERR),  // overflowing
-            (T_OUT, 0, false, S_IOERR),       // read-only
-            (99, 0, true, S_UNSUPP),          // unknown
+            (T_IN, 2, true, S_IOERR),        // past the end
+            (T_IN, u64::MAX, true, S_IOERR), // overflowing
+            (T_OUT, 0, false, S_IOERR),      // read-only
+            (99, 0, true, S_UNSUPP),         // unknown
             (T_GET_ID, 0, true, S_OK),
         ] {
             header(&mem, 0x10000, ty, sector);
             mem.write_obj(0xffu8, GuestAddress(0x12000)).unwrap();
-            d.add(&[(0x10000, 16, false), (0x11000, 512, data_write), (0x12000, 1, true)]);
+            d.add(&[
+                (0x10000, 16, false),
+                (0x11000, 512, data_write),
+                (0x12000, 1, true),
+            ]);
             notify(&mut t, 0);
-            assert_eq!(status(&mem, 0x12000), want, "request type {ty} sector {sector}");
+            assert_eq!(
+                status(&mem, 0x12000),
+                want,
+                "request type {ty} sector {sector}"
+            );
         }
         let mut id = [0u8; 6];
         mem.read_slice(&mut id, GuestAddress(0x11000)).unwrap();
@@ -336,14 +352,22 @@ mod tests {
         // writable status: each is answered or dropped, and the device keeps serving.
         d.add(&[(0xfff_ffff_0000, 16, false), (0x12000, 1, true)]);
         header(&mem, 0x10000, T_IN, 0);
-        d.add(&[(0x10000, 16, false), (0xfff_ffff_0000, 512, true), (0x12000, 1, true)]);
+        d.add(&[
+            (0x10000, 16, false),
+            (0xfff_ffff_0000, 512, true),
+            (0x12000, 1, true),
+        ]);
         d.add(&[(0x10000, 16, false)]);
         // A short header.
         d.add(&[(0x10000, 4, false), (0x12000, 1, true)]);
         notify(&mut t, 0);
         assert_eq!(d.used().len(), 4, "every chain goes back to the driver");
         header(&mem, 0x10000, T_IN, 0);
-        d.add(&[(0x10000, 16, false), (0x11000, 512, true), (0x12000, 1, true)]);
+        d.add(&[
+            (0x10000, 16, false),
+            (0x11000, 512, true),
+            (0x12000, 1, true),
+        ]);
         notify(&mut t, 0);
         assert_eq!(status(&mem, 0x12000), S_OK);
     }

@@ -67,8 +67,8 @@ impl Console {
                     let n = w.available_bytes().min(self.pending.len());
                     let (a, b) = self.pending.as_slices();
                     let first = n.min(a.len());
-                    let ok = w.write_all(&a[..first]).is_ok()
-                        && w.write_all(&b[..n - first]).is_ok();
+                    let ok =
+                        w.write_all(&a[..first]).is_ok() && w.write_all(&b[..n - first]).is_ok();
                     if ok {
                         self.pending.drain(..n);
                         n
@@ -209,7 +209,11 @@ mod tests {
     fn guest_output_reaches_the_host_and_host_input_the_guest() {
         let mem = memory();
         let sink = Sink::default();
-        let mut t = MmioTransport::new(Console::new(Box::new(sink.clone())), mem.clone(), interrupt());
+        let mut t = MmioTransport::new(
+            Console::new(Box::new(sink.clone())),
+            mem.clone(),
+            interrupt(),
+        );
         bring_up(&mut t, &[Driver::QUEUE, Driver::QUEUE1]);
         let mut rx = Driver::at(&mem, Driver::QUEUE);
         let mut tx = Driver::at(&mem, Driver::QUEUE1);
@@ -239,7 +243,8 @@ mod tests {
     #[test]
     fn receive_buffers_outside_memory_come_back_empty() {
         let mem = memory();
-        let mut t = MmioTransport::new(Console::new(Box::new(io::sink())), mem.clone(), interrupt());
+        let mut t =
+            MmioTransport::new(Console::new(Box::new(io::sink())), mem.clone(), interrupt());
         bring_up(&mut t, &[Driver::QUEUE, Driver::QUEUE1]);
         let mut rx = Driver::at(&mem, Driver::QUEUE);
         rx.add(&[(0xfff_ffff_0000, 64, true)]);

@@ -199,20 +199,18 @@ impl<D: VirtioDevice> MmioTransport<D> {
         match offset {
             REG_DEVICE_FEATURES_SEL => self.device_features_sel = value,
             REG_DRIVER_FEATURES_SEL => self.driver_features_sel = value,
-            REG_DRIVER_FEATURES => {
-                // Features are negotiated before FEATURES_OK only.
-                if self.status & STATUS_FEATURES_OK == 0 {
-                    match self.driver_features_sel {
-                        0 => {
-                            self.driver_features =
-                                (self.driver_features & !0xffff_ffff) | u64::from(value)
-                        }
-                        1 => {
-                            self.driver_features =
-                                (self.driver_features & 0xffff_ffff) | (u64::from(value) << 32)
-                        }
-                        _ => {}
+            // Features are negotiated before FEATURES_OK only.
+            REG_DRIVER_FEATURES if self.status & STATUS_FEATURES_OK == 0 => {
+                match self.driver_features_sel {
+                    0 => {
+                        self.driver_features =
+                            (self.driver_features & !0xffff_ffff) | u64::from(value)
                     }
+                    1 => {
+                        self.driver_features =
+                            (self.driver_features & 0xffff_ffff) | (u64::from(value) << 32)
+                    }
+                    _ => {}
                 }
             }
             REG_QUEUE_SEL => self.queue_sel = value,
@@ -228,12 +226,24 @@ impl<D: VirtioDevice> MmioTransport<D> {
                     q.set_ready(value == 1);
                 }
             }
-            REG_QUEUE_DESC_LOW => self.queue_addr(|q, v| q.set_desc_table_address(Some(v), None), value),
-            REG_QUEUE_DESC_HIGH => self.queue_addr(|q, v| q.set_desc_table_address(None, Some(v)), value),
-            REG_QUEUE_AVAIL_LOW => self.queue_addr(|q, v| q.set_avail_ring_address(Some(v), None), value),
-            REG_QUEUE_AVAIL_HIGH => self.queue_addr(|q, v| q.set_avail_ring_address(None, Some(v)), value),
-            REG_QUEUE_USED_LOW => self.queue_addr(|q, v| q.set_used_ring_address(Some(v), None), value),
-            REG_QUEUE_USED_HIGH => self.queue_addr(|q, v| q.set_used_ring_address(None, Some(v)), value),
+            REG_QUEUE_DESC_LOW => {
+                self.queue_addr(|q, v| q.set_desc_table_address(Some(v), None), value)
+            }
+            REG_QUEUE_DESC_HIGH => {
+                self.queue_addr(|q, v| q.set_desc_table_address(None, Some(v)), value)
+            }
+            REG_QUEUE_AVAIL_LOW => {
+                self.queue_addr(|q, v| q.set_avail_ring_address(Some(v), None), value)
+            }
+            REG_QUEUE_AVAIL_HIGH => {
+                self.queue_addr(|q, v| q.set_avail_ring_address(None, Some(v)), value)
+            }
+            REG_QUEUE_USED_LOW => {
+                self.queue_addr(|q, v| q.set_used_ring_address(Some(v), None), value)
+            }
+            REG_QUEUE_USED_HIGH => {
+                self.queue_addr(|q, v| q.set_used_ring_address(None, Some(v)), value)
+            }
             REG_QUEUE_NOTIFY => self.notify(value),
             REG_INTERRUPT_ACK => self.interrupt.ack(value & (INT_USED_RING | INT_CONFIG)),
             REG_STATUS => self.set_status(value),
@@ -335,7 +345,11 @@ pub(crate) mod tests {
         wr(t, REG_DRIVER_FEATURES, high);
         wr(t, REG_DRIVER_FEATURES_SEL, 0);
         wr(t, REG_DRIVER_FEATURES, 0);
-        wr(t, REG_STATUS, STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK);
+        wr(
+            t,
+            REG_STATUS,
+            STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK,
+        );
         for (i, &(desc, avail, used, size)) in queues.iter().enumerate() {
             wr(t, REG_QUEUE_SEL, i as u32);
             wr(t, REG_QUEUE_NUM, u32::from(size));
@@ -394,7 +408,10 @@ pub(crate) mod tests {
         let mut t = counter();
         notify(&mut t, 0);
         assert!(t.device().notified.is_empty(), "not active yet");
-        bring_up(&mut t, &[(0x1000, 0x2000, 0x3000, 16), (0x4000, 0x5000, 0x6000, 8)]);
+        bring_up(
+            &mut t,
+            &[(0x1000, 0x2000, 0x3000, 16), (0x4000, 0x5000, 0x6000, 8)],
+        );
         assert!(t.activated() && t.device().activated);
         notify(&mut t, 1);
         notify(&mut t, 9);
