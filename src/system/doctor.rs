@@ -156,6 +156,7 @@ pub fn run_checks() -> Vec<Check> {
         ),
         check_network(which("slirp4netns"), which("pasta")),
         check_kvm(dev_state(Path::new("/dev/kvm")), is_pvm(), &me),
+        check_vm_guest(),
         check_cgroups(cgroup_mode(), &me),
         check_runtime_dir(
             std::env::var_os("BERTH_ROOT").filter(|v| !v.is_empty()),
@@ -890,9 +891,29 @@ fn check_kvm(dev: DevState, pvm: bool, me: &Me) -> Check {
         DevState::ReadWrite if pvm => Check::warn(
             NAME,
             format!("/dev/kvm read-write, but {PVM}"),
-            "run microVMs on hardware with VT-x/AMD-V, or in a VM with nested virtualization enabled",
+            "run microVMs on hardware with VT-x/AMD-V or in a VM with nested virtualization enabled; here, run berth inside scripts/kvm-nested (a QEMU machine with a real KVM)",
         ),
         DevState::ReadWrite => Check::ok(NAME, "/dev/kvm read-write"),
+    }
+}
+
+/// The guest kernel and agent `run --vm` boots.
+fn check_vm_guest() -> Check {
+    const NAME: &str = "vm-guest";
+    let data = crate::paths::Dirs::from_env().data;
+    match (
+        crate::vm::guest::kernel(&data),
+        crate::vm::guest::agent(&data),
+    ) {
+        (Ok(k), Ok(a)) => Check::ok(
+            NAME,
+            format!("guest kernel {}, agent {}", k.display(), a.display()),
+        ),
+        (Err(e), _) | (_, Err(e)) => Check::warn(
+            NAME,
+            format!("microVMs (--vm) cannot start: {e}"),
+            "scripts/build-guest (builds berth's guest kernel and agent and installs them)",
+        ),
     }
 }
 

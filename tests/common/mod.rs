@@ -455,6 +455,12 @@ impl Berth {
             .env("BERTH_ROOT", &self.root)
             .env("XDG_RUNTIME_DIR", &self.runtime_dir)
             .env("RUST_BACKTRACE", "1")
+            // Where scripts/test installed the microVM guest, when not in a standard place.
+            .envs(
+                ["BERTH_VM_KERNEL", "BERTH_VM_AGENT"]
+                    .iter()
+                    .filter_map(|k| std::env::var_os(k).map(|v| (k.to_string(), v))),
+            )
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .current_dir(&self.host_dir);
         cmd

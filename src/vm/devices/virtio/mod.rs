@@ -9,6 +9,8 @@
 
 pub mod block;
 pub mod console;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod mmio;
 #[doc(hidden)]
 pub mod testdriver;
