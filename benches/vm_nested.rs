@@ -103,25 +103,8 @@ done"#
     )
     .unwrap();
     let script_path = berth.host_file("bench.sh", &script);
-    let nested = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/kvm-nested");
-    let out = Command::new(&nested)
-        .arg("--share")
-        .arg(&berth.base)
-        .arg("--user")
-        .arg(&berth.identity.name)
-        .args(["--cpus", "2", "--memory", "3G", "--timeout", "3000"])
-        .arg("--env")
-        .arg(format!("BERTH_ROOT={}", berth.root.display()))
-        .args(["--", "bash"])
-        .arg(&script_path)
-        .output()
-        .expect("scripts/kvm-nested");
-    if !out.status.success() {
-        eprintln!(
-            "vm_nested: the nested machine failed:\n{}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+    if let Err(e) = common::kvm_nested(&berth, &script_path, 3000) {
+        eprintln!("vm_nested: {e}");
         std::process::exit(1);
     }
 

@@ -450,43 +450,21 @@ impl Engine {
     ) -> Result<i32, EngineError> {
         let dir = self.containers.dir(id);
         let plan = rootfs::prepare(driver, lowers, &dir, &self.ids)?;
-        let etc_dir = dir.join("etc");
-        std::fs::create_dir_all(&etc_dir).map_err(io("creating", &etc_dir))?;
         for v in &req.volumes {
             if !v.host.exists() {
                 std::fs::create_dir_all(&v.host)
                     .map_err(io("creating the volume source", &v.host))?;
             }
         }
-        let ctx = SpecContext {
+        let spec = self.write_bundle(
             id,
-            root_mount: plan.root_mount.clone(),
-            root_path: plan.root_path.clone(),
-            etc_dir: etc_dir.clone(),
-            ids: &self.ids,
-            passwd: rootfs::read_merged(lowers, "etc/passwd"),
-            group: rootfs::read_merged(lowers, "etc/group"),
-        };
-        let spec = spec::build(req, &resolved.config, &ctx)?;
-        let hostname = spec.hostname().clone().unwrap_or_default();
-        spec::write_etc_files(&etc_dir, &hostname, req.network)
-            .map_err(io("writing /etc files in", &etc_dir))?;
-        let config = dir.join("config.json");
-        spec.save(&config).map_err(|e| EngineError::Io {
-            what: "writing",
-            path: config.clone(),
-            source: std::io::Error::other(e.to_string()),
-        })?;
-
-        let mut rec = self.containers.find(id)?;
-        rec.status = Status::Running;
-        rec.writable = plan.writable.clone();
-        rec.command = spec
-            .process()
-            .as_ref()
-            .and_then(|p| p.args().clone())
-            .unwrap_or_default();
-        self.containers.save(&rec)?;
+            resolved,
+            lowers,
+            req,
+            plan.root_mount.clone(),
+            plan.root_path.clone(),
+        )?;
+        let mut rec = self.mark_running(id, &spec, plan.writable.clone())?;
 
         let opts = RunOptions {
             attach_stdin: flags.attach_stdin,
@@ -527,21 +505,8 @@ impl Engine {
         let initramfs = guest::initramfs(&agent, &vm_cache)?;
         let disks = rootfs::erofs::layer_disks(lowers, &vm_cache.join("layers"), &self.ids)?;
 
+        let spec = self.write_bundle(id, resolved, lowers, req, None, dir.join("rootfs"))?;
         let etc_dir = dir.join("etc");
-        std::fs::create_dir_all(&etc_dir).map_err(io("creating", &etc_dir))?;
-        let ctx = SpecContext {
-            id,
-            root_mount: None,
-            root_path: dir.join("rootfs"),
-            etc_dir: etc_dir.clone(),
-            ids: &self.ids,
-            passwd: rootfs::read_merged(lowers, "etc/passwd"),
-            group: rootfs::read_merged(lowers, "etc/group"),
-        };
-        let spec = spec::build(req, &resolved.config, &ctx)?;
-        let hostname = spec.hostname().clone().unwrap_or_default();
-        spec::write_etc_files(&etc_dir, &hostname, req.network)
-            .map_err(io("writing /etc files in", &etc_dir))?;
         let etc_files = ["hostname", "hosts", "resolv.conf"]
             .iter()
             .filter_map(|name| {
@@ -554,17 +519,7 @@ impl Engine {
             path: dir.clone(),
             source: std::io::Error::other(e),
         })?;
-        let config = dir.join("config.json");
-        std::fs::write(&config, &spec_json).map_err(io("writing", &config))?;
-
-        let mut rec = self.containers.find(id)?;
-        rec.status = Status::Running;
-        rec.command = spec
-            .process()
-            .as_ref()
-            .and_then(|p| p.args().clone())
-            .unwrap_or_default();
-        self.containers.save(&rec)?;
+        let mut rec = self.mark_running(id, &spec, vec![])?;
 
         let outcome = sandbox::run(&SandboxConfig {
             kernel,
@@ -592,6 +547,61 @@ impl Engine {
             self.containers.save(&rec)?;
         }
         Ok(outcome.exit_code)
+    }
+
+    /// Writes the bundle of container `id`: the OCI runtime spec (config.json) from the image
+    /// config and the run request, and the /etc files it refers to. Both walls run this spec.
+    fn write_bundle(
+        &self,
+        id: &str,
+        resolved: &crate::image::ResolvedImage,
+        lowers: &[PathBuf],
+        req: &RunRequest,
+        root_mount: Option<oci_spec::runtime::Mount>,
+        root_path: PathBuf,
+    ) -> Result<oci_spec::runtime::Spec, EngineError> {
+        let dir = self.containers.dir(id);
+        let etc_dir = dir.join("etc");
+        std::fs::create_dir_all(&etc_dir).map_err(io("creating", &etc_dir))?;
+        let ctx = SpecContext {
+            id,
+            root_mount,
+            root_path,
+            etc_dir: etc_dir.clone(),
+            ids: &self.ids,
+            passwd: rootfs::read_merged(lowers, "etc/passwd"),
+            group: rootfs::read_merged(lowers, "etc/group"),
+        };
+        let spec = spec::build(req, &resolved.config, &ctx)?;
+        let hostname = spec.hostname().clone().unwrap_or_default();
+        spec::write_etc_files(&etc_dir, &hostname, req.network)
+            .map_err(io("writing /etc files in", &etc_dir))?;
+        let config = dir.join("config.json");
+        spec.save(&config).map_err(|e| EngineError::Io {
+            what: "writing",
+            path: config.clone(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        Ok(spec)
+    }
+
+    /// Records that container `id` runs `spec`'s process.
+    fn mark_running(
+        &self,
+        id: &str,
+        spec: &oci_spec::runtime::Spec,
+        writable: Vec<PathBuf>,
+    ) -> Result<ContainerRecord, EngineError> {
+        let mut rec = self.containers.find(id)?;
+        rec.status = Status::Running;
+        rec.writable = writable;
+        rec.command = spec
+            .process()
+            .as_ref()
+            .and_then(|p| p.args().clone())
+            .unwrap_or_default();
+        self.containers.save(&rec)?;
+        Ok(rec)
     }
 
     fn remove_dir(&self, id: &str) {

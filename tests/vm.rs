@@ -56,27 +56,7 @@ fn run_nested(berth: &Berth, checks: &[(&str, String)]) -> Result<BTreeMap<Strin
         writeln!(script, "check {name} {}", shell_quote(cmd)).unwrap();
     }
     let script_path = berth.host_file("vm-checks.sh", &script);
-    let nested = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/kvm-nested");
-    let out = Command::new(&nested)
-        .arg("--share")
-        .arg(&berth.base)
-        .arg("--user")
-        .arg(&berth.identity.name)
-        .args(["--cpus", "2", "--memory", "3G", "--timeout", "1500"])
-        .arg("--env")
-        .arg(format!("BERTH_ROOT={}", berth.root.display()))
-        .args(["--", "bash"])
-        .arg(&script_path)
-        .output()
-        .map_err(|e| format!("running {}: {e}", nested.display()))?;
-    if !out.status.success() {
-        return Err(format!(
-            "scripts/kvm-nested failed ({}):\nstdout:\n{}\nstderr:\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
+    common::kvm_nested(berth, &script_path, 1500)?;
     let read = |name: &str, ext: &str| fs::read_to_string(results.join(format!("{name}.{ext}")));
     let mut ran = BTreeMap::new();
     for (name, _) in checks {

@@ -210,9 +210,12 @@ pub fn boot(
 
     // 6. vCPUs, each with its CPUID, MSRs, registers, FPU and LAPIC. vCPU 0 starts at the
     //    kernel's entry; the others wait in KVM for the guest's INIT/SIPI.
-    let supported = kvm
+    let mut supported = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(Error::SupportedCpuid)?;
+    if kvm.check_extension(kvm_ioctls::Cap::TscDeadlineTimer) {
+        arch::cpuid::enable_tsc_deadline(supported.as_mut_slice());
+    }
     let mut vcpus = Vec::with_capacity(usize::from(config.vcpus));
     for id in 0..config.vcpus {
         let fd = vm.create_vcpu(id)?;

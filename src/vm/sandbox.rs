@@ -38,6 +38,8 @@ const FORWARDED: &[Signal] = &[
 
 /// How long the agent may take to come up before berth gives up on the VM.
 const DEFAULT_BOOT_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long the last frames of a VM that ended may take to be read.
+const CHANNEL_DRAIN: Duration = Duration::from_secs(2);
 /// How long a guest may take to power off after its process ended.
 const POWER_OFF_GRACE: Duration = Duration::from_secs(10);
 
@@ -224,16 +226,26 @@ pub fn run(cfg: &SandboxConfig) -> Result<Outcome, SandboxError> {
     let stdin = io::stdin();
     let mut exit_code: Option<i32> = None;
     let mut exit_deadline: Option<Instant> = None;
+    // The VM ended before the exit status was read: the frames it sent last may still be on
+    // their way through the channel, which closes once they are read.
+    let mut vm_ended: Option<(String, Instant)> = None;
     loop {
-        let deadline = match (session.started, exit_deadline) {
-            (_, Some(d)) => Some(d),
-            (false, None) => Some(start + boot_timeout),
-            (true, None) => None,
+        let deadline = match (session.started, exit_deadline, &vm_ended) {
+            (_, _, Some((_, d))) => Some(*d),
+            (_, Some(d), None) => Some(d),
+            (false, None, None) => Some(start + boot_timeout),
+            (true, None, None) => None,
         };
         let timeout = match deadline {
             Some(d) => {
                 let left = d.saturating_duration_since(Instant::now());
                 if left.is_zero() {
+                    if let Some((reason, _)) = vm_ended {
+                        return Err(SandboxError::Stopped {
+                            reason,
+                            console: console_tail(&cfg.console_log),
+                        });
+                    }
                     if let Some(code) = exit_code {
                         // The process ended but the guest did not power off: the VM goes with
                         // this process.
@@ -325,6 +337,12 @@ pub fn run(cfg: &SandboxConfig) -> Result<Outcome, SandboxError> {
                         session.start()?;
                     }
                     Event::Exit(code) => {
+                        if vm_ended.is_some() {
+                            return Ok(Outcome {
+                                exit_code: code,
+                                boot: session.boot,
+                            });
+                        }
                         exit_code = Some(code);
                         exit_deadline = Some(Instant::now() + POWER_OFF_GRACE);
                     }
@@ -335,6 +353,12 @@ pub fn run(cfg: &SandboxConfig) -> Result<Outcome, SandboxError> {
                         if exit_code.is_none() {
                             if let Some(e) = err {
                                 return Err(e.into());
+                            }
+                            if let Some((reason, _)) = vm_ended {
+                                return Err(SandboxError::Stopped {
+                                    reason,
+                                    console: console_tail(&cfg.console_log),
+                                });
                             }
                         }
                     }
@@ -349,10 +373,7 @@ pub fn run(cfg: &SandboxConfig) -> Result<Outcome, SandboxError> {
                             Ok(report) => report.exit.to_string(),
                             Err(e) => e.to_string(),
                         };
-                        return Err(SandboxError::Stopped {
-                            reason,
-                            console: console_tail(&cfg.console_log),
-                        });
+                        vm_ended = Some((reason, Instant::now() + CHANNEL_DRAIN));
                     }
                 }
             }
@@ -388,7 +409,12 @@ impl Session<'_> {
             cols: size.ws_col,
             etc_files: self.cfg.etc_files.clone(),
         };
-        if self.cfg.tty && nix::unistd::isatty(io::stdin().as_raw_fd()).unwrap_or(false) {
+        // Raw mode only when keystrokes go to the sandbox (-t with -i), as the container wall
+        // does: with -t alone Ctrl-C stays a signal to berth, which forwards it.
+        if self.cfg.tty
+            && self.cfg.attach_stdin
+            && nix::unistd::isatty(io::stdin().as_raw_fd()).unwrap_or(false)
+        {
             self.raw = Some(RawMode::enter());
         }
         self.send(&Frame::Start {

@@ -63,6 +63,35 @@ pub fn berth_bin() -> &'static str {
     env!("CARGO_BIN_EXE_berth")
 }
 
+/// Runs `bash SCRIPT` inside `scripts/kvm-nested` (a machine with a real KVM) as the fixture's
+/// user, with the fixture's directory shared and its `BERTH_ROOT`; the script's own output is
+/// what comes back.
+pub fn kvm_nested(berth: &Berth, script: &Path, timeout_s: u32) -> Result<Output, String> {
+    let nested = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/kvm-nested");
+    let out = Command::new(&nested)
+        .arg("--share")
+        .arg(&berth.base)
+        .arg("--user")
+        .arg(&berth.identity.name)
+        .args(["--cpus", "2", "--memory", "3G", "--timeout"])
+        .arg(timeout_s.to_string())
+        .arg("--env")
+        .arg(format!("BERTH_ROOT={}", berth.root.display()))
+        .args(["--", "bash"])
+        .arg(script)
+        .output()
+        .map_err(|e| format!("running {}: {e}", nested.display()))?;
+    if !out.status.success() {
+        return Err(format!(
+            "scripts/kvm-nested failed ({}):\nstdout:\n{}\nstderr:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(out)
+}
+
 /// True when `CI=true` (or `1`): prerequisites must be there, nothing skips.
 pub fn ci() -> bool {
     matches!(std::env::var("CI").as_deref(), Ok("true") | Ok("1"))

@@ -10,6 +10,9 @@ const LEAF_TOPOLOGY: u32 = 0xb;
 
 /// Leaf 1 ECX: running under a hypervisor.
 const ECX_HYPERVISOR: u32 = 1 << 31;
+/// Leaf 1 ECX: the local APIC's TSC-deadline timer mode. KVM emulates it but leaves the bit
+/// out of KVM_GET_SUPPORTED_CPUID (KVM_CAP_TSC_DEADLINE_TIMER says whether it can).
+const ECX_TSC_DEADLINE: u32 = 1 << 24;
 /// Leaf 1 EDX: more than one logical processor per package (the count in EBX is valid).
 const EDX_HTT: u32 = 1 << 28;
 /// Leaf 1 EBX: CLFLUSH line size, in 8-byte units.
@@ -65,6 +68,16 @@ pub fn filter(entries: &mut [kvm_cpuid_entry2], id: u8, count: u8) {
     }
 }
 
+/// Offers the TSC-deadline timer. With it Linux programs its tick straight from the TSC (which
+/// kvmclock calibrates) and never calibrates the APIC timer against another clock: that
+/// calibration is slow, and on a loaded or nested host it can fail and leave the guest with
+/// the APIC timer disabled.
+pub fn enable_tsc_deadline(entries: &mut [kvm_cpuid_entry2]) {
+    for entry in entries.iter_mut().filter(|e| e.function == LEAF_FEATURES) {
+        entry.ecx |= ECX_TSC_DEADLINE;
+    }
+}
+
 /// Bits of the APIC id that number the cores of a package: ceil(log2(count)).
 fn apic_id_shift(count: u8) -> u32 {
     u32::from(count.max(1)).next_power_of_two().trailing_zeros()
@@ -103,6 +116,14 @@ mod tests {
         let mut entries = [entry(1, 0)];
         filter(&mut entries, 0, 1);
         assert_eq!(entries[0].edx & EDX_HTT, 0);
+    }
+
+    #[test]
+    fn tsc_deadline_is_offered_in_leaf_1_only() {
+        let mut entries = vec![entry(LEAF_FEATURES, 0), entry(0x7, 0)];
+        enable_tsc_deadline(&mut entries);
+        assert_ne!(entries[0].ecx & ECX_TSC_DEADLINE, 0);
+        assert_eq!(entries[1].ecx & ECX_TSC_DEADLINE, 0);
     }
 
     #[test]
