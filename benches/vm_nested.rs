@@ -41,6 +41,9 @@ fn main() {
         eprintln!("vm_nested: no guest kernel installed: run scripts/build-guest");
         return;
     };
+    // Unpack the layers here: the nested machine sees this directory over 9p, which cannot
+    // hold overlay whiteouts (the microVM's layer disks are then built from these layers).
+    berth.container_ok(&[IMAGE, "true"]);
     let busybox = ["/bin/busybox", "/usr/bin/busybox"]
         .into_iter()
         .find(|p| Path::new(p).exists())
@@ -93,6 +96,7 @@ fn main() {
   s=$(now); BERTH_BOOT_TIMES=1 $B run --vm --rm {IMAGE} true 2>$R/err >/dev/null; rc=$?; e=$(now)
   ready=$(sed -n 's/.*agent ready \([0-9]*\) ms after start (guest uptime \([0-9]*\) ms).*/\1 \2/p' $R/err)
   echo "berth-run $i $rc $(( (e-s)/1000 )) $ready" >> $R/times
+  [ $rc = 0 ] || {{ echo "berth-run $i:"; cat $R/err; }} >&2
   s=$(now); out=$($B vmm --kernel $K --initrd $I --memory 256M --cmdline "{cmdline}" 2>/dev/null); rc=$?; e=$(now)
   up=$(echo "$out" | sed -n 's/.*BENCH-MARKER \([0-9.]*\).*/\1/p')
   echo "berth-vmm $i $rc $(( (e-s)/1000 )) $up" >> $R/times
@@ -103,9 +107,12 @@ done"#
     )
     .unwrap();
     let script_path = berth.host_file("bench.sh", &script);
-    if let Err(e) = common::kvm_nested(&berth, &script_path, 3000) {
-        eprintln!("vm_nested: {e}");
-        std::process::exit(1);
+    match common::kvm_nested(&berth, &script_path, 3000) {
+        Ok(out) => eprint!("{}", String::from_utf8_lossy(&out.stderr)),
+        Err(e) => {
+            eprintln!("vm_nested: {e}");
+            std::process::exit(1);
+        }
     }
 
     // name -> (end-to-end ms, guest-side ms), run 0 (the warm-up) left out.
