@@ -12,6 +12,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::process::Command;
 use std::thread;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
 
 use common::registry::{Registry, PASSWORD, USER};
 use common::{code, describe, have, lines, skip, stderr, stdout, test_images, Berth};
@@ -405,7 +408,13 @@ enum Lie {
     TruncatedBlob,
     /// A manifest of a media type no one knows.
     UnknownManifestType,
+    /// The first download of the layer sends half and then nothing (a pull to interrupt);
+    /// later ones are honest.
+    StallOnce,
 }
+
+/// Whether the StallOnce registry has stalled its one download yet.
+static STALLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// A one-image registry on 127.0.0.1 that tells `lie`; returns its host.
 fn hostile_registry(lie: Lie) -> String {
@@ -506,7 +515,19 @@ fn serve(
                     layer.len(),
                 );
             }
-            Lie::UnknownManifestType => send(
+            Lie::StallOnce if !STALLED.swap(true, std::sync::atomic::Ordering::SeqCst) => {
+                let half = &layer[..layer.len() / 2];
+                send(
+                    &mut out,
+                    "200 OK",
+                    "application/octet-stream",
+                    half,
+                    layer.len(),
+                );
+                let _ = out.flush();
+                thread::sleep(Duration::from_secs(120));
+            }
+            Lie::UnknownManifestType | Lie::StallOnce => send(
                 &mut out,
                 "200 OK",
                 "application/octet-stream",
@@ -579,6 +600,40 @@ fn a_manifest_of_an_unknown_media_type_is_refused() {
         Lie::UnknownManifestType,
         &["application/vnd.example.unknown+json", "does not support"],
     );
+}
+
+#[test]
+fn an_interrupted_pull_restarts_cleanly() {
+    let Some(berth) = empty_berth() else { return };
+    let host = hostile_registry(Lie::StallOnce);
+    let image = format!("{host}/h/x:1");
+    let pull = berth.spawn(&["pull", &image]);
+    // The layer's download has started once its temporary file is there.
+    let started = std::time::Instant::now();
+    while !blob_files(&berth).iter().any(|f| f.starts_with('.')) {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the pull never started the layer: {:?}",
+            blob_files(&berth)
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    pull.signal(Signal::SIGKILL);
+    let _ = pull.wait(Duration::from_secs(30));
+    assert!(
+        image_ids(&berth).is_empty(),
+        "a killed pull recorded an image"
+    );
+
+    let id = berth.run_ok(&["pull", "-q", &image]);
+    assert!(id.trim().starts_with("sha256:"), "{id}");
+    let files = blob_files(&berth);
+    assert!(
+        files.iter().all(|f| !f.starts_with('.')),
+        "temporary files left: {files:?}"
+    );
+    assert_eq!(files.len(), 3, "manifest, config and layer: {files:?}");
+    berth.run_ok(&["image", "inspect", &image]);
 }
 
 #[test]
