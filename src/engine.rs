@@ -86,6 +86,8 @@ pub struct RunFlags {
 pub struct VmRequest {
     pub cpus: u8,
     pub mem_mib: u64,
+    /// The user-mode network with its published ports, or `None` for loopback only.
+    pub network: Option<Vec<crate::vm::passt::Forward>>,
 }
 
 /// The rootfs "driver" recorded for microVM sandboxes.
@@ -507,13 +509,26 @@ impl Engine {
 
         let spec = self.write_bundle(id, resolved, lowers, req, None, dir.join("rootfs"))?;
         let etc_dir = dir.join("etc");
-        let etc_files = ["hostname", "hosts", "resolv.conf"]
+        let mut etc_files: Vec<(String, String)> = ["hostname", "hosts", "resolv.conf"]
             .iter()
             .filter_map(|name| {
                 let text = std::fs::read_to_string(etc_dir.join(name)).ok()?;
                 Some((name.to_string(), text))
             })
             .collect();
+        if machine.network.is_some() {
+            // Names resolve through passt's DNS forwarder; the gateway is the host.
+            use crate::vm::passt::{DNS, GATEWAY};
+            for (name, text) in etc_files.iter_mut() {
+                match name.as_str() {
+                    "resolv.conf" => *text = format!("nameserver {DNS}\n"),
+                    "hosts" => text.push_str(&format!(
+                        "{GATEWAY}\thost.containers.internal host.docker.internal\n"
+                    )),
+                    _ => {}
+                }
+            }
+        }
         let spec_json = serde_json::to_vec(&spec).map_err(|e| EngineError::Io {
             what: "encoding the runtime spec for",
             path: dir.clone(),
@@ -532,6 +547,7 @@ impl Engine {
             attach_stdin: flags.attach_stdin,
             etc_files,
             console_log: dir.join("console.log"),
+            network: machine.network.clone(),
         })?;
         if let (Some(b), Some(_)) = (outcome.boot, std::env::var_os("BERTH_BOOT_TIMES")) {
             eprintln!(

@@ -184,6 +184,15 @@ fn microvm_runs_the_image_as_the_container_wall_does() {
         ("writable", format!("{vm} $IMG sh -c 'rm /data/added && echo new > /data/dir/c && ls /data/dir'")),
         ("pty", format!("script -qec \"{vm} -t $IMG sh -c 'tty; stty size'\" /dev/null")),
         (
+            "net_gateway",
+            format!(
+                "busybox nc -ll -p 9000 -e echo hello-from-host & srv=$!; sleep 0.5; \
+                 {vm} $IMG sh -c 'nc host.containers.internal 9000 </dev/null; ls /sys/class/net'; \
+                 rc=$?; kill $srv; exit $rc"
+            ),
+        ),
+        ("net_none", format!("{vm} --network none $IMG ls /sys/class/net")),
+        (
             "sigint",
             format!(
                 "{vm} $IMG sh -c 'trap \"echo got-int; exit 5\" INT; echo ready; while :; do sleep 1; done' >$R/sigint.log 2>&1 & pid=$!; \

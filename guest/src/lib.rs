@@ -3,5 +3,6 @@
 //! terminal, signals and exit status over one framed channel. The same code runs as an
 //! ordinary process over any byte stream, which is how its protocol is tested.
 
+pub mod net;
 pub mod protocol;
 pub mod session;

@@ -20,6 +20,9 @@ pub struct StartOptions {
     /// and `resolv.conf` under /etc, the same ones the container wall bind-mounts.
     #[serde(default)]
     pub etc_files: Vec<(String, String)>,
+    /// The guest's NIC set-up (PID 1 only); without it the guest has only loopback.
+    #[serde(default)]
+    pub network: Option<crate::net::GuestNetwork>,
 }
 
 /// One message.
@@ -263,6 +266,12 @@ mod tests {
                     rows: 24,
                     cols: 80,
                     etc_files: vec![("hostname".into(), "h\n".into())],
+                    network: Some(crate::net::GuestNetwork {
+                        interface: "eth0".into(),
+                        address: std::net::Ipv4Addr::new(10, 0, 2, 100),
+                        prefix_len: 24,
+                        gateway: std::net::Ipv4Addr::new(10, 0, 2, 2),
+                    }),
                 },
             },
             Frame::Stdin(b"hello".to_vec()),

@@ -282,6 +282,7 @@ const ETC_FILES: &[&str] = &["hostname", "hosts", "resolv.conf"];
 /// Hostname, /etc files, tmpfs mounts and the read-only root: settings that belong to the
 /// whole VM.
 fn apply_system(spec: &Spec, options: &StartOptions) -> Result<(), String> {
+    crate::net::configure(options.network.as_ref())?;
     if let Some(h) = spec.hostname() {
         nix::unistd::sethostname(h).map_err(|e| format!("sethostname: {e}"))?;
     }
@@ -580,6 +581,7 @@ mod tests {
             rows: 24,
             cols: 80,
             etc_files: vec![],
+            network: None,
         }
     }
 
@@ -646,6 +648,7 @@ mod tests {
                 rows: 33,
                 cols: 101,
                 etc_files: vec![],
+                network: None,
             },
             vec![],
         );

@@ -77,9 +77,9 @@ pub struct RunArgs {
     /// Memory of the microVM (--vm): 512M, 2G, or a plain number of MiB.
     #[arg(short = 'm', long, value_name = "SIZE")]
     memory: Option<String>,
-    /// Network: none (only lo) or host.
-    #[arg(long, alias = "net", default_value = "none")]
-    network: String,
+    /// Network: none (only lo) or host; with --vm: passt (user-mode, the default) or none.
+    #[arg(long, alias = "net")]
+    network: Option<String>,
     /// The image, then the command and its arguments.
     #[arg(
         required = true,
@@ -129,7 +129,7 @@ fn request(a: &RunArgs) -> anyhow::Result<RunRequest> {
     if no_new_privs_off && !a.privileged {
         bail!("no-new-privileges=false needs --privileged: berth always sets no_new_privs with its seccomp filter");
     }
-    let network = match a.network.as_str() {
+    let network = match a.network.as_deref().unwrap_or("none") {
         "none" => NetworkMode::None,
         "host" => NetworkMode::Host,
         other => bail!("unknown --network {other:?}: berth runs containers with --network none or --network host"),
@@ -187,12 +187,17 @@ fn vm_request(a: &RunArgs) -> anyhow::Result<Option<VmRequest>> {
             "the guest agent applies no seccomp profile; the VM itself is the wall",
         )?;
     }
-    if a.network != "none" {
-        refuse(
-            &format!("--network {}", a.network),
-            "a microVM has no network device yet; use --network none",
-        )?;
-    }
+    let network = match a.network.as_deref() {
+        None | Some("passt") => Some(vec![]),
+        Some("none") => None,
+        Some(other) => {
+            refuse(
+                &format!("--network {other}"),
+                "a microVM's network is user-mode (passt, the default) or none",
+            )?;
+            None
+        }
+    };
     let cpus = match &a.cpus {
         None => VM_DEFAULT_CPUS,
         Some(c) => match c.parse::<u8>() {
@@ -204,7 +209,11 @@ fn vm_request(a: &RunArgs) -> anyhow::Result<Option<VmRequest>> {
         None => VM_DEFAULT_MEM_MIB,
         Some(m) => super::vmm::parse_mib(m)?,
     };
-    Ok(Some(VmRequest { cpus, mem_mib }))
+    Ok(Some(VmRequest {
+        cpus,
+        mem_mib,
+        network,
+    }))
 }
 
 /// Runs the container and returns its exit status (125 for berth's own errors).

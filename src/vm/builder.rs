@@ -3,7 +3,6 @@
 //! and the threads that run them; [`RunningVm::wait`] is the end of it.
 
 use std::fs::File;
-use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::mpsc::{self, Receiver};
@@ -21,12 +20,12 @@ use super::arch::{self, BootEntry, BootInfo};
 use super::devices::boot_timer::{BOOT_TIMER_ADDR, BOOT_TIMER_LEN};
 use super::devices::i8042::{I8042_BASE, I8042_LEN};
 use super::devices::serial::{COM1_BASE, COM1_IRQ, COM1_LEN};
-use super::devices::virtio::{self, Block, Console, Interrupt, MmioTransport};
+use super::devices::virtio::{self, Block, Console, Interrupt, MmioTransport, Net};
 use super::devices::{BootTimer, Bus, SerialConsole, I8042};
 use super::memory::{self, GuestMemory};
 use super::vcpu::{self, Vcpu, VcpuContext};
 use super::vm::{self, Vm};
-use super::{Error, ExitSignal, RunReport, VmConfig, VmEvent};
+use super::{Error, ExitSignal, RunReport, VmConfig, VmEvent, VmIo};
 
 /// Where the virtio-mmio devices start: the page after the boot timer.
 pub const VIRTIO_MMIO_BASE: u64 = BOOT_TIMER_ADDR + BOOT_TIMER_LEN;
@@ -80,18 +79,18 @@ pub struct RunningVm {
     exit: ExitSignal,
     vcpus: Vec<JoinHandle<()>>,
     boot_time: Arc<OnceLock<Duration>>,
-    /// The agent channel's host-input thread and the device's end of the stream, shut down
-    /// to stop that thread when the VM ends.
-    channel: Option<(JoinHandle<()>, UnixStream)>,
+    /// The host-input threads of the agent channel and the network, and the device's end of
+    /// their streams, shut down to stop those threads when the VM ends.
+    inputs: Vec<(JoinHandle<()>, UnixStream)>,
 }
 
 /// Boots `config`: every step in order, each one's failure reported as such.
-pub fn boot(
-    config: &VmConfig,
-    console: Box<dyn Write + Send>,
-    channel: Option<UnixStream>,
-    start: Instant,
-) -> Result<RunningVm, Error> {
+pub fn boot(config: &VmConfig, io: VmIo, start: Instant) -> Result<RunningVm, Error> {
+    let VmIo {
+        console,
+        channel,
+        net,
+    } = io;
     if config.vcpus == 0 {
         return Err(Error::NoVcpus);
     }
@@ -116,7 +115,8 @@ pub fn boot(
         }
         None => None,
     };
-    let device_count = config.disks.len() + usize::from(channel.is_some());
+    let device_count =
+        config.disks.len() + usize::from(channel.is_some()) + usize::from(net.is_some());
     if device_count > MAX_VIRTIO_DEVICES {
         return Err(Error::TooManyDevices(device_count));
     }
@@ -165,7 +165,7 @@ pub fn boot(
         BOOT_TIMER_LEN,
     )?;
     // virtio-mmio: the disks in order (the guest names them vda, vdb, ...), then the
-    //    agent channel (hvc0), each with an irqfd on its pin.
+    //    agent channel (hvc0) and the NIC (eth0), each with an irqfd on its pin.
     let mut slot = 0;
     let mut next_slot = |vm: &Vm| -> Result<(u64, Interrupt), Error> {
         let (addr, irq) = virtio_slot(slot);
@@ -190,22 +190,33 @@ pub fn boot(
             virtio::mmio::MMIO_LEN,
         )?;
     }
-    let channel = match channel {
-        Some(stream) => {
-            let output = stream.try_clone().map_err(Error::Devices)?;
-            let (addr, interrupt) = next_slot(&vm)?;
-            let transport = Arc::new(Mutex::new(MmioTransport::new(
-                Console::new(Box::new(output)),
-                mem.clone(),
-                interrupt,
-            )));
-            mmio.insert(transport.clone(), addr, virtio::mmio::MMIO_LEN)?;
-            let shutdown = stream.try_clone().map_err(Error::Devices)?;
-            let input = virtio::console::spawn_input(transport, stream).map_err(Error::Devices)?;
-            Some((input, shutdown))
-        }
-        None => None,
-    };
+    let mut inputs = Vec::new();
+    if let Some(stream) = channel {
+        let output = stream.try_clone().map_err(Error::Devices)?;
+        let (addr, interrupt) = next_slot(&vm)?;
+        let transport = Arc::new(Mutex::new(MmioTransport::new(
+            Console::new(Box::new(output)),
+            mem.clone(),
+            interrupt,
+        )));
+        mmio.insert(transport.clone(), addr, virtio::mmio::MMIO_LEN)?;
+        let shutdown = stream.try_clone().map_err(Error::Devices)?;
+        let input = virtio::console::spawn_input(transport, stream).map_err(Error::Devices)?;
+        inputs.push((input, shutdown));
+    }
+    if let Some((stream, mac)) = net {
+        let output = stream.try_clone().map_err(Error::Devices)?;
+        let (addr, interrupt) = next_slot(&vm)?;
+        let transport = Arc::new(Mutex::new(MmioTransport::new(
+            Net::new(mac, Box::new(output)),
+            mem.clone(),
+            interrupt,
+        )));
+        mmio.insert(transport.clone(), addr, virtio::mmio::MMIO_LEN)?;
+        let shutdown = stream.try_clone().map_err(Error::Devices)?;
+        let input = virtio::net::spawn_input(transport, stream).map_err(Error::Devices)?;
+        inputs.push((input, shutdown));
+    }
     vm.create_pit()?;
 
     // 6. vCPUs, each with its CPUID, MSRs, registers, FPU and LAPIC. vCPU 0 starts at the
@@ -247,7 +258,7 @@ pub fn boot(
         exit,
         vcpus: handles,
         boot_time,
-        channel,
+        inputs,
     })
 }
 
@@ -265,7 +276,7 @@ impl RunningVm {
         let event = self.events.recv().unwrap_or(VmEvent::Failed(Error::Lost));
         self.exit.stop();
         vcpu::stop_all(self.vcpus);
-        if let Some((input, stream)) = self.channel {
+        for (input, stream) in self.inputs {
             let _ = stream.shutdown(std::net::Shutdown::Both);
             let _ = input.join();
         }

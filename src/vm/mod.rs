@@ -18,6 +18,7 @@ mod builder;
 pub mod devices;
 pub mod guest;
 pub mod memory;
+pub mod passt;
 pub mod sandbox;
 #[cfg(target_arch = "x86_64")]
 pub mod vcpu;
@@ -55,6 +56,17 @@ pub struct VmConfig {
     pub mem_mib: u64,
     /// virtio block devices, in the order the guest sees them (vda, vdb, ...).
     pub disks: Vec<DiskConfig>,
+}
+
+/// The host ends of a VM's streams.
+pub struct VmIo {
+    /// The serial console's output.
+    pub console: Box<dyn Write + Send>,
+    /// The guest agent's channel (virtio-console, `/dev/hvc0` in the guest).
+    pub channel: Option<std::os::unix::net::UnixStream>,
+    /// A network back end speaking length-prefixed Ethernet frames (virtio-net, `eth0`),
+    /// with the guest NIC's MAC address.
+    pub net: Option<(std::os::unix::net::UnixStream, [u8; 6])>,
 }
 
 /// A host file the guest sees as a virtio block device.
@@ -182,7 +194,12 @@ pub fn run(
     console: Box<dyn Write + Send>,
     start: Instant,
 ) -> Result<RunReport, Error> {
-    builder::boot(config, console, None, start)?.wait()
+    let io = VmIo {
+        console,
+        channel: None,
+        net: None,
+    };
+    builder::boot(config, io, start)?.wait()
 }
 
 /// Boots `config` with the serial console on `console` and waits until the guest ends.

@@ -15,12 +15,14 @@ use std::path::PathBuf;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use berth_agent::net::GuestNetwork;
 use berth_agent::protocol::{Frame, ProtocolError, StartOptions};
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{SigSet, SigmaskHow, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 
 use super::guest::disk_name;
+use super::passt::{self, Forward, PasstError};
 use super::{DiskConfig, RunReport, VmConfig};
 use crate::term::{self, RawMode};
 
@@ -60,6 +62,9 @@ pub struct SandboxConfig {
     pub etc_files: Vec<(String, String)>,
     /// Where the guest's serial console (kernel messages, agent failures) is written.
     pub console_log: PathBuf,
+    /// A user-mode network (passt behind a virtio-net NIC) with these published ports; `None`
+    /// for a guest with loopback only.
+    pub network: Option<Vec<Forward>>,
 }
 
 /// How long the guest took to come up, as the agent reported it.
@@ -92,6 +97,8 @@ pub enum SandboxError {
     Stopped { reason: String, console: String },
     #[error("the guest agent did not come up within {}s; the guest console said:\n{console}", timeout.as_secs())]
     BootTimeout { timeout: Duration, console: String },
+    #[error(transparent)]
+    Network(#[from] PasstError),
     #[error("cannot set up signal handling: {0}")]
     Signals(#[source] nix::Error),
     #[error("cannot open the console log {}: {source}", path.display())]
@@ -180,7 +187,25 @@ pub fn run(cfg: &SandboxConfig) -> Result<Outcome, SandboxError> {
             })
             .collect(),
     };
-    let vm = super::boot(&config, console, Some(device), start)?;
+    let (_passt, net) = match &cfg.network {
+        Some(forwards) => {
+            let log_path = cfg.console_log.with_file_name("passt.log");
+            let log =
+                std::fs::File::create(&log_path).map_err(|source| SandboxError::ConsoleLog {
+                    path: log_path,
+                    source,
+                })?;
+            let (passt, stream) = passt::start(forwards, log)?;
+            (Some(passt), Some((stream, passt::guest_mac())))
+        }
+        None => (None, None),
+    };
+    let io = super::VmIo {
+        console,
+        channel: Some(device),
+        net,
+    };
+    let vm = super::boot(&config, io, start)?;
 
     let (events_tx, events) = mpsc::channel();
     let (wake_r, wake_w) = nix::unistd::pipe().map_err(|e| SandboxError::Channel(e.into()))?;
@@ -408,6 +433,12 @@ impl Session<'_> {
             rows: size.ws_row,
             cols: size.ws_col,
             etc_files: self.cfg.etc_files.clone(),
+            network: self.cfg.network.as_ref().map(|_| GuestNetwork {
+                interface: "eth0".into(),
+                address: passt::GUEST,
+                prefix_len: passt::PREFIX_LEN,
+                gateway: passt::GATEWAY,
+            }),
         };
         // Raw mode only when keystrokes go to the sandbox (-t with -i), as the container wall
         // does: with -t alone Ctrl-C stays a signal to berth, which forwards it.

@@ -12,6 +12,7 @@ pub mod console;
 #[doc(hidden)]
 pub mod fuzz;
 pub mod mmio;
+pub mod net;
 #[doc(hidden)]
 pub mod testdriver;
 
@@ -26,6 +27,7 @@ use super::super::memory::GuestMemory;
 pub use block::Block;
 pub use console::Console;
 pub use mmio::MmioTransport;
+pub use net::Net;
 
 /// virtio device ids (virtio 1.1, 5).
 pub const TYPE_BLOCK: u32 = 2;
