@@ -11,7 +11,7 @@ use std::io::Write;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress};
 
-use super::{Block, Console, Interrupt, MmioTransport, QueueContext, VirtioDevice};
+use super::{Block, Console, Interrupt, MmioTransport, Net, QueueContext, VirtioDevice};
 use crate::vm::devices::bus::BusDevice;
 use crate::vm::memory::GuestMemory;
 
@@ -85,6 +85,30 @@ pub fn console_queues(data: &[u8]) {
         interrupt: &irq,
     };
     dev.push_input(&rest[..rest.len().min(4096)], &mut ctx);
+    dev.process_queue(1, &mut ctx);
+    dev.process_queue(0, &mut ctx);
+}
+
+/// The NIC: host frames into the receive queue, guest frames from the transmit queue.
+pub fn net_queues(data: &[u8]) {
+    let Some((head, rest)) = data.split_first_chunk::<8>() else {
+        return;
+    };
+    let mem = memory(rest);
+    let mut dev = Net::new([2, 0, 0, 0, 0, 1], Box::new(std::io::sink()));
+    let mut second = *head;
+    second.rotate_left(3);
+    let mut queues = vec![queue(head, 256), queue(&second, 256)];
+    let irq = interrupt();
+    let mut ctx = QueueContext {
+        mem: &mem,
+        queues: &mut queues,
+        interrupt: &irq,
+    };
+    let mut frames = rest;
+    while let Some(frame) = super::net::read_frame(&mut frames) {
+        dev.push_frame(frame, &mut ctx);
+    }
     dev.process_queue(1, &mut ctx);
     dev.process_queue(0, &mut ctx);
 }
@@ -163,6 +187,13 @@ mod tests {
     fn console_survives_random_rings() {
         for data in inputs(2, 300) {
             console_queues(&data);
+        }
+    }
+
+    #[test]
+    fn net_survives_random_rings_and_frames() {
+        for data in inputs(4, 300) {
+            net_queues(&data);
         }
     }
 
