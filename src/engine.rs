@@ -10,6 +10,7 @@ use crate::image::registry::{
     self, Credentials, PullOptions, PulledImage, PushOptions, PushedImage, RegistriesConfig,
     RegistryError,
 };
+use crate::net::{self, NetError, NetworkOptions, NetworkStore, PublishedPort};
 use crate::image::{
     ArchiveFormat, ContainerUse, HistoryEntry, ImageError, ImageInspect, ImageRemoval, ImageStore,
     ImageSummary, LoadedImage, PruneReport, ResolvedImage,
@@ -39,6 +40,8 @@ pub enum EngineError {
     Guest(#[from] GuestError),
     #[error(transparent)]
     Sandbox(#[from] SandboxError),
+    #[error(transparent)]
+    Net(#[from] NetError),
     #[error("{what} {path}: {source}")]
     Io {
         what: &'static str,
@@ -79,6 +82,8 @@ pub struct RunFlags {
     pub attach_stdin: bool,
     /// Run in a microVM instead of a container.
     pub vm: Option<VmRequest>,
+    /// `--network`, `-p`, `-P`, `--network-alias`.
+    pub network: NetworkOptions,
 }
 
 /// The machine a `run --vm` sandbox gets.
@@ -116,6 +121,8 @@ pub struct Info {
     pub vm_agent: Option<PathBuf>,
     /// Whether `run --vm` can run here, or why not.
     pub kvm: String,
+    /// The default network backend and the tools found.
+    pub network: net::NetInfo,
 }
 
 fn random_hex(bytes: usize) -> String {
@@ -363,6 +370,7 @@ impl Engine {
                 Ok(()) => "usable".to_string(),
                 Err(e) => format!("not usable: {e}"),
             },
+            network: net::info(),
         }
     }
 
@@ -425,6 +433,8 @@ impl Engine {
                 driver: driver.map_or_else(|| VM_DRIVER.to_string(), |d| d.to_string()),
                 writable: vec![],
                 auto_remove: flags.remove,
+                ports: vec![],
+                network: String::new(),
             };
             self.containers.save(&rec)?;
         }
@@ -449,9 +459,31 @@ impl Engine {
         flags: &RunFlags,
     ) -> Result<i32, EngineError> {
         let dir = self.containers.dir(id);
-        let plan = rootfs::prepare(driver, lowers, &dir, &self.ids)?;
         let etc_dir = dir.join("etc");
         std::fs::create_dir_all(&etc_dir).map_err(io("creating", &etc_dir))?;
+        // The network first: a published port in use fails the run before anything starts.
+        let mut rec = self.containers.find(id)?;
+        let hostname = req
+            .hostname
+            .clone()
+            .unwrap_or_else(|| id[..12.min(id.len())].to_string());
+        let who = net::Identity {
+            id,
+            name: &rec.name,
+            hostname: &hostname,
+            hosts_file: etc_dir.join("hosts"),
+        };
+        let exposed = resolved
+            .config
+            .config()
+            .as_ref()
+            .and_then(|c| c.exposed_ports().clone())
+            .unwrap_or_default();
+        let mut network = net::prepare(&flags.network, &exposed, &who, &self.dirs, &self.ids)?;
+        let mut req = req.clone();
+        req.network = network.mode;
+        let req = &req;
+        let plan = rootfs::prepare(driver, lowers, &dir, &self.ids)?;
         for v in &req.volumes {
             if !v.host.exists() {
                 std::fs::create_dir_all(&v.host)
@@ -466,11 +498,15 @@ impl Engine {
             ids: &self.ids,
             passwd: rootfs::read_merged(lowers, "etc/passwd"),
             group: rootfs::read_merged(lowers, "etc/group"),
+            join_userns: network.join_userns(),
         };
         let spec = spec::build(req, &resolved.config, &ctx)?;
         let hostname = spec.hostname().clone().unwrap_or_default();
-        spec::write_etc_files(&etc_dir, &hostname, req.network)
-            .map_err(io("writing /etc files in", &etc_dir))?;
+        match &network.view {
+            Some(view) => net::hosts::write(&etc_dir, &hostname, view),
+            None => spec::write_etc_files(&etc_dir, &hostname, req.network),
+        }
+        .map_err(io("writing /etc files in", &etc_dir))?;
         let config = dir.join("config.json");
         spec.save(&config).map_err(|e| EngineError::Io {
             what: "writing",
@@ -478,9 +514,10 @@ impl Engine {
             source: std::io::Error::other(e.to_string()),
         })?;
 
-        let mut rec = self.containers.find(id)?;
         rec.status = Status::Running;
         rec.writable = plan.writable.clone();
+        rec.ports = network.published.clone();
+        rec.network = network.name.clone();
         rec.command = spec
             .process()
             .as_ref()
@@ -497,7 +534,9 @@ impl Engine {
             },
             seccomp_cache: Some(self.dirs.cache.join("seccomp")),
         };
-        let code = container::run(&dir, &self.ids, &opts)?;
+        let code = container::run(&dir, &self.ids, &opts, Some(&mut network.attachment))?;
+        // slirp4netns, pasta, the forwarder and the network membership end here.
+        drop(network);
         if !flags.remove {
             rec.status = Status::Exited;
             rec.exit_code = Some(code);
@@ -537,6 +576,7 @@ impl Engine {
             ids: &self.ids,
             passwd: rootfs::read_merged(lowers, "etc/passwd"),
             group: rootfs::read_merged(lowers, "etc/group"),
+            join_userns: None,
         };
         let spec = spec::build(req, &resolved.config, &ctx)?;
         let hostname = spec.hostname().clone().unwrap_or_default();
@@ -592,6 +632,82 @@ impl Engine {
             self.containers.save(&rec)?;
         }
         Ok(outcome.exit_code)
+    }
+
+    /// `berth port CONTAINER`: the container's published ports.
+    pub fn ports(&self, key: &str) -> Result<Vec<PublishedPort>, EngineError> {
+        Ok(self.containers.find(key)?.ports)
+    }
+
+    /// `berth network create NAME [--subnet CIDR]`.
+    pub fn network_create(
+        &self,
+        name: &str,
+        subnet: Option<&str>,
+    ) -> Result<net::NetworkConfig, EngineError> {
+        let subnet = subnet.map(net::store::parse_subnet).transpose()?;
+        Ok(NetworkStore::new(&self.dirs).create(name, subnet)?)
+    }
+
+    /// `berth network ls`.
+    pub fn networks(&self) -> Vec<net::NetworkConfig> {
+        NetworkStore::new(&self.dirs).list()
+    }
+
+    /// Running containers on the network `name`.
+    pub fn network_users(&self, name: &str) -> Vec<ContainerRecord> {
+        self.containers()
+            .into_iter()
+            .filter(|c| c.network == name && ContainerStore::is_running(c))
+            .collect()
+    }
+
+    /// `berth network inspect NAME`: the definition and the running containers on it.
+    pub fn network_inspect(
+        &self,
+        name: &str,
+    ) -> Result<(net::NetworkConfig, Vec<ContainerRecord>), EngineError> {
+        let config = NetworkStore::new(&self.dirs).get(name)?;
+        let users = self.network_users(&config.name);
+        Ok((config, users))
+    }
+
+    /// `berth network rm [-f] NAME`: refuses a network that running containers use, unless
+    /// `force`, which stops them first (their network goes with them).
+    pub fn network_remove(&self, name: &str, force: bool) -> Result<String, EngineError> {
+        let store = NetworkStore::new(&self.dirs);
+        let config = store.get(name)?;
+        let users = self.network_users(&config.name);
+        if !users.is_empty() {
+            if !force {
+                let names: Vec<&str> = users.iter().map(|c| c.name.as_str()).collect();
+                return Err(NetError::Store(format!(
+                    "network {} is in use by {}: stop them first, or use `berth network rm -f {}`",
+                    config.name,
+                    names.join(", "),
+                    config.name
+                ))
+                .into());
+            }
+            for c in &users {
+                self.remove(&c.id, true)?;
+            }
+        }
+        store.remove(&config.name)?;
+        Ok(config.name)
+    }
+
+    /// `berth network prune`: removes the networks no running container uses.
+    pub fn network_prune(&self) -> Result<Vec<String>, EngineError> {
+        let store = NetworkStore::new(&self.dirs);
+        let mut removed = vec![];
+        for n in store.list() {
+            if self.network_users(&n.name).is_empty() {
+                store.remove(&n.name)?;
+                removed.push(n.name);
+            }
+        }
+        Ok(removed)
     }
 
     fn remove_dir(&self, id: &str) {
