@@ -10,11 +10,11 @@ use crate::image::registry::{
     self, Credentials, PullOptions, PulledImage, PushOptions, PushedImage, RegistriesConfig,
     RegistryError,
 };
-use crate::net::{self, NetError, NetworkOptions, NetworkStore, PublishedPort};
 use crate::image::{
     ArchiveFormat, ContainerUse, HistoryEntry, ImageError, ImageInspect, ImageRemoval, ImageStore,
     ImageSummary, LoadedImage, PruneReport, ResolvedImage,
 };
+use crate::net::{self, NetError, NetworkOptions, NetworkStore, PublishedPort};
 use crate::paths::Dirs;
 use crate::rootfs::{self, Driver, LayerStore, RootfsError};
 use crate::spec::{self, RunRequest, SpecContext, SpecError};

@@ -273,8 +273,18 @@ fn udp_echo_through_a_published_port(network: &str) {
     let publish = format!("127.0.0.1:{port}:5353/udp");
     let volume = format!("{}:/tools:ro", tools.display());
     let mut server = berth.spawn(&[
-        "run", "--rm", "--init", "--network", network, "-p", &publish, "-v", &volume, IMAGE,
-        "/tools/udp-echo", "5353",
+        "run",
+        "--rm",
+        "--init",
+        "--network",
+        network,
+        "-p",
+        &publish,
+        "-v",
+        &volume,
+        IMAGE,
+        "/tools/udp-echo",
+        "5353",
     ]);
     server.wait_for_line("listening", Duration::from_secs(30));
     let reply = udp_ask(
@@ -296,6 +306,47 @@ fn udp_echo_on_a_published_port() {
 }
 
 #[test]
+fn publish_all_publishes_the_images_exposed_ports() {
+    let Some(berth) = berth_with("slirp4netns") else {
+        return;
+    };
+    berth.load_config_image();
+    let mut server = berth.spawn(&[
+        "run",
+        "--rm",
+        "--init",
+        "--name",
+        "exposed",
+        "-P",
+        "--entrypoint",
+        "sh",
+        common::CONFIG_IMAGE,
+        "-c",
+        "echo up; exec nc -ll -p 8080 -e cat",
+    ]);
+    server.wait_for_line("up", Duration::from_secs(30));
+    let ports = berth.run_ok(&["port", "exposed"]);
+    let find = |key: &str| -> SocketAddr {
+        lines(&ports)
+            .iter()
+            .find_map(|l| l.strip_prefix(key).map(|a| a.parse().expect("an address")))
+            .unwrap_or_else(|| panic!("no {key} in berth port:\n{ports}"))
+    };
+    let tcp = find("8080/tcp -> ");
+    let udp = find("5353/udp -> ");
+    assert!(tcp.ip().is_unspecified() && tcp.port() != 0, "{ports}");
+    assert!(udp.ip().is_unspecified() && udp.port() != 0, "{ports}");
+    let reply = tcp_ask(
+        SocketAddr::from((Ipv4Addr::LOCALHOST, tcp.port())),
+        "exposed\n",
+        Duration::from_secs(20),
+    );
+    assert_eq!(reply, "exposed\n");
+    server.signal(nix::sys::signal::Signal::SIGTERM);
+    server.wait(Duration::from_secs(20));
+}
+
+#[test]
 fn a_host_port_in_use_fails_before_the_container_starts() {
     let Some(berth) = Berth::new() else { return };
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -304,7 +355,15 @@ fn a_host_port_in_use_fails_before_the_container_starts() {
     let volume = format!("{}:/marker", marker.display());
     let publish = format!("127.0.0.1:{port}:80");
     let args = [
-        "run", "--rm", "-p", &publish, "-v", &volume, IMAGE, "touch", "/marker/ran",
+        "run",
+        "--rm",
+        "-p",
+        &publish,
+        "-v",
+        &volume,
+        IMAGE,
+        "touch",
+        "/marker/ran",
     ];
     let out = berth.cmd(&args);
     assert_exit(&args, &out, 125);
@@ -319,7 +378,16 @@ fn a_host_port_in_use_fails_before_the_container_starts() {
 #[test]
 fn publishing_needs_a_network_of_the_containers_own() {
     let Some(berth) = Berth::new() else { return };
-    let args = ["run", "--rm", "--network", "none", "-p", "8080:80", IMAGE, "true"];
+    let args = [
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "-p",
+        "8080:80",
+        IMAGE,
+        "true",
+    ];
     let out = berth.cmd(&args);
     assert_exit(&args, &out, 125);
     assert!(stderr(&out).contains("--network none"), "{}", stderr(&out));
@@ -341,10 +409,7 @@ fn a_missing_backend_says_how_to_install_it() {
     for helper in ["newuidmap", "newgidmap", "setpriv"] {
         std::os::unix::fs::symlink(format!("/usr/bin/{helper}"), bin.join(helper)).unwrap();
     }
-    let Some(berth) = Berth::options()
-        .env("PATH", &bin.to_string_lossy())
-        .start()
-    else {
+    let Some(berth) = Berth::options().env("PATH", &bin.to_string_lossy()).start() else {
         return;
     };
     for (network, tool, package) in [
@@ -356,7 +421,9 @@ fn a_missing_backend_says_how_to_install_it() {
         assert_exit(&args, &out, 125);
         let err = stderr(&out);
         assert!(
-            err.contains(&format!("{tool} not found: install it with `apt-get install {package}`")),
+            err.contains(&format!(
+                "{tool} not found: install it with `apt-get install {package}`"
+            )),
             "{err}"
         );
     }
@@ -424,6 +491,120 @@ fn resolv_conf_names_the_user_mode_dns_forwarder() {
             "{network}: {out}"
         );
     }
+}
+
+/// A DNS server on the host's 127.0.0.1:53 that answers every A query with 192.0.2.123 (and
+/// AAAA with no record), until `stop` is set.
+fn fake_dns(
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Option<std::thread::JoinHandle<usize>> {
+    let sock = UdpSocket::bind("127.0.0.1:53").ok()?;
+    sock.set_read_timeout(Some(Duration::from_millis(100)))
+        .ok()?;
+    Some(std::thread::spawn(move || {
+        let mut answered = 0;
+        let mut buf = [0u8; 512];
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let Ok((n, from)) = sock.recv_from(&mut buf) else {
+                continue;
+            };
+            if n < 17 {
+                continue;
+            }
+            // Header, then the question: name labels, a zero, type and class.
+            let mut end = 12;
+            while end < n && buf[end] != 0 {
+                end += buf[end] as usize + 1;
+            }
+            let qend = end + 5;
+            if qend > n {
+                continue;
+            }
+            let qtype = u16::from_be_bytes([buf[end + 1], buf[end + 2]]);
+            let a = qtype == 1;
+            let mut reply = buf[..qend].to_vec();
+            reply[2] = 0x81;
+            reply[3] = 0x80;
+            reply[6..8].copy_from_slice(&[0, a as u8]);
+            reply[8..12].copy_from_slice(&[0, 0, 0, 0]);
+            if a {
+                reply.extend_from_slice(&[
+                    0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 192, 0, 2, 123,
+                ]);
+                answered += 1;
+            }
+            let _ = sock.send_to(&reply, from);
+        }
+        answered
+    }))
+}
+
+/// Names resolve through the user-mode DNS forwarder to the host's resolver: here a fake one
+/// on the host's loopback, which berth (and its slirp4netns or pasta) sees as the only entry
+/// of /etc/resolv.conf through a mount namespace the test makes.
+#[test]
+fn names_resolve_through_the_user_mode_dns_forwarder() {
+    if !nix::unistd::Uid::effective().is_root() {
+        skip("this test binds a fake DNS server to port 53 and needs the suite to run as root");
+        return;
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let Some(server) = fake_dns(stop.clone()) else {
+        skip("port 53 on 127.0.0.1 is taken: a DNS server runs on this host");
+        return;
+    };
+    let resolv = tempfile::Builder::new()
+        .prefix("berth-resolv-")
+        .tempfile_in("/tmp")
+        .unwrap();
+    std::fs::write(resolv.path(), "nameserver 127.0.0.1\n").unwrap();
+    std::fs::set_permissions(
+        resolv.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .unwrap();
+    for network in ["slirp4netns", "pasta"] {
+        let Some(berth) = berth_with(network) else {
+            continue;
+        };
+        let args = [
+            "run",
+            "--rm",
+            "--network",
+            network,
+            IMAGE,
+            "nslookup",
+            "db.berth.test",
+        ];
+        let inner = berth.command(&args);
+        let mut cmd = Command::new("unshare");
+        cmd.args([
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            "mount --bind \"$0\" /etc/resolv.conf && exec \"$@\"",
+        ])
+        .arg(resolv.path())
+        .arg(inner.get_program())
+        .args(inner.get_args())
+        .env_clear()
+        .current_dir("/");
+        for (k, v) in inner.get_envs() {
+            if let Some(v) = v {
+                cmd.env(k, v);
+            }
+        }
+        let out = cmd.output().expect("running unshare");
+        assert!(
+            stdout(&out).contains("192.0.2.123"),
+            "{network}: the name did not resolve through the forwarder:\n{}",
+            describe(&args, &out)
+        );
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(server.join().unwrap() > 0);
 }
 
 // --- user-defined networks ------------------------------------------------------------------------
@@ -509,13 +690,28 @@ fn containers_on_different_networks_do_not_reach_each_other() {
     assert_eq!(same, "secret\n");
     // ... and neither by name nor by address from another.
     let args = [
-        "run", "--rm", "--network", "blue", IMAGE, "sh", "-c",
+        "run",
+        "--rm",
+        "--network",
+        "blue",
+        IMAGE,
+        "sh",
+        "-c",
         "nc -w 2 vault 7000 </dev/null; echo name:$?",
     ];
     let other = stdout(&berth.cmd(&args));
     assert!(other.contains("name:1"), "{other}");
     let script = format!("nc -w 3 {ip} 7000 </dev/null; echo addr:$?");
-    let args = ["run", "--rm", "--network", "blue", IMAGE, "sh", "-c", &script];
+    let args = [
+        "run",
+        "--rm",
+        "--network",
+        "blue",
+        IMAGE,
+        "sh",
+        "-c",
+        &script,
+    ];
     let other = stdout(&berth.cmd(&args));
     assert!(
         !other.contains("secret") && other.contains("addr:1"),
@@ -532,7 +728,16 @@ fn a_user_defined_network_reaches_the_host_and_publishes_ports() {
     let port = free_port();
     let publish = format!("127.0.0.1:{port}:8080");
     let mut server = berth.spawn(&[
-        "run", "--rm", "--init", "--network", "pub", "-p", &publish, IMAGE, "sh", "-c",
+        "run",
+        "--rm",
+        "--init",
+        "--network",
+        "pub",
+        "-p",
+        &publish,
+        IMAGE,
+        "sh",
+        "-c",
         "echo up; exec nc -ll -p 8080 -e cat",
     ]);
     server.wait_for_line("up", Duration::from_secs(30));
@@ -564,7 +769,10 @@ fn network_commands_create_list_inspect_and_remove() {
     assert_eq!(berth.run_ok(&["network", "create", "one"]), "one\n");
     berth.run_ok(&["network", "create", "--subnet", "10.123.0.0/24", "two"]);
     let ls = berth.run_ok(&["network", "ls"]);
-    assert!(ls.contains("10.89.1.0/24") && ls.contains("10.123.0.0/24"), "{ls}");
+    assert!(
+        ls.contains("10.89.1.0/24") && ls.contains("10.123.0.0/24"),
+        "{ls}"
+    );
     let args = ["network", "create", "one"];
     let out = berth.cmd(&args);
     assert_exit(&args, &out, 1);

@@ -76,7 +76,12 @@ pub fn network(engine: &Engine, cmd: NetworkCommand) -> anyhow::Result<()> {
                     println!("{}", n.name);
                     continue;
                 }
-                rows.push([n.id[..12].to_string(), n.name.clone(), n.driver.clone(), n.cidr()]);
+                rows.push([
+                    n.id[..12].to_string(),
+                    n.name.clone(),
+                    n.driver.clone(),
+                    n.cidr(),
+                ]);
             }
             if !a.quiet {
                 super::image::print_table(&rows);

@@ -84,7 +84,11 @@ pub struct RunArgs {
     network: Option<String>,
     /// Publish a container port on the host: [IP:][HOSTPORT:]CTRPORT[/tcp|/udp]; without
     /// HOSTPORT a free port is picked (`berth port` shows it).
-    #[arg(short = 'p', long = "publish", value_name = "[IP:][HOSTPORT:]CTRPORT[/PROTO]")]
+    #[arg(
+        short = 'p',
+        long = "publish",
+        value_name = "[IP:][HOSTPORT:]CTRPORT[/PROTO]"
+    )]
     publish: Vec<String>,
     /// Publish every port the image EXPOSEs, each on a free host port.
     #[arg(short = 'P', long)]

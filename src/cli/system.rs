@@ -57,10 +57,14 @@ pub fn info(engine: &Engine, args: InfoArgs) -> anyhow::Result<()> {
     println!("microVM agent: {}", or_missing(&info.vm_agent));
     println!("KVM: {}", info.kvm);
     println!("Network: {} (default)", info.network.default_backend);
-    for (tool, path) in [("slirp4netns", &info.network.slirp4netns), ("pasta", &info.network.pasta)] {
+    for (tool, path) in [
+        ("slirp4netns", &info.network.slirp4netns),
+        ("pasta", &info.network.pasta),
+    ] {
         println!(
             "  {tool}: {}",
-            path.as_ref().map_or_else(|| "not installed".to_string(), |p| p.display().to_string())
+            path.as_ref()
+                .map_or_else(|| "not installed".to_string(), |p| p.display().to_string())
         );
     }
     Ok(())

@@ -11,7 +11,6 @@ pub mod userns;
 pub use idmap::{IdMapping, IdMode};
 pub use process::{run, RunOptions, INIT_ANNOTATION};
 
-
 /// Connects a container's new network namespace before its process starts.
 pub trait NetworkAttach {
     /// `pid` is a process in the container's user and network namespaces that lives as long

@@ -117,10 +117,7 @@ pub fn run(
     // A user namespace to join (a user-defined network's) instead of a new one.
     let join_userns = match joined_ns(&spec, LinuxNamespaceType::User) {
         Some(p) => Some(OwnedFd::from(std::fs::File::open(&p).map_err(|e| {
-            ContainerError::Setup(format!(
-                "opening the user namespace {}: {e}",
-                p.display()
-            ))
+            ContainerError::Setup(format!("opening the user namespace {}: {e}", p.display()))
         })?)),
         None => None,
     };

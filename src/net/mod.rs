@@ -26,7 +26,9 @@ pub use store::{NetworkConfig, NetworkStore};
 /// Errors of the network code; each says what to do next.
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
-    #[error("{tool} not found: install it with `apt-get install {package}` (or pick another --network)")]
+    #[error(
+        "{tool} not found: install it with `apt-get install {package}` (or pick another --network)"
+    )]
     ToolMissing {
         tool: &'static str,
         package: &'static str,
@@ -50,7 +52,9 @@ pub enum NetError {
     },
     #[error("unknown --network {0:?}: use none, host, slirp4netns, pasta, or the name of a network made with `berth network create`")]
     UnknownNetwork(String),
-    #[error("invalid --network option {0:?}: slirp4netns takes port_handler=rootlesskit|slirp4netns")]
+    #[error(
+        "invalid --network option {0:?}: slirp4netns takes port_handler=rootlesskit|slirp4netns"
+    )]
     BadOption(String),
     #[error("{what} is only available with a network of the container's own (not with --network {mode})")]
     NeedsOwnNetwork { what: &'static str, mode: String },
@@ -331,9 +335,10 @@ pub fn prepare(
     let mut attachment = Attachment {
         plan: Plan::Unconnected,
         run_dir,
-        api_socket: dirs
-            .runtime
-            .join(format!("slirp4netns-{}.sock", &who.id[..12.min(who.id.len())])),
+        api_socket: dirs.runtime.join(format!(
+            "slirp4netns-{}.sock",
+            &who.id[..12.min(who.id.len())]
+        )),
         userns: ids.uses_userns(),
         sockets: vec![],
         tool_ports: vec![],
@@ -461,7 +466,12 @@ impl Attachment {
     }
 
     /// Starts berth's forwarder for the ports it holds sockets for.
-    fn forward(&mut self, userns: Option<&Path>, netns: &Path, target: IpAddr) -> Result<(), NetError> {
+    fn forward(
+        &mut self,
+        userns: Option<&Path>,
+        netns: &Path,
+        target: IpAddr,
+    ) -> Result<(), NetError> {
         if self.sockets.is_empty() {
             return Ok(());
         }

@@ -458,10 +458,20 @@ impl Inner {
         let fwd = Path::new("/proc/sys/net/ipv4/ip_forward");
         std::fs::write(fwd, "1").map_err(super::io("enabling forwarding in", fwd))?;
         // Out through slirp4netns with the tap's address; never from one bridge to another.
-        iptables(&["-t", "nat", "-A", "POSTROUTING", "-o", "tap0", "-j", "MASQUERADE"])?;
+        iptables(&[
+            "-t",
+            "nat",
+            "-A",
+            "POSTROUTING",
+            "-o",
+            "tap0",
+            "-j",
+            "MASQUERADE",
+        ])?;
         iptables(&["-A", "FORWARD", "-i", "brth+", "-o", "brth+", "-j", "DROP"])?;
         let _ = std::fs::remove_file(&f.socket);
-        let listener = UnixListener::bind(&f.socket).map_err(super::io("listening on", &f.socket))?;
+        let listener =
+            UnixListener::bind(&f.socket).map_err(super::io("listening on", &f.socket))?;
         listener.set_nonblocking(true).map_err(daemon_err)?;
         Ok(Inner {
             listener,
@@ -542,7 +552,11 @@ impl Inner {
             }
             Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
         };
-        while let Some(pos) = self.conns.get(&id).and_then(|c| c.buf.iter().position(|b| *b == b'\n')) {
+        while let Some(pos) = self
+            .conns
+            .get(&id)
+            .and_then(|c| c.buf.iter().position(|b| *b == b'\n'))
+        {
             let line: Vec<u8> = self
                 .conns
                 .get_mut(&id)

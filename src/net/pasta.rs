@@ -71,7 +71,10 @@ impl Pasta {
     pub fn start(pid: i32, ports: &[PublishedPort], run_dir: &Path) -> Result<Pasta, NetError> {
         let program = Backend::Pasta.program()?;
         if host_gateway().is_none() {
-            return Err(tool_err("the host has no IPv4 default route for pasta to copy; use --network slirp4netns".into()));
+            return Err(tool_err(
+                "the host has no IPv4 default route for pasta to copy; use --network slirp4netns"
+                    .into(),
+            ));
         }
         let pid_file = run_dir.join("pasta.pid");
         let log = run_dir.join("pasta.log");

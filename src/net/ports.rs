@@ -258,12 +258,11 @@ impl Forwarder {
         };
         let user_fd = userns.map(open).transpose()?;
         let net_fd = open(netns)?;
-        let (rd, wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| {
-            NetError::Tool {
+        let (rd, wr) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| NetError::Tool {
                 tool: "port forwarder",
                 message: format!("pipe: {e}"),
-            }
-        })?;
+            })?;
         let parent = nix::unistd::getpid();
         // SAFETY: fork in a single-threaded process (berth runs a container from its main
         // thread only); the child runs only code that is safe after fork.
@@ -418,8 +417,7 @@ fn pump(from: &TcpStream, to: &TcpStream) {
                     flags,
                 )
             };
-            if m < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted
-            {
+            if m < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
                 continue;
             }
             if m <= 0 {
@@ -523,7 +521,15 @@ mod tests {
         assert_eq!(s.proto, Proto::Udp);
         assert_eq!(p("127.0.0.1::80").host_port, None);
         assert_eq!(p("[::1]:8080:80").host_ip, Some("::1".parse().unwrap()));
-        for bad in ["0", "x", "70000", "1:2:3:4", "80/sctp", "1000-1010:80", "a.b:1:2"] {
+        for bad in [
+            "0",
+            "x",
+            "70000",
+            "1:2:3:4",
+            "80/sctp",
+            "1000-1010:80",
+            "a.b:1:2",
+        ] {
             assert!(bad.parse::<PortSpec>().is_err(), "{bad}");
         }
     }

@@ -73,7 +73,12 @@ impl Slirp4netns {
             .map_err(|e| tool_err(format!("pipe: {e}")))?;
         let logf = std::fs::File::create(log).map_err(super::io("creating", log))?;
         let mut cmd = Command::new(program);
-        cmd.args(["--configure", "--mtu=65520", "--enable-seccomp", "--ready-fd=3"]);
+        cmd.args([
+            "--configure",
+            "--mtu=65520",
+            "--enable-seccomp",
+            "--ready-fd=3",
+        ]);
         if let Some(api) = api {
             let _ = std::fs::remove_file(api);
             cmd.arg(format!("--api-socket={}", api.display()));
@@ -151,12 +156,11 @@ impl Slirp4netns {
         };
         let host_addr = match port.host_ip {
             IpAddr::V4(a) => a.to_string(),
-            IpAddr::V6(_) => {
-                return Err(NetError::BadPort {
-                    spec: port.to_string(),
-                    why: "slirp4netns forwards IPv4 host addresses only; use the default port handler".into(),
-                })
-            }
+            IpAddr::V6(_) => return Err(NetError::BadPort {
+                spec: port.to_string(),
+                why: "slirp4netns forwards IPv4 host addresses only; use the default port handler"
+                    .into(),
+            }),
         };
         let req = serde_json::json!({
             "execute": "add_hostfwd",

@@ -203,7 +203,8 @@ impl NetworkStore {
         };
         let path = self.path(name);
         let tmp = path.with_extension("json.tmp");
-        let data = serde_json::to_vec_pretty(&config).map_err(|e| NetError::Store(e.to_string()))?;
+        let data =
+            serde_json::to_vec_pretty(&config).map_err(|e| NetError::Store(e.to_string()))?;
         std::fs::write(&tmp, data).map_err(super::io("writing", &tmp))?;
         std::fs::rename(&tmp, &path).map_err(super::io("renaming", &path))?;
         Ok(config)
