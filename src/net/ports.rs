@@ -385,7 +385,8 @@ fn pump(from: &TcpStream, to: &TcpStream) {
     };
     // SAFETY: fcntl on a pipe we own; a larger pipe means fewer splice calls.
     unsafe { libc::fcntl(pw.as_raw_fd(), libc::F_SETPIPE_SZ, 1 << 20) };
-    let flags = libc::SPLICE_F_MOVE | libc::SPLICE_F_MORE;
+    // No SPLICE_F_MORE: on the socket side it corks small writes for up to 200 ms.
+    let flags = libc::SPLICE_F_MOVE;
     'outer: loop {
         // SAFETY: splice between descriptors we own, with null offsets (sockets and pipes).
         let n = unsafe {
