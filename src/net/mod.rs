@@ -384,7 +384,7 @@ pub fn prepare(
         NetworkRequest::Named(net) => {
             let store = NetworkStore::new(dirs);
             let config = store.get(&net)?;
-            let join = netns::Join::new(dirs, ids, config, who, &opts.aliases)?;
+            let join = netns::Join::new(dirs, config, who, &opts.aliases)?;
             let view = join.initial_view();
             attachment.plan = Plan::Bridge(join);
             (crate::spec::NetworkMode::Connected, net, Some(view))
@@ -437,7 +437,7 @@ impl Attachment {
             Plan::Unconnected => {}
             Plan::UserMode(Backend::Slirp4netns, handler) => {
                 let api = (*handler == PortHandler::Slirp4netns).then(|| self.api_socket.clone());
-                let slirp = slirp4netns::Slirp4netns::start(
+                let mut slirp = slirp4netns::Slirp4netns::start(
                     userns,
                     &netns,
                     api.as_deref(),

@@ -162,12 +162,10 @@ impl Join {
     /// Connects to the user's network daemon, starting it when it is not running.
     pub fn new(
         dirs: &Dirs,
-        ids: &IdMapping,
         config: NetworkConfig,
         who: &Identity,
         aliases: &[String],
     ) -> Result<Join, NetError> {
-        let _ = ids;
         super::Backend::Slirp4netns.program()?;
         let f = files(dirs);
         std::fs::create_dir_all(&f.dir).map_err(super::io("creating", &f.dir))?;

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::slirp4netns::{die_with_parent, log_tail};
+use super::slirp4netns::{die_with_parent, kill_helper, log_tail};
 use super::{Backend, NetError, Proto, PublishedPort};
 
 /// Where the container sends DNS queries; pasta forwards them to the host's first resolver.
@@ -21,6 +21,8 @@ const READY_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug)]
 pub struct Pasta {
     child: Child,
+    /// Whether it forwards host ports.
+    forwards: bool,
 }
 
 fn tool_err(message: String) -> NetError {
@@ -108,7 +110,10 @@ impl Pasta {
         let child = cmd
             .spawn()
             .map_err(|e| tool_err(format!("cannot start: {e}")))?;
-        let mut p = Pasta { child };
+        let mut p = Pasta {
+            child,
+            forwards: !ports.is_empty(),
+        };
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             if std::fs::metadata(&pid_file).is_ok_and(|m| m.len() > 0) {
@@ -133,8 +138,7 @@ impl Pasta {
 
 impl Drop for Pasta {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        kill_helper(&mut self.child, self.forwards);
     }
 }
 

@@ -318,6 +318,7 @@ impl Forwarder {
 
 impl Drop for Forwarder {
     fn drop(&mut self) {
+        // Waited for: the host ports are free once berth returns.
         let _ = kill(self.pid, Signal::SIGKILL);
         let _ = waitpid(self.pid, None);
     }

@@ -29,6 +29,8 @@ const READY_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Slirp4netns {
     child: Child,
     api: Option<PathBuf>,
+    /// Whether it forwards host ports (asked through the API socket).
+    forwards: bool,
 }
 
 fn tool_err(message: String) -> NetError {
@@ -108,6 +110,7 @@ impl Slirp4netns {
         let mut s = Slirp4netns {
             child,
             api: api.map(Path::to_path_buf),
+            forwards: false,
         };
         s.wait_ready(ready_rd, log)?;
         Ok(s)
@@ -150,7 +153,8 @@ impl Slirp4netns {
     }
 
     /// Asks slirp4netns to forward a host port into the namespace (its `add_hostfwd`).
-    pub fn add_hostfwd(&self, port: &PublishedPort) -> Result<(), NetError> {
+    pub fn add_hostfwd(&mut self, port: &PublishedPort) -> Result<(), NetError> {
+        self.forwards = true;
         let Some(api) = &self.api else {
             return Err(tool_err("started without an API socket".into()));
         };
@@ -190,10 +194,22 @@ impl Slirp4netns {
     }
 }
 
+/// Kills a helper. One that holds published host ports is waited for, so that the ports are
+/// free when `berth run` returns; one that holds none is not: closing its tap device makes the
+/// kernel tear the interface down, 10-25 ms of RCU grace periods that `berth run` need not
+/// wait for (the zombie is reaped when berth exits, right after the container).
+pub(crate) fn kill_helper(child: &mut Child, holds_ports: bool) {
+    let _ = child.kill();
+    if holds_ports {
+        let _ = child.wait();
+    } else {
+        let _ = child.try_wait();
+    }
+}
+
 impl Drop for Slirp4netns {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        kill_helper(&mut self.child, self.forwards);
         if let Some(api) = &self.api {
             let _ = std::fs::remove_file(api);
         }
