@@ -185,11 +185,6 @@ impl std::str::FromStr for NetworkRequest {
 }
 
 impl NetworkRequest {
-    /// Whether the container gets a network namespace of its own.
-    pub fn own_netns(&self) -> bool {
-        !matches!(self, NetworkRequest::Host)
-    }
-
     /// Whether the namespace is connected beyond `lo`.
     pub fn connected(&self) -> bool {
         !matches!(self, NetworkRequest::None | NetworkRequest::Host)
