@@ -793,3 +793,64 @@ fn network_commands_create_list_inspect_and_remove() {
         stderr(&out)
     );
 }
+
+#[test]
+fn a_killed_berth_leaves_no_network_helper_running() {
+    let Some(berth) = bridge_berth() else { return };
+    berth.run_ok(&["network", "create", "doomed"]);
+    let port = free_port();
+    let publish = format!("127.0.0.1:{port}:8080");
+    let mut runs: Vec<common::Running> = [
+        vec![
+            "run",
+            "--rm",
+            "-p",
+            publish.as_str(),
+            IMAGE,
+            "sh",
+            "-c",
+            "echo up; sleep 60",
+        ],
+        vec![
+            "run",
+            "--rm",
+            "--network",
+            "pasta",
+            IMAGE,
+            "sh",
+            "-c",
+            "echo up; sleep 60",
+        ],
+        vec![
+            "run",
+            "--rm",
+            "--network",
+            "doomed",
+            IMAGE,
+            "sh",
+            "-c",
+            "echo up; sleep 60",
+        ],
+    ]
+    .iter()
+    .filter(|args| !args.contains(&"pasta") || have("pasta"))
+    .map(|args| berth.spawn(args))
+    .collect();
+    for r in &mut runs {
+        r.wait_for_line("up", Duration::from_secs(30));
+    }
+    for r in runs {
+        r.signal(nix::sys::signal::Signal::SIGKILL);
+        r.wait(Duration::from_secs(10));
+    }
+    // slirp4netns, pasta, the forwarder, the network daemon: the fixture's drop fails the
+    // test if any of them is still there; and the published port is free again.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while TcpListener::bind(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "port {port} is still taken after berth was killed"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
