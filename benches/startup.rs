@@ -2,7 +2,8 @@
 //! on the same busybox image, in the same run, as the same unprivileged user.
 //!
 //! Systems measured (each N runs after 3 warm-ups; N = env BENCH_RUNS, default 20):
-//! - `berth run --rm --network none IMG true`
+//! - `berth run --rm --network none IMG true`, and with `--network slirp4netns` (the default
+//!   where installed) and `--network pasta`
 //! - `podman run --rm --network none --runtime runc IMG true`, native overlay storage
 //! - `crun run` on a ready bundle (rootfs = the unpacked image, config from
 //!   `crun spec --rootless` with the namespaces berth uses); `runc run` when
@@ -73,6 +74,20 @@ fn main() {
         berth.command(&["run", "--rm", "--network", "none", IMAGE, "true"])
     });
     rows.push(Row::new("berth run --rm --network none", berth_run));
+    // The default: a user-mode network started alongside the container's own set-up.
+    for network in ["slirp4netns", "pasta"] {
+        let outcome = if have(network) {
+            measure(runs, || {
+                berth.command(&["run", "--rm", "--network", network, IMAGE, "true"])
+            })
+        } else {
+            Outcome::Skipped(format!("{network} not installed"))
+        };
+        rows.push(Row::new(
+            format!("berth run --rm --network {network}"),
+            outcome,
+        ));
+    }
     rows.push(podman(&berth, &id, runs));
     match bundle(&berth, &id) {
         Ok(bundle) => {

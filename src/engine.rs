@@ -14,6 +14,7 @@ use crate::image::{
     ArchiveFormat, ContainerUse, HistoryEntry, ImageError, ImageInspect, ImageRemoval, ImageStore,
     ImageSummary, LoadedImage, PruneReport, ResolvedImage,
 };
+use crate::net::{self, NetError, NetworkOptions, NetworkStore, PublishedPort};
 use crate::paths::Dirs;
 use crate::rootfs::{self, Driver, LayerStore, RootfsError};
 use crate::spec::{self, RunRequest, SpecContext, SpecError};
@@ -39,6 +40,8 @@ pub enum EngineError {
     Guest(#[from] GuestError),
     #[error(transparent)]
     Sandbox(#[from] SandboxError),
+    #[error(transparent)]
+    Net(#[from] NetError),
     #[error("{what} {path}: {source}")]
     Io {
         what: &'static str,
@@ -79,6 +82,8 @@ pub struct RunFlags {
     pub attach_stdin: bool,
     /// Run in a microVM instead of a container.
     pub vm: Option<VmRequest>,
+    /// `--network`, `-p`, `-P`, `--network-alias`.
+    pub network: NetworkOptions,
 }
 
 /// The machine a `run --vm` sandbox gets.
@@ -86,8 +91,14 @@ pub struct RunFlags {
 pub struct VmRequest {
     pub cpus: u8,
     pub mem_mib: u64,
-    /// The user-mode network with its published ports, or `None` for loopback only.
-    pub network: Option<Vec<crate::vm::passt::Forward>>,
+    /// A user-mode network (published ports come from the run's `-p`/`-P`), or loopback only.
+    pub network: bool,
+}
+
+/// Where a bundle's root file system is: the rootfs driver's mount, if any, and its path.
+struct BundleRoot {
+    mount: Option<oci_spec::runtime::Mount>,
+    path: PathBuf,
 }
 
 /// The rootfs "driver" recorded for microVM sandboxes.
@@ -118,6 +129,8 @@ pub struct Info {
     pub vm_agent: Option<PathBuf>,
     /// Whether `run --vm` can run here, or why not.
     pub kvm: String,
+    /// The default network backend and the tools found.
+    pub network: net::NetInfo,
 }
 
 fn random_hex(bytes: usize) -> String {
@@ -365,6 +378,7 @@ impl Engine {
                 Ok(()) => "usable".to_string(),
                 Err(e) => format!("not usable: {e}"),
             },
+            network: net::info(),
         }
     }
 
@@ -427,6 +441,8 @@ impl Engine {
                 driver: driver.map_or_else(|| VM_DRIVER.to_string(), |d| d.to_string()),
                 writable: vec![],
                 auto_remove: flags.remove,
+                ports: vec![],
+                network: String::new(),
             };
             self.containers.save(&rec)?;
         }
@@ -451,6 +467,30 @@ impl Engine {
         flags: &RunFlags,
     ) -> Result<i32, EngineError> {
         let dir = self.containers.dir(id);
+        let etc_dir = dir.join("etc");
+        std::fs::create_dir_all(&etc_dir).map_err(io("creating", &etc_dir))?;
+        // The network first: a published port in use fails the run before anything starts.
+        let rec = self.containers.find(id)?;
+        let hostname = req
+            .hostname
+            .clone()
+            .unwrap_or_else(|| id[..12.min(id.len())].to_string());
+        let who = net::Identity {
+            id,
+            name: &rec.name,
+            hostname: &hostname,
+            hosts_file: etc_dir.join("hosts"),
+        };
+        let exposed = resolved
+            .config
+            .config()
+            .as_ref()
+            .and_then(|c| c.exposed_ports().clone())
+            .unwrap_or_default();
+        let mut network = net::prepare(&flags.network, &exposed, &who, &self.dirs, &self.ids)?;
+        let mut req = req.clone();
+        req.network = network.mode;
+        let req = &req;
         let plan = rootfs::prepare(driver, lowers, &dir, &self.ids)?;
         for v in &req.volumes {
             if !v.host.exists() {
@@ -463,10 +503,17 @@ impl Engine {
             resolved,
             lowers,
             req,
-            plan.root_mount.clone(),
-            plan.root_path.clone(),
+            BundleRoot {
+                mount: plan.root_mount.clone(),
+                path: plan.root_path.clone(),
+            },
+            network.join_userns(),
+            network.view.as_ref(),
         )?;
         let mut rec = self.mark_running(id, &spec, plan.writable.clone())?;
+        rec.ports = network.published.clone();
+        rec.network = network.name.clone();
+        self.containers.save(&rec)?;
 
         let opts = RunOptions {
             attach_stdin: flags.attach_stdin,
@@ -477,7 +524,9 @@ impl Engine {
             },
             seccomp_cache: Some(self.dirs.cache.join("seccomp")),
         };
-        let code = container::run(&dir, &self.ids, &opts)?;
+        let code = container::run(&dir, &self.ids, &opts, Some(&mut network.attachment))?;
+        // slirp4netns, pasta, the forwarder and the network membership end here.
+        drop(network);
         if !flags.remove {
             rec.status = Status::Exited;
             rec.exit_code = Some(code);
@@ -501,13 +550,33 @@ impl Engine {
             unreachable!("run_vm is only called for --vm");
         };
         let dir = self.containers.dir(id);
+        // Ports first: one in use fails the run before a VM boots.
+        let published = if machine.network {
+            let mut specs = flags.network.publish.clone();
+            if flags.network.publish_all {
+                let exposed: Vec<String> = resolved
+                    .config
+                    .config()
+                    .as_ref()
+                    .and_then(|c| c.exposed_ports().clone())
+                    .unwrap_or_default();
+                specs.extend(net::ports::exposed(&exposed)?);
+            }
+            Some(net::ports::release(net::ports::bind_all(&specs)?))
+        } else {
+            None
+        };
         let kernel = guest::kernel(&self.dirs.data)?;
         let agent = guest::agent(&self.dirs.data)?;
         let vm_cache = self.dirs.cache.join("vm");
         let initramfs = guest::initramfs(&agent, &vm_cache)?;
         let disks = rootfs::erofs::layer_disks(lowers, &vm_cache.join("layers"), &self.ids)?;
 
-        let spec = self.write_bundle(id, resolved, lowers, req, None, dir.join("rootfs"))?;
+        let root = BundleRoot {
+            mount: None,
+            path: dir.join("rootfs"),
+        };
+        let spec = self.write_bundle(id, resolved, lowers, req, root, None, None)?;
         let etc_dir = dir.join("etc");
         let mut etc_files: Vec<(String, String)> = ["hostname", "hosts", "resolv.conf"]
             .iter()
@@ -516,7 +585,7 @@ impl Engine {
                 Some((name.to_string(), text))
             })
             .collect();
-        if machine.network.is_some() {
+        if machine.network {
             // Names resolve through passt's DNS forwarder; the gateway is the host.
             use crate::vm::passt::{DNS, GATEWAY};
             for (name, text) in etc_files.iter_mut() {
@@ -535,6 +604,9 @@ impl Engine {
             source: std::io::Error::other(e),
         })?;
         let mut rec = self.mark_running(id, &spec, vec![])?;
+        rec.ports = published.clone().unwrap_or_default();
+        rec.network = if machine.network { "passt" } else { "none" }.to_string();
+        self.containers.save(&rec)?;
 
         let outcome = sandbox::run(&SandboxConfig {
             kernel,
@@ -547,7 +619,17 @@ impl Engine {
             attach_stdin: flags.attach_stdin,
             etc_files,
             console_log: dir.join("console.log"),
-            network: machine.network.clone(),
+            network: published.as_ref().map(|ports| {
+                ports
+                    .iter()
+                    .map(|p| crate::vm::passt::Forward {
+                        host_ip: (!p.host_ip.is_unspecified()).then_some(p.host_ip),
+                        host_port: p.host_port,
+                        guest_port: p.container_port,
+                        udp: p.proto == net::ports::Proto::Udp,
+                    })
+                    .collect()
+            }),
         })?;
         if let (Some(b), Some(_)) = (outcome.boot, std::env::var_os("BERTH_BOOT_TIMES")) {
             eprintln!(
@@ -567,31 +649,37 @@ impl Engine {
 
     /// Writes the bundle of container `id`: the OCI runtime spec (config.json) from the image
     /// config and the run request, and the /etc files it refers to. Both walls run this spec.
+    #[allow(clippy::too_many_arguments)]
     fn write_bundle(
         &self,
         id: &str,
         resolved: &crate::image::ResolvedImage,
         lowers: &[PathBuf],
         req: &RunRequest,
-        root_mount: Option<oci_spec::runtime::Mount>,
-        root_path: PathBuf,
+        root: BundleRoot,
+        join_userns: Option<PathBuf>,
+        view: Option<&net::hosts::EtcView>,
     ) -> Result<oci_spec::runtime::Spec, EngineError> {
         let dir = self.containers.dir(id);
         let etc_dir = dir.join("etc");
         std::fs::create_dir_all(&etc_dir).map_err(io("creating", &etc_dir))?;
         let ctx = SpecContext {
             id,
-            root_mount,
-            root_path,
+            root_mount: root.mount,
+            root_path: root.path,
             etc_dir: etc_dir.clone(),
             ids: &self.ids,
             passwd: rootfs::read_merged(lowers, "etc/passwd"),
             group: rootfs::read_merged(lowers, "etc/group"),
+            join_userns,
         };
         let spec = spec::build(req, &resolved.config, &ctx)?;
         let hostname = spec.hostname().clone().unwrap_or_default();
-        spec::write_etc_files(&etc_dir, &hostname, req.network)
-            .map_err(io("writing /etc files in", &etc_dir))?;
+        match view {
+            Some(view) => net::hosts::write(&etc_dir, &hostname, view),
+            None => spec::write_etc_files(&etc_dir, &hostname, req.network),
+        }
+        .map_err(io("writing /etc files in", &etc_dir))?;
         let config = dir.join("config.json");
         spec.save(&config).map_err(|e| EngineError::Io {
             what: "writing",
@@ -618,6 +706,82 @@ impl Engine {
             .unwrap_or_default();
         self.containers.save(&rec)?;
         Ok(rec)
+    }
+
+    /// `berth port CONTAINER`: the container's published ports.
+    pub fn ports(&self, key: &str) -> Result<Vec<PublishedPort>, EngineError> {
+        Ok(self.containers.find(key)?.ports)
+    }
+
+    /// `berth network create NAME [--subnet CIDR]`.
+    pub fn network_create(
+        &self,
+        name: &str,
+        subnet: Option<&str>,
+    ) -> Result<net::NetworkConfig, EngineError> {
+        let subnet = subnet.map(net::store::parse_subnet).transpose()?;
+        Ok(NetworkStore::new(&self.dirs).create(name, subnet)?)
+    }
+
+    /// `berth network ls`.
+    pub fn networks(&self) -> Vec<net::NetworkConfig> {
+        NetworkStore::new(&self.dirs).list()
+    }
+
+    /// Running containers on the network `name`.
+    pub fn network_users(&self, name: &str) -> Vec<ContainerRecord> {
+        self.containers()
+            .into_iter()
+            .filter(|c| c.network == name && ContainerStore::is_running(c))
+            .collect()
+    }
+
+    /// `berth network inspect NAME`: the definition and the running containers on it.
+    pub fn network_inspect(
+        &self,
+        name: &str,
+    ) -> Result<(net::NetworkConfig, Vec<ContainerRecord>), EngineError> {
+        let config = NetworkStore::new(&self.dirs).get(name)?;
+        let users = self.network_users(&config.name);
+        Ok((config, users))
+    }
+
+    /// `berth network rm [-f] NAME`: refuses a network that running containers use, unless
+    /// `force`, which stops them first (their network goes with them).
+    pub fn network_remove(&self, name: &str, force: bool) -> Result<String, EngineError> {
+        let store = NetworkStore::new(&self.dirs);
+        let config = store.get(name)?;
+        let users = self.network_users(&config.name);
+        if !users.is_empty() {
+            if !force {
+                let names: Vec<&str> = users.iter().map(|c| c.name.as_str()).collect();
+                return Err(NetError::Store(format!(
+                    "network {} is in use by {}: stop them first, or use `berth network rm -f {}`",
+                    config.name,
+                    names.join(", "),
+                    config.name
+                ))
+                .into());
+            }
+            for c in &users {
+                self.remove(&c.id, true)?;
+            }
+        }
+        store.remove(&config.name)?;
+        Ok(config.name)
+    }
+
+    /// `berth network prune`: removes the networks no running container uses.
+    pub fn network_prune(&self) -> Result<Vec<String>, EngineError> {
+        let store = NetworkStore::new(&self.dirs);
+        let mut removed = vec![];
+        for n in store.list() {
+            if self.network_users(&n.name).is_empty() {
+                store.remove(&n.name)?;
+                removed.push(n.name);
+            }
+        }
+        Ok(removed)
     }
 
     fn remove_dir(&self, id: &str) {

@@ -1,10 +1,11 @@
 //! berth: a rootless developer sandbox. The library is the engine; `main.rs` is a thin CLI over it.
 //!
-//! Dependencies point down: `engine` -> {`image`, `rootfs`, `spec`, `state`} -> `container`.
+//! Dependencies point down: `engine` -> {`image`, `rootfs`, `spec`, `state`, `net`} -> `container`.
 
 pub mod container;
 pub mod engine;
 pub mod image;
+pub mod net;
 pub mod paths;
 pub mod rootfs;
 pub mod spec;

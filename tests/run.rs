@@ -581,38 +581,6 @@ fn init_passes_the_exit_status_through() {
     assert_exit(&args, &berth.cmd(&args), 137);
 }
 
-// --- network --------------------------------------------------------------------------------
-
-fn interfaces(proc_net_dev: &str) -> Vec<String> {
-    let mut names: Vec<String> = proc_net_dev
-        .lines()
-        .skip(2)
-        .filter_map(|l| l.split(':').next())
-        .map(|n| n.trim().to_string())
-        .collect();
-    names.sort();
-    names
-}
-
-#[test]
-fn network_none_has_only_loopback() {
-    let Some(berth) = Berth::new() else { return };
-    let out = berth.container_ok(&["--network", "none", IMAGE, "cat", "/proc/net/dev"]);
-    assert_eq!(interfaces(&out), ["lo"], "{out}");
-}
-
-#[test]
-fn network_host_shares_the_hosts_interfaces() {
-    let Some(berth) = Berth::new() else { return };
-    let out = berth.container_ok(&["--network", "host", IMAGE, "cat", "/proc/net/dev"]);
-    let host = fs::read_to_string("/proc/net/dev").unwrap_or_default();
-    assert_eq!(
-        interfaces(&out),
-        interfaces(&host),
-        "container:\n{out}\nhost:\n{host}"
-    );
-}
-
 // --- many at once ---------------------------------------------------------------------------------
 
 #[test]

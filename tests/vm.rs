@@ -193,6 +193,16 @@ fn microvm_runs_the_image_as_the_container_wall_does() {
         ),
         ("net_none", format!("{vm} --network none $IMG ls /sys/class/net")),
         (
+            "net_publish",
+            format!(
+                "{vm} -p 127.0.0.1:18080:8080 $IMG sh -c 'echo ready; nc -l -p 8080 -e echo pong-from-vm' >$R/pub.log 2>&1 & pid=$!; \
+                 for i in $(seq 600); do grep -q ready $R/pub.log 2>/dev/null && break; sleep 0.1; done; \
+                 for i in $(seq 100); do r=$(busybox nc 127.0.0.1 18080 </dev/null 2>/dev/null) && [ -n \"$r\" ] && break; sleep 0.2; done; \
+                 echo \"$r\"; wait $pid; echo rc=$?"
+            ),
+        ),
+        ("net_port_taken", "busybox nc -ll -p 18081 -e true & srv=$!; sleep 0.5; $B run --vm --rm -p 18081:80 $IMG true; rc=$?; kill $srv; exit $rc".to_string()),
+        (
             "sigint",
             format!(
                 "{vm} $IMG sh -c 'trap \"echo got-int; exit 5\" INT; echo ready; while :; do sleep 1; done' >$R/sigint.log 2>&1 & pid=$!; \

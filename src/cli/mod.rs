@@ -1,6 +1,7 @@
 //! Command-line front end: one file per command group.
 
 mod image;
+mod network;
 mod registry;
 mod run;
 mod system;
@@ -66,6 +67,14 @@ enum Command {
     Doctor,
     /// Boot a kernel in a bare microVM with a serial console on stdout (no image, no agent).
     Vmm(vmm::VmmArgs),
+    /// Manage user-defined networks.
+    #[command(subcommand)]
+    Network(network::NetworkCommand),
+    /// List a container's published ports.
+    Port(network::PortArgs),
+    /// The rootless network namespace of user-defined networks (started by `berth run`).
+    #[command(hide = true)]
+    NetnsDaemon,
 }
 
 /// Runs the CLI and returns the process exit status.
@@ -79,6 +88,12 @@ pub fn main() -> i32 {
     }
     if let Command::Vmm(args) = cli.command {
         return vmm::vmm(args);
+    }
+    if let Command::NetnsDaemon = cli.command {
+        return berth::net::netns::daemon_main(
+            &berth::paths::Dirs::from_env(),
+            &berth::container::IdMapping::for_current_user(),
+        );
     }
     // Docker's convention: `run` fails with 125 when the engine itself fails, other commands with 1.
     let engine_error = if matches!(cli.command, Command::Run(_)) {
@@ -106,7 +121,11 @@ pub fn main() -> i32 {
         Command::Ps(args) => system::ps(&engine, args),
         Command::Rm(args) => system::rm(&engine, args),
         Command::Info(args) => system::info(&engine, args),
-        Command::Doctor | Command::Vmm(_) => unreachable!("handled above"),
+        Command::Network(cmd) => network::network(&engine, cmd),
+        Command::Port(args) => network::port(&engine, args),
+        Command::Doctor | Command::Vmm(_) | Command::NetnsDaemon => {
+            unreachable!("handled above")
+        }
     };
     match result {
         Ok(()) => 0,

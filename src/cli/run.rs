@@ -6,6 +6,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 
 use berth::engine::{Engine, RunFlags, VmRequest};
+use berth::net::{NetworkOptions, NetworkRequest, PortSpec};
 use berth::spec::{BindVolume, NetworkMode, RunRequest, SeccompMode};
 
 #[derive(Args)]
@@ -77,9 +78,25 @@ pub struct RunArgs {
     /// Memory of the microVM (--vm): 512M, 2G, or a plain number of MiB.
     #[arg(short = 'm', long, value_name = "SIZE")]
     memory: Option<String>,
-    /// Network: none (only lo) or host; with --vm: passt (user-mode, the default) or none.
-    #[arg(long, alias = "net")]
+    /// Network: none (only lo), host, slirp4netns[:port_handler=slirp4netns], pasta, or a
+    /// network made with `berth network create` (default: user-mode networking, see `berth info`);
+    /// with --vm: passt (user-mode, the default) or none.
+    #[arg(long, alias = "net", value_name = "MODE|NAME")]
     network: Option<String>,
+    /// Publish a container port on the host: [IP:][HOSTPORT:]CTRPORT[/tcp|/udp]; without
+    /// HOSTPORT a free port is picked (`berth port` shows it).
+    #[arg(
+        short = 'p',
+        long = "publish",
+        value_name = "[IP:][HOSTPORT:]CTRPORT[/PROTO]"
+    )]
+    publish: Vec<String>,
+    /// Publish every port the image EXPOSEs, each on a free host port.
+    #[arg(short = 'P', long)]
+    publish_all: bool,
+    /// Another name the container has on a user-defined network.
+    #[arg(long = "network-alias", value_name = "NAME")]
+    network_alias: Vec<String>,
     /// The image, then the command and its arguments.
     #[arg(
         required = true,
@@ -129,10 +146,12 @@ fn request(a: &RunArgs) -> anyhow::Result<RunRequest> {
     if no_new_privs_off && !a.privileged {
         bail!("no-new-privileges=false needs --privileged: berth always sets no_new_privs with its seccomp filter");
     }
-    let network = match a.network.as_deref().unwrap_or("none") {
-        "none" => NetworkMode::None,
-        "host" => NetworkMode::Host,
-        other => bail!("unknown --network {other:?}: berth runs containers with --network none or --network host"),
+    // The engine settles the container's network; the spec only needs to know about host.
+    let network = match a.network.as_deref() {
+        Some("host") => NetworkMode::Host,
+        Some("none") => NetworkMode::None,
+        _ if a.vm => NetworkMode::None,
+        _ => NetworkMode::Connected,
     };
     let volumes = a
         .volume
@@ -188,16 +207,22 @@ fn vm_request(a: &RunArgs) -> anyhow::Result<Option<VmRequest>> {
         )?;
     }
     let network = match a.network.as_deref() {
-        None | Some("passt") => Some(vec![]),
-        Some("none") => None,
+        None | Some("passt") => true,
+        Some("none") => false,
         Some(other) => {
             refuse(
                 &format!("--network {other}"),
                 "a microVM's network is user-mode (passt, the default) or none",
             )?;
-            None
+            false
         }
     };
+    if !a.network_alias.is_empty() {
+        refuse(
+            "--network-alias",
+            "a microVM joins no user-defined network; it has the user-mode network or none",
+        )?;
+    }
     let cpus = match &a.cpus {
         None => VM_DEFAULT_CPUS,
         Some(c) => match c.parse::<u8>() {
@@ -216,9 +241,39 @@ fn vm_request(a: &RunArgs) -> anyhow::Result<Option<VmRequest>> {
     }))
 }
 
+/// `--network`, `-p`, `-P`, `--network-alias` for the engine.
+fn network_options(a: &RunArgs) -> anyhow::Result<NetworkOptions> {
+    let request = match a.network.as_deref() {
+        None => NetworkRequest::Default,
+        Some(n) => n.parse()?,
+    };
+    Ok(NetworkOptions {
+        request,
+        publish: a
+            .publish
+            .iter()
+            .map(|p| p.parse::<PortSpec>())
+            .collect::<Result<_, _>>()?,
+        publish_all: a.publish_all,
+        aliases: a.network_alias.clone(),
+    })
+}
+
 /// Runs the container and returns its exit status (125 for berth's own errors).
 pub fn run(engine: &Engine, args: RunArgs) -> i32 {
-    let (req, vm) = match request(&args).and_then(|r| Ok((r, vm_request(&args)?))) {
+    let parsed = request(&args).and_then(|r| {
+        let vm = vm_request(&args)?;
+        let network = if vm.is_some() {
+            NetworkOptions {
+                request: NetworkRequest::None,
+                ..NetworkOptions::default()
+            }
+        } else {
+            network_options(&args)?
+        };
+        Ok((r, vm, network))
+    });
+    let (req, vm, network) = match parsed {
         Ok(r) => r,
         Err(e) => return super::report(e, 125),
     };
@@ -227,6 +282,7 @@ pub fn run(engine: &Engine, args: RunArgs) -> i32 {
         remove: args.rm,
         attach_stdin: args.interactive,
         vm,
+        network,
     };
     match engine.run(&args.args[0], req, flags) {
         Ok(code) => code,

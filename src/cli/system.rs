@@ -56,6 +56,17 @@ pub fn info(engine: &Engine, args: InfoArgs) -> anyhow::Result<()> {
     println!("microVM kernel: {}", or_missing(&info.vm_kernel));
     println!("microVM agent: {}", or_missing(&info.vm_agent));
     println!("KVM: {}", info.kvm);
+    println!("Network: {} (default)", info.network.default_backend);
+    for (tool, path) in [
+        ("slirp4netns", &info.network.slirp4netns),
+        ("pasta", &info.network.pasta),
+    ] {
+        println!(
+            "  {tool}: {}",
+            path.as_ref()
+                .map_or_else(|| "not installed".to_string(), |p| p.display().to_string())
+        );
+    }
     Ok(())
 }
 
@@ -71,6 +82,7 @@ pub fn ps(engine: &Engine, args: PsArgs) -> anyhow::Result<()> {
         "IMAGE".into(),
         "COMMAND".into(),
         "STATUS".into(),
+        "PORTS".into(),
         "NAMES".into(),
     ]];
     for r in engine.containers() {
@@ -98,6 +110,11 @@ pub fn ps(engine: &Engine, args: PsArgs) -> anyhow::Result<()> {
             r.image.clone(),
             format!("\"{cmd}\""),
             status,
+            r.ports
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
             r.name.clone(),
         ]);
     }

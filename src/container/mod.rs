@@ -11,6 +11,13 @@ pub mod userns;
 pub use idmap::{IdMapping, IdMode};
 pub use process::{run, RunOptions, INIT_ANNOTATION};
 
+/// Connects a container's new network namespace before its process starts.
+pub trait NetworkAttach {
+    /// `pid` is a process in the container's user and network namespaces that lives as long
+    /// as the container (its `/proc/PID/ns/{user,net}` name them).
+    fn attach(&mut self, pid: i32) -> Result<(), String>;
+}
+
 /// Errors of the container backend.
 #[derive(Debug, thiserror::Error)]
 pub enum ContainerError {

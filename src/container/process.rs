@@ -27,7 +27,7 @@ use super::mounts;
 use super::pty::{self, RawMode};
 use super::seccomp as bpf;
 use super::userns::{self, child_exit, Forked};
-use super::ContainerError;
+use super::{ContainerError, NetworkAttach};
 
 /// The annotation that asks for berth's reaper as PID 1 (`--init`).
 pub const INIT_ANNOTATION: &str = "dev.berth.init";
@@ -94,10 +94,38 @@ fn has_ns(spec: &Spec, typ: LinuxNamespaceType) -> bool {
         .is_some_and(|ns| ns.iter().any(|n| n.typ() == typ && n.path().is_none()))
 }
 
+/// A namespace the spec asks to join (an entry with a path).
+fn joined_ns(spec: &Spec, typ: LinuxNamespaceType) -> Option<PathBuf> {
+    spec.linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .and_then(|ns| ns.iter().find(|n| n.typ() == typ))
+        .and_then(|n| n.path().clone())
+}
+
 /// Runs the bundle in the foreground and returns the container's exit status
-/// (128+N when the process was killed by signal N).
-pub fn run(bundle: &Path, ids: &IdMapping, opts: &RunOptions) -> Result<i32, ContainerError> {
+/// (128+N when the process was killed by signal N). With `network`, the container's new
+/// network namespace is handed to it once it exists, and the process starts only after it
+/// has connected the namespace.
+pub fn run(
+    bundle: &Path,
+    ids: &IdMapping,
+    opts: &RunOptions,
+    network: Option<&mut dyn NetworkAttach>,
+) -> Result<i32, ContainerError> {
     let spec = load_spec(bundle)?;
+    // A user namespace to join (a user-defined network's) instead of a new one.
+    let join_userns = match joined_ns(&spec, LinuxNamespaceType::User) {
+        Some(p) => Some(OwnedFd::from(std::fs::File::open(&p).map_err(|e| {
+            ContainerError::Setup(format!("opening the user namespace {}: {e}", p.display()))
+        })?)),
+        None => None,
+    };
+    let network = network.filter(|_| has_ns(&spec, LinuxNamespaceType::Network));
+    let net_ready = match network {
+        Some(_) => Some(pipe()?),
+        None => None,
+    };
     let process = spec
         .process()
         .as_ref()
@@ -155,13 +183,29 @@ pub fn run(bundle: &Path, ids: &IdMapping, opts: &RunOptions) -> Result<i32, Con
     let (status_rd, status_wr) = pipe()?;
     let (err_rd, err_wr) = pipe()?;
 
-    let flags = userns::userns_flag(ids) | CloneFlags::CLONE_NEWNS;
+    let flags = if join_userns.is_some() {
+        // The mount namespace is made after joining, so that the joined namespace owns it.
+        CloneFlags::empty()
+    } else {
+        userns::userns_flag(ids) | CloneFlags::CLONE_NEWNS
+    };
+    let (net_rd, net_wr) = match net_ready {
+        Some((r, w)) => (Some(r), Some(w)),
+        None => (None, None),
+    };
     match userns::clone_fork(flags)? {
         Forked::Child => {
             drop(sync_wr);
             drop(status_rd);
             drop(err_rd);
             drop(sfd);
+            drop(net_wr);
+            if let Some(fd) = &join_userns {
+                if let Err(e) = join_user_namespace(fd) {
+                    let _ = write_all_fd(err_wr.as_raw_fd(), format!("125:{e}").as_bytes());
+                    child_exit(125);
+                }
+            }
             let ctx = Stage {
                 spec: &spec,
                 bundle,
@@ -171,6 +215,7 @@ pub fn run(bundle: &Path, ids: &IdMapping, opts: &RunOptions) -> Result<i32, Con
                 stdin_null,
                 old_mask,
                 seccomp,
+                net_ready: net_rd,
             };
             stage1(ctx, sync_rd, status_wr, err_wr)
         }
@@ -179,12 +224,19 @@ pub fn run(bundle: &Path, ids: &IdMapping, opts: &RunOptions) -> Result<i32, Con
             drop(status_wr);
             drop(err_wr);
             drop(stdin_null);
+            drop(net_rd);
             let console = console.map(|(parent, child, _)| {
                 drop(child);
                 parent
             });
+            let maps = if join_userns.is_some() {
+                None
+            } else {
+                Some(ids)
+            };
+            let net = network.zip(net_wr);
             let result = supervise(
-                stage1_pid, ids, sync_wr, status_rd, err_rd, &sfd, console, opts,
+                stage1_pid, maps, sync_wr, status_rd, err_rd, &sfd, console, opts, net,
             );
             drop(restore_mask);
             result
@@ -204,18 +256,37 @@ impl Drop for MaskGuard {
     }
 }
 
+/// Joins the user namespace `fd` and makes a mount namespace owned by it.
+fn join_user_namespace(fd: &OwnedFd) -> Result<(), String> {
+    // SAFETY: setns on a namespace descriptor we own, in a single-threaded child.
+    if unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWUSER) } != 0 {
+        return Err(format!(
+            "joining the network's user namespace: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    unshare(CloneFlags::CLONE_NEWNS).map_err(|e| format!("creating a mount namespace: {e}"))
+}
+
 #[allow(clippy::too_many_arguments)]
 fn supervise(
     stage1: Pid,
-    ids: &IdMapping,
+    maps: Option<&IdMapping>,
     sync_wr: OwnedFd,
     status_rd: OwnedFd,
     err_rd: OwnedFd,
     sfd: &SignalFd,
     console: Option<OwnedFd>,
     opts: &RunOptions,
+    net: Option<(&mut dyn NetworkAttach, OwnedFd)>,
 ) -> Result<i32, ContainerError> {
-    userns::parent_write_maps(stage1, ids, sync_wr)?;
+    match maps {
+        Some(ids) => userns::parent_write_maps(stage1, ids, sync_wr)?,
+        None => {
+            let mut f = std::fs::File::from(sync_wr);
+            f.write_all(b"1").map_err(userns::UsernsError::from)?;
+        }
+    }
     let mut status = std::fs::File::from(status_rd);
     let mut lines = LineReader::default();
     // First line: the container's pid, or EOF when stage 1 failed.
@@ -228,6 +299,17 @@ fn supervise(
             None => break None,
         }
     };
+    // The network namespace exists (stage 1 made it before forking the container): connect
+    // it while the container finishes its mounts; the container waits for the word to exec.
+    if let (Some(container), Some((hook, ready))) = (container, net) {
+        if let Err(e) = hook.attach(stage1.as_raw()) {
+            drop(ready);
+            let _ = kill(container, Signal::SIGKILL);
+            let _ = userns::wait_retry(stage1);
+            return Err(ContainerError::Setup(e));
+        }
+        let _ = write_all_fd(ready.as_raw_fd(), b"1");
+    }
     // With -t the container sends the master of its pty before it execs.
     let master = console.as_ref().and_then(|c| pty::recv_fd(c.as_fd()));
     drop(console);
@@ -431,6 +513,8 @@ struct Stage<'a> {
     stdin_null: Option<OwnedFd>,
     old_mask: SigSet,
     seccomp: Option<bpf::SeccompFilters>,
+    /// With a network to connect: the word from the parent that it is connected.
+    net_ready: Option<OwnedFd>,
 }
 
 /// Reports a failure to the parent as "CODE:message" and exits.
@@ -625,6 +709,13 @@ fn stage2(ctx: Stage, rootfs: &Path, new_net: bool, err: OwnedFd) -> ! {
     }
     if let Err(e) = setup_container(&ctx, rootfs, new_net) {
         fail(&err, 125, &e);
+    }
+    if let Some(ready) = &ctx.net_ready {
+        let mut byte = [0u8; 1];
+        let ok = nix::unistd::read(ready.as_raw_fd(), &mut byte).is_ok_and(|n| n == 1);
+        if !ok {
+            fail(&err, 125, "the container's network could not be set up");
+        }
     }
     let annotations = ctx.spec.annotations().clone().unwrap_or_default();
     if annotations

@@ -51,6 +51,8 @@ pub enum NetworkMode {
     None,
     /// The host's network namespace.
     Host,
+    /// A network namespace of its own that berth connects (user-mode network or bridge).
+    Connected,
 }
 
 /// `--security-opt seccomp=...`.
@@ -140,6 +142,8 @@ pub struct SpecContext<'a> {
     /// The image's /etc/passwd and /etc/group, when present.
     pub passwd: Option<String>,
     pub group: Option<String>,
+    /// A user namespace to join instead of creating one (a user-defined network's).
+    pub join_userns: Option<PathBuf>,
 }
 
 /// Docker's masked paths.
@@ -298,7 +302,7 @@ pub fn build(
         NetworkMode::Host => nix::unistd::gethostname()
             .map(|h| h.to_string_lossy().into_owned())
             .unwrap_or_else(|_| ctx.id[..12.min(ctx.id.len())].to_string()),
-        NetworkMode::None => ctx.id[..12.min(ctx.id.len())].to_string(),
+        NetworkMode::None | NetworkMode::Connected => ctx.id[..12.min(ctx.id.len())].to_string(),
     });
 
     let image_env = image.and_then(|c| c.env().clone()).unwrap_or_default();
@@ -356,17 +360,26 @@ pub fn build(
         LinuxNamespaceType::Mount,
         LinuxNamespaceType::Cgroup,
     ];
-    if req.network == NetworkMode::None {
+    if req.network != NetworkMode::Host {
         namespaces.push(LinuxNamespaceType::Network);
     }
-    if ctx.ids.uses_userns() {
+    if ctx.ids.uses_userns() && ctx.join_userns.is_none() {
         namespaces.push(LinuxNamespaceType::User);
     }
-    let namespaces = namespaces
+    let mut namespaces = namespaces
         .into_iter()
         .map(|t| LinuxNamespaceBuilder::default().typ(t).build())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| SpecError::Build(e.to_string()))?;
+    if let Some(path) = &ctx.join_userns {
+        namespaces.push(
+            LinuxNamespaceBuilder::default()
+                .typ(LinuxNamespaceType::User)
+                .path(path)
+                .build()
+                .map_err(|e| SpecError::Build(e.to_string()))?,
+        );
+    }
 
     let devices = [
         ("/dev/null", 1, 3),
@@ -407,9 +420,12 @@ pub fn build(
 
     let mut linux = LinuxBuilder::default()
         .namespaces(namespaces)
-        .devices(devices)
-        .uid_mappings(map(&ctx.ids.uid)?)
-        .gid_mappings(map(&ctx.ids.gid)?);
+        .devices(devices);
+    if ctx.join_userns.is_none() {
+        linux = linux
+            .uid_mappings(map(&ctx.ids.uid)?)
+            .gid_mappings(map(&ctx.ids.gid)?);
+    }
     if req.privileged {
         // Set explicitly: oci-spec's defaults would bring masked paths back.
         linux = linux
@@ -489,7 +505,7 @@ fn default_mounts(req: &RunRequest, ctx: &SpecContext) -> Result<Vec<Mount>, Spe
         &["nosuid", "noexec", "nodev"],
     )?);
     match req.network {
-        NetworkMode::None => mounts.push(mount(
+        NetworkMode::None | NetworkMode::Connected => mounts.push(mount(
             "/sys",
             "sysfs",
             "sysfs",
@@ -552,7 +568,9 @@ pub fn write_etc_files(dir: &Path, hostname: &str, network: NetworkMode) -> std:
                 hosts = h;
             }
         }
-        NetworkMode::None => hosts.push_str(&format!("127.0.1.1\t{hostname}\n")),
+        NetworkMode::None | NetworkMode::Connected => {
+            hosts.push_str(&format!("127.0.1.1\t{hostname}\n"))
+        }
     }
     std::fs::write(dir.join("hosts"), hosts)?;
     let resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();

@@ -57,6 +57,12 @@ pub struct ContainerRecord {
     /// `--rm`: the record goes away with the container, also after a crash of berth.
     #[serde(default)]
     pub auto_remove: bool,
+    /// Published ports (`-p`, `-P`), as bound on the host.
+    #[serde(default)]
+    pub ports: Vec<crate::net::PublishedPort>,
+    /// The network: none, host, slirp4netns, pasta or a user-defined network's name.
+    #[serde(default)]
+    pub network: String,
 }
 
 /// The containers directory.
@@ -203,6 +209,8 @@ mod tests {
             driver: "overlay".into(),
             writable: vec![],
             auto_remove: false,
+            ports: vec![],
+            network: String::new(),
         }
     }
 

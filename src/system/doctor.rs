@@ -154,7 +154,7 @@ pub fn run_checks() -> Vec<Check> {
             dev_state(Path::new("/dev/fuse")),
             overlay_ok,
         ),
-        check_network(which("slirp4netns"), which("pasta")),
+        check_network(which("slirp4netns"), which("pasta"), which("iptables")),
         check_kvm(dev_state(Path::new("/dev/kvm")), is_pvm(), &me),
         check_vm_guest(),
         check_cgroups(cgroup_mode(), &me),
@@ -792,13 +792,29 @@ fn check_fuse(bin: Option<PathBuf>, dev: DevState, overlay_ok: bool) -> Check {
     Check::warn(NAME, detail, fixes.join(" && "))
 }
 
-fn check_network(slirp: Option<PathBuf>, pasta: Option<PathBuf>) -> Check {
+fn check_network(
+    slirp: Option<PathBuf>,
+    pasta: Option<PathBuf>,
+    iptables: Option<PathBuf>,
+) -> Check {
     const NAME: &str = "networking";
     if slirp.is_none() && pasta.is_none() {
         return Check::warn(
             NAME,
             "neither slirp4netns nor pasta found: container networking other than none/host needs one",
             "sudo apt-get install slirp4netns passt",
+        );
+    }
+    if slirp.is_none() || iptables.is_none() {
+        return Check::warn(
+            NAME,
+            format!(
+                "{}, {}, {}: user-defined networks (`berth network create`) need slirp4netns and iptables",
+                describe_tool("slirp4netns", &slirp),
+                describe_tool("pasta", &pasta),
+                describe_tool("iptables", &iptables)
+            ),
+            "sudo apt-get install slirp4netns iptables",
         );
     }
     Check::ok(
@@ -1290,10 +1306,17 @@ mod tests {
 
     #[test]
     fn network_and_fuse_levels() {
-        assert_eq!(check_network(None, None).level, Level::Warn);
+        assert_eq!(check_network(None, None, None).level, Level::Warn);
         assert_eq!(
-            check_network(None, None).fix.as_deref(),
+            check_network(None, None, None).fix.as_deref(),
             Some("sudo apt-get install slirp4netns passt")
+        );
+        let pasta_only = check_network(None, Some("/usr/bin/pasta".into()), None);
+        assert_eq!(pasta_only.level, Level::Warn);
+        assert!(
+            pasta_only.detail.contains("user-defined networks"),
+            "{}",
+            pasta_only.detail
         );
         let c = check_fuse(None, DevState::NoAccess("Permission denied".into()), true);
         assert_eq!(c.level, Level::Warn);

@@ -26,7 +26,7 @@ use tar::{EntryType, Header};
 pub const IMAGE: &str = "localhost/berth-test:latest";
 /// The same image (same config, same id) as written to the docker-archive.
 pub const DOCKER_IMAGE: &str = "localhost/berth-test-docker:latest";
-/// A variant with Entrypoint, Cmd, WorkingDir and User set.
+/// A variant with Entrypoint, Cmd, WorkingDir, User and ExposedPorts (8080/tcp, 5353/udp) set.
 pub const CONFIG_IMAGE: &str = "localhost/berth-test-config:latest";
 
 /// The config image's entrypoint prints its arguments, user and directory.
@@ -93,6 +93,7 @@ fn build() -> Result<TestImages, String> {
             "Cmd": ["default-cmd"],
             "WorkingDir": "/data",
             "User": "user",
+            "ExposedPorts": { "8080/tcp": {}, "5353/udp": {} },
         }),
     );
 

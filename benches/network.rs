@@ -1,0 +1,560 @@
+//! Network benchmark: TCP through a published port, berth with each user-mode backend against
+//! rootless podman, on the same busybox image, in the same run, as the same unprivileged user.
+//!
+//! For each system a static server (benches/netbench.c) runs in the container behind
+//! `-p 127.0.0.1:PORT:5201`, and the bench, on the host, measures:
+//! - host→ctr: Gbit/s of BENCH_BYTES (default 1 GiB) sent into the container, BENCH_RUNS
+//!   times (default 5), until the server has counted every byte;
+//! - ctr→host: Gbit/s of the same amount sent by the server back through the published port;
+//! - connect: microseconds from connect() to the server's first byte of answer on a new
+//!   connection (BENCH_CONNECTS times, default 200);
+//! - ctr→gw: Gbit/s the container sends to a sink on the host's 127.0.0.1 through the gateway
+//!   (host.containers.internal), the user-mode stack's own path.
+//!
+//! Each figure is a median; ratios are against podman's.
+//!
+//! Systems: berth --network slirp4netns (berth's splice forwarder, the default), berth
+//! --network slirp4netns:port_handler=slirp4netns (slirp4netns's own forwarding through its
+//! API socket), berth --network pasta, berth on a user-defined network (bridge in the rootless
+//! namespace), and podman run --runtime runc (slirp4netns with rootlessport, podman 4.3's
+//! default; its gateway run adds allow_host_loopback=true).
+//!
+//! Run with `cargo bench --bench network` (as root: berth and podman run as `berthtest`).
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{have, test_images, Berth, Identity, IMAGE};
+
+const PORT_IN: u16 = 5201;
+
+fn env_num(key: &str, default: u64) -> u64 {
+    std::env::var(key)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+        .max(1)
+}
+
+/// Builds the static server into a directory the benchmark user can read.
+fn build_tool() -> Result<PathBuf, String> {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("berth-netbench");
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/netbench.c");
+    let out = Command::new("cc")
+        .args(["-static", "-O2", "-o"])
+        .arg(dir.join("netbench"))
+        .arg(&src)
+        .output()
+        .map_err(|e| format!("cc: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "cc -static failed (install gcc and libc6-dev): {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    for p in [&dir, &dir.join("netbench")] {
+        let _ = std::fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(0o755));
+    }
+    Ok(dir)
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+fn connect(addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(60)))?;
+    s.set_nodelay(true)?;
+    Ok(s)
+}
+
+/// One ping: connect, ask, first byte back; the time in microseconds.
+fn ping(addr: SocketAddr) -> std::io::Result<f64> {
+    let start = Instant::now();
+    let mut s = connect(addr)?;
+    s.write_all(b"P")?;
+    let mut b = [0u8; 1];
+    s.read_exact(&mut b)?;
+    Ok(start.elapsed().as_secs_f64() * 1e6)
+}
+
+fn wait_ready(addr: SocketAddr) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        match ping(addr) {
+            Ok(_) => return Ok(()),
+            Err(e) => last = e.to_string(),
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Err(format!("the server never answered on {addr}: {last}"))
+}
+
+fn gbits(bytes: u64, d: Duration) -> f64 {
+    bytes as f64 * 8.0 / d.as_secs_f64() / 1e9
+}
+
+fn upload(addr: SocketAddr, bytes: u64) -> std::io::Result<f64> {
+    let mut s = connect(addr)?;
+    let chunk = vec![0u8; 1 << 20];
+    let start = Instant::now();
+    s.write_all(b"S")?;
+    let mut left = bytes;
+    while left > 0 {
+        let k = left.min(chunk.len() as u64) as usize;
+        s.write_all(&chunk[..k])?;
+        left -= k as u64;
+    }
+    s.shutdown(std::net::Shutdown::Write)?;
+    let mut count = [0u8; 8];
+    s.read_exact(&mut count)?;
+    let elapsed = start.elapsed();
+    let got = u64::from_le_bytes(count);
+    if got != bytes {
+        return Err(std::io::Error::other(format!(
+            "the server counted {got} of {bytes} bytes"
+        )));
+    }
+    Ok(gbits(bytes, elapsed))
+}
+
+fn download(addr: SocketAddr, bytes: u64) -> std::io::Result<f64> {
+    let mut s = connect(addr)?;
+    let mut buf = vec![0u8; 1 << 20];
+    let start = Instant::now();
+    let mut req = vec![b'G'];
+    req.extend_from_slice(&bytes.to_le_bytes());
+    s.write_all(&req)?;
+    let mut got = 0u64;
+    loop {
+        let n = s.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        got += n as u64;
+    }
+    if got != bytes {
+        return Err(std::io::Error::other(format!(
+            "received {got} of {bytes} bytes"
+        )));
+    }
+    Ok(gbits(bytes, start.elapsed()))
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+#[derive(Default)]
+struct Figures {
+    up: Option<f64>,
+    down: Option<f64>,
+    connect_us: Option<f64>,
+    gateway: Option<f64>,
+    error: Option<String>,
+}
+
+struct Settings {
+    runs: u64,
+    bytes: u64,
+    connects: u64,
+}
+
+/// The published-port figures for a server already listening on `addr`.
+fn measure_port(addr: SocketAddr, s: &Settings, f: &mut Figures) {
+    let attempt = || -> std::io::Result<(f64, f64, f64)> {
+        let mut up = vec![];
+        let mut down = vec![];
+        let mut lat = vec![];
+        // One warm-up of each.
+        upload(addr, s.bytes / 4)?;
+        download(addr, s.bytes / 4)?;
+        for _ in 0..s.runs {
+            up.push(upload(addr, s.bytes)?);
+            down.push(download(addr, s.bytes)?);
+        }
+        for _ in 0..s.connects {
+            lat.push(ping(addr)?);
+        }
+        Ok((median(&mut up), median(&mut down), median(&mut lat)))
+    };
+    match attempt() {
+        Ok((u, d, l)) => {
+            f.up = Some(u);
+            f.down = Some(d);
+            f.connect_us = Some(l);
+        }
+        Err(e) => f.error = Some(format!("published port: {e}")),
+    }
+}
+
+/// A sink on the host's loopback: for each of `runs` connections, Gbit/s from the first byte
+/// to EOF.
+fn gateway_sink(runs: u64) -> (u16, std::thread::JoinHandle<Vec<f64>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("sink");
+    let port = listener.local_addr().unwrap().port();
+    let t = std::thread::spawn(move || {
+        let mut out = vec![];
+        let mut buf = vec![0u8; 1 << 20];
+        for _ in 0..runs + 1 {
+            let Ok((mut c, _)) = listener.accept() else {
+                break;
+            };
+            let _ = c.set_read_timeout(Some(Duration::from_secs(60)));
+            let mut got = 0u64;
+            let mut start = None;
+            while let Ok(n) = c.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                start.get_or_insert_with(Instant::now);
+                got += n as u64;
+            }
+            if let Some(start) = start {
+                out.push(gbits(got, start.elapsed()));
+            }
+        }
+        // The first was the warm-up.
+        if !out.is_empty() {
+            out.remove(0);
+        }
+        out
+    });
+    (port, t)
+}
+
+/// The script a container runs to send to the host's sink through the gateway name. A
+/// transfer that stalls (Debian 12's pasta does on its tap path) is cut after 30 s; the sink
+/// then counts what arrived in that time.
+fn gateway_script(port: u16, bytes: u64) -> String {
+    format!(
+        "exec timeout 30 /tools/netbench send $(grep -m1 host.containers.internal /etc/hosts | cut -f1) {port} {bytes}"
+    )
+}
+
+fn berth_system(berth: &Berth, tools: &Path, network: &str, s: &Settings) -> Figures {
+    let mut f = Figures::default();
+    let port = free_port();
+    let publish = format!("127.0.0.1:{port}:{PORT_IN}");
+    let volume = format!("{}:/tools:ro", tools.display());
+    let server = berth.spawn(&[
+        "run",
+        "--rm",
+        "--init",
+        "--network",
+        network,
+        "-p",
+        &publish,
+        "-v",
+        &volume,
+        IMAGE,
+        "/tools/netbench",
+        "serve",
+        "5201",
+    ]);
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    match wait_ready(addr) {
+        Ok(()) => measure_port(addr, s, &mut f),
+        Err(e) => f.error = Some(e),
+    }
+    server.signal(nix::sys::signal::Signal::SIGTERM);
+    server.wait(Duration::from_secs(30));
+
+    let (sink, t) = gateway_sink(s.runs);
+    let script = gateway_script(sink, s.bytes);
+    for _ in 0..s.runs + 1 {
+        // --init: busybox's timeout signals its command, which as PID 1 would ignore it.
+        let out = berth.cmd(&[
+            "run",
+            "--rm",
+            "--init",
+            "--network",
+            network,
+            "-v",
+            &volume,
+            IMAGE,
+            "sh",
+            "-c",
+            &script,
+        ]);
+        if !out.status.success() {
+            f.error.get_or_insert(format!(
+                "gateway: a transfer failed or was cut after 30 s ({}) {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+            // Unblock the sink.
+            let _ = TcpStream::connect(("127.0.0.1", sink));
+        }
+    }
+    let mut g = t.join().unwrap_or_default();
+    if !g.is_empty() {
+        f.gateway = Some(median(&mut g));
+    }
+    f
+}
+
+struct Podman {
+    id: Identity,
+    env: Vec<(&'static str, PathBuf)>,
+    dir: PathBuf,
+    storage: PathBuf,
+}
+
+impl Podman {
+    fn setup(berth: &Berth) -> Result<Podman, String> {
+        if !have("podman") || !have("runc") {
+            return Err("podman or runc not installed".into());
+        }
+        let dir = berth.host_mkdir("podman");
+        let storage = berth.host_file(
+            "podman/storage.conf",
+            &format!(
+                "[storage]\ndriver = \"overlay\"\ngraphroot = \"{0}/graph\"\nrunroot = \"{0}/run\"\n",
+                dir.display()
+            ),
+        );
+        let containers = berth.host_file(
+            "podman/containers.conf",
+            "[engine]\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n",
+        );
+        let p = Podman {
+            id: berth.identity.clone(),
+            env: vec![
+                ("CONTAINERS_STORAGE_CONF", storage.clone()),
+                ("CONTAINERS_CONF", containers),
+                ("XDG_RUNTIME_DIR", berth.runtime_dir.clone()),
+            ],
+            dir,
+            storage,
+        };
+        let archive = test_images().oci.to_string_lossy().into_owned();
+        let out = p
+            .command(&["load", "-q", "-i", &archive])
+            .output()
+            .map_err(|e| e.to_string())?;
+        if !out.status.success() {
+            return Err(format!(
+                "podman load: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        Ok(p)
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = self.id.command("podman", args);
+        cmd.current_dir(&self.dir);
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        cmd
+    }
+
+    fn measure(&self, tools: &Path, s: &Settings) -> Figures {
+        let mut f = Figures::default();
+        let port = free_port();
+        let publish = format!("127.0.0.1:{port}:{PORT_IN}");
+        let volume = format!("{}:/tools:ro", tools.display());
+        let server: Result<Child, _> = self
+            .command(&[
+                "run",
+                "--rm",
+                "--name",
+                "netbench",
+                "--runtime",
+                "runc",
+                "-p",
+                &publish,
+                "-v",
+                &volume,
+                IMAGE,
+                "/tools/netbench",
+                "serve",
+                "5201",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn();
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        match server {
+            Ok(mut child) => {
+                match wait_ready(addr) {
+                    Ok(()) => measure_port(addr, s, &mut f),
+                    Err(e) => {
+                        let mut err = String::new();
+                        if let Ok(Some(_)) = child.try_wait() {
+                            if let Some(mut e2) = child.stderr.take() {
+                                let _ = e2.read_to_string(&mut err);
+                            }
+                        }
+                        f.error = Some(format!("{e} {}", err.trim()));
+                    }
+                }
+                let _ = self.command(&["rm", "-f", "-t", "0", "netbench"]).output();
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            Err(e) => f.error = Some(e.to_string()),
+        }
+        let (sink, t) = gateway_sink(s.runs);
+        let script = gateway_script(sink, s.bytes);
+        for _ in 0..s.runs + 1 {
+            let out = self
+                .command(&[
+                    "run",
+                    "--rm",
+                    "--runtime",
+                    "runc",
+                    "--network",
+                    "slirp4netns:allow_host_loopback=true",
+                    "--add-host",
+                    "host.containers.internal:10.0.2.2",
+                    "-v",
+                    &volume,
+                    IMAGE,
+                    "sh",
+                    "-c",
+                    &script,
+                ])
+                .output();
+            if !out.as_ref().is_ok_and(|o| o.status.success()) {
+                let _ = TcpStream::connect(("127.0.0.1", sink));
+            }
+        }
+        let mut g = t.join().unwrap_or_default();
+        if !g.is_empty() {
+            f.gateway = Some(median(&mut g));
+        }
+        f
+    }
+}
+
+impl Drop for Podman {
+    fn drop(&mut self) {
+        // Rootless podman keeps a pause process; our storage.conf in its environment names it.
+        let ours = common::procs::with_env(&format!(
+            "CONTAINERS_STORAGE_CONF={}",
+            self.storage.display()
+        ));
+        common::procs::kill_all(&ours);
+    }
+}
+
+fn main() {
+    let s = Settings {
+        runs: env_num("BENCH_RUNS", 5),
+        bytes: env_num("BENCH_BYTES", 1 << 30),
+        connects: env_num("BENCH_CONNECTS", 200),
+    };
+    let tools = match build_tool() {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("network bench: {e}");
+            return;
+        }
+    };
+    let Some(berth) = Berth::new() else {
+        eprintln!("network bench: berth cannot run here (see the reason above)");
+        return;
+    };
+    println!(
+        "network: TCP through a published port on 127.0.0.1; {} MiB x {} runs per direction, {} connections; as {}",
+        s.bytes >> 20,
+        s.runs,
+        s.connects,
+        berth.identity.name
+    );
+    let mut rows: Vec<(String, Figures)> = vec![];
+    for (label, network) in [
+        ("berth slirp4netns (berth forwarder)", "slirp4netns"),
+        (
+            "berth slirp4netns (port_handler=slirp4netns)",
+            "slirp4netns:port_handler=slirp4netns",
+        ),
+        ("berth pasta", "pasta"),
+    ] {
+        let tool = network.split(':').next().unwrap_or(network);
+        if !have(tool) {
+            rows.push((
+                label.into(),
+                Figures {
+                    error: Some(format!("{tool} not installed")),
+                    ..Figures::default()
+                },
+            ));
+            continue;
+        }
+        rows.push((label.into(), berth_system(&berth, &tools, network, &s)));
+    }
+    berth.run_ok(&["network", "create", "bench"]);
+    rows.push((
+        "berth user-defined network (bridge)".into(),
+        berth_system(&berth, &tools, "bench", &s),
+    ));
+    let podman = match Podman::setup(&berth) {
+        Ok(p) => p.measure(&tools, &s),
+        Err(e) => Figures {
+            error: Some(e),
+            ..Figures::default()
+        },
+    };
+    rows.push(("podman --runtime runc (rootlessport)".into(), podman));
+    print_table(&rows);
+}
+
+fn print_table(rows: &[(String, Figures)]) {
+    let podman = rows.last().map(|(_, f)| f);
+    let fmt = |v: Option<f64>, prec: usize| v.map_or("-".to_string(), |v| format!("{v:.prec$}"));
+    let ratio = |v: Option<f64>, p: Option<f64>| match (v, p) {
+        (Some(v), Some(p)) if p > 0.0 => format!("{:.2}x", v / p),
+        _ => "-".into(),
+    };
+    let width = rows.iter().map(|(n, _)| n.len()).max().unwrap_or(10);
+    println!();
+    println!(
+        "{:<width$}  {:>12}  {:>12}  {:>11}  {:>10}  {:>15}",
+        "system (medians)",
+        "host→ctr Gb/s",
+        "ctr→host Gb/s",
+        "connect µs",
+        "ctr→gw Gb/s",
+        "vs podman ↑/↓"
+    );
+    for (name, f) in rows {
+        println!(
+            "{:<width$}  {:>12}  {:>12}  {:>11}  {:>10}  {:>15}",
+            name,
+            fmt(f.up, 2),
+            fmt(f.down, 2),
+            fmt(f.connect_us, 0),
+            fmt(f.gateway, 2),
+            format!(
+                "{} / {}",
+                ratio(f.up, podman.and_then(|p| p.up)),
+                ratio(f.down, podman.and_then(|p| p.down))
+            ),
+        );
+        if let Some(e) = &f.error {
+            println!("    note: {e}");
+        }
+    }
+}

@@ -1,0 +1,160 @@
+//! `berth network create|ls|inspect|rm|prune` and `berth port`.
+
+use clap::{Args, Subcommand};
+
+use berth::engine::Engine;
+
+#[derive(Subcommand)]
+pub enum NetworkCommand {
+    /// Create a user-defined network: containers on it reach each other by name.
+    Create(CreateArgs),
+    /// List networks.
+    #[command(alias = "list")]
+    Ls(LsArgs),
+    /// Show a network's settings and the containers running on it, as JSON.
+    Inspect(InspectArgs),
+    /// Remove networks.
+    #[command(alias = "remove")]
+    Rm(RmArgs),
+    /// Remove every network no running container uses.
+    Prune,
+}
+
+#[derive(Args)]
+pub struct CreateArgs {
+    /// Subnet in CIDR form (default: the next free /24 of 10.89.0.0/16).
+    #[arg(long, value_name = "CIDR")]
+    subnet: Option<String>,
+    name: String,
+}
+
+#[derive(Args)]
+pub struct LsArgs {
+    /// Only names.
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+#[derive(Args)]
+pub struct InspectArgs {
+    #[arg(required = true)]
+    networks: Vec<String>,
+}
+
+#[derive(Args)]
+pub struct RmArgs {
+    /// Stop the containers that use the network first.
+    #[arg(short, long)]
+    force: bool,
+    #[arg(required = true)]
+    networks: Vec<String>,
+}
+
+#[derive(Args)]
+pub struct PortArgs {
+    /// The container (name or id).
+    container: String,
+    /// Only this container port: PORT[/tcp|/udp].
+    port: Option<String>,
+}
+
+pub fn network(engine: &Engine, cmd: NetworkCommand) -> anyhow::Result<()> {
+    match cmd {
+        NetworkCommand::Create(a) => {
+            let n = engine.network_create(&a.name, a.subnet.as_deref())?;
+            println!("{}", n.name);
+        }
+        NetworkCommand::Ls(a) => {
+            let mut rows = vec![[
+                "NETWORK ID".to_string(),
+                "NAME".into(),
+                "DRIVER".into(),
+                "SUBNET".into(),
+            ]];
+            for n in engine.networks() {
+                if a.quiet {
+                    println!("{}", n.name);
+                    continue;
+                }
+                rows.push([
+                    n.id[..12].to_string(),
+                    n.name.clone(),
+                    n.driver.clone(),
+                    n.cidr(),
+                ]);
+            }
+            if !a.quiet {
+                super::image::print_table(&rows);
+            }
+        }
+        NetworkCommand::Inspect(a) => {
+            let mut out = vec![];
+            for name in &a.networks {
+                let (n, users) = engine.network_inspect(name)?;
+                out.push(serde_json::json!({
+                    "name": n.name,
+                    "id": n.id,
+                    "driver": n.driver,
+                    "subnet": n.cidr(),
+                    "gateway": n.gateway,
+                    "created": n.created,
+                    "containers": users.iter().map(|c| serde_json::json!({
+                        "id": c.id, "name": c.name, "ports": c.ports,
+                    })).collect::<Vec<_>>(),
+                }));
+            }
+            println!("{}", serde_json::to_string_pretty(&out)?);
+        }
+        NetworkCommand::Rm(a) => {
+            let mut failed = None;
+            for name in &a.networks {
+                match engine.network_remove(name, a.force) {
+                    Ok(n) => println!("{n}"),
+                    Err(e) => {
+                        eprintln!("berth: {e}");
+                        failed = Some(e);
+                    }
+                }
+            }
+            if let Some(e) = failed {
+                return Err(e.into());
+            }
+        }
+        NetworkCommand::Prune => {
+            for n in engine.network_prune()? {
+                println!("{n}");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `berth port CONTAINER [PORT[/PROTO]]`, as Docker prints it.
+pub fn port(engine: &Engine, a: PortArgs) -> anyhow::Result<()> {
+    let ports = engine.ports(&a.container)?;
+    match &a.port {
+        None => {
+            for p in &ports {
+                println!("{}/{} -> {}", p.container_port, p.proto, p.host_addr());
+            }
+        }
+        Some(want) => {
+            let (num, proto) = want.split_once('/').unwrap_or((want.as_str(), "tcp"));
+            let found: Vec<_> = ports
+                .iter()
+                .filter(|p| p.container_port.to_string() == num && p.proto.to_string() == proto)
+                .collect();
+            if found.is_empty() {
+                anyhow::bail!(
+                    "no public port '{num}/{proto}' published for {}: `berth port {}` lists what is",
+                    a.container,
+                    a.container
+                );
+            }
+            for p in found {
+                println!("{}", p.host_addr());
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,513 @@
+//! Container networking: which network a container joins and the processes that connect it.
+//!
+//! - `none`: a network namespace with only `lo` (set up by the container backend);
+//! - `host`: the host's network namespace;
+//! - `slirp4netns` / `pasta`: a network namespace of its own, joined to the host through a
+//!   user-mode TCP/IP stack started for the container ([`slirp4netns`], [`pasta`]);
+//! - a user-defined network (`berth network create NAME`): a veth on a bridge in the user's
+//!   rootless network namespace ([`netns`]), where one user-mode process serves every network.
+//!
+//! Published ports ([`ports`]) go through pasta's own forwarding, through slirp4netns's API
+//! socket (`slirp4netns:port_handler=slirp4netns`), or through berth's splice forwarder.
+
+pub mod hosts;
+pub mod netns;
+pub mod pasta;
+pub mod ports;
+pub mod slirp4netns;
+pub mod store;
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+pub use ports::{PortSpec, Proto, PublishedPort};
+pub use store::{NetworkConfig, NetworkStore};
+
+/// Errors of the network code; each says what to do next.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    #[error(
+        "{tool} not found: install it with `apt-get install {package}` (or pick another --network)"
+    )]
+    ToolMissing {
+        tool: &'static str,
+        package: &'static str,
+    },
+    #[error("neither slirp4netns nor pasta is installed, so containers cannot reach the network: install one (`apt-get install slirp4netns` or `apt-get install passt`), or run with --network none")]
+    NoUserMode,
+    #[error("invalid port {spec:?}: {why}")]
+    BadPort { spec: String, why: String },
+    #[error("host port {addr} ({proto}) is already in use: pick another host port (e.g. -p {other}:{ctr}) or stop what listens there")]
+    PortInUse {
+        addr: std::net::SocketAddr,
+        proto: Proto,
+        other: u16,
+        ctr: u16,
+    },
+    #[error("cannot listen on {addr} ({proto}): {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        proto: Proto,
+        source: std::io::Error,
+    },
+    #[error("unknown --network {0:?}: use none, host, slirp4netns, pasta, or the name of a network made with `berth network create`")]
+    UnknownNetwork(String),
+    #[error(
+        "invalid --network option {0:?}: slirp4netns takes port_handler=rootlesskit|slirp4netns"
+    )]
+    BadOption(String),
+    #[error("{what} is only available with a network of the container's own (not with --network {mode})")]
+    NeedsOwnNetwork { what: &'static str, mode: String },
+    #[error("{tool} failed: {message}")]
+    Tool { tool: &'static str, message: String },
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Store(String),
+    #[error("the network daemon failed: {0}")]
+    Daemon(String),
+}
+
+pub(crate) fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> NetError {
+    let path = path.to_path_buf();
+    move |source| NetError::Io { what, path, source }
+}
+
+/// A user-mode TCP/IP stack that joins a network namespace to the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    Slirp4netns,
+    Pasta,
+}
+
+impl std::fmt::Display for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Backend::Slirp4netns => "slirp4netns",
+            Backend::Pasta => "pasta",
+        })
+    }
+}
+
+impl Backend {
+    fn tool(self) -> (&'static str, &'static str) {
+        match self {
+            Backend::Slirp4netns => ("slirp4netns", "slirp4netns"),
+            Backend::Pasta => ("pasta", "passt"),
+        }
+    }
+
+    /// The program, or an error that says which package installs it.
+    pub fn program(self) -> Result<PathBuf, NetError> {
+        let (tool, package) = self.tool();
+        which(tool).ok_or(NetError::ToolMissing { tool, package })
+    }
+
+    /// The backend `berth run` uses without `--network`: slirp4netns when installed (it is
+    /// ready in a few milliseconds where pasta takes over 100, and its tap path moves
+    /// container-to-host traffic several times faster than Debian 12's pasta; published ports
+    /// are equally fast through berth's forwarder), else pasta. `BERTH_NETWORK_BACKEND`
+    /// overrides the choice.
+    pub fn default_for_host() -> Result<Backend, NetError> {
+        if let Ok(v) = std::env::var("BERTH_NETWORK_BACKEND") {
+            match v.as_str() {
+                "slirp4netns" => return Ok(Backend::Slirp4netns),
+                "pasta" => return Ok(Backend::Pasta),
+                _ => {}
+            }
+        }
+        if which("slirp4netns").is_some() {
+            Ok(Backend::Slirp4netns)
+        } else if which("pasta").is_some() && pasta::host_gateway().is_some() {
+            Ok(Backend::Pasta)
+        } else {
+            Err(NetError::NoUserMode)
+        }
+    }
+}
+
+/// How published ports reach a slirp4netns container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PortHandler {
+    /// berth's forwarder: a splice loop from a host socket into the container's namespace.
+    #[default]
+    Berth,
+    /// slirp4netns's own host forwarding, asked for through its API socket.
+    Slirp4netns,
+}
+
+/// What `--network` asks for.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum NetworkRequest {
+    /// No flag: the host's default user-mode backend.
+    #[default]
+    Default,
+    None,
+    Host,
+    UserMode(Backend, PortHandler),
+    /// A network made with `berth network create`.
+    Named(String),
+}
+
+impl std::str::FromStr for NetworkRequest {
+    type Err = NetError;
+
+    fn from_str(s: &str) -> Result<Self, NetError> {
+        let (mode, opts) = s.split_once(':').unwrap_or((s, ""));
+        let handler = |opts: &str| -> Result<PortHandler, NetError> {
+            let mut h = PortHandler::Berth;
+            for o in opts.split(',').filter(|o| !o.is_empty()) {
+                h = match o {
+                    "port_handler=rootlesskit" | "port_handler=berth" => PortHandler::Berth,
+                    "port_handler=slirp4netns" => PortHandler::Slirp4netns,
+                    other => return Err(NetError::BadOption(other.to_string())),
+                };
+            }
+            Ok(h)
+        };
+        Ok(match mode {
+            "none" => NetworkRequest::None,
+            "host" => NetworkRequest::Host,
+            "slirp4netns" => NetworkRequest::UserMode(Backend::Slirp4netns, handler(opts)?),
+            "pasta" => NetworkRequest::UserMode(Backend::Pasta, PortHandler::Berth),
+            "private" | "default" | "bridge" if opts.is_empty() => NetworkRequest::Default,
+            name if store::valid_name(name) && opts.is_empty() => {
+                NetworkRequest::Named(name.to_string())
+            }
+            _ => return Err(NetError::UnknownNetwork(s.to_string())),
+        })
+    }
+}
+
+impl NetworkRequest {
+    /// Whether the namespace is connected beyond `lo`.
+    pub fn connected(&self) -> bool {
+        !matches!(self, NetworkRequest::None | NetworkRequest::Host)
+    }
+}
+
+/// `PATH` lookup.
+pub fn which(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin".into(), "/sbin".into()])
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
+}
+
+/// Facts `berth info` shows about networking.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct NetInfo {
+    /// The default backend, or why there is none.
+    pub default_backend: String,
+    pub slirp4netns: Option<PathBuf>,
+    pub pasta: Option<PathBuf>,
+}
+
+pub fn info() -> NetInfo {
+    NetInfo {
+        default_backend: match Backend::default_for_host() {
+            Ok(b) => b.to_string(),
+            Err(e) => format!("none: {e}"),
+        },
+        slirp4netns: which("slirp4netns"),
+        pasta: which("pasta"),
+    }
+}
+
+/// A container's network, decided before anything starts: host sockets bound, tools found,
+/// the /etc view known. [`Attachment::attach`] connects the namespace once it exists.
+#[derive(Debug)]
+pub struct Prepared {
+    /// What the spec needs to know.
+    pub mode: crate::spec::NetworkMode,
+    /// The ports as published (host side resolved).
+    pub published: Vec<PublishedPort>,
+    /// What /etc/hosts and /etc/resolv.conf say (for a connected container).
+    pub view: Option<hosts::EtcView>,
+    /// The name `berth ps` and `inspect` show for the network.
+    pub name: String,
+    pub attachment: Attachment,
+}
+
+/// How to connect the namespace, and what runs for it until dropped.
+#[derive(Debug)]
+pub struct Attachment {
+    plan: Plan,
+    /// Where logs of the helpers go (the container's directory).
+    run_dir: PathBuf,
+    /// slirp4netns's API socket (in the runtime directory: a socket path has 107 bytes at most).
+    api_socket: PathBuf,
+    /// Whether the container has a user namespace of its own to enter first.
+    userns: bool,
+    /// Host sockets for berth's forwarder.
+    sockets: Vec<(PublishedPort, ports::HostSocket)>,
+    /// Ports that pasta or slirp4netns bind themselves.
+    tool_ports: Vec<PublishedPort>,
+    running: Vec<Running>,
+}
+
+#[derive(Debug)]
+enum Plan {
+    Unconnected,
+    UserMode(Backend, PortHandler),
+    Bridge(netns::Join),
+}
+
+/// A helper that runs as long as the container (stopped when dropped).
+#[derive(Debug)]
+#[allow(dead_code)] // Held for their Drop.
+enum Running {
+    Slirp(slirp4netns::Slirp4netns),
+    Pasta(pasta::Pasta),
+    Forwarder(ports::Forwarder),
+    Member(netns::Membership),
+}
+
+/// Everything the container's network needs from the run request.
+#[derive(Debug, Clone, Default)]
+pub struct NetworkOptions {
+    pub request: NetworkRequest,
+    pub publish: Vec<PortSpec>,
+    /// `-P`: the image's exposed ports.
+    pub publish_all: bool,
+    /// `--network-alias`.
+    pub aliases: Vec<String>,
+}
+
+/// Who the container is, for name resolution on a user-defined network.
+#[derive(Debug, Clone)]
+pub struct Identity<'a> {
+    pub id: &'a str,
+    pub name: &'a str,
+    pub hostname: &'a str,
+    /// The container's /etc/hosts on the host (rewritten as peers come and go).
+    pub hosts_file: PathBuf,
+}
+
+/// Decides the container's network: finds the tools, binds the published host ports (a port
+/// in use fails here, before the container starts), and works out the /etc view.
+pub fn prepare(
+    opts: &NetworkOptions,
+    exposed: &[String],
+    who: &Identity,
+    dirs: &crate::paths::Dirs,
+    ids: &crate::container::IdMapping,
+) -> Result<Prepared, NetError> {
+    let mut specs = opts.publish.clone();
+    if opts.publish_all {
+        specs.extend(ports::exposed(exposed)?);
+    }
+    let request = match &opts.request {
+        NetworkRequest::Default => {
+            NetworkRequest::UserMode(Backend::default_for_host()?, PortHandler::Berth)
+        }
+        other => other.clone(),
+    };
+    let needs_own = |what: &'static str, mode: &str| NetError::NeedsOwnNetwork {
+        what,
+        mode: mode.to_string(),
+    };
+    if !request.connected() {
+        let mode = if request == NetworkRequest::Host {
+            "host"
+        } else {
+            "none"
+        };
+        if !specs.is_empty() {
+            return Err(needs_own("publishing ports (-p/-P)", mode));
+        }
+        if !opts.aliases.is_empty() {
+            return Err(needs_own("--network-alias", mode));
+        }
+    }
+    let run_dir = dirs.data.join("containers").join(who.id);
+    let mut attachment = Attachment {
+        plan: Plan::Unconnected,
+        run_dir,
+        api_socket: dirs.runtime.join(format!(
+            "slirp4netns-{}.sock",
+            &who.id[..12.min(who.id.len())]
+        )),
+        userns: ids.uses_userns(),
+        sockets: vec![],
+        tool_ports: vec![],
+        running: vec![],
+    };
+    let (mode, name, view) = match request {
+        NetworkRequest::None => (crate::spec::NetworkMode::None, "none".to_string(), None),
+        NetworkRequest::Host => (crate::spec::NetworkMode::Host, "host".to_string(), None),
+        NetworkRequest::UserMode(backend, handler) => {
+            backend.program()?;
+            let own_ip = match backend {
+                Backend::Slirp4netns => IpAddr::V4(slirp4netns::CONTAINER_IP),
+                Backend::Pasta => pasta::container_ip(),
+            };
+            let (gateway, dns) = match backend {
+                Backend::Slirp4netns => (slirp4netns::GATEWAY, slirp4netns::DNS),
+                Backend::Pasta => (
+                    pasta::host_gateway().ok_or_else(|| NetError::Tool {
+                        tool: "pasta",
+                        message: "the host has no IPv4 default route for pasta to copy; use --network slirp4netns".into(),
+                    })?,
+                    pasta::DNS,
+                ),
+            };
+            let mut names = vec![who.hostname.to_string()];
+            if who.name != who.hostname {
+                names.push(who.name.to_string());
+            }
+            names.extend(opts.aliases.iter().cloned());
+            attachment.plan = Plan::UserMode(backend, handler);
+            let view = hosts::EtcView {
+                own: Some((own_ip, names)),
+                gateway: Some(IpAddr::V4(gateway)),
+                peers: vec![],
+                nameserver: Some(IpAddr::V4(dns)),
+            };
+            (
+                crate::spec::NetworkMode::Connected,
+                backend.to_string(),
+                Some(view),
+            )
+        }
+        NetworkRequest::Named(net) => {
+            let store = NetworkStore::new(dirs);
+            let config = store.get(&net)?;
+            let join = netns::Join::new(dirs, config, who, &opts.aliases)?;
+            let view = join.initial_view();
+            attachment.plan = Plan::Bridge(join);
+            (crate::spec::NetworkMode::Connected, net, Some(view))
+        }
+        NetworkRequest::Default => unreachable!("resolved above"),
+    };
+    let bound = ports::bind_all(&specs)?;
+    let published: Vec<PublishedPort> = bound.iter().map(|(p, _)| *p).collect();
+    match attachment.plan {
+        // Debian 12's pasta (2023-03) drops UDP it should forward to another port number:
+        // berth's forwarder takes those; pasta binds the rest itself.
+        Plan::UserMode(Backend::Pasta, _) => {
+            let (mine, pastas): (Vec<_>, Vec<_>) = bound
+                .into_iter()
+                .partition(|(p, _)| p.proto == Proto::Udp && p.host_port != p.container_port);
+            attachment.sockets = mine;
+            attachment.tool_ports = ports::release(pastas);
+        }
+        // slirp4netns's own forwarding binds the ports itself.
+        Plan::UserMode(_, PortHandler::Slirp4netns) => {
+            attachment.tool_ports = ports::release(bound);
+        }
+        _ => attachment.sockets = bound,
+    }
+    Ok(Prepared {
+        mode,
+        published,
+        view,
+        name,
+        attachment,
+    })
+}
+
+impl Prepared {
+    /// The user namespace the container joins instead of making one (a user-defined network's).
+    pub fn join_userns(&self) -> Option<PathBuf> {
+        match &self.attachment.plan {
+            Plan::Bridge(j) => Some(j.userns_path()),
+            _ => None,
+        }
+    }
+}
+
+impl Attachment {
+    fn connect(&mut self, pid: i32) -> Result<(), NetError> {
+        let userns_path = PathBuf::from(format!("/proc/{pid}/ns/user"));
+        let netns = PathBuf::from(format!("/proc/{pid}/ns/net"));
+        let userns = self.userns.then_some(userns_path.as_path());
+        match &mut self.plan {
+            Plan::Unconnected => {}
+            Plan::UserMode(Backend::Slirp4netns, handler) => {
+                let api = (*handler == PortHandler::Slirp4netns).then(|| self.api_socket.clone());
+                let mut slirp = slirp4netns::Slirp4netns::start(
+                    userns,
+                    &netns,
+                    api.as_deref(),
+                    &self.run_dir.join("slirp4netns.log"),
+                )?;
+                for p in &self.tool_ports {
+                    slirp.add_hostfwd(p)?;
+                }
+                self.running.push(Running::Slirp(slirp));
+                self.forward(userns, &netns, IpAddr::V4(slirp4netns::CONTAINER_IP))?;
+            }
+            Plan::UserMode(Backend::Pasta, _) => {
+                let pasta = pasta::Pasta::start(pid, &self.tool_ports, &self.run_dir)?;
+                self.running.push(Running::Pasta(pasta));
+                self.forward(userns, &netns, IpAddr::V4(std::net::Ipv4Addr::LOCALHOST))?;
+            }
+            Plan::Bridge(join) => {
+                let member = join.attach(pid)?;
+                let ip = member.address();
+                self.running.push(Running::Member(member));
+                // The container's user namespace is the network daemon's, always entered.
+                self.forward(Some(&userns_path), &netns, ip)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts berth's forwarder for the ports it holds sockets for.
+    fn forward(
+        &mut self,
+        userns: Option<&Path>,
+        netns: &Path,
+        target: IpAddr,
+    ) -> Result<(), NetError> {
+        if self.sockets.is_empty() {
+            return Ok(());
+        }
+        let sockets = std::mem::take(&mut self.sockets);
+        let fwd = ports::Forwarder::start(userns, netns, target, sockets)?;
+        self.running.push(Running::Forwarder(fwd));
+        Ok(())
+    }
+}
+
+impl crate::container::NetworkAttach for Attachment {
+    fn attach(&mut self, pid: i32) -> Result<(), String> {
+        self.connect(pid).map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn network_flags_parse() {
+        assert_eq!(
+            "none".parse::<NetworkRequest>().unwrap(),
+            NetworkRequest::None
+        );
+        assert_eq!(
+            "slirp4netns:port_handler=slirp4netns"
+                .parse::<NetworkRequest>()
+                .unwrap(),
+            NetworkRequest::UserMode(Backend::Slirp4netns, PortHandler::Slirp4netns)
+        );
+        assert_eq!(
+            "pasta".parse::<NetworkRequest>().unwrap(),
+            NetworkRequest::UserMode(Backend::Pasta, PortHandler::Berth)
+        );
+        assert_eq!(
+            "backend".parse::<NetworkRequest>().unwrap(),
+            NetworkRequest::Named("backend".into())
+        );
+        assert!("slirp4netns:mtu=1".parse::<NetworkRequest>().is_err());
+        assert!("-bad".parse::<NetworkRequest>().is_err());
+    }
+}

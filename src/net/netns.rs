@@ -1,0 +1,723 @@
+//! The rootless network namespace of user-defined networks, one per user (as Podman's):
+//! a daemon holds a user namespace and a network namespace with a bridge per network, a veth
+//! per container, and one slirp4netns attached once for the way out (to the host's loopback
+//! through 10.0.2.2, DNS through 10.0.2.3, the world through the host's connection).
+//!
+//! Lifetime: `berth run --network NAME` connects to the daemon's control socket (starting it
+//! when there is none) and keeps the connection open while its container runs. The daemon
+//! counts connections: when the last one closes (the container ended, or its berth was killed:
+//! the kernel closes the socket either way) it exits, and slirp4netns and the namespaces go
+//! with it. A lock file orders "connect or start" against "exit when idle", so a container
+//! never joins a daemon that is leaving.
+//!
+//! Containers on a user-defined network join the daemon's user namespace (so that it may move
+//! a veth into their network namespace) and make their own network namespace in it. Names
+//! resolve through each container's /etc/hosts, which the daemon rewrites in place as
+//! containers come and go. Routed traffic between two bridges is dropped (iptables), so
+//! networks do not reach each other.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sched::CloneFlags;
+use serde::{Deserialize, Serialize};
+
+use super::hosts::{self, EtcView};
+use super::slirp4netns::{self, log_tail, Slirp4netns};
+use super::{Identity, NetError, NetworkConfig};
+use crate::container::userns::{self, Forked};
+use crate::container::IdMapping;
+use crate::paths::Dirs;
+
+/// How long a starting daemon may take to listen.
+const START_TIMEOUT: Duration = Duration::from_secs(15);
+/// The MTU of bridges and veths (as slirp4netns's tap).
+const MTU: &str = "65520";
+
+/// Takes an flock on `path` (created if missing); with `wait` false, None when it is taken.
+pub fn flock(path: &Path, wait: bool) -> Result<Option<std::fs::File>, NetError> {
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(super::io("opening", path))?;
+    let op = if wait {
+        libc::LOCK_EX
+    } else {
+        libc::LOCK_EX | libc::LOCK_NB
+    };
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(f.as_raw_fd(), op) } != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.kind() == std::io::ErrorKind::WouldBlock {
+            return Ok(None);
+        }
+        return Err(NetError::Io {
+            what: "locking",
+            path: path.to_path_buf(),
+            source: e,
+        });
+    }
+    Ok(Some(f))
+}
+
+/// The daemon's files under `$XDG_RUNTIME_DIR/berth/netns/`.
+struct Files {
+    dir: PathBuf,
+    lock: PathBuf,
+    socket: PathBuf,
+    log: PathBuf,
+}
+
+fn files(dirs: &Dirs) -> Files {
+    let dir = dirs.runtime.join("netns");
+    Files {
+        lock: dir.join("lock"),
+        socket: dir.join("control.sock"),
+        log: dir.join("daemon.log"),
+        dir,
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "lowercase")]
+enum Request {
+    Hello,
+    Attach {
+        network: NetworkConfig,
+        pid: i32,
+        names: Vec<String>,
+        hosts: PathBuf,
+    },
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Reply {
+    ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pid: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ip: Option<Ipv4Addr>,
+}
+
+fn daemon_err(e: impl std::fmt::Display) -> NetError {
+    NetError::Daemon(e.to_string())
+}
+
+fn exchange(stream: &UnixStream, req: &Request) -> Result<Reply, NetError> {
+    let mut line = serde_json::to_string(req).map_err(daemon_err)?;
+    line.push('\n');
+    (&*stream).write_all(line.as_bytes()).map_err(daemon_err)?;
+    let mut reply = String::new();
+    BufReader::new(stream)
+        .read_line(&mut reply)
+        .map_err(daemon_err)?;
+    if reply.is_empty() {
+        return Err(daemon_err("it closed the connection"));
+    }
+    let r: Reply = serde_json::from_str(&reply).map_err(daemon_err)?;
+    if !r.ok {
+        return Err(NetError::Daemon(r.error.unwrap_or_default()));
+    }
+    Ok(r)
+}
+
+// --- the client side: berth run --network NAME ------------------------------------------------
+
+/// A container on its way into a user-defined network: the daemon is running and counts
+/// this connection, so it stays until the container is gone.
+#[derive(Debug)]
+pub struct Join {
+    stream: UnixStream,
+    daemon_pid: i32,
+    config: NetworkConfig,
+    names: Vec<String>,
+    hosts_file: PathBuf,
+}
+
+/// A container on a user-defined network; the daemon forgets it when this is dropped.
+#[derive(Debug)]
+pub struct Membership {
+    _stream: UnixStream,
+    ip: Ipv4Addr,
+}
+
+impl Membership {
+    pub fn address(&self) -> IpAddr {
+        IpAddr::V4(self.ip)
+    }
+}
+
+impl Join {
+    /// Connects to the user's network daemon, starting it when it is not running.
+    pub fn new(
+        dirs: &Dirs,
+        config: NetworkConfig,
+        who: &Identity,
+        aliases: &[String],
+    ) -> Result<Join, NetError> {
+        super::Backend::Slirp4netns.program()?;
+        let f = files(dirs);
+        std::fs::create_dir_all(&f.dir).map_err(super::io("creating", &f.dir))?;
+        let lock = flock(&f.lock, true)?;
+        let (stream, daemon_pid) = match UnixStream::connect(&f.socket)
+            .ok()
+            .and_then(|s| hello(&s).ok().map(|pid| (s, pid)))
+        {
+            Some(found) => found,
+            None => start_daemon(&f)?,
+        };
+        drop(lock);
+        let mut names = vec![who.hostname.to_string()];
+        if who.name != who.hostname {
+            names.push(who.name.to_string());
+        }
+        for a in aliases {
+            if !names.contains(a) {
+                names.push(a.clone());
+            }
+        }
+        Ok(Join {
+            stream,
+            daemon_pid,
+            config,
+            names,
+            hosts_file: who.hosts_file.clone(),
+        })
+    }
+
+    /// The daemon's user namespace, which the container joins.
+    pub fn userns_path(&self) -> PathBuf {
+        PathBuf::from(format!("/proc/{}/ns/user", self.daemon_pid))
+    }
+
+    /// The /etc view before the container has an address (the daemon completes its hosts file).
+    pub fn initial_view(&self) -> EtcView {
+        EtcView {
+            own: None,
+            gateway: Some(IpAddr::V4(slirp4netns::GATEWAY)),
+            peers: vec![],
+            nameserver: Some(IpAddr::V4(slirp4netns::DNS)),
+        }
+    }
+
+    /// Asks the daemon to connect the network namespace of `pid` to the network.
+    pub fn attach(&mut self, pid: i32) -> Result<Membership, NetError> {
+        let reply = exchange(
+            &self.stream,
+            &Request::Attach {
+                network: self.config.clone(),
+                pid,
+                names: self.names.clone(),
+                hosts: self.hosts_file.clone(),
+            },
+        )?;
+        let ip = reply
+            .ip
+            .ok_or_else(|| daemon_err("it gave the container no address"))?;
+        Ok(Membership {
+            _stream: self.stream.try_clone().map_err(daemon_err)?,
+            ip,
+        })
+    }
+}
+
+fn hello(stream: &UnixStream) -> Result<i32, NetError> {
+    let _ = stream.set_read_timeout(Some(START_TIMEOUT));
+    let r = exchange(stream, &Request::Hello)?;
+    let _ = stream.set_read_timeout(None);
+    r.pid.ok_or_else(|| daemon_err("it did not say its pid"))
+}
+
+/// Starts `berth netns-daemon` in a session of its own (a Ctrl-C for one `berth run` must not
+/// stop every network) and waits until it listens. Called with the lock held.
+fn start_daemon(f: &Files) -> Result<(UnixStream, i32), NetError> {
+    let _ = std::fs::remove_file(&f.socket);
+    let exe = std::env::current_exe().map_err(super::io("finding", Path::new("berth")))?;
+    let log = std::fs::File::create(&f.log).map_err(super::io("creating", &f.log))?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("netns-daemon")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log));
+    // SAFETY: setsid is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| daemon_err(format!("cannot start it: {e}")))?;
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        if let Ok(s) = UnixStream::connect(&f.socket) {
+            let pid = hello(&s)?;
+            // The daemon outlives this berth; the kernel reaps it once we exit.
+            std::mem::forget(child);
+            return Ok((s, pid));
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(daemon_err(format!(
+                "it exited ({status}): {}",
+                log_tail(&f.log)
+            )));
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(daemon_err(format!(
+                "it did not listen within {START_TIMEOUT:?}: {}",
+                log_tail(&f.log)
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+// --- the daemon -----------------------------------------------------------------------------
+
+/// `berth netns-daemon`: the outer process stays in the host's namespaces (slirp4netns must
+/// start there), the inner one holds the rootless user and network namespaces and serves the
+/// control socket. Returns the exit status.
+pub fn daemon_main(dirs: &Dirs, ids: &IdMapping) -> i32 {
+    match run_daemon(dirs, ids) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("berth netns-daemon: {e}");
+            1
+        }
+    }
+}
+
+fn pipe() -> Result<(OwnedFd, OwnedFd), NetError> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(daemon_err)
+}
+
+fn run_daemon(dirs: &Dirs, ids: &IdMapping) -> Result<(), NetError> {
+    let f = files(dirs);
+    let (sync_rd, sync_wr) = pipe()?;
+    let (go_rd, go_wr) = pipe()?;
+    let flags = userns::userns_flag(ids) | CloneFlags::CLONE_NEWNET;
+    match userns::clone_fork(flags).map_err(daemon_err)? {
+        Forked::Child => {
+            drop(sync_wr);
+            drop(go_wr);
+            userns::set_parent_death_signal();
+            let result = userns::child_wait_for_maps(sync_rd, ids)
+                .map_err(daemon_err)
+                .and_then(|()| {
+                    let mut b = [0u8; 1];
+                    match std::fs::File::from(go_rd).read(&mut b) {
+                        Ok(1) => Ok(()),
+                        _ => Err(daemon_err("slirp4netns did not start")),
+                    }
+                })
+                .and_then(|()| Inner::new(&f)?.serve(&f));
+            if let Err(e) = result {
+                eprintln!("berth netns-daemon: {e}");
+                userns::child_exit(1);
+            }
+            userns::child_exit(0)
+        }
+        Forked::Parent(inner) => {
+            drop(sync_rd);
+            drop(go_rd);
+            userns::parent_write_maps(inner, ids, sync_wr).map_err(daemon_err)?;
+            let pid = inner.as_raw();
+            let userns_path = PathBuf::from(format!("/proc/{pid}/ns/user"));
+            let slirp = Slirp4netns::start(
+                ids.uses_userns().then_some(userns_path.as_path()),
+                Path::new(&format!("/proc/{pid}/ns/net")),
+                None,
+                &f.dir.join("slirp4netns.log"),
+            );
+            let slirp = match slirp {
+                Ok(s) => s,
+                Err(e) => {
+                    let _ = nix::sys::signal::kill(inner, nix::sys::signal::Signal::SIGKILL);
+                    let _ = userns::wait_retry(inner);
+                    return Err(e);
+                }
+            };
+            let _ = std::fs::File::from(go_wr).write_all(b"1");
+            let _ = userns::wait_retry(inner);
+            drop(slirp);
+            Ok(())
+        }
+    }
+}
+
+/// Runs `ip -batch -` with `commands`, in the network namespace `netns` when given.
+fn ip_batch(commands: &[String], netns: Option<&OwnedFd>) -> Result<(), NetError> {
+    let mut cmd = Command::new(super::which("ip").ok_or(NetError::ToolMissing {
+        tool: "ip",
+        package: "iproute2",
+    })?);
+    cmd.args(["-batch", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    if let Some(fd) = netns {
+        let raw = fd.as_raw_fd();
+        // SAFETY: setns is async-signal-safe; the descriptor outlives the spawn.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setns(raw, libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    let mut child = cmd.spawn().map_err(|e| NetError::Tool {
+        tool: "ip",
+        message: e.to_string(),
+    })?;
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(commands.join("\n").as_bytes());
+    }
+    let out = child.wait_with_output().map_err(|e| NetError::Tool {
+        tool: "ip",
+        message: e.to_string(),
+    })?;
+    if !out.status.success() {
+        return Err(NetError::Tool {
+            tool: "ip",
+            message: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(())
+}
+
+fn iptables(args: &[&str]) -> Result<(), NetError> {
+    let program = super::which("iptables").ok_or(NetError::ToolMissing {
+        tool: "iptables",
+        package: "iptables",
+    })?;
+    let out = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| NetError::Tool {
+            tool: "iptables",
+            message: e.to_string(),
+        })?;
+    if !out.status.success() {
+        return Err(NetError::Tool {
+            tool: "iptables",
+            message: format!(
+                "{}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// A container the daemon has connected.
+struct Member {
+    network: NetworkConfig,
+    ip: Ipv4Addr,
+    names: Vec<String>,
+    hosts: PathBuf,
+    veth: String,
+}
+
+struct Conn {
+    stream: UnixStream,
+    buf: Vec<u8>,
+}
+
+/// The daemon inside the rootless namespaces.
+struct Inner {
+    listener: UnixListener,
+    conns: HashMap<u64, Conn>,
+    members: HashMap<u64, Member>,
+    bridges: Vec<String>,
+    next: u64,
+}
+
+impl Inner {
+    fn new(f: &Files) -> Result<Inner, NetError> {
+        ip_batch(&["link set lo up".to_string()], None)?;
+        let fwd = Path::new("/proc/sys/net/ipv4/ip_forward");
+        std::fs::write(fwd, "1").map_err(super::io("enabling forwarding in", fwd))?;
+        // Out through slirp4netns with the tap's address; never from one bridge to another.
+        iptables(&[
+            "-t",
+            "nat",
+            "-A",
+            "POSTROUTING",
+            "-o",
+            "tap0",
+            "-j",
+            "MASQUERADE",
+        ])?;
+        iptables(&["-A", "FORWARD", "-i", "brth+", "-o", "brth+", "-j", "DROP"])?;
+        let _ = std::fs::remove_file(&f.socket);
+        let listener =
+            UnixListener::bind(&f.socket).map_err(super::io("listening on", &f.socket))?;
+        listener.set_nonblocking(true).map_err(daemon_err)?;
+        Ok(Inner {
+            listener,
+            conns: HashMap::new(),
+            members: HashMap::new(),
+            bridges: vec![],
+            next: 1,
+        })
+    }
+
+    fn serve(mut self, f: &Files) -> Result<(), NetError> {
+        loop {
+            let ids: Vec<u64> = self.conns.keys().copied().collect();
+            let mut fds = vec![libc::pollfd {
+                fd: self.listener.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            }];
+            for id in &ids {
+                fds.push(libc::pollfd {
+                    fd: self.conns[id].stream.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                });
+            }
+            let timeout = if self.conns.is_empty() { 20 } else { -1 };
+            // SAFETY: fds is a valid array of pollfd for the duration of the call.
+            let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
+            if n < 0 {
+                continue;
+            }
+            if fds[0].revents != 0 {
+                self.accept_all();
+            }
+            for (i, id) in ids.iter().enumerate() {
+                if fds[i + 1].revents != 0 {
+                    self.read_conn(*id);
+                }
+            }
+            if self.conns.is_empty() {
+                // Idle: leave, unless a client is connecting right now (it holds the lock).
+                if let Some(lock) = flock(&f.lock, false)? {
+                    self.accept_all();
+                    if self.conns.is_empty() {
+                        let _ = std::fs::remove_file(&f.socket);
+                        drop(lock);
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+
+    fn accept_all(&mut self) {
+        while let Ok((stream, _)) = self.listener.accept() {
+            let _ = stream.set_nonblocking(true);
+            self.conns.insert(
+                self.next,
+                Conn {
+                    stream,
+                    buf: vec![],
+                },
+            );
+            self.next += 1;
+        }
+    }
+
+    fn read_conn(&mut self, id: u64) {
+        let mut chunk = [0u8; 4096];
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        let closed = match conn.stream.read(&mut chunk) {
+            Ok(0) => true,
+            Ok(n) => {
+                conn.buf.extend_from_slice(&chunk[..n]);
+                false
+            }
+            Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+        };
+        while let Some(pos) = self
+            .conns
+            .get(&id)
+            .and_then(|c| c.buf.iter().position(|b| *b == b'\n'))
+        {
+            let line: Vec<u8> = self
+                .conns
+                .get_mut(&id)
+                .map(|c| c.buf.drain(..=pos).collect())
+                .unwrap_or_default();
+            let reply = match serde_json::from_slice::<Request>(&line) {
+                Ok(req) => self.handle(id, req),
+                Err(e) => Reply {
+                    error: Some(format!("bad request: {e}")),
+                    ..Reply::default()
+                },
+            };
+            if let Some(c) = self.conns.get_mut(&id) {
+                let mut text = serde_json::to_string(&reply).unwrap_or_default();
+                text.push('\n');
+                let _ = c.stream.set_nonblocking(false);
+                let _ = c.stream.write_all(text.as_bytes());
+                let _ = c.stream.set_nonblocking(true);
+            }
+        }
+        if closed {
+            self.conns.remove(&id);
+            self.leave(id);
+        }
+    }
+
+    fn handle(&mut self, id: u64, req: Request) -> Reply {
+        match req {
+            Request::Hello => Reply {
+                ok: true,
+                pid: Some(std::process::id() as i32),
+                ..Reply::default()
+            },
+            Request::Attach {
+                network,
+                pid,
+                names,
+                hosts,
+            } => match self.join(id, network, pid, names, hosts) {
+                Ok(ip) => Reply {
+                    ok: true,
+                    ip: Some(ip),
+                    ..Reply::default()
+                },
+                Err(e) => Reply {
+                    error: Some(e.to_string()),
+                    ..Reply::default()
+                },
+            },
+        }
+    }
+
+    fn ensure_bridge(&mut self, n: &NetworkConfig) -> Result<(), NetError> {
+        let br = n.bridge();
+        if self.bridges.contains(&br) {
+            return Ok(());
+        }
+        ip_batch(
+            &[
+                format!("link add {br} mtu {MTU} type bridge"),
+                format!("addr add {}/{} dev {br}", n.gateway, n.prefix),
+                format!("link set {br} up"),
+            ],
+            None,
+        )?;
+        // Where the host has br_netfilter, traffic inside one bridge passes FORWARD too:
+        // let it through before the rule that drops what goes from one bridge to another.
+        iptables(&["-I", "FORWARD", "1", "-i", &br, "-o", &br, "-j", "ACCEPT"])?;
+        self.bridges.push(br);
+        Ok(())
+    }
+
+    fn join(
+        &mut self,
+        id: u64,
+        network: NetworkConfig,
+        pid: i32,
+        names: Vec<String>,
+        hosts: PathBuf,
+    ) -> Result<Ipv4Addr, NetError> {
+        self.ensure_bridge(&network)?;
+        let taken: Vec<Ipv4Addr> = self
+            .members
+            .values()
+            .filter(|m| m.network.id == network.id)
+            .map(|m| m.ip)
+            .collect();
+        let ip = (2..)
+            .map_while(|n| network.host(n))
+            .find(|ip| !taken.contains(ip))
+            .ok_or_else(|| {
+                daemon_err(format!(
+                    "network {} has no free address left in {}",
+                    network.name,
+                    network.cidr()
+                ))
+            })?;
+        let veth = format!("vth{:x}{id:x}", std::process::id() & 0xffff);
+        let br = network.bridge();
+        ip_batch(
+            &[
+                format!("link add {veth} mtu {MTU} type veth peer name eth0 mtu {MTU} netns {pid}"),
+                format!("link set {veth} master {br} up"),
+            ],
+            None,
+        )?;
+        let ns_path = PathBuf::from(format!("/proc/{pid}/ns/net"));
+        let ns = std::fs::File::open(&ns_path)
+            .map(OwnedFd::from)
+            .map_err(super::io("opening", &ns_path))?;
+        let configured = ip_batch(
+            &[
+                format!("addr add {ip}/{} dev eth0", network.prefix),
+                "link set eth0 up".to_string(),
+                format!("route add default via {}", network.gateway),
+            ],
+            Some(&ns),
+        );
+        if let Err(e) = configured {
+            let _ = ip_batch(&[format!("link del {veth}")], None);
+            return Err(e);
+        }
+        self.members.insert(
+            id,
+            Member {
+                network: network.clone(),
+                ip,
+                names,
+                hosts,
+                veth,
+            },
+        );
+        self.refresh_hosts(&network.id);
+        Ok(ip)
+    }
+
+    fn leave(&mut self, id: u64) {
+        if let Some(m) = self.members.remove(&id) {
+            // Gone with the container's namespace already, unless the container outlived us.
+            let _ = ip_batch(&[format!("link del {}", m.veth)], None);
+            self.refresh_hosts(&m.network.id);
+        }
+    }
+
+    /// Rewrites the /etc/hosts of every container on the network.
+    fn refresh_hosts(&self, network_id: &str) {
+        let on: Vec<&Member> = self
+            .members
+            .values()
+            .filter(|m| m.network.id == network_id)
+            .collect();
+        for m in &on {
+            let view = EtcView {
+                own: Some((IpAddr::V4(m.ip), m.names.clone())),
+                gateway: Some(IpAddr::V4(slirp4netns::GATEWAY)),
+                peers: on
+                    .iter()
+                    .filter(|p| p.ip != m.ip)
+                    .map(|p| (IpAddr::V4(p.ip), p.names.clone()))
+                    .collect(),
+                nameserver: None,
+            };
+            let _ = hosts::rewrite_in_place(&m.hosts, &hosts::render_hosts(&view));
+        }
+    }
+}
