@@ -2,9 +2,12 @@
 //!
 //! Dependencies point down: `engine` -> {`image`, `rootfs`, `spec`, `state`} -> `container`.
 
+pub mod attach;
+pub mod clock;
 pub mod container;
 pub mod engine;
 pub mod image;
+pub mod monitor;
 pub mod paths;
 pub mod rootfs;
 pub mod spec;

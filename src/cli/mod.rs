@@ -1,10 +1,13 @@
 //! Command-line front end: one file per command group.
 
+mod container;
+mod format;
 mod image;
 mod registry;
 mod run;
 mod system;
 mod vmm;
+mod volume;
 
 use clap::{Parser, Subcommand};
 
@@ -33,6 +36,29 @@ struct Cli {
 enum Command {
     /// Run a command in a new container.
     Run(Box<run::RunArgs>),
+    /// Create a container without starting it.
+    Create(Box<run::RunArgs>),
+    /// Start containers in the background (with -a: attached, returning the exit status).
+    Start(container::StartArgs),
+    /// Stop containers: the stop signal, then SIGKILL after a timeout.
+    Stop(container::StopArgs),
+    /// Send a signal to containers (default SIGKILL).
+    Kill(container::KillArgs),
+    /// Stop and start containers again.
+    Restart(container::StopArgs),
+    /// Give a container another name.
+    Rename(container::RenameArgs),
+    /// Wait for containers to end and print their exit status.
+    Wait(container::WaitArgs),
+    /// Show a container's output (kept by its monitor).
+    Logs(container::LogsArgs),
+    /// Attach this terminal to a running container.
+    Attach(container::AttachArgs),
+    /// Show containers or images as JSON.
+    Inspect(container::InspectArgs),
+    /// Manage volumes.
+    #[command(subcommand)]
+    Volume(volume::VolumeCommand),
     /// Import images from an oci-archive or docker-archive tarball.
     Load(image::LoadArgs),
     /// Download an image from a registry.
@@ -57,15 +83,33 @@ enum Command {
     #[command(subcommand)]
     Image(image::ImageCommand),
     /// List containers.
-    Ps(system::PsArgs),
+    Ps(container::PsArgs),
     /// Remove containers.
-    Rm(system::RmArgs),
+    Rm(container::RmArgs),
     /// Show how berth is set up on this machine.
     Info(system::InfoArgs),
     /// Check this machine for what berth needs, and say how to fix what is missing.
     Doctor,
     /// Boot a kernel in a bare microVM with a serial console on stdout (no image, no agent).
     Vmm(vmm::VmmArgs),
+    /// Run by berth-monitor when a sandbox has ended (not for people).
+    #[command(name = "__exited", hide = true)]
+    Exited(ExitedArgs),
+}
+
+/// `berth __exited`, written by berth-monitor.
+#[derive(clap::Args)]
+struct ExitedArgs {
+    #[arg(long)]
+    id: String,
+    #[arg(long)]
+    code: i32,
+    #[arg(long)]
+    stopped: bool,
+    #[arg(long)]
+    listen: i32,
+    #[arg(long)]
+    client: Vec<i32>,
 }
 
 /// Runs the CLI and returns the process exit status.
@@ -92,6 +136,26 @@ pub fn main() -> i32 {
     };
     let result = match cli.command {
         Command::Run(args) => return run::run(&engine, *args),
+        Command::Start(args) => return container::start(&engine, args),
+        Command::Attach(args) => return container::attach_cmd(&engine, args),
+        Command::Exited(a) => {
+            return engine.monitor_exited(berth::engine::ExitedArgs {
+                id: a.id,
+                code: a.code,
+                stopped: a.stopped,
+                listener: a.listen,
+                clients: a.client,
+            })
+        }
+        Command::Create(args) => run::create(&engine, *args),
+        Command::Stop(a) => container::stop(&engine, a),
+        Command::Kill(a) => container::kill(&engine, a),
+        Command::Restart(a) => container::restart(&engine, a),
+        Command::Rename(a) => container::rename(&engine, a),
+        Command::Wait(a) => container::wait(&engine, a),
+        Command::Logs(a) => container::logs(&engine, a),
+        Command::Inspect(a) => container::inspect(&engine, a),
+        Command::Volume(cmd) => volume::volume(&engine, cmd),
         Command::Load(args) => image::load(&engine, args),
         Command::Pull(a) => registry::pull(&engine, a),
         Command::Push(a) => registry::push(&engine, a),
@@ -103,8 +167,8 @@ pub fn main() -> i32 {
         Command::History(a) => image::history(&engine, a),
         Command::Images(args) => image::images(&engine, args),
         Command::Image(cmd) => image::image(&engine, cmd),
-        Command::Ps(args) => system::ps(&engine, args),
-        Command::Rm(args) => system::rm(&engine, args),
+        Command::Ps(args) => container::ps(&engine, args),
+        Command::Rm(args) => container::rm(&engine, args),
         Command::Info(args) => system::info(&engine, args),
         Command::Doctor | Command::Vmm(_) => unreachable!("handled above"),
     };

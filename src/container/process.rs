@@ -94,9 +94,80 @@ fn has_ns(spec: &Spec, typ: LinuxNamespaceType) -> bool {
         .is_some_and(|ns| ns.iter().any(|n| n.typ() == typ && n.path().is_none()))
 }
 
+/// A container whose process runs: what its supervisor needs.
+#[derive(Debug)]
+pub struct Started {
+    /// Stage 1, the caller's child: it waits for the container and reports the end on `status`.
+    pub stage1: Pid,
+    /// The container's first process (PID 1 of its pid namespace), as the host sees it.
+    pub init: Pid,
+    /// Stage 1's report pipe; only the `exit N` or `signal N` line is left to come.
+    pub status: OwnedFd,
+    /// With a terminal (`process.terminal`): its master.
+    pub master: Option<OwnedFd>,
+}
+
 /// Runs the bundle in the foreground and returns the container's exit status
-/// (128+N when the process was killed by signal N).
-pub fn run(bundle: &Path, ids: &IdMapping, opts: &RunOptions) -> Result<i32, ContainerError> {
+/// (128+N when the process was killed by signal N). `on_start` learns the container's
+/// processes once its command runs.
+pub fn run(
+    bundle: &Path,
+    ids: &IdMapping,
+    opts: &RunOptions,
+    on_start: impl FnOnce(&Started),
+) -> Result<i32, ContainerError> {
+    let sigs = forwarded_set();
+    let mut old_mask = SigSet::empty();
+    nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&sigs), Some(&mut old_mask))
+        .map_err(|e| ContainerError::Sys {
+            what: "blocking signals",
+            source: e,
+        })?;
+    let restore_mask = scopeguard(old_mask);
+    let sfd = SignalFd::with_flags(&sigs, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK).map_err(
+        |e| ContainerError::Sys {
+            what: "signalfd",
+            source: e,
+        },
+    )?;
+    let started = start_with_mask(bundle, ids, opts, old_mask, &[sfd.as_raw_fd()])?;
+    on_start(&started);
+    let result = relay(started, &sfd, opts.attach_stdin);
+    drop(restore_mask);
+    result
+}
+
+/// Starts the bundle's container as the caller's child and returns once its command runs
+/// (or failed to start: then with Docker's code in `ContainerError::Start`). The container's
+/// stdio is the caller's descriptors 0, 1 and 2 (stdin /dev/null unless `attach_stdin`), or
+/// a new terminal when the spec asks for one. The stages close `close_in_child` at once (the
+/// caller's locks and pipes that must not live as long as the container). The caller must be
+/// single-threaded.
+pub fn start(
+    bundle: &Path,
+    ids: &IdMapping,
+    opts: &RunOptions,
+    close_in_child: &[RawFd],
+) -> Result<Started, ContainerError> {
+    let mut mask = SigSet::empty();
+    nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, None, Some(&mut mask)).map_err(
+        |e| ContainerError::Sys {
+            what: "reading the signal mask",
+            source: e,
+        },
+    )?;
+    start_with_mask(bundle, ids, opts, mask, close_in_child)
+}
+
+/// [`start`], with the signal mask the container's process gets and descriptors the stages
+/// close at once.
+fn start_with_mask(
+    bundle: &Path,
+    ids: &IdMapping,
+    opts: &RunOptions,
+    old_mask: SigSet,
+    close_in_child: &[RawFd],
+) -> Result<Started, ContainerError> {
     let spec = load_spec(bundle)?;
     let process = spec
         .process()
@@ -114,16 +185,7 @@ pub fn run(bundle: &Path, ids: &IdMapping, opts: &RunOptions) -> Result<i32, Con
     };
     let terminal = process.terminal().unwrap_or(false);
     let console = if terminal {
-        let (parent, child) = nix::sys::socket::socketpair(
-            nix::sys::socket::AddressFamily::Unix,
-            nix::sys::socket::SockType::Stream,
-            None,
-            nix::sys::socket::SockFlag::SOCK_CLOEXEC,
-        )
-        .map_err(|e| ContainerError::Sys {
-            what: "creating the console socket",
-            source: e,
-        })?;
+        let (parent, child) = console_socket()?;
         Some((parent, child, pty::initial_size()))
     } else {
         None
@@ -136,21 +198,6 @@ pub fn run(bundle: &Path, ids: &IdMapping, opts: &RunOptions) -> Result<i32, Con
         )?))
     };
 
-    let sigs = forwarded_set();
-    let mut old_mask = SigSet::empty();
-    nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&sigs), Some(&mut old_mask))
-        .map_err(|e| ContainerError::Sys {
-            what: "blocking signals",
-            source: e,
-        })?;
-    let restore_mask = scopeguard(old_mask);
-    let sfd = SignalFd::with_flags(&sigs, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK).map_err(
-        |e| ContainerError::Sys {
-            what: "signalfd",
-            source: e,
-        },
-    )?;
-
     let (sync_rd, sync_wr) = pipe()?;
     let (status_rd, status_wr) = pipe()?;
     let (err_rd, err_wr) = pipe()?;
@@ -161,7 +208,9 @@ pub fn run(bundle: &Path, ids: &IdMapping, opts: &RunOptions) -> Result<i32, Con
             drop(sync_wr);
             drop(status_rd);
             drop(err_rd);
-            drop(sfd);
+            for fd in close_in_child {
+                let _ = nix::unistd::close(*fd);
+            }
             let ctx = Stage {
                 spec: &spec,
                 bundle,
@@ -183,13 +232,23 @@ pub fn run(bundle: &Path, ids: &IdMapping, opts: &RunOptions) -> Result<i32, Con
                 drop(child);
                 parent
             });
-            let result = supervise(
-                stage1_pid, ids, sync_wr, status_rd, err_rd, &sfd, console, opts,
-            );
-            drop(restore_mask);
-            result
+            handshake(stage1_pid, ids, sync_wr, status_rd, err_rd, console)
         }
     }
+}
+
+/// The socket over which a container's terminal master comes back.
+pub(crate) fn console_socket() -> Result<(OwnedFd, OwnedFd), ContainerError> {
+    nix::sys::socket::socketpair(
+        nix::sys::socket::AddressFamily::Unix,
+        nix::sys::socket::SockType::Stream,
+        None,
+        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(|e| ContainerError::Sys {
+        what: "creating the console socket",
+        source: e,
+    })
 }
 
 /// Restores the signal mask when dropped.
@@ -204,23 +263,22 @@ impl Drop for MaskGuard {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn supervise(
+/// Parent side of a start: writes the id maps, learns the container's pid, takes the
+/// terminal master, and waits until the command runs or its start failed.
+fn handshake(
     stage1: Pid,
     ids: &IdMapping,
     sync_wr: OwnedFd,
     status_rd: OwnedFd,
     err_rd: OwnedFd,
-    sfd: &SignalFd,
     console: Option<OwnedFd>,
-    opts: &RunOptions,
-) -> Result<i32, ContainerError> {
+) -> Result<Started, ContainerError> {
     userns::parent_write_maps(stage1, ids, sync_wr)?;
     let mut status = std::fs::File::from(status_rd);
-    let mut lines = LineReader::default();
-    // First line: the container's pid, or EOF when stage 1 failed.
+    // First line: the container's pid, or EOF when stage 1 failed. Read byte by byte: what
+    // follows (the exit line) is for whoever supervises the container.
     let container = loop {
-        match lines.next_line(&mut status) {
+        match read_line_unbuffered(&mut status) {
             Some(l) if l.starts_with("pid ") => {
                 break l[4..].trim().parse::<i32>().ok().map(Pid::from_raw);
             }
@@ -237,14 +295,46 @@ fn supervise(
         let _ = userns::wait_retry(stage1);
         return Err(start_error(&err));
     }
-    let container = container.expect("checked above");
+    Ok(Started {
+        stage1,
+        init: container.expect("checked above"),
+        status: OwnedFd::from(status),
+        master,
+    })
+}
 
-    let _raw = match (&master, opts.attach_stdin) {
+/// Reads one line without reading past it.
+fn read_line_unbuffered(f: &mut std::fs::File) -> Option<String> {
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    loop {
+        match f.read(&mut byte) {
+            Ok(0) => return None,
+            Ok(_) if byte[0] == b'\n' => return Some(String::from_utf8_lossy(&line).into_owned()),
+            Ok(_) => line.push(byte[0]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => return None,
+        }
+    }
+}
+
+/// The foreground supervision of a started container: relays signals, the terminal and
+/// stdin, and returns the exit status once the container has ended.
+fn relay(started: Started, sfd: &SignalFd, attach_stdin: bool) -> Result<i32, ContainerError> {
+    let Started {
+        stage1,
+        init: container,
+        status,
+        master,
+    } = started;
+    let mut status = std::fs::File::from(status);
+    let mut lines = LineReader::default();
+    let _raw = match (&master, attach_stdin) {
         (Some(_), true) => Some(RawMode::enter()),
         _ => None,
     };
     let stdin = std::io::stdin();
-    let mut stdin_open = master.is_some() && opts.attach_stdin;
+    let mut stdin_open = master.is_some() && attach_stdin;
     let mut master_open = master.is_some();
     let mut exit: Option<i32> = None;
     let mut buf = [0u8; 8192];

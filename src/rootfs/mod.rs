@@ -310,3 +310,22 @@ pub fn remove_owned_tree(paths: Vec<PathBuf>, ids: &IdMapping) -> Result<(), Roo
     })?;
     Ok(())
 }
+
+/// Fills the new volume directory `target` with what the image (`lowers`) has at `rel`, as
+/// Docker does on a volume's first use; owners stay the image's (mapped) ids.
+pub fn fill_from_layers(
+    lowers: &[PathBuf],
+    rel: &Path,
+    target: &Path,
+    ids: &IdMapping,
+) -> Result<(), RootfsError> {
+    if !lowers.iter().any(|l| l.join(rel).exists()) {
+        return Ok(());
+    }
+    let (lowers, rel, target) = (lowers.to_vec(), rel.to_path_buf(), target.to_path_buf());
+    run_in_userns(ids, move || {
+        copy::stack_path(&lowers, &rel, &target)
+            .map_err(|e| format!("copying the image's {} into the volume: {e}", rel.display()))
+    })?;
+    Ok(())
+}

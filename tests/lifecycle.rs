@@ -1,0 +1,537 @@
+//! A container's life under berth's monitor, through the real binary as the unprivileged
+//! test user: `run -d` and `create`/`start` with the command gone, `stop` (its timeout),
+//! `kill`, `wait`, `restart`, `rename`, `rm`, `ps` (filters, formats), `inspect`, a killed
+//! monitor, and many containers at once leaving nothing behind.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde_json::Value;
+
+use common::{assert_exit, code, describe, stderr, stdout, Berth, IMAGE};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// A command that prints `ready`, then runs until it is killed.
+const SERVER: &str = "echo ready; while :; do sleep 0.1; done";
+
+/// `berth run -d ARGS`; returns the id it printed.
+fn run_detached(berth: &Berth, args: &[&str]) -> String {
+    let mut full = vec!["run", "-d"];
+    full.extend_from_slice(args);
+    let out = berth.cmd(&full);
+    assert_exit(&full, &out, 0);
+    let id = stdout(&out).trim().to_string();
+    assert!(
+        id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+        "run -d prints the container id:\n{}",
+        describe(&full, &out)
+    );
+    id
+}
+
+/// `berth inspect NAME` as JSON.
+fn inspect(berth: &Berth, name: &str) -> Value {
+    let out = berth.run_ok(&["inspect", name]);
+    let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    v[0].clone()
+}
+
+/// Polls `berth logs NAME` until its stdout contains `needle`.
+fn wait_for_log(berth: &Berth, name: &str, needle: &str) -> String {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let out = berth.cmd(&["logs", name]);
+        let text = stdout(&out);
+        if text.contains(needle) {
+            return text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {needle:?} in the logs of {name} within {WAIT:?}:\n{}",
+            describe(&["logs", name], &out)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn ps_names(berth: &Berth, extra: &[&str]) -> Vec<String> {
+    let mut args = vec!["ps", "--format", "{{.Names}}"];
+    args.extend_from_slice(extra);
+    berth
+        .run_ok(&args)
+        .lines()
+        .map(|l| l.trim().to_string())
+        .filter(|l| !l.is_empty())
+        .collect()
+}
+
+#[test]
+fn detached_server_keeps_running_after_the_command_exits() {
+    let Some(berth) = Berth::new() else { return };
+    let id = run_detached(&berth, &["--name", "web", IMAGE, "sh", "-c", SERVER]);
+    // The command has exited (the harness waited for its output to close): the container runs.
+    wait_for_log(&berth, "web", "ready");
+    let ps = berth.run_ok(&["ps"]);
+    assert!(
+        ps.contains("web") && ps.contains(&id[..12]) && ps.contains("Up"),
+        "ps lists the running container:\n{ps}"
+    );
+    let state = inspect(&berth, "web");
+    assert_eq!(state["State"]["Status"], "running", "{state:#}");
+    assert_eq!(state["State"]["Running"], true);
+    assert_eq!(state["Id"], id.as_str());
+    assert_eq!(state["Name"], "/web");
+    assert_eq!(state["Isolation"], "container");
+    let pid = state["State"]["Pid"].as_i64().unwrap();
+    assert!(
+        kill(Pid::from_raw(pid as i32), None).is_ok(),
+        "the container's first process (pid {pid}) is alive"
+    );
+    // A short id finds it too.
+    assert_eq!(
+        berth
+            .run_ok(&["inspect", "-f", "{{.Name}}", &id[..6]])
+            .trim(),
+        "/web"
+    );
+    berth.run_ok(&["rm", "-f", "web"]);
+    assert!(
+        berth.run_ok(&["ps", "-a", "-q"]).trim().is_empty(),
+        "rm -f leaves no container"
+    );
+}
+
+#[test]
+fn create_then_start_then_wait_gives_the_exit_status() {
+    let Some(berth) = Berth::new() else { return };
+    let id = berth
+        .run_ok(&[
+            "create",
+            "--name",
+            "job",
+            IMAGE,
+            "sh",
+            "-c",
+            "sleep 0.3; exit 7",
+        ])
+        .trim()
+        .to_string();
+    assert_eq!(id.len(), 64, "create prints the id");
+    assert_eq!(inspect(&berth, "job")["State"]["Status"], "created");
+    let ps = berth.run_ok(&["ps", "-a"]);
+    assert!(ps.contains("Created"), "ps -a shows it created:\n{ps}");
+    assert!(
+        !berth.run_ok(&["ps"]).contains("job"),
+        "ps without -a lists running containers only"
+    );
+    assert_eq!(berth.run_ok(&["start", "job"]).trim(), "job");
+    assert_eq!(berth.run_ok(&["wait", "job"]).trim(), "7");
+    let state = inspect(&berth, "job");
+    assert_eq!(state["State"]["Status"], "exited");
+    assert_eq!(state["State"]["ExitCode"], 7);
+    let ps = berth.run_ok(&["ps", "-a"]);
+    assert!(
+        ps.contains("Exited (7)"),
+        "ps -a shows the exit status:\n{ps}"
+    );
+    // A stopped container starts again, with its files kept.
+    berth.run_ok(&["rm", "job"]);
+}
+
+#[test]
+fn start_a_returns_the_exit_status_and_the_output() {
+    let Some(berth) = Berth::new() else { return };
+    berth.run_ok(&[
+        "create",
+        "--name",
+        "att",
+        IMAGE,
+        "sh",
+        "-c",
+        "echo out; echo err >&2; exit 3",
+    ]);
+    let args = ["start", "-a", "att"];
+    let out = berth.cmd(&args);
+    assert_exit(&args, &out, 3);
+    assert_eq!(stdout(&out), "out\n", "{}", describe(&args, &out));
+    assert!(stderr(&out).contains("err"), "{}", describe(&args, &out));
+    berth.run_ok(&["rm", "att"]);
+}
+
+#[test]
+fn stop_sends_the_stop_signal_then_sigkill_after_the_timeout() {
+    let Some(berth) = Berth::new() else { return };
+    // Ends on SIGTERM: stop lets it finish its trap.
+    let trap = "trap 'echo got-term; exit 3' TERM; echo ready; while :; do sleep 0.1; done";
+    run_detached(&berth, &["--name", "polite", IMAGE, "sh", "-c", trap]);
+    wait_for_log(&berth, "polite", "ready");
+    assert_eq!(
+        berth.run_ok(&["stop", "-t", "30", "polite"]).trim(),
+        "polite"
+    );
+    assert_eq!(inspect(&berth, "polite")["State"]["ExitCode"], 3);
+    wait_for_log(&berth, "polite", "got-term");
+
+    // Ignores SIGTERM (PID 1 without a handler): SIGKILL once the timeout has passed.
+    run_detached(&berth, &["--name", "stubborn", IMAGE, "sh", "-c", SERVER]);
+    wait_for_log(&berth, "stubborn", "ready");
+    berth.run_ok(&["stop", "-t", "1", "stubborn"]);
+    let state = inspect(&berth, "stubborn");
+    assert_eq!(state["State"]["Status"], "exited");
+    assert_eq!(state["State"]["ExitCode"], 137, "killed by SIGKILL");
+
+    // A slow trap is let finish within the timeout, and cut short by -t 0.
+    let slow =
+        "trap 'sleep 1; echo finished; exit 4' TERM; echo ready; while :; do sleep 0.1; done";
+    run_detached(&berth, &["--name", "slow", IMAGE, "sh", "-c", slow]);
+    wait_for_log(&berth, "slow", "ready");
+    berth.run_ok(&["stop", "-t", "30", "slow"]);
+    assert_eq!(inspect(&berth, "slow")["State"]["ExitCode"], 4);
+    berth.run_ok(&["start", "slow"]);
+    wait_for_log(&berth, "slow", "finished");
+    berth.run_ok(&["stop", "-t", "0", "slow"]);
+    assert_eq!(inspect(&berth, "slow")["State"]["ExitCode"], 137);
+    // Stopping a stopped container is fine.
+    berth.run_ok(&["stop", "slow"]);
+    berth.run_ok(&["rm", "polite", "stubborn", "slow"]);
+}
+
+#[test]
+fn kill_sends_a_signal_and_requires_a_running_container() {
+    let Some(berth) = Berth::new() else { return };
+    let script =
+        "trap 'echo got-usr1' USR1; trap 'exit 5' TERM; echo ready; while :; do sleep 0.1; done";
+    run_detached(&berth, &["--name", "k", IMAGE, "sh", "-c", script]);
+    wait_for_log(&berth, "k", "ready");
+    berth.run_ok(&["kill", "-s", "USR1", "k"]);
+    wait_for_log(&berth, "k", "got-usr1");
+    assert_eq!(inspect(&berth, "k")["State"]["Running"], true);
+    berth.run_ok(&["kill", "--signal", "SIGTERM", "k"]);
+    assert_eq!(berth.run_ok(&["wait", "k"]).trim(), "5");
+    let args = ["kill", "k"];
+    let out = berth.cmd(&args);
+    assert_exit(&args, &out, 1);
+    assert!(
+        stderr(&out).contains("not running") && stderr(&out).contains("berth start"),
+        "{}",
+        describe(&args, &out)
+    );
+    berth.run_ok(&["rm", "k"]);
+}
+
+#[test]
+fn rm_refuses_a_running_container_without_force() {
+    let Some(berth) = Berth::new() else { return };
+    run_detached(&berth, &["--name", "busy", IMAGE, "sh", "-c", SERVER]);
+    let args = ["rm", "busy"];
+    let out = berth.cmd(&args);
+    assert_exit(&args, &out, 1);
+    assert!(
+        stderr(&out).contains("berth stop busy") && stderr(&out).contains("rm -f"),
+        "the refusal says what to do:\n{}",
+        describe(&args, &out)
+    );
+    assert_eq!(inspect(&berth, "busy")["State"]["Running"], true);
+    berth.run_ok(&["rm", "-f", "busy"]);
+    let args = ["inspect", "busy"];
+    assert_exit(&args, &berth.cmd(&args), 1);
+}
+
+#[test]
+fn rename_and_unique_names() {
+    let Some(berth) = Berth::new() else { return };
+    run_detached(&berth, &["--name", "old", IMAGE, "sh", "-c", SERVER]);
+    berth.run_ok(&["create", "--name", "taken", IMAGE, "true"]);
+    let args = ["rename", "old", "taken"];
+    let out = berth.cmd(&args);
+    assert_exit(&args, &out, 1);
+    assert!(
+        stderr(&out).contains("already in use"),
+        "{}",
+        describe(&args, &out)
+    );
+    berth.run_ok(&["rename", "old", "new"]);
+    assert_eq!(ps_names(&berth, &[]), vec!["new"]);
+    assert_eq!(inspect(&berth, "new")["Name"], "/new");
+    let args = ["create", "--name", "new", IMAGE, "true"];
+    let out = berth.cmd(&args);
+    assert_exit(&args, &out, 1);
+    assert!(
+        stderr(&out).contains("already in use"),
+        "{}",
+        describe(&args, &out)
+    );
+    berth.run_ok(&["rm", "-f", "new", "taken"]);
+}
+
+#[test]
+fn restart_runs_the_container_again() {
+    let Some(berth) = Berth::new() else { return };
+    run_detached(
+        &berth,
+        &[
+            "--name",
+            "again",
+            IMAGE,
+            "sh",
+            "-c",
+            "echo run; while :; do sleep 0.1; done",
+        ],
+    );
+    wait_for_log(&berth, "again", "run");
+    let before = inspect(&berth, "again")["State"]["Pid"].as_i64().unwrap();
+    berth.run_ok(&["restart", "-t", "1", "again"]);
+    let state = inspect(&berth, "again");
+    assert_eq!(state["State"]["Running"], true);
+    assert_ne!(
+        state["State"]["Pid"].as_i64().unwrap(),
+        before,
+        "a new process"
+    );
+    let deadline = Instant::now() + WAIT;
+    while stdout(&berth.cmd(&["logs", "again"]))
+        .matches("run")
+        .count()
+        < 2
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the second run's output is logged"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    berth.run_ok(&["rm", "-f", "again"]);
+}
+
+#[test]
+fn ps_filters_and_formats() {
+    let Some(berth) = Berth::new() else { return };
+    run_detached(&berth, &["--name", "alpha", IMAGE, "sh", "-c", SERVER]);
+    berth.run_ok(&["create", "--name", "beta", IMAGE, "true"]);
+    let gamma = run_detached(&berth, &["--name", "gamma", IMAGE, "sh", "-c", "exit 2"]);
+    berth.run_ok(&["wait", "gamma"]);
+
+    assert_eq!(ps_names(&berth, &[]), vec!["alpha"]);
+    let mut all = ps_names(&berth, &["-a"]);
+    all.sort();
+    assert_eq!(all, vec!["alpha", "beta", "gamma"]);
+    assert_eq!(
+        ps_names(&berth, &["--filter", "status=created"]),
+        vec!["beta"]
+    );
+    assert_eq!(ps_names(&berth, &["--filter", "exited=2"]), vec!["gamma"]);
+    assert_eq!(
+        ps_names(&berth, &["-a", "--filter", "name=amm"]),
+        vec!["gamma"]
+    );
+    assert_eq!(
+        ps_names(&berth, &["-a", "--filter", &format!("id={}", &gamma[..8])]),
+        vec!["gamma"]
+    );
+    let mut two = ps_names(
+        &berth,
+        &["--filter", "status=created", "--filter", "status=exited"],
+    );
+    two.sort();
+    assert_eq!(
+        two,
+        vec!["beta", "gamma"],
+        "one key's values are alternatives"
+    );
+    assert!(ps_names(&berth, &["-a", "--filter", "ancestor=nope"]).is_empty());
+    assert_eq!(
+        ps_names(&berth, &["-a", "--filter", &format!("ancestor={IMAGE}")]).len(),
+        3
+    );
+
+    let quiet = berth.run_ok(&["ps", "-aq"]);
+    assert_eq!(quiet.lines().count(), 3);
+    assert!(quiet.lines().all(|l| l.len() == 12), "{quiet}");
+
+    let json = berth.run_ok(&["ps", "-a", "--format", "json"]);
+    let rows: Vec<Value> = json
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert_eq!(rows.len(), 3);
+    let g = rows.iter().find(|r| r["Names"] == "gamma").unwrap();
+    assert_eq!(g["State"], "exited");
+    assert!(g["Status"].as_str().unwrap().starts_with("Exited (2)"));
+    assert_eq!(g["ID"], &gamma[..12]);
+
+    let table = berth.run_ok(&["ps", "--format", "table"]);
+    assert!(table.starts_with("CONTAINER ID"), "{table}");
+    let args = ["ps", "--filter", "colour=blue"];
+    let out = berth.cmd(&args);
+    assert_exit(&args, &out, 1);
+    assert!(
+        stderr(&out).contains("unknown filter"),
+        "{}",
+        describe(&args, &out)
+    );
+    berth.run_ok(&["rm", "-f", "alpha", "beta", "gamma"]);
+}
+
+#[test]
+fn inspect_is_docker_shaped() {
+    let Some(berth) = Berth::new() else { return };
+    run_detached(
+        &berth,
+        &[
+            "--name",
+            "shape",
+            "-e",
+            "GREETING=hi",
+            "-w",
+            "/tmp",
+            "--restart",
+            "on-failure:3",
+            IMAGE,
+            "sh",
+            "-c",
+            SERVER,
+        ],
+    );
+    let v = inspect(&berth, "shape");
+    for key in [
+        "Id",
+        "Created",
+        "Path",
+        "Args",
+        "State",
+        "Image",
+        "Name",
+        "RestartCount",
+        "HostConfig",
+        "Mounts",
+        "Config",
+        "NetworkSettings",
+        "Isolation",
+        "LogPath",
+    ] {
+        assert!(v.get(key).is_some(), "inspect has {key}: {v:#}");
+    }
+    assert_eq!(v["Path"], "sh");
+    assert_eq!(v["Config"]["WorkingDir"], "/tmp");
+    assert!(
+        v["Config"]["Env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e == "GREETING=hi"),
+        "{v:#}"
+    );
+    assert_eq!(v["HostConfig"]["RestartPolicy"]["Name"], "on-failure");
+    assert_eq!(v["HostConfig"]["RestartPolicy"]["MaximumRetryCount"], 3);
+    assert_eq!(v["HostConfig"]["NetworkMode"], "none");
+    assert!(
+        v["NetworkSettings"]["Networks"].get("none").is_some(),
+        "{v:#}"
+    );
+    assert_eq!(v["Config"]["Image"], IMAGE);
+    assert_eq!(
+        berth
+            .run_ok(&[
+                "inspect",
+                "-f",
+                "{{.State.Status}} {{.HostConfig.Isolation}}",
+                "shape"
+            ])
+            .trim(),
+        "running container"
+    );
+    berth.run_ok(&["rm", "-f", "shape"]);
+}
+
+#[test]
+fn a_killed_monitor_is_reported_and_the_container_can_be_removed() {
+    let Some(berth) = Berth::new() else { return };
+    run_detached(&berth, &["--name", "orphan", IMAGE, "sh", "-c", SERVER]);
+    wait_for_log(&berth, "orphan", "ready");
+    let state = inspect(&berth, "orphan");
+    let monitor = state["State"]["MonitorPid"].as_i64().unwrap() as i32;
+    let container = state["State"]["Pid"].as_i64().unwrap() as i32;
+    let cmdline = std::fs::read_to_string(format!("/proc/{monitor}/cmdline")).unwrap_or_default();
+    assert!(
+        cmdline.contains("berth-monitor"),
+        "the monitor is berth-monitor: {cmdline:?}"
+    );
+    kill(Pid::from_raw(monitor), Signal::SIGKILL).unwrap();
+    // The container goes with its monitor.
+    let deadline = Instant::now() + WAIT;
+    while kill(Pid::from_raw(container), None).is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "the container died with its monitor"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let ps = berth.run_ok(&["ps", "-a"]);
+    assert!(
+        ps.contains("orphan") && ps.contains("Dead") && ps.contains("monitor"),
+        "ps says the monitor died:\n{ps}"
+    );
+    let v = inspect(&berth, "orphan");
+    assert_eq!(v["State"]["Status"], "dead");
+    assert!(
+        v["State"]["Error"].as_str().unwrap().contains("monitor"),
+        "{v:#}"
+    );
+    // Its output so far is still there.
+    wait_for_log(&berth, "orphan", "ready");
+    berth.run_ok(&["rm", "orphan"]);
+    assert!(berth.run_ok(&["ps", "-aq"]).trim().is_empty());
+}
+
+#[test]
+fn run_d_with_rm_removes_the_container_when_it_ends() {
+    let Some(berth) = Berth::new() else { return };
+    run_detached(
+        &berth,
+        &["--rm", "--name", "brief", IMAGE, "sh", "-c", "sleep 0.2"],
+    );
+    let out = berth.cmd(&["wait", "brief"]);
+    // Removed at the end: wait answers 0, or the container is already gone.
+    assert!(
+        code(&out) == 0 || stderr(&out).contains("no such container"),
+        "{}",
+        describe(&["wait", "brief"], &out)
+    );
+    let deadline = Instant::now() + WAIT;
+    while !berth.run_ok(&["ps", "-aq"]).trim().is_empty() {
+        assert!(Instant::now() < deadline, "--rm removes the record");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_start_failure_says_why_with_docker_codes() {
+    let Some(berth) = Berth::new() else { return };
+    berth.run_ok(&["create", "--name", "broken", IMAGE, "no-such-command"]);
+    let args = ["start", "broken"];
+    let out = berth.cmd(&args);
+    assert_exit(&args, &out, 1);
+    assert!(
+        stderr(&out).contains("no-such-command"),
+        "{}",
+        describe(&args, &out)
+    );
+    let args = ["run", "-d", IMAGE, "no-such-command"];
+    let out = berth.cmd(&args);
+    assert_exit(&args, &out, 127);
+    let v = inspect(&berth, "broken");
+    assert_eq!(v["State"]["ExitCode"], 127);
+    assert!(v["State"]["Error"]
+        .as_str()
+        .unwrap()
+        .contains("no-such-command"));
+    berth.run_ok(&["rm", "broken"]);
+    let ids = berth.run_ok(&["ps", "-aq"]);
+    for id in ids.lines() {
+        berth.run_ok(&["rm", id.trim()]);
+    }
+}
