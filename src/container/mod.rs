@@ -9,7 +9,7 @@ pub mod seccomp;
 pub mod userns;
 
 pub use idmap::{IdMapping, IdMode};
-pub use process::{run, start, RunOptions, Started, INIT_ANNOTATION};
+pub use process::{run, start, End, RunOptions, Started, INIT_ANNOTATION};
 
 /// Errors of the container backend.
 #[derive(Debug, thiserror::Error)]

@@ -40,6 +40,11 @@ pub struct RunOptions {
     pub remove_after: Vec<PathBuf>,
     /// Where compiled seccomp filters are kept between runs.
     pub seccomp_cache: Option<PathBuf>,
+    /// Stage 1 hands the container over to the caller and exits once the command runs: the
+    /// container's first process becomes the caller's child, whose wait status is the
+    /// container's (a monitor then costs one process per container, not two). Not with
+    /// fuse-overlayfs, whose daemon lives as long as stage 1; nor with `remove_after`.
+    pub hand_over: bool,
 }
 
 /// Signals `berth run` passes on to the container process.
@@ -54,7 +59,7 @@ const FORWARDED: &[Signal] = &[
     Signal::SIGCONT,
 ];
 
-fn forwarded_set() -> SigSet {
+pub(super) fn forwarded_set() -> SigSet {
     let mut set = SigSet::empty();
     for s in FORWARDED {
         set.add(*s);
@@ -64,7 +69,7 @@ fn forwarded_set() -> SigSet {
     set
 }
 
-fn pipe() -> Result<(OwnedFd, OwnedFd), ContainerError> {
+pub(super) fn pipe() -> Result<(OwnedFd, OwnedFd), ContainerError> {
     nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| ContainerError::Sys {
         what: "creating a pipe",
         source: e,
@@ -97,14 +102,23 @@ fn has_ns(spec: &Spec, typ: LinuxNamespaceType) -> bool {
 /// A container whose process runs: what its supervisor needs.
 #[derive(Debug)]
 pub struct Started {
-    /// Stage 1, the caller's child: it waits for the container and reports the end on `status`.
-    pub stage1: Pid,
     /// The container's first process (PID 1 of its pid namespace), as the host sees it.
     pub init: Pid,
-    /// Stage 1's report pipe; only the `exit N` or `signal N` line is left to come.
-    pub status: OwnedFd,
+    /// How the container's end is learnt.
+    pub end: End,
     /// With a terminal (`process.terminal`): its master.
     pub master: Option<OwnedFd>,
+}
+
+/// Who reports a started container's end.
+#[derive(Debug)]
+pub enum End {
+    /// Stage 1, the caller's child, waits for the container and writes `exit N` or
+    /// `signal N` on `status` (the pid line already read), then exits.
+    Stage1 { stage1: Pid, status: OwnedFd },
+    /// The container's first process is the caller's child (`RunOptions::hand_over`): its
+    /// wait status is the container's.
+    Child,
 }
 
 /// Runs the bundle in the foreground and returns the container's exit status
@@ -232,9 +246,25 @@ fn start_with_mask(
                 drop(child);
                 parent
             });
-            handshake(stage1_pid, ids, sync_wr, status_rd, err_rd, console)
+            let handed_over = opts.hand_over && hands_over(&spec, opts);
+            handshake(
+                stage1_pid,
+                ids,
+                sync_wr,
+                status_rd,
+                err_rd,
+                console,
+                handed_over,
+            )
         }
     }
+}
+
+/// Whether stage 1 can hand the container over (see `RunOptions::hand_over`).
+fn hands_over(spec: &Spec, opts: &RunOptions) -> bool {
+    opts.hand_over
+        && opts.remove_after.is_empty()
+        && root_mount(spec).and_then(|m| m.typ().as_deref()) != Some("fuse-overlayfs")
 }
 
 /// The socket over which a container's terminal master comes back.
@@ -252,8 +282,8 @@ pub(crate) fn console_socket() -> Result<(OwnedFd, OwnedFd), ContainerError> {
 }
 
 /// Restores the signal mask when dropped.
-struct MaskGuard(SigSet);
-fn scopeguard(old: SigSet) -> MaskGuard {
+pub(super) struct MaskGuard(SigSet);
+pub(super) fn scopeguard(old: SigSet) -> MaskGuard {
     MaskGuard(old)
 }
 impl Drop for MaskGuard {
@@ -272,6 +302,7 @@ fn handshake(
     status_rd: OwnedFd,
     err_rd: OwnedFd,
     console: Option<OwnedFd>,
+    handed_over: bool,
 ) -> Result<Started, ContainerError> {
     userns::parent_write_maps(stage1, ids, sync_wr)?;
     let mut status = std::fs::File::from(status_rd);
@@ -293,18 +324,30 @@ fn handshake(
     let _ = std::fs::File::from(err_rd).read_to_string(&mut err);
     if !err.is_empty() || container.is_none() {
         let _ = userns::wait_retry(stage1);
+        if handed_over {
+            // The failed container process is ours to reap.
+            if let Some(c) = container {
+                let _ = userns::wait_retry(c);
+            }
+        }
         return Err(start_error(&err));
     }
-    Ok(Started {
-        stage1,
-        init: container.expect("checked above"),
-        status: OwnedFd::from(status),
-        master,
-    })
+    let init = container.expect("checked above");
+    let end = if handed_over {
+        // Stage 1 has handed the container over and exits.
+        let _ = userns::wait_retry(stage1);
+        End::Child
+    } else {
+        End::Stage1 {
+            stage1,
+            status: OwnedFd::from(status),
+        }
+    };
+    Ok(Started { init, end, master })
 }
 
 /// Reads one line without reading past it.
-fn read_line_unbuffered(f: &mut std::fs::File) -> Option<String> {
+pub(super) fn read_line_unbuffered(f: &mut std::fs::File) -> Option<String> {
     let mut line = Vec::new();
     let mut byte = [0u8; 1];
     loop {
@@ -320,14 +363,21 @@ fn read_line_unbuffered(f: &mut std::fs::File) -> Option<String> {
 
 /// The foreground supervision of a started container: relays signals, the terminal and
 /// stdin, and returns the exit status once the container has ended.
-fn relay(started: Started, sfd: &SignalFd, attach_stdin: bool) -> Result<i32, ContainerError> {
+pub(super) fn relay(
+    started: Started,
+    sfd: &SignalFd,
+    attach_stdin: bool,
+) -> Result<i32, ContainerError> {
     let Started {
-        stage1,
         init: container,
-        status,
+        end,
         master,
     } = started;
-    let mut status = std::fs::File::from(status);
+    // Stage 1 reports the end on its pipe, or the process is our child (exec).
+    let (stage1, mut status) = match end {
+        End::Stage1 { stage1, status } => (Some(stage1), Some(std::fs::File::from(status))),
+        End::Child => (None, None),
+    };
     let mut lines = LineReader::default();
     let _raw = match (&master, attach_stdin) {
         (Some(_), true) => Some(RawMode::enter()),
@@ -346,7 +396,7 @@ fn relay(started: Started, sfd: &SignalFd, attach_stdin: bool) -> Result<i32, Co
                 revents: 0,
             },
             libc::pollfd {
-                fd: status.as_raw_fd(),
+                fd: status.as_ref().map_or(-1, |s| s.as_raw_fd()),
                 events: libc::POLLIN,
                 revents: 0,
             },
@@ -395,6 +445,13 @@ fn relay(started: Started, sfd: &SignalFd, attach_stdin: bool) -> Result<i32, Co
                     continue;
                 };
                 match sig {
+                    Signal::SIGCHLD if stage1.is_none() => {
+                        match waitpid(container, Some(WaitPidFlag::WNOHANG)) {
+                            Ok(WaitStatus::Exited(_, code)) => exit = Some(code),
+                            Ok(WaitStatus::Signaled(_, sig, _)) => exit = Some(128 + sig as i32),
+                            _ => {}
+                        }
+                    }
                     Signal::SIGCHLD => {}
                     Signal::SIGWINCH => {
                         if let Some(m) = &master {
@@ -407,8 +464,8 @@ fn relay(started: Started, sfd: &SignalFd, attach_stdin: bool) -> Result<i32, Co
                 }
             }
         }
-        if fds[1].revents != 0 {
-            match lines.next_line(&mut status) {
+        if let (true, Some(status)) = (fds[1].revents != 0, &mut status) {
+            match lines.next_line(status) {
                 Some(l) => exit = parse_exit(&l),
                 None => {
                     // Stage 1 died without reporting (killed): the container is gone with it.
@@ -441,7 +498,9 @@ fn relay(started: Started, sfd: &SignalFd, attach_stdin: bool) -> Result<i32, Co
             }
         }
     }
-    let _ = userns::wait_retry(stage1);
+    if let Some(stage1) = stage1 {
+        let _ = userns::wait_retry(stage1);
+    }
     Ok(exit.unwrap_or(137))
 }
 
@@ -469,7 +528,7 @@ fn parse_exit(line: &str) -> Option<i32> {
 }
 
 /// Parses "CODE:message" written by a failing stage into an error.
-fn start_error(raw: &str) -> ContainerError {
+pub(super) fn start_error(raw: &str) -> ContainerError {
     match raw.split_once(':') {
         Some((code, msg)) if code.parse::<i32>().is_ok() => ContainerError::Start {
             code: code.parse().unwrap_or(126),
@@ -524,7 +583,7 @@ struct Stage<'a> {
 }
 
 /// Reports a failure to the parent as "CODE:message" and exits.
-fn fail(err: &OwnedFd, code: i32, msg: &str) -> ! {
+pub(super) fn fail(err: &OwnedFd, code: i32, msg: &str) -> ! {
     let _ = write_all_fd(err.as_raw_fd(), format!("{code}:{msg}").as_bytes());
     child_exit(code)
 }
@@ -565,7 +624,14 @@ fn stage1(ctx: Stage, sync_rd: OwnedFd, status_wr: OwnedFd, err_wr: OwnedFd) -> 
         fail(&err_wr, 125, &format!("creating namespaces {flags:?}: {e}"));
     }
     let new_net = flags.contains(CloneFlags::CLONE_NEWNET);
-    let pid = match userns::clone_fork(CloneFlags::empty()) {
+    // Handing over: the container's first process is created as the caller's child.
+    let hand_over = fuse.is_none() && hands_over(ctx.spec, ctx.opts);
+    let clone_flags = if hand_over {
+        CloneFlags::CLONE_PARENT
+    } else {
+        CloneFlags::empty()
+    };
+    let pid = match userns::clone_fork(clone_flags) {
         Ok(Forked::Child) => {
             drop(status_wr);
             stage2(ctx, &rootfs, new_net, err_wr)
@@ -578,6 +644,9 @@ fn stage1(ctx: Stage, sync_rd: OwnedFd, status_wr: OwnedFd, err_wr: OwnedFd) -> 
     };
     drop(err_wr);
     let _ = write_all_fd(status_wr.as_raw_fd(), format!("pid {pid}\n").as_bytes());
+    if hand_over {
+        child_exit(0)
+    }
     let line = match userns::wait_retry(pid) {
         Ok(WaitStatus::Exited(_, code)) => format!("exit {code}\n"),
         Ok(WaitStatus::Signaled(_, sig, _)) => format!("signal {}\n", sig as i32),
@@ -883,7 +952,28 @@ fn reaper(child: Pid) -> ! {
 
 fn exec_process(ctx: Stage, err: OwnedFd) -> ! {
     let process = ctx.spec.process().as_ref().expect("checked by run()");
-    if let Err(e) = set_identity(&ctx) {
+    become_process(
+        process,
+        ctx.ids,
+        ctx.seccomp.as_ref(),
+        ctx.old_mask,
+        err,
+        true,
+    )
+}
+
+/// Becomes the spec's `process`: identity (capabilities, no_new_privs, user), working
+/// directory, seccomp filter, default signal handling, then exec; reports a failure on `err`
+/// with Docker's code. Shared by a container's first process and `berth exec`.
+pub(super) fn become_process(
+    process: &oci_spec::runtime::Process,
+    ids: &IdMapping,
+    seccomp: Option<&bpf::SeccompFilters>,
+    old_mask: SigSet,
+    err: OwnedFd,
+    death_signal: bool,
+) -> ! {
+    if let Err(e) = set_identity(process, ids) {
         fail(&err, 125, &e);
     }
     if let Err(e) = nix::unistd::chdir(process.cwd()) {
@@ -896,8 +986,10 @@ fn exec_process(ctx: Stage, err: OwnedFd) -> ! {
             ),
         );
     }
-    userns::set_parent_death_signal();
-    if let Some(f) = &ctx.seccomp {
+    if death_signal {
+        userns::set_parent_death_signal();
+    }
+    if let Some(f) = seccomp {
         if let Err(e) = f.install() {
             fail(&err, 125, &format!("installing the seccomp filter: {e}"));
         }
@@ -909,7 +1001,7 @@ fn exec_process(ctx: Stage, err: OwnedFd) -> ! {
             let _ = unsafe { nix::sys::signal::signal(s, nix::sys::signal::SigHandler::SigDfl) };
         }
     }
-    let _ = nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&ctx.old_mask), None);
+    let _ = nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old_mask), None);
 
     let args: Vec<CString> = process
         .args()
@@ -978,9 +1070,8 @@ fn exec_process(ctx: Stage, err: OwnedFd) -> ! {
 }
 
 /// Capabilities, no_new_privs and the user, in the order that keeps the wanted capabilities.
-fn set_identity(ctx: &Stage) -> Result<(), String> {
+fn set_identity(process: &oci_spec::runtime::Process, ids: &IdMapping) -> Result<(), String> {
     use caps::{CapSet, Capability};
-    let process = ctx.spec.process().as_ref().ok_or("no process")?;
     let parse =
         |names: &Option<oci_spec::runtime::Capabilities>| -> std::collections::HashSet<Capability> {
             names
@@ -1017,10 +1108,10 @@ fn set_identity(ctx: &Stage) -> Result<(), String> {
         .as_deref()
         .unwrap_or(&[])
         .iter()
-        .filter(|g| ctx.ids.maps_gid(**g))
+        .filter(|g| ids.maps_gid(**g))
         .map(|g| Gid::from_raw(*g))
         .collect();
-    if ctx.ids.mode != IdMode::SingleId {
+    if ids.mode != IdMode::SingleId {
         nix::unistd::setgroups(&groups).map_err(|e| format!("setgroups: {e}"))?;
     }
     let gid = Gid::from_raw(user.gid());

@@ -182,6 +182,8 @@ impl super::Engine {
         rec.monitor_pid = Some(me);
         rec.monitor_start = process_start_time(me);
         rec.started_at = Some(now());
+        // The output goes straight to this terminal; no log is kept.
+        rec.log = None;
         self.containers.save(&rec)?;
         let opts = RunOptions {
             attach_stdin: flags.attach_stdin,
@@ -191,6 +193,7 @@ impl super::Engine {
                 vec![]
             },
             seccomp_cache: Some(self.dirs.cache.join("seccomp")),
+            hand_over: false,
         };
         let code = container::run(&dir, &self.ids, &opts, |started| {
             rec.pid = Some(started.init.as_raw());
@@ -377,6 +380,7 @@ impl super::Engine {
                 vec![]
             },
             seccomp_cache: Some(self.dirs.cache.join("seccomp")),
+            hand_over: true,
         };
         let mut close_in_child = vec![lock.raw_fd(), listener.as_raw_fd()];
         close_in_child.extend(report);
@@ -438,8 +442,12 @@ impl super::Engine {
             berth,
             sandbox: monitor::Sandbox::Container {
                 init: started.init.as_raw(),
-                stage1: started.stage1.as_raw(),
-                status: started.status.as_raw_fd(),
+                stage1: match &started.end {
+                    container::End::Stage1 { stage1, status } => {
+                        Some((stage1.as_raw(), status.as_raw_fd()))
+                    }
+                    container::End::Child => None,
+                },
             },
             output: output_cfg,
             stdin: stdin_wr.as_ref().map(|f| f.as_raw_fd()),
@@ -454,16 +462,16 @@ impl super::Engine {
             log_max_files: log.max_files,
             stop_signal: rec.stop_signal.unwrap_or(libc::SIGTERM),
         };
-        let passed = [
-            Some(&started.status),
-            started.master.as_ref(),
-            stdin_wr.as_ref(),
-        ]
-        .into_iter()
-        .flatten()
-        .chain(output.iter().flat_map(|(o, e)| [o, e]))
-        .chain([&listener])
-        .chain(client.iter().map(|(f, _)| f));
+        let status = match &started.end {
+            container::End::Stage1 { status, .. } => Some(status),
+            container::End::Child => None,
+        };
+        let passed = [status, started.master.as_ref(), stdin_wr.as_ref()]
+            .into_iter()
+            .flatten()
+            .chain(output.iter().flat_map(|(o, e)| [o, e]))
+            .chain([&listener])
+            .chain(client.iter().map(|(f, _)| f));
         for fd in passed {
             monitor::launch::set_cloexec(fd.as_raw_fd(), false);
         }

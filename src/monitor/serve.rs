@@ -24,12 +24,13 @@ const MAX_STDIN_BACKLOG: usize = 64 * 1024;
 /// sandbox adds a variant here (its VMM process, whose wait status is the sandbox's).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Sandbox {
-    /// A container: `stage1` (the monitor's child) waits for `init`, the container's first
-    /// process, and reports its end on the pipe `status` as `exit N` or `signal N`.
+    /// A container whose first process, `init`, is either the monitor's own child (its wait
+    /// status is the container's), or, with `stage1` (then the monitor's child), is waited
+    /// for by stage 1, which reports the end on the pipe `stage1.1` as `exit N` or
+    /// `signal N` (the fuse-overlayfs driver keeps its daemon in stage 1).
     Container {
         init: i32,
-        stage1: i32,
-        status: RawFd,
+        stage1: Option<(i32, RawFd)>,
     },
 }
 
@@ -89,11 +90,10 @@ impl Config {
         put("--id", self.id.clone().into());
         put("--berth", self.berth.clone().into());
         match &self.sandbox {
-            Sandbox::Container {
-                init,
-                stage1,
-                status,
-            } => put("--container", format!("{init},{stage1},{status}").into()),
+            Sandbox::Container { init, stage1 } => {
+                let (pid, status) = stage1.unwrap_or((-1, -1));
+                put("--container", format!("{init},{pid},{status}").into())
+            }
         }
         match &self.output {
             Output::Pipes { stdout, stderr } => put("--pipes", format!("{stdout},{stderr}").into()),
@@ -150,8 +150,7 @@ impl Config {
                     let v = fds(3)?;
                     sandbox = Some(Sandbox::Container {
                         init: v[0],
-                        stage1: v[1],
-                        status: v[2],
+                        stage1: (v[1] > 0).then_some((v[1], v[2])),
                     });
                 }
                 "--pipes" => {
@@ -426,8 +425,7 @@ impl Monitor {
         }
     }
 
-    fn read_status(&mut self) -> bool {
-        let Sandbox::Container { status, .. } = self.cfg.sandbox;
+    fn read_status(&mut self, status: RawFd) -> bool {
         let mut buf = [0u8; 64];
         match read_fd(status, &mut buf) {
             Ok(0) => {
@@ -455,7 +453,7 @@ impl Monitor {
     }
 
     fn reap(&mut self) {
-        let Sandbox::Container { stage1, .. } = self.cfg.sandbox;
+        let Sandbox::Container { init, stage1 } = self.cfg.sandbox;
         loop {
             let mut status = 0;
             // SAFETY: waitpid writes the status into a local integer.
@@ -463,8 +461,17 @@ impl Monitor {
             if pid <= 0 {
                 return;
             }
-            if pid == stage1 {
-                self.stage1_gone = true;
+            match stage1 {
+                Some((s, _)) if pid == s => self.stage1_gone = true,
+                None if pid == init => {
+                    self.stage1_gone = true;
+                    self.exit = Some(if libc::WIFSIGNALED(status) {
+                        128 + libc::WTERMSIG(status)
+                    } else {
+                        libc::WEXITSTATUS(status)
+                    });
+                }
+                _ => {}
             }
         }
     }
@@ -705,7 +712,8 @@ impl Monitor {
                 revents: 0,
             };
             fds.push(pfd(self.sfd, libc::POLLIN));
-            let Sandbox::Container { status, .. } = self.cfg.sandbox;
+            let Sandbox::Container { stage1, .. } = self.cfg.sandbox;
+            let status = stage1.map_or(-1, |(_, fd)| fd);
             fds.push(pfd(if status_open { status } else { -1 }, libc::POLLIN));
             let outs = self.out_fds();
             for o in &outs {
@@ -752,7 +760,7 @@ impl Monitor {
                 self.on_signals();
             }
             if fds[1].revents != 0 {
-                status_open = self.read_status();
+                status_open = self.read_status(status);
             }
             for (k, o) in outs.iter().enumerate() {
                 if let Some((fd, stream)) = o {
@@ -860,8 +868,9 @@ pub fn serve(cfg: Config) -> io::Error {
             None
         }
     };
-    let Sandbox::Container { status, .. } = cfg.sandbox;
-    let mut fds = vec![status, cfg.listener];
+    let Sandbox::Container { stage1, .. } = cfg.sandbox;
+    let mut fds: Vec<RawFd> = stage1.map(|(_, fd)| fd).into_iter().collect();
+    fds.push(cfg.listener);
     match cfg.output {
         Output::Pipes { stdout, stderr } => fds.extend([stdout, stderr]),
         Output::Terminal { master } => fds.push(master),
@@ -974,8 +983,7 @@ mod tests {
             berth: "/usr/bin/berth".into(),
             sandbox: Sandbox::Container {
                 init: 100,
-                stage1: 99,
-                status: 5,
+                stage1: Some((99, 5)),
             },
             output: Output::Pipes {
                 stdout: 6,
@@ -997,7 +1005,15 @@ mod tests {
             log_max_files: 3,
             stop_signal: 15,
         };
-        assert_eq!(Config::parse(&cfg.to_args()), Ok(cfg));
+        assert_eq!(Config::parse(&cfg.to_args()), Ok(cfg.clone()));
+        let handed = Config {
+            sandbox: Sandbox::Container {
+                init: 100,
+                stage1: None,
+            },
+            ..cfg
+        };
+        assert_eq!(Config::parse(&handed.to_args()), Ok(handed));
         assert!(Config::parse(&["--id".into()]).is_err());
     }
 
