@@ -613,3 +613,220 @@ pub fn attach_cmd(engine: &Engine, args: AttachArgs) -> i32 {
         Err(e) => super::report(e.into(), 1),
     }
 }
+
+#[derive(Args)]
+pub struct ExecArgs {
+    /// Keep stdin attached.
+    #[arg(short, long)]
+    interactive: bool,
+    /// Give the process a terminal.
+    #[arg(short, long)]
+    tty: bool,
+    /// Set an environment variable (K=V, or K to copy it from this environment).
+    #[arg(short, long = "env", value_name = "K=V")]
+    env: Vec<String>,
+    /// User to run as: name or uid, with an optional :group or :gid.
+    #[arg(short, long, value_name = "USER[:GROUP]")]
+    user: Option<String>,
+    /// Working directory inside the container.
+    #[arg(short, long, value_name = "DIR")]
+    workdir: Option<String>,
+    /// Start the process and return; its output is discarded.
+    #[arg(short, long)]
+    detach: bool,
+    /// The container, then the command and its arguments.
+    #[arg(
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "CONTAINER CMD"
+    )]
+    args: Vec<String>,
+}
+
+#[derive(Args)]
+pub struct TopArgs {
+    container: String,
+    /// Options for the host's ps (e.g. -o pid,comm); its rows are cut to the container's.
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "PS OPTIONS"
+    )]
+    ps_args: Vec<String>,
+}
+
+#[derive(Args)]
+pub struct StatsArgs {
+    /// Print one sample and exit (default: refresh every second).
+    #[arg(long)]
+    no_stream: bool,
+    /// table (default) or json (one object per line).
+    #[arg(long)]
+    format: Option<String>,
+    /// Containers (default: all running).
+    containers: Vec<String>,
+}
+
+/// `berth exec`: the process's exit status (125 for berth's own failures, 126/127 when the
+/// command cannot run or is not found).
+pub fn exec(engine: &Engine, args: ExecArgs) -> i32 {
+    if args.args.len() < 2 {
+        return super::report(
+            anyhow::anyhow!("no command: give one after the container, e.g. `berth exec C sh`"),
+            125,
+        );
+    }
+    let env = args
+        .env
+        .iter()
+        .filter_map(|e| {
+            if e.contains('=') {
+                Some(e.clone())
+            } else {
+                std::env::var(e).ok().map(|v| format!("{e}={v}"))
+            }
+        })
+        .collect();
+    let opts = berth::engine::ExecOptions {
+        cmd: args.args[1..].to_vec(),
+        env,
+        user: args.user,
+        workdir: args.workdir,
+        tty: args.tty,
+        interactive: args.interactive,
+        detach: args.detach,
+    };
+    match engine.exec(&args.args[0], &opts) {
+        Ok(code) => code,
+        Err(e) => {
+            let code = e.exit_code();
+            super::report(e.into(), code)
+        }
+    }
+}
+
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n}B")
+    } else {
+        format!("{v:.1}{}", UNITS[u])
+    }
+}
+
+pub fn top(engine: &Engine, args: TopArgs) -> anyhow::Result<()> {
+    if args.ps_args.is_empty() {
+        let mut rows = vec![[
+            "UID".to_string(),
+            "PID".into(),
+            "PPID".into(),
+            "TIME".into(),
+            "CMD".into(),
+        ]];
+        for p in engine.top(&args.container)? {
+            let secs = p.cpu.as_secs();
+            rows.push([
+                p.uid
+                    .map_or_else(|| format!("host:{}", p.host_uid), |u| u.to_string()),
+                p.pid.to_string(),
+                p.ppid.to_string(),
+                format!("{:02}:{:02}:{:02}", secs / 3600, secs / 60 % 60, secs % 60),
+                p.cmd,
+            ]);
+        }
+        super::image::print_table(&rows);
+        return Ok(());
+    }
+    // Docker's way: the host's ps with the given options, its rows cut to the container's.
+    let pids = engine.container_pids(&args.container)?;
+    let out = std::process::Command::new("ps")
+        .args(&args.ps_args)
+        .output()
+        .context("running ps: install procps, or run `berth top` without options")?;
+    if !out.status.success() {
+        bail!(
+            "ps {} failed: {}",
+            args.ps_args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut lines = text.lines();
+    let header = lines.next().unwrap_or_default();
+    let Some(col) = header.split_whitespace().position(|h| h == "PID") else {
+        bail!("the ps options must include the PID column (e.g. -o pid,comm)");
+    };
+    println!("{header}");
+    for l in lines {
+        let pid = l
+            .split_whitespace()
+            .nth(col)
+            .and_then(|p| p.parse::<i32>().ok());
+        if pid.is_some_and(|p| pids.contains(&p)) {
+            println!("{l}");
+        }
+    }
+    Ok(())
+}
+
+pub fn stats(engine: &Engine, args: StatsArgs) -> anyhow::Result<()> {
+    let json = match args.format.as_deref() {
+        None | Some("table") => false,
+        Some("json") => true,
+        Some(other) => bail!("unknown --format {other:?}: use table or json"),
+    };
+    loop {
+        let stats = engine.stats(&args.containers, std::time::Duration::from_millis(500))?;
+        if !args.no_stream && !json {
+            print!("\x1b[2J\x1b[H");
+        }
+        if json {
+            for s in &stats {
+                println!("{}", serde_json::to_string(s)?);
+            }
+        } else {
+            let mut rows = vec![[
+                "CONTAINER ID".to_string(),
+                "NAME".into(),
+                "CPU %".into(),
+                "MEM (PSS)".into(),
+                "MEM LIMIT".into(),
+                "NET I/O".into(),
+                "BLOCK I/O".into(),
+                "PIDS".into(),
+            ]];
+            for s in &stats {
+                rows.push([
+                    s.id[..12].to_string(),
+                    s.name.clone(),
+                    format!("{:.2}%", s.cpu_percent),
+                    human_bytes(s.memory_pss),
+                    "none".into(),
+                    match (s.net_rx, s.net_tx) {
+                        (Some(r), Some(t)) => format!("{} / {}", human_bytes(r), human_bytes(t)),
+                        _ => "host network".into(),
+                    },
+                    format!(
+                        "{} / {}",
+                        human_bytes(s.block_read),
+                        human_bytes(s.block_write)
+                    ),
+                    s.pids.to_string(),
+                ]);
+            }
+            super::image::print_table(&rows);
+            println!("note: {}", berth::engine::cgroup_note());
+        }
+        if args.no_stream {
+            return Ok(());
+        }
+        let _ = std::io::stdout().flush();
+    }
+}

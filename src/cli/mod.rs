@@ -54,6 +54,12 @@ enum Command {
     Logs(container::LogsArgs),
     /// Attach this terminal to a running container.
     Attach(container::AttachArgs),
+    /// Run a command in a running container.
+    Exec(container::ExecArgs),
+    /// Show a running container's processes.
+    Top(container::TopArgs),
+    /// Show containers' CPU, memory, pids and I/O.
+    Stats(container::StatsArgs),
     /// Show containers or images as JSON.
     Inspect(container::InspectArgs),
     /// Manage volumes.
@@ -125,7 +131,7 @@ pub fn main() -> i32 {
         return vmm::vmm(args);
     }
     // Docker's convention: `run` fails with 125 when the engine itself fails, other commands with 1.
-    let engine_error = if matches!(cli.command, Command::Run(_)) {
+    let engine_error = if matches!(cli.command, Command::Run(_) | Command::Exec(_)) {
         125
     } else {
         1
@@ -138,6 +144,7 @@ pub fn main() -> i32 {
         Command::Run(args) => return run::run(&engine, *args),
         Command::Start(args) => return container::start(&engine, args),
         Command::Attach(args) => return container::attach_cmd(&engine, args),
+        Command::Exec(args) => return container::exec(&engine, args),
         Command::Exited(a) => {
             return engine.monitor_exited(berth::engine::ExitedArgs {
                 id: a.id,
@@ -155,6 +162,8 @@ pub fn main() -> i32 {
         Command::Wait(a) => container::wait(&engine, a),
         Command::Logs(a) => container::logs(&engine, a),
         Command::Inspect(a) => container::inspect(&engine, a),
+        Command::Top(a) => container::top(&engine, a),
+        Command::Stats(a) => container::stats(&engine, a),
         Command::Volume(cmd) => volume::volume(&engine, cmd),
         Command::Load(args) => image::load(&engine, args),
         Command::Pull(a) => registry::pull(&engine, a),
