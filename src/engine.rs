@@ -23,12 +23,16 @@ use crate::state::{ContainerRecord, ContainerStore, LogConfig, StateError, Statu
 use crate::vm::guest::{self, GuestError};
 use crate::vm::sandbox::{self, SandboxConfig, SandboxError};
 
+mod commit;
+mod copy;
 mod exec;
 mod inspect;
 mod lifecycle;
 mod logs;
 mod volumes;
 
+pub use commit::CommitOptions;
+pub use copy::{CopyEnd, CopyOptions};
 pub use exec::{cgroup_note, ContainerProcess, ExecOptions, Stats};
 pub use inspect::state_of;
 pub use lifecycle::{parse_signal, ExitedArgs, StartedContainer, DEFAULT_STOP_TIMEOUT};

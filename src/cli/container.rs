@@ -830,3 +830,62 @@ pub fn stats(engine: &Engine, args: StatsArgs) -> anyhow::Result<()> {
         let _ = std::io::stdout().flush();
     }
 }
+
+#[derive(Args)]
+pub struct CpArgs {
+    /// Keep the files' uid and gid.
+    #[arg(short, long)]
+    archive: bool,
+    /// Follow a symlink given as the source.
+    #[arg(short = 'L', long)]
+    follow_link: bool,
+    /// CONTAINER:PATH, a host path, or - (a tar stream on stdin).
+    src: String,
+    /// CONTAINER:PATH, a host path, or - (a tar stream on stdout).
+    dest: String,
+}
+
+#[derive(Args)]
+pub struct CommitArgs {
+    /// A comment for the new layer's history.
+    #[arg(short, long)]
+    message: Option<String>,
+    /// The author.
+    #[arg(short, long)]
+    author: Option<String>,
+    /// A Dockerfile instruction to apply: CMD, ENTRYPOINT, ENV, WORKDIR, USER, LABEL.
+    #[arg(short, long)]
+    change: Vec<String>,
+    container: String,
+    /// NAME[:TAG] for the new image (untagged without).
+    image: Option<String>,
+}
+
+pub fn cp(engine: &Engine, args: CpArgs) -> anyhow::Result<()> {
+    let src = berth::engine::CopyEnd::parse(&args.src);
+    let dest = berth::engine::CopyEnd::parse(&args.dest);
+    let opts = berth::engine::CopyOptions {
+        archive: args.archive,
+        follow_link: args.follow_link,
+    };
+    engine.copy(&src, &dest, opts)?;
+    Ok(())
+}
+
+pub fn commit(engine: &Engine, args: CommitArgs) -> anyhow::Result<()> {
+    let rec = engine.container(&args.container)?;
+    if state_of(&rec) == Status::Running {
+        eprintln!(
+            "berth: warning: {} is running and cannot be paused without cgroups (rootless, this host): a file written during the commit may be caught half-way; stop it first for a consistent image",
+            rec.name
+        );
+    }
+    let opts = berth::engine::CommitOptions {
+        message: args.message,
+        author: args.author,
+        changes: args.change,
+    };
+    let id = engine.commit(&rec.id, args.image.as_deref(), &opts)?;
+    println!("{id}");
+    Ok(())
+}

@@ -60,6 +60,10 @@ enum Command {
     Top(container::TopArgs),
     /// Show containers' CPU, memory, pids and I/O.
     Stats(container::StatsArgs),
+    /// Copy files between a container and the host.
+    Cp(container::CpArgs),
+    /// Make an image of a container's changes.
+    Commit(container::CommitArgs),
     /// Show containers or images as JSON.
     Inspect(container::InspectArgs),
     /// Manage volumes.
@@ -164,6 +168,8 @@ pub fn main() -> i32 {
         Command::Inspect(a) => container::inspect(&engine, a),
         Command::Top(a) => container::top(&engine, a),
         Command::Stats(a) => container::stats(&engine, a),
+        Command::Cp(a) => container::cp(&engine, a),
+        Command::Commit(a) => container::commit(&engine, a),
         Command::Volume(cmd) => volume::volume(&engine, cmd),
         Command::Load(args) => image::load(&engine, args),
         Command::Pull(a) => registry::pull(&engine, a),

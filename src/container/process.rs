@@ -662,7 +662,7 @@ fn stage1(ctx: Stage, sync_rd: OwnedFd, status_wr: OwnedFd, err_wr: OwnedFd) -> 
 
 /// Mounts the spec's root entry (a mount with destination "/") at `rootfs`; returns the
 /// fuse-overlayfs process when that driver is used.
-fn mount_rootfs(spec: &Spec, rootfs: &Path) -> Result<Option<Child>, String> {
+pub(super) fn mount_rootfs(spec: &Spec, rootfs: &Path) -> Result<Option<Child>, String> {
     let Some(m) = root_mount(spec) else {
         // A ready directory: make it a mount point so pivot_root accepts it.
         mount(
@@ -747,7 +747,7 @@ impl SpawnDeath for Command {
     }
 }
 
-fn stop_fuse(rootfs: &Path, fuse: &mut Option<Child>) {
+pub(super) fn stop_fuse(rootfs: &Path, fuse: &mut Option<Child>) {
     let _ = umount2(rootfs, MntFlags::MNT_DETACH);
     if let Some(mut child) = fuse.take() {
         let deadline = Instant::now() + Duration::from_secs(2);
