@@ -535,3 +535,207 @@ fn a_start_failure_says_why_with_docker_codes() {
         berth.run_ok(&["rm", id.trim()]);
     }
 }
+
+/// Waits until `berth inspect -f TEMPLATE NAME` prints `want`.
+fn wait_for_state(berth: &Berth, name: &str, template: &str, want: &str) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let out = berth.cmd(&["inspect", "-f", template, name]);
+        if stdout(&out).trim() == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{template} of {name} never became {want:?} within {WAIT:?}: last {:?}",
+            stdout(&out)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn restart_on_failure_stops_after_its_count() {
+    let Some(berth) = Berth::new() else { return };
+    run_detached(
+        &berth,
+        &[
+            "--name",
+            "flaky",
+            "--restart",
+            "on-failure:2",
+            IMAGE,
+            "sh",
+            "-c",
+            "echo attempt; exit 3",
+        ],
+    );
+    wait_for_state(
+        &berth,
+        "flaky",
+        "{{.State.Status}} {{.RestartCount}}",
+        "exited 2",
+    );
+    let v = inspect(&berth, "flaky");
+    assert_eq!(v["State"]["ExitCode"], 3);
+    assert_eq!(
+        stdout(&berth.cmd(&["logs", "flaky"]))
+            .matches("attempt")
+            .count(),
+        3,
+        "the first run and two restarts"
+    );
+    // Success ends on-failure at once.
+    run_detached(
+        &berth,
+        &["--name", "fine", "--restart", "on-failure", IMAGE, "true"],
+    );
+    assert_eq!(berth.run_ok(&["wait", "fine"]).trim(), "0");
+    wait_for_state(
+        &berth,
+        "fine",
+        "{{.State.Status}} {{.RestartCount}}",
+        "exited 0",
+    );
+    berth.run_ok(&["rm", "flaky", "fine"]);
+}
+
+#[test]
+fn restart_always_until_stopped() {
+    let Some(berth) = Berth::new() else { return };
+    run_detached(
+        &berth,
+        &[
+            "--name",
+            "phoenix",
+            "--restart",
+            "always",
+            IMAGE,
+            "sh",
+            "-c",
+            "echo up; sleep 0.2",
+        ],
+    );
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let n = inspect(&berth, "phoenix")["RestartCount"].as_u64().unwrap();
+        if n >= 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "always restarts a container that ends"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    berth.run_ok(&["stop", "-t", "1", "phoenix"]);
+    let count = inspect(&berth, "phoenix")["RestartCount"].clone();
+    wait_for_state(&berth, "phoenix", "{{.State.Status}}", "exited");
+    std::thread::sleep(Duration::from_millis(500));
+    let v = inspect(&berth, "phoenix");
+    assert_eq!(
+        v["State"]["Status"], "exited",
+        "a stopped container stays stopped"
+    );
+    assert_eq!(v["RestartCount"], count);
+    // Started again by hand, the policy applies again.
+    berth.run_ok(&["start", "phoenix"]);
+    let deadline = Instant::now() + WAIT;
+    while inspect(&berth, "phoenix")["RestartCount"].as_u64() <= count.as_u64() {
+        assert!(Instant::now() < deadline, "restarts again after start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    berth.run_ok(&["rm", "-f", "phoenix"]);
+    assert!(berth.run_ok(&["ps", "-aq"]).trim().is_empty());
+}
+
+#[test]
+fn run_with_a_restart_policy_in_the_foreground_goes_through_the_monitor() {
+    let Some(berth) = Berth::new() else { return };
+    let args = [
+        "run",
+        "--name",
+        "fgr",
+        "--restart",
+        "on-failure:1",
+        IMAGE,
+        "sh",
+        "-c",
+        "echo run; exit 4",
+    ];
+    let out = berth.cmd(&args);
+    assert_exit(&args, &out, 4);
+    assert_eq!(stdout(&out), "run\n", "{}", describe(&args, &out));
+    wait_for_state(
+        &berth,
+        "fgr",
+        "{{.State.Status}} {{.RestartCount}}",
+        "exited 1",
+    );
+    let args = ["run", "--rm", "--restart", "always", IMAGE, "true"];
+    let out = berth.cmd(&args);
+    assert_exit(&args, &out, 125);
+    assert!(
+        stderr(&out).contains("conflict"),
+        "{}",
+        describe(&args, &out)
+    );
+    berth.run_ok(&["rm", "fgr"]);
+}
+
+#[test]
+fn twenty_parallel_lifecycles_leave_nothing_behind() {
+    let Some(berth) = Berth::new() else { return };
+    let mounts_before = common::procs::mounts_under(&berth.base).len();
+    let procs_before = berth.own_processes().len();
+    let script = "trap 'exit 0' TERM; echo ready; while :; do sleep 0.1; done";
+    std::thread::scope(|s| {
+        for i in 0..20 {
+            let berth = &berth;
+            s.spawn(move || {
+                let name = format!("par{i}");
+                for _ in 0..2 {
+                    berth.run_ok(&[
+                        "create", "--name", &name, "-v", "/scratch", IMAGE, "sh", "-c", script,
+                    ]);
+                    berth.run_ok(&["start", &name]);
+                    berth.run_ok(&["exec", &name, "true"]);
+                    berth.run_ok(&["stop", "-t", "10", &name]);
+                    assert_eq!(berth.run_ok(&["wait", &name]).trim(), "0");
+                    berth.run_ok(&["rm", "-v", &name]);
+                }
+            });
+        }
+    });
+    assert!(
+        berth.run_ok(&["ps", "-aq"]).trim().is_empty(),
+        "no container left"
+    );
+    assert!(
+        berth.run_ok(&["volume", "ls", "-q"]).trim().is_empty(),
+        "no volume left"
+    );
+    assert_eq!(
+        common::procs::mounts_under(&berth.base).len(),
+        mounts_before,
+        "no mount left"
+    );
+    let left = common::procs::wait_until_gone(Duration::from_secs(10), || berth.own_processes());
+    assert_eq!(left.len(), procs_before, "no process left: {left:?}");
+    let containers = berth.root.join("data/containers");
+    let dirs: Vec<_> = fs_entries(&containers);
+    assert!(dirs.is_empty(), "no container directory left: {dirs:?}");
+    let runtime: Vec<_> = fs_entries(&berth.root.join("run/containers"));
+    assert!(runtime.is_empty(), "no lock or socket left: {runtime:?}");
+}
+
+/// Entries of a directory other than berth's lock files.
+fn fs_entries(dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n != ".lock")
+                .collect()
+        })
+        .unwrap_or_default()
+}
