@@ -739,3 +739,73 @@ fn fs_entries(dir: &std::path::Path) -> Vec<String> {
         })
         .unwrap_or_default()
 }
+
+#[test]
+fn concurrent_commands_on_one_container_are_safe() {
+    let Some(berth) = Berth::new() else { return };
+    let script = "trap 'exit 0' TERM; echo ready; while :; do sleep 0.1; done";
+    berth.run_ok(&["create", "--name", "contended", IMAGE, "sh", "-c", script]);
+    let run_all = |args: &[&str]| -> Vec<std::process::Output> {
+        std::thread::scope(|s| {
+            let handles: Vec<_> = (0..6).map(|_| s.spawn(|| berth.cmd(args))).collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        })
+    };
+    for out in run_all(&["start", "contended"]) {
+        assert_exit(&["start", "contended"], &out, 0);
+    }
+    let monitors: Vec<_> = berth
+        .own_processes()
+        .into_iter()
+        .filter(|p| p.cmdline.contains("berth-monitor"))
+        .collect();
+    assert_eq!(
+        monitors.len(),
+        1,
+        "one monitor for six starts: {monitors:?}"
+    );
+    wait_for_log(&berth, "contended", "ready");
+    assert_eq!(
+        stdout(&berth.cmd(&["logs", "contended"]))
+            .matches("ready")
+            .count(),
+        1
+    );
+    for out in run_all(&["stop", "contended"]) {
+        assert_exit(&["stop", "contended"], &out, 0);
+    }
+    assert_eq!(inspect(&berth, "contended")["State"]["ExitCode"], 0);
+    berth.run_ok(&["start", "contended"]);
+    let removals = run_all(&["rm", "-f", "contended"]);
+    let ok = removals.iter().filter(|o| o.status.success()).count();
+    assert!(ok >= 1, "one rm -f succeeds");
+    for out in removals.iter().filter(|o| !o.status.success()) {
+        assert!(stderr(out).contains("no such container"), "{}", stderr(out));
+    }
+    assert!(berth.run_ok(&["ps", "-aq"]).trim().is_empty());
+}
+
+#[test]
+fn microvm_sandboxes_are_refused_where_only_containers_are_managed() {
+    let Some(berth) = Berth::new() else { return };
+    for (args, code) in [
+        (vec!["run", "-d", "--vm", IMAGE, "true"], 125),
+        (
+            vec!["run", "--vm", "--restart", "always", IMAGE, "true"],
+            125,
+        ),
+        (vec!["create", "--vm", IMAGE, "true"], 1),
+    ] {
+        let out = berth.cmd(&args);
+        assert_exit(&args, &out, code);
+        assert!(
+            stderr(&out).contains("microVM") && stderr(&out).contains("foreground"),
+            "a clear refusal: {}",
+            describe(&args, &out)
+        );
+    }
+    assert!(
+        berth.run_ok(&["ps", "-aq"]).trim().is_empty(),
+        "nothing was created"
+    );
+}

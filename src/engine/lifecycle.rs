@@ -336,6 +336,12 @@ impl super::Engine {
         let dir = self.containers.dir(id);
         let run_dir = self.containers.runtime_dir(id);
         std::fs::create_dir_all(&run_dir).map_err(io("creating", &run_dir))?;
+        // The socket gives control of the container: for this user only.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&run_dir, std::fs::Permissions::from_mode(0o700))
+                .map_err(io("setting the mode of", &run_dir))?;
+        }
         let devnull = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -739,7 +745,7 @@ impl super::Engine {
         let Ok(mut rec) = self.containers.load(&rec.id) else {
             return 1;
         };
-        if cancelled {
+        if let Some((mut client, req)) = cancelled {
             rec.status = Status::Exited;
             rec.manually_stopped = true;
             rec.monitor_pid = None;
@@ -747,6 +753,11 @@ impl super::Engine {
             let _ = self.containers.save(&rec);
             drop(listener);
             let _ = std::fs::remove_file(self.containers.socket_path(&rec.id));
+            // Answered once the record says what `berth ps` will show.
+            let _ = match req {
+                Request::Kill { .. } => proto::write_frame(&mut client, proto::OK, b""),
+                _ => proto::write_frame(&mut client, proto::EXIT, &proto::exit_payload(args.code)),
+            };
             return 0;
         }
         rec.restart_count += 1;
@@ -767,13 +778,14 @@ impl super::Engine {
 }
 
 /// Serves the monitor socket while a restart waits: answers `wait` with the last status,
-/// refuses `attach`, and cancels the restart on `stop` or `kill`. True when cancelled.
-fn serve_backoff(listener: &OwnedFd, delay: Duration, code: i32) -> bool {
+/// refuses `attach`, and cancels the restart on `stop` or `kill`: then returns that client,
+/// to be answered once the end is recorded.
+fn serve_backoff(listener: &OwnedFd, delay: Duration, code: i32) -> Option<(UnixStream, Request)> {
     let deadline = Instant::now() + delay;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return false;
+            return None;
         }
         let mut fds = [libc::pollfd {
             fd: listener.as_raw_fd(),
@@ -803,13 +815,8 @@ fn serve_backoff(listener: &OwnedFd, delay: Duration, code: i32) -> bool {
         let mut line = String::new();
         let _ = std::io::BufReader::new(&client).read_line(&mut line);
         match Request::parse(line.trim_end()) {
-            Some(Request::Stop { .. }) => {
-                let _ = proto::write_frame(&mut client, proto::EXIT, &proto::exit_payload(code));
-                return true;
-            }
-            Some(Request::Kill { .. }) => {
-                let _ = proto::write_frame(&mut client, proto::OK, b"");
-                return true;
+            Some(req @ (Request::Stop { .. } | Request::Kill { .. })) => {
+                return Some((client, req))
             }
             Some(Request::Wait) => {
                 let _ = proto::write_frame(&mut client, proto::EXIT, &proto::exit_payload(code));

@@ -274,7 +274,7 @@ mod tests {
         full_layer(&root, std::slice::from_ref(&lower), &mut out).unwrap();
         let mut got = names(&out);
         got.sort();
-        assert_eq!(got, vec!["added", "etc/changed", "etc/.wh.removed"]);
+        assert_eq!(got, vec!["added", "etc/.wh.removed", "etc/changed"]);
     }
 
     #[test]
