@@ -809,3 +809,35 @@ fn microvm_sandboxes_are_refused_where_only_containers_are_managed() {
         "nothing was created"
     );
 }
+
+/// The monitor, exec, a restart that keeps the files, and commit, under the fallback
+/// drivers too (fuse-overlayfs keeps its daemon in stage 1; copy diffs a full tree).
+#[test]
+fn fallback_storage_drivers_work_under_the_monitor() {
+    for driver in ["fuse-overlayfs", "copy"] {
+        let Some(berth) = Berth::options()
+            .global_arg("--storage-driver")
+            .global_arg(driver)
+            .start()
+        else {
+            return;
+        };
+        if driver == "fuse-overlayfs" && !berth.run_ok(&["info"]).contains("fuse-overlayfs") {
+            common::skip("fuse-overlayfs is not usable here");
+            continue;
+        }
+        run_detached(&berth, &["--name", "d", IMAGE, "sh", "-c", SERVER]);
+        berth.run_ok(&["exec", "d", "sh", "-c", "echo kept > /kept; rm /data/added"]);
+        berth.run_ok(&["restart", "-t", "0", "d"]);
+        assert_eq!(
+            berth.run_ok(&["exec", "d", "cat", "/kept"]),
+            "kept\n",
+            "{driver}: the writable layer survives a restart"
+        );
+        berth.run_ok(&["stop", "-t", "0", "d"]);
+        berth.run_ok(&["commit", "d", "localhost/from-driver"]);
+        let out = berth.container_ok(&["localhost/from-driver", "sh", "-c", "cat /kept; ls /data"]);
+        assert_eq!(out, "kept\ndir\n", "{driver}: the committed image");
+        berth.run_ok(&["rm", "d"]);
+    }
+}
