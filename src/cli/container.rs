@@ -146,7 +146,9 @@ fn each(names: &[String], mut f: impl FnMut(&str) -> anyhow::Result<()>) -> anyh
         match f(n) {
             Ok(()) => println!("{n}"),
             Err(e) => {
-                super::report(anyhow::anyhow!("{e:#}"), 1);
+                if names.len() > 1 {
+                    super::report(anyhow::anyhow!("{e:#}"), 1);
+                }
                 failed.get_or_insert(e);
             }
         }
@@ -234,7 +236,7 @@ pub fn start(engine: &Engine, args: StartArgs) -> i32 {
         Ok(())
     }) {
         Ok(()) => 0,
-        Err(_) => 1,
+        Err(e) => super::report(e, 1),
     }
 }
 
@@ -283,13 +285,18 @@ pub fn wait(engine: &Engine, args: WaitArgs) -> anyhow::Result<()> {
         match engine.wait(c) {
             Ok(code) => println!("{code}"),
             Err(e) => {
-                eprintln!("berth: {e}");
+                if args.containers.len() > 1 {
+                    eprintln!("berth: {e}");
+                }
                 failed.get_or_insert(e);
             }
         }
     }
     match failed {
-        Some(e) => Err(e.into()),
+        Some(e) if args.containers.len() == 1 => Err(e.into()),
+        Some(_) => Err(anyhow::anyhow!(
+            "some containers could not be waited for (see above)"
+        )),
         None => Ok(()),
     }
 }

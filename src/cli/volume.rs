@@ -152,13 +152,17 @@ pub fn volume(engine: &Engine, cmd: VolumeCommand) -> anyhow::Result<()> {
                 {
                     Ok(()) => println!("{n}"),
                     Err(e) => {
-                        super::report(anyhow::anyhow!("{e:#}"), 1);
+                        if a.names.len() > 1 {
+                            super::report(anyhow::anyhow!("{e:#}"), 1);
+                        }
                         failed.get_or_insert(e);
                     }
                 }
             }
-            if let Some(e) = failed {
-                return Err(e);
+            match failed {
+                Some(e) if a.names.len() == 1 => return Err(e),
+                Some(_) => anyhow::bail!("some volumes were not removed (see above)"),
+                None => {}
             }
         }
         VolumeCommand::Prune(a) => {

@@ -15,8 +15,8 @@
 //! The sandbox is the monitor's child throughout (stage 1 of a container is cloned by the
 //! set-up and carries `PR_SET_PDEATHSIG`): if the monitor is killed, the sandbox goes with
 //! it and `berth ps` reports the sandbox as dead. This module holds what the small program
-//! needs (the loop, the log writer, the protocol, the restart policy) and uses nothing but
-//! std and libc, so that program stays small.
+//! needs (the loop, the log writer, the protocol, the restart policy); the program's code
+//! uses std and libc only (no async runtime, no JSON), so it stays small.
 
 pub mod launch;
 pub mod log;
