@@ -841,3 +841,19 @@ fn fallback_storage_drivers_work_under_the_monitor() {
         berth.run_ok(&["rm", "d"]);
     }
 }
+
+/// The single-id fallback (a user without a subordinate range) under the monitor.
+#[test]
+fn detached_containers_work_with_a_single_id_mapping() {
+    let Some(berth) = Berth::options().user(common::NOSUB_USER).start() else {
+        return;
+    };
+    run_detached(&berth, &["--name", "solo", IMAGE, "sh", "-c", SERVER]);
+    wait_for_log(&berth, "solo", "ready");
+    assert_eq!(berth.run_ok(&["exec", "solo", "id", "-u"]).trim(), "0");
+    let host = berth.host_file("in", "copied\n");
+    berth.run_ok(&["cp", &host.to_string_lossy(), "solo:/in"]);
+    assert_eq!(berth.run_ok(&["exec", "solo", "cat", "/in"]), "copied\n");
+    berth.run_ok(&["stop", "-t", "0", "solo"]);
+    berth.run_ok(&["rm", "solo"]);
+}
