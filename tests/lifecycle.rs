@@ -304,6 +304,18 @@ fn restart_runs_the_container_again() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    // Back to back, each new monitor is reachable (the old one never takes its socket away).
+    for _ in 0..5 {
+        berth.run_ok(&["restart", "-t", "0", "again"]);
+        assert_eq!(
+            berth.run_ok(&["exec", "again", "echo", "reachable"]),
+            "reachable\n"
+        );
+        assert_eq!(
+            berth.run_ok(&["kill", "-s", "CONT", "again"]).trim(),
+            "again"
+        );
+    }
     berth.run_ok(&["rm", "-f", "again"]);
 }
 

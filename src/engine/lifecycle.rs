@@ -511,6 +511,51 @@ impl super::Engine {
         Ok(s)
     }
 
+    /// Sends `req` to the monitor of `rec` and returns its answer (the exit status for `wait`
+    /// and `stop`). A monitor that is ending (it has closed its socket, or closes the
+    /// connection unanswered) has no answer to give: then this waits until the record shows
+    /// the run `rec` describes is over, and returns `None`.
+    fn ask(&self, rec: &ContainerRecord, req: Request) -> Result<Option<i32>, EngineError> {
+        let asked = self.request(rec, req);
+        if let Ok(mut s) = asked {
+            if let Some(code) = await_answer(&mut s)? {
+                return Ok(Some(code));
+            }
+        } else if let Err(e) = asked {
+            let now = self.containers.load(&rec.id)?;
+            if !ContainerStore::monitor_alive(&now) || now.pid != rec.pid {
+                return Ok(None);
+            }
+            if self.settle(rec) {
+                return Err(e);
+            }
+            return Ok(None);
+        }
+        self.settle(rec);
+        Ok(None)
+    }
+
+    /// Waits (up to 30 s) until the run `rec` describes is over in the record; true when it
+    /// still is not.
+    fn settle(&self, rec: &ContainerRecord) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let Ok(now) = self.containers.load(&rec.id) else {
+                return false;
+            };
+            let same_run = now.status == Status::Running
+                && now.pid == rec.pid
+                && ContainerStore::monitor_alive(&now);
+            if !same_run {
+                return false;
+            }
+            if Instant::now() >= deadline {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Whether the container has a monitor to talk to (detached), rather than a foreground
     /// `berth run` supervising it.
     fn has_monitor(rec: &ContainerRecord) -> bool {
@@ -550,9 +595,8 @@ impl super::Engine {
             return Ok(rec.id);
         }
         if Self::has_monitor(&rec) {
-            let mut s = self.request(&rec, Request::Stop { secs })?;
-            await_answer(&mut s)?;
             // The monitor answers after recording the end; a racing restart is cancelled.
+            self.ask(&rec, Request::Stop { secs })?;
             return Ok(rec.id);
         }
         let sig = rec
@@ -575,8 +619,7 @@ impl super::Engine {
             return Err(EngineError::NotRunning(rec.name));
         }
         if Self::has_monitor(&rec) {
-            let mut s = self.request(&rec, Request::Kill { signal })?;
-            await_answer(&mut s)?;
+            self.ask(&rec, Request::Kill { signal })?;
         } else {
             let sig = Signal::try_from(signal)
                 .map_err(|_| EngineError::Monitor(format!("invalid signal {signal}")))?;
@@ -593,11 +636,10 @@ impl super::Engine {
             && ContainerStore::monitor_alive(&rec)
         {
             if Self::has_monitor(&rec) {
-                let mut s = self.request(&rec, Request::Wait)?;
-                if let Some(code) = await_answer(&mut s)? {
+                if let Some(code) = self.ask(&rec, Request::Wait)? {
                     return Ok(code);
                 }
-                // The monitor went away without answering (killed): its record says what is known.
+                // The run ended without an answer to us: its record says how.
                 return Ok(self.container(&rec.id)?.exit_code.unwrap_or(137));
             }
             return Ok(self.wait_foreground(&rec.id, None).unwrap_or(137));

@@ -922,7 +922,8 @@ pub fn serve(cfg: Config) -> io::Error {
     m.drain_clients();
     drop(m.log.take());
 
-    // The clients that wait for the end go to `berth __exited`, which answers them.
+    // The clients that wait for the end go to `berth __exited`, which answers them; so do
+    // those whose request has not arrived yet: the end is the answer to every request now.
     let mut args: Vec<OsString> = vec![
         "__exited".into(),
         "--id".into(),
@@ -937,7 +938,7 @@ pub fn serve(cfg: Config) -> io::Error {
     }
     set_cloexec(m.cfg.listener, false);
     for c in &m.clients {
-        if matches!(c.role, Role::Attached { .. } | Role::Waiting) {
+        if c.role != Role::Done {
             set_cloexec(c.fd, false);
             args.push("--client".into());
             args.push(c.fd.to_string().into());
