@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::container::{self, IdMapping, RunOptions};
+use crate::container::{self, IdMapping};
 use crate::image::registry::{
     self, Credentials, PullOptions, PulledImage, PushOptions, PushedImage, RegistriesConfig,
     RegistryError,
@@ -14,13 +14,31 @@ use crate::image::{
     ArchiveFormat, ContainerUse, HistoryEntry, ImageError, ImageInspect, ImageRemoval, ImageStore,
     ImageSummary, LoadedImage, PruneReport, ResolvedImage,
 };
+use crate::monitor::policy::RestartPolicy;
 use crate::net::{self, NetError, NetworkOptions, NetworkStore, PublishedPort};
 use crate::paths::Dirs;
 use crate::rootfs::{self, Driver, LayerStore, RootfsError};
 use crate::spec::{self, RunRequest, SpecContext, SpecError};
-use crate::state::{ContainerRecord, ContainerStore, StateError, Status};
+use crate::state::volumes::{VolumeError, VolumeStore};
+use crate::state::{ContainerRecord, ContainerStore, LogConfig, StateError, Status};
 use crate::vm::guest::{self, GuestError};
 use crate::vm::sandbox::{self, SandboxConfig, SandboxError};
+
+mod commit;
+mod copy;
+mod exec;
+mod inspect;
+mod lifecycle;
+mod logs;
+mod volumes;
+
+pub use commit::CommitOptions;
+pub use copy::{CopyEnd, CopyOptions};
+pub use exec::{cgroup_note, ContainerProcess, ExecOptions, Stats};
+pub use inspect::state_of;
+pub use lifecycle::{parse_signal, ExitedArgs, StartedContainer, DEFAULT_STOP_TIMEOUT};
+pub use logs::LogsOptions;
+pub use volumes::{MountRequest, MountSource, VolumeInspect};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -42,12 +60,23 @@ pub enum EngineError {
     Sandbox(#[from] SandboxError),
     #[error(transparent)]
     Net(#[from] NetError),
+    #[error(transparent)]
+    Volume(#[from] VolumeError),
     #[error("{what} {path}: {source}")]
     Io {
         what: &'static str,
         path: PathBuf,
         source: std::io::Error,
     },
+    /// Talking to (or starting) a sandbox's monitor failed.
+    #[error("{0}")]
+    Monitor(String),
+    #[error("container {0} is not running: start it with `berth start {0}`")]
+    NotRunning(String),
+    #[error("microVM sandboxes run in the foreground only for now (`berth run --vm` without -d); `create`, `start`, `-d` and `--restart` need the container wall")]
+    VmDetached,
+    #[error("{0}")]
+    Usage(String),
 }
 
 impl EngineError {
@@ -74,16 +103,27 @@ pub struct EngineOptions {
     pub storage_driver: Option<String>,
 }
 
-/// How `run` treats the container around the process.
+/// How `run` and `create` treat the container around the process.
 #[derive(Debug, Clone, Default)]
 pub struct RunFlags {
     pub name: Option<String>,
     pub remove: bool,
+    /// `-i`: stdin attached (foreground), kept open for `attach` (monitor).
     pub attach_stdin: bool,
     /// Run in a microVM instead of a container.
     pub vm: Option<VmRequest>,
     /// `--network`, `-p`, `-P`, `--network-alias`.
     pub network: NetworkOptions,
+    /// `--restart`.
+    pub restart: RestartPolicy,
+    /// `--log-opt max-size=...,max-file=...`.
+    pub log: LogConfig,
+    /// `-v`, `--mount`, `--tmpfs`, in order.
+    pub mounts: Vec<MountRequest>,
+    /// `--volumes-from CONTAINER[:ro|rw]`.
+    pub volumes_from: Vec<String>,
+    /// `--stop-timeout`.
+    pub stop_timeout: Option<u32>,
 }
 
 /// The machine a `run --vm` sandbox gets.
@@ -110,6 +150,7 @@ pub struct Engine {
     images: ImageStore,
     layers: LayerStore,
     containers: ContainerStore,
+    volumes: VolumeStore,
     forced_driver: Option<Driver>,
 }
 
@@ -188,7 +229,11 @@ impl Engine {
         Ok(Engine {
             images: ImageStore::open(&dirs.data)?,
             layers: LayerStore::new(dirs.data.join("layers")),
-            containers: ContainerStore::new(dirs.data.join("containers")),
+            volumes: VolumeStore::new(dirs.data.join("volumes")),
+            containers: ContainerStore::new(
+                dirs.data.join("containers"),
+                dirs.runtime.join("containers"),
+            ),
             ids: IdMapping::for_current_user(),
             dirs,
             forced_driver,
@@ -387,35 +432,69 @@ impl Engine {
         self.containers.list()
     }
 
-    /// Tidies after a berth that was killed: `--rm` containers go away, others are marked exited.
+    /// Tidies after a supervisor that was killed: `--rm` containers go away; a detached
+    /// container whose monitor died is marked dead (it died with it), a foreground run whose
+    /// `berth run` was killed is marked exited.
     fn clean_stale(&self) {
-        for mut rec in self.containers.stale() {
+        for rec in self.containers.stale() {
+            let Ok(_lock) = self.containers.lock_container(&rec.id) else {
+                continue;
+            };
+            // Seen again under the lock: a restart may have brought it back meanwhile.
+            let Ok(mut rec) = self.containers.load(&rec.id) else {
+                continue;
+            };
+            if !matches!(rec.status, Status::Running | Status::Restarting)
+                || ContainerStore::monitor_alive(&rec)
+            {
+                continue;
+            }
             if rec.auto_remove {
                 self.remove_dir(&rec.id);
+                self.containers.remove_runtime(&rec.id);
+                self.remove_anonymous_volumes(&rec);
+                continue;
+            }
+            if rec.socket.is_some() {
+                rec.status = Status::Dead;
+                rec.error = format!(
+                    "its monitor (pid {}) ended unexpectedly, and the container with it",
+                    rec.monitor_pid.unwrap_or(0)
+                );
+                let _ = std::fs::remove_file(self.containers.socket_path(&rec.id));
             } else {
                 rec.status = Status::Exited;
-                rec.monitor_pid = None;
-                let _ = self.containers.save(&rec);
             }
+            rec.monitor_pid = None;
+            rec.monitor_start = None;
+            rec.pid = None;
+            let _ = self.containers.save(&rec);
         }
     }
 
     /// Runs `image` in the foreground and returns the container's exit status.
     pub fn run(&self, image: &str, req: RunRequest, flags: RunFlags) -> Result<i32, EngineError> {
-        if flags.vm.is_some() {
-            // Before pulling or preparing anything: a host that cannot run the guest says so now.
-            sandbox::check_host()?;
+        if flags.vm.is_none() {
+            let id = self.create(image, req, &flags)?;
+            let result = self.run_created(&id, &flags);
+            if flags.remove || result.is_err() {
+                if let Ok(rec) = self.containers.find(&id) {
+                    if flags.remove {
+                        self.remove_anonymous_volumes(&rec);
+                    }
+                }
+                self.remove_dir(&id);
+                self.containers.remove_runtime(&id);
+            }
+            return result;
         }
+        // Before pulling or preparing anything: a host that cannot run the guest says so now.
+        sandbox::check_host()?;
         let resolved = self.resolve_or_pull(image)?;
         if let Some(w) = self.ids.warning() {
             eprintln!("{w}");
         }
         let lowers = self.layers.ensure(&resolved.layers, &self.ids)?;
-        let driver = match flags.vm {
-            // The guest stacks the layers itself; no host rootfs driver is involved.
-            Some(_) => None,
-            None => Some(self.driver()),
-        };
 
         let id = random_hex(32);
         let dir = self.containers.dir(&id);
@@ -438,102 +517,23 @@ impl Engine {
                 status: Status::Created,
                 exit_code: None,
                 monitor_pid: Some(std::process::id() as i32),
-                driver: driver.map_or_else(|| VM_DRIVER.to_string(), |d| d.to_string()),
+                // The guest stacks the layers itself; no host rootfs driver is involved.
+                driver: VM_DRIVER.to_string(),
                 writable: vec![],
                 auto_remove: flags.remove,
-                ports: vec![],
-                network: String::new(),
+                isolation: crate::state::Isolation::Vm,
+                tty: req.tty,
+                open_stdin: flags.attach_stdin,
+                ..ContainerRecord::default()
             };
             self.containers.save(&rec)?;
         }
-        let result = match driver {
-            Some(driver) => self.run_prepared(&id, &resolved, &lowers, driver, &req, &flags),
-            None => self.run_vm(&id, &resolved, &lowers, &req, &flags),
-        };
+        let result = self.run_vm(&id, &resolved, &lowers, &req, &flags);
         if flags.remove || result.is_err() {
             self.remove_dir(&id);
+            self.containers.remove_runtime(&id);
         }
         result
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn run_prepared(
-        &self,
-        id: &str,
-        resolved: &crate::image::ResolvedImage,
-        lowers: &[PathBuf],
-        driver: Driver,
-        req: &RunRequest,
-        flags: &RunFlags,
-    ) -> Result<i32, EngineError> {
-        let dir = self.containers.dir(id);
-        let etc_dir = dir.join("etc");
-        std::fs::create_dir_all(&etc_dir).map_err(io("creating", &etc_dir))?;
-        // The network first: a published port in use fails the run before anything starts.
-        let rec = self.containers.find(id)?;
-        let hostname = req
-            .hostname
-            .clone()
-            .unwrap_or_else(|| id[..12.min(id.len())].to_string());
-        let who = net::Identity {
-            id,
-            name: &rec.name,
-            hostname: &hostname,
-            hosts_file: etc_dir.join("hosts"),
-        };
-        let exposed = resolved
-            .config
-            .config()
-            .as_ref()
-            .and_then(|c| c.exposed_ports().clone())
-            .unwrap_or_default();
-        let mut network = net::prepare(&flags.network, &exposed, &who, &self.dirs, &self.ids)?;
-        let mut req = req.clone();
-        req.network = network.mode;
-        let req = &req;
-        let plan = rootfs::prepare(driver, lowers, &dir, &self.ids)?;
-        for v in &req.volumes {
-            if !v.host.exists() {
-                std::fs::create_dir_all(&v.host)
-                    .map_err(io("creating the volume source", &v.host))?;
-            }
-        }
-        let spec = self.write_bundle(
-            id,
-            resolved,
-            lowers,
-            req,
-            BundleRoot {
-                mount: plan.root_mount.clone(),
-                path: plan.root_path.clone(),
-            },
-            network.join_userns(),
-            network.view.as_ref(),
-        )?;
-        let mut rec = self.mark_running(id, &spec, plan.writable.clone())?;
-        rec.ports = network.published.clone();
-        rec.network = network.name.clone();
-        self.containers.save(&rec)?;
-
-        let opts = RunOptions {
-            attach_stdin: flags.attach_stdin,
-            remove_after: if flags.remove {
-                plan.writable.clone()
-            } else {
-                vec![]
-            },
-            seccomp_cache: Some(self.dirs.cache.join("seccomp")),
-        };
-        let code = container::run(&dir, &self.ids, &opts, Some(&mut network.attachment))?;
-        // slirp4netns, pasta, the forwarder and the network membership end here.
-        drop(network);
-        if !flags.remove {
-            rec.status = Status::Exited;
-            rec.exit_code = Some(code);
-            rec.monitor_pid = None;
-            self.containers.save(&rec)?;
-        }
-        Ok(code)
     }
 
     /// Runs the prepared container `id` in a microVM: the layers as erofs disks, the same
@@ -764,7 +764,7 @@ impl Engine {
                 .into());
             }
             for c in &users {
-                self.remove(&c.id, true)?;
+                self.remove(&c.id, true, false)?;
             }
         }
         store.remove(&config.name)?;
@@ -795,24 +795,6 @@ impl Engine {
             .collect();
         let _ = rootfs::remove_owned_tree(owned, &self.ids);
         let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    /// Removes a container that is not running (or any, with `force`, after killing it).
-    pub fn remove(&self, key: &str, force: bool) -> Result<String, EngineError> {
-        let rec = self.containers.find(key)?;
-        if ContainerStore::is_running(&rec) {
-            if !force {
-                return Err(StateError::Running(key.to_string()).into());
-            }
-            if let Some(pid) = rec.monitor_pid {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
-        }
-        self.remove_dir(&rec.id);
-        Ok(rec.id)
     }
 }
 

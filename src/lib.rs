@@ -2,9 +2,12 @@
 //!
 //! Dependencies point down: `engine` -> {`image`, `rootfs`, `spec`, `state`, `net`} -> `container`.
 
+pub mod attach;
+pub mod clock;
 pub mod container;
 pub mod engine;
 pub mod image;
+pub mod monitor;
 pub mod net;
 pub mod paths;
 pub mod rootfs;

@@ -854,3 +854,174 @@ fn a_killed_berth_leaves_no_network_helper_running() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+// --- detached and created containers ------------------------------------------------------------
+
+/// The processes of this fixture whose command line names `what`, once those ending have gone.
+fn running(berth: &Berth, what: &str) -> Vec<common::procs::Process> {
+    common::procs::wait_until_gone(Duration::from_secs(5), || {
+        berth
+            .own_processes()
+            .into_iter()
+            .filter(|p| p.cmdline.contains(what))
+            .collect()
+    })
+}
+
+/// A detached container's network is set up by its monitor: the published port answers while
+/// it runs, is free as soon as `berth stop` returns (with nothing of the network left running),
+/// and answers again after `berth start`.
+fn detached_container_publishes_a_port(network: &str, restart: bool) {
+    let Some(berth) = berth_with(network) else {
+        return;
+    };
+    let port = free_port();
+    let publish = format!("127.0.0.1:{port}:8080");
+    // One connection per run; with a restart policy the container fails after each, and the
+    // monitor starts it again with its network set up anew.
+    let script = if restart {
+        "nc -l -p 8080 -e echo pong; exit 1"
+    } else {
+        "exec nc -ll -p 8080 -e echo pong"
+    };
+    let mut args = vec!["run", "-d", "--name", "web", "--network", network];
+    if restart {
+        args.extend(["--restart", "on-failure:5"]);
+    }
+    args.extend(["-p", &publish, IMAGE, "sh", "-c", script]);
+    let out = berth.cmd(&args);
+    assert_exit(&args, &out, 0);
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    assert_eq!(tcp_ask(addr, "", Duration::from_secs(30)), "pong\n");
+    assert_eq!(tcp_ask(addr, "", Duration::from_secs(30)), "pong\n");
+    assert_eq!(
+        berth.run_ok(&["port", "web"]),
+        format!("8080/tcp -> 127.0.0.1:{port}\n")
+    );
+    // -a: between two runs the container is restarting.
+    let ps = berth.run_ok(&["ps", "-a"]);
+    assert!(
+        ps.contains(&format!("127.0.0.1:{port}->8080/tcp")),
+        "berth ps does not show the port:\n{ps}"
+    );
+    let inspect = berth.run_ok(&["inspect", "web"]);
+    let v: serde_json::Value = serde_json::from_str(&inspect).expect("inspect's JSON");
+    assert_eq!(v[0]["HostConfig"]["NetworkMode"], network, "{inspect}");
+    assert_eq!(
+        v[0]["NetworkSettings"]["Ports"]["8080/tcp"][0]["HostPort"],
+        port.to_string(),
+        "{inspect}"
+    );
+
+    berth.run_ok(&["stop", "web"]);
+    assert!(
+        TcpListener::bind(("127.0.0.1", port)).is_ok(),
+        "the host port is still taken after berth stop returned"
+    );
+    let left = running(&berth, network);
+    assert!(left.is_empty(), "{network} left running: {left:?}");
+
+    berth.run_ok(&["start", "web"]);
+    assert_eq!(tcp_ask(addr, "", Duration::from_secs(30)), "pong\n");
+    berth.run_ok(&["rm", "-f", "web"]);
+    assert!(TcpListener::bind(("127.0.0.1", port)).is_ok());
+}
+
+#[test]
+fn a_detached_container_publishes_ports_slirp4netns() {
+    detached_container_publishes_a_port("slirp4netns", true);
+}
+
+#[test]
+fn a_detached_container_publishes_ports_pasta() {
+    detached_container_publishes_a_port("pasta", false);
+}
+
+#[test]
+fn detached_containers_get_the_default_network() {
+    let Some(berth) = berth_with("slirp4netns") else {
+        return;
+    };
+    let args = [
+        "run",
+        "-d",
+        "--name",
+        "plain",
+        IMAGE,
+        "sh",
+        "-c",
+        "while :; do sleep 0.1; done",
+    ];
+    let out = berth.cmd(&args);
+    assert_exit(&args, &out, 0);
+    let dev = berth.run_ok(&["exec", "plain", "cat", "/proc/net/dev"]);
+    assert!(
+        interfaces(&dev).contains(&"tap0".to_string()),
+        "no tap0 in a detached container's default network: {dev}"
+    );
+    let resolv = berth.run_ok(&["exec", "plain", "cat", "/etc/resolv.conf"]);
+    assert!(resolv.contains("nameserver 10.0.2.3"), "{resolv}");
+    berth.run_ok(&["rm", "-f", "plain"]);
+}
+
+#[test]
+fn created_containers_join_a_user_defined_network_when_started() {
+    let Some(berth) = bridge_berth() else { return };
+    berth.run_ok(&["network", "create", "app"]);
+    // What can be checked without starting is checked by create.
+    for (args, says) in [
+        (
+            vec![
+                "create",
+                "--network",
+                "none",
+                "-p",
+                "8080:80",
+                IMAGE,
+                "true",
+            ],
+            "--network none",
+        ),
+        (
+            vec!["create", "--network", "nope", IMAGE, "true"],
+            "berth network create nope",
+        ),
+    ] {
+        let out = berth.cmd(&args);
+        assert_exit(&args, &out, 1);
+        assert!(stderr(&out).contains(says), "{}", describe(&args, &out));
+    }
+    berth.run_ok(&[
+        "create",
+        "--name",
+        "db",
+        "--network",
+        "app",
+        "--network-alias",
+        "pg",
+        IMAGE,
+        "sh",
+        "-c",
+        "exec nc -ll -p 7000 -e echo pong",
+    ]);
+    assert!(
+        berth.own_processes().is_empty(),
+        "a created container runs nothing: {:?}",
+        berth.own_processes()
+    );
+    for _ in 0..2 {
+        berth.run_ok(&["start", "db"]);
+        let out = berth.container_ok(&["--network", "app", IMAGE, "sh", "-c", &ask("pg", 7000)]);
+        assert_eq!(out, "pong\n");
+        let inspect = berth.run_ok(&["network", "inspect", "app"]);
+        assert!(inspect.contains("\"db\""), "{inspect}");
+        // Stopped, it leaves the network, and the daemon goes with the last container.
+        berth.run_ok(&["stop", "db"]);
+        let left = running(&berth, "netns-daemon");
+        assert!(
+            left.is_empty(),
+            "the network daemon is still running: {left:?}"
+        );
+    }
+    berth.run_ok(&["rm", "db"]);
+}

@@ -1,11 +1,14 @@
 //! Command-line front end: one file per command group.
 
+mod container;
+mod format;
 mod image;
 mod network;
 mod registry;
 mod run;
 mod system;
 mod vmm;
+mod volume;
 
 use clap::{Parser, Subcommand};
 
@@ -34,6 +37,39 @@ struct Cli {
 enum Command {
     /// Run a command in a new container.
     Run(Box<run::RunArgs>),
+    /// Create a container without starting it.
+    Create(Box<run::RunArgs>),
+    /// Start containers in the background (with -a: attached, returning the exit status).
+    Start(container::StartArgs),
+    /// Stop containers: the stop signal, then SIGKILL after a timeout.
+    Stop(container::StopArgs),
+    /// Send a signal to containers (default SIGKILL).
+    Kill(container::KillArgs),
+    /// Stop and start containers again.
+    Restart(container::StopArgs),
+    /// Give a container another name.
+    Rename(container::RenameArgs),
+    /// Wait for containers to end and print their exit status.
+    Wait(container::WaitArgs),
+    /// Show a container's output (kept by its monitor).
+    Logs(container::LogsArgs),
+    /// Attach this terminal to a running container.
+    Attach(container::AttachArgs),
+    /// Run a command in a running container.
+    Exec(container::ExecArgs),
+    /// Show a running container's processes.
+    Top(container::TopArgs),
+    /// Show containers' CPU, memory, pids and I/O.
+    Stats(container::StatsArgs),
+    /// Copy files between a container and the host.
+    Cp(container::CpArgs),
+    /// Make an image of a container's changes.
+    Commit(container::CommitArgs),
+    /// Show containers or images as JSON.
+    Inspect(container::InspectArgs),
+    /// Manage volumes.
+    #[command(subcommand)]
+    Volume(volume::VolumeCommand),
     /// Import images from an oci-archive or docker-archive tarball.
     Load(image::LoadArgs),
     /// Download an image from a registry.
@@ -58,9 +94,9 @@ enum Command {
     #[command(subcommand)]
     Image(image::ImageCommand),
     /// List containers.
-    Ps(system::PsArgs),
+    Ps(container::PsArgs),
     /// Remove containers.
-    Rm(system::RmArgs),
+    Rm(container::RmArgs),
     /// Show how berth is set up on this machine.
     Info(system::InfoArgs),
     /// Check this machine for what berth needs, and say how to fix what is missing.
@@ -75,6 +111,24 @@ enum Command {
     /// The rootless network namespace of user-defined networks (started by `berth run`).
     #[command(hide = true)]
     NetnsDaemon,
+    /// Run by berth-monitor when a sandbox has ended (not for people).
+    #[command(name = "__exited", hide = true)]
+    Exited(ExitedArgs),
+}
+
+/// `berth __exited`, written by berth-monitor.
+#[derive(clap::Args)]
+struct ExitedArgs {
+    #[arg(long)]
+    id: String,
+    #[arg(long)]
+    code: i32,
+    #[arg(long)]
+    stopped: bool,
+    #[arg(long)]
+    listen: i32,
+    #[arg(long)]
+    client: Vec<i32>,
 }
 
 /// Runs the CLI and returns the process exit status.
@@ -96,7 +150,7 @@ pub fn main() -> i32 {
         );
     }
     // Docker's convention: `run` fails with 125 when the engine itself fails, other commands with 1.
-    let engine_error = if matches!(cli.command, Command::Run(_)) {
+    let engine_error = if matches!(cli.command, Command::Run(_) | Command::Exec(_)) {
         125
     } else {
         1
@@ -107,6 +161,31 @@ pub fn main() -> i32 {
     };
     let result = match cli.command {
         Command::Run(args) => return run::run(&engine, *args),
+        Command::Start(args) => return container::start(&engine, args),
+        Command::Attach(args) => return container::attach_cmd(&engine, args),
+        Command::Exec(args) => return container::exec(&engine, args),
+        Command::Exited(a) => {
+            return engine.monitor_exited(berth::engine::ExitedArgs {
+                id: a.id,
+                code: a.code,
+                stopped: a.stopped,
+                listener: a.listen,
+                clients: a.client,
+            })
+        }
+        Command::Create(args) => run::create(&engine, *args),
+        Command::Stop(a) => container::stop(&engine, a),
+        Command::Kill(a) => container::kill(&engine, a),
+        Command::Restart(a) => container::restart(&engine, a),
+        Command::Rename(a) => container::rename(&engine, a),
+        Command::Wait(a) => container::wait(&engine, a),
+        Command::Logs(a) => container::logs(&engine, a),
+        Command::Inspect(a) => container::inspect(&engine, a),
+        Command::Top(a) => container::top(&engine, a),
+        Command::Stats(a) => container::stats(&engine, a),
+        Command::Cp(a) => container::cp(&engine, a),
+        Command::Commit(a) => container::commit(&engine, a),
+        Command::Volume(cmd) => volume::volume(&engine, cmd),
         Command::Load(args) => image::load(&engine, args),
         Command::Pull(a) => registry::pull(&engine, a),
         Command::Push(a) => registry::push(&engine, a),
@@ -118,8 +197,8 @@ pub fn main() -> i32 {
         Command::History(a) => image::history(&engine, a),
         Command::Images(args) => image::images(&engine, args),
         Command::Image(cmd) => image::image(&engine, cmd),
-        Command::Ps(args) => system::ps(&engine, args),
-        Command::Rm(args) => system::rm(&engine, args),
+        Command::Ps(args) => container::ps(&engine, args),
+        Command::Rm(args) => container::rm(&engine, args),
         Command::Info(args) => system::info(&engine, args),
         Command::Network(cmd) => network::network(&engine, cmd),
         Command::Port(args) => network::port(&engine, args),

@@ -1,13 +1,16 @@
-//! `berth run`: Docker's flags, turned into a `RunRequest` for the engine.
+//! `berth run` and `berth create`: Docker's flags, turned into a `RunRequest` and `RunFlags`
+//! for the engine.
 
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use clap::Args;
 
-use berth::engine::{Engine, RunFlags, VmRequest};
+use berth::engine::{Engine, MountRequest, RunFlags, VmRequest};
+use berth::monitor::proto::Request;
 use berth::net::{NetworkOptions, NetworkRequest, PortSpec};
-use berth::spec::{BindVolume, NetworkMode, RunRequest, SeccompMode};
+use berth::spec::{NetworkMode, RunRequest, SeccompMode};
+use berth::state::LogConfig;
 
 #[derive(Args)]
 #[command(disable_help_flag = true)]
@@ -15,6 +18,9 @@ pub struct RunArgs {
     /// Print help.
     #[arg(long, action = clap::ArgAction::Help)]
     help: Option<bool>,
+    /// Run in the background under berth's monitor and print the container id.
+    #[arg(short, long)]
+    detach: bool,
     /// Remove the container when it exits.
     #[arg(long)]
     rm: bool,
@@ -45,12 +51,28 @@ pub struct RunArgs {
     /// Container name.
     #[arg(long)]
     name: Option<String>,
-    /// Bind-mount a host directory: HOST:CONTAINER[:ro].
-    #[arg(short, long = "volume", value_name = "HOST:CTR[:ro]")]
+    /// Mount a host directory (/HOST:CTR), a named volume (NAME:CTR) or a new anonymous
+    /// volume (CTR), with :ro or :rw.
+    #[arg(short, long = "volume", value_name = "[SRC:]CTR[:ro]")]
     volume: Vec<String>,
+    /// Mount: type=bind|volume|tmpfs,source=...,target=...[,readonly][,tmpfs-size=...].
+    #[arg(long, value_name = "SPEC")]
+    mount: Vec<String>,
+    /// Mount the volumes and binds of another container (CONTAINER[:ro|rw]).
+    #[arg(long, value_name = "CONTAINER")]
+    volumes_from: Vec<String>,
     /// Mount a tmpfs at PATH (PATH[:OPTIONS]).
     #[arg(long)]
     tmpfs: Vec<String>,
+    /// Restart policy while berth's monitor lives: no, on-failure[:N], always, unless-stopped.
+    #[arg(long, default_value = "no", value_name = "POLICY")]
+    restart: String,
+    /// Log options: max-size=SIZE (10m), max-file=N (2).
+    #[arg(long, value_name = "OPT")]
+    log_opt: Vec<String>,
+    /// Seconds `berth stop` waits before SIGKILL (default 10).
+    #[arg(long, value_name = "SECS")]
+    stop_timeout: Option<u32>,
     /// Make the root filesystem read-only.
     #[arg(long)]
     read_only: bool,
@@ -153,11 +175,6 @@ fn request(a: &RunArgs) -> anyhow::Result<RunRequest> {
         _ if a.vm => NetworkMode::None,
         _ => NetworkMode::Connected,
     };
-    let volumes = a
-        .volume
-        .iter()
-        .map(|v| v.parse::<BindVolume>())
-        .collect::<Result<Vec<_>, _>>()?;
     Ok(RunRequest {
         cmd: a.args[1..].to_vec(),
         entrypoint: a.entrypoint.clone(),
@@ -165,8 +182,10 @@ fn request(a: &RunArgs) -> anyhow::Result<RunRequest> {
         workdir: a.workdir.clone(),
         user: a.user.clone(),
         hostname: a.hostname.clone(),
-        volumes,
-        tmpfs: a.tmpfs.clone(),
+        // Container mounts go through the engine (`RunFlags::mounts`), which resolves
+        // volumes; a microVM takes --tmpfs as it is.
+        volumes: vec![],
+        tmpfs: if a.vm { a.tmpfs.clone() } else { vec![] },
         read_only: a.read_only,
         init: a.init,
         cap_add: a.cap_add.clone(),
@@ -217,6 +236,12 @@ fn vm_request(a: &RunArgs) -> anyhow::Result<Option<VmRequest>> {
             false
         }
     };
+    if !network && (!a.publish.is_empty() || a.publish_all) {
+        refuse(
+            "-p/-P with --network none",
+            "published ports reach a microVM through its user-mode network (passt, the default)",
+        )?;
+    }
     if !a.network_alias.is_empty() {
         refuse(
             "--network-alias",
@@ -259,36 +284,155 @@ fn network_options(a: &RunArgs) -> anyhow::Result<NetworkOptions> {
     })
 }
 
+/// A size with an optional k/m/g suffix (powers of 1024).
+fn parse_size(s: &str) -> Option<u64> {
+    let lower = s.to_ascii_lowercase();
+    let t = lower.trim_end_matches('b');
+    let (num, mul) = match t.chars().last()? {
+        'k' => (&t[..t.len() - 1], 1u64 << 10),
+        'm' => (&t[..t.len() - 1], 1 << 20),
+        'g' => (&t[..t.len() - 1], 1 << 30),
+        _ => (t, 1),
+    };
+    num.parse::<u64>().ok().map(|n| n * mul).filter(|n| *n > 0)
+}
+
+fn log_config(opts: &[String]) -> anyhow::Result<LogConfig> {
+    let mut log = LogConfig::default();
+    for o in opts {
+        match o.split_once('=') {
+            Some(("max-size", v)) => {
+                log.max_size = parse_size(v)
+                    .with_context(|| format!("invalid --log-opt {o:?}: give a size like 10m"))?
+            }
+            Some(("max-file", v)) => {
+                log.max_files = v.parse().ok().filter(|n| *n > 0).with_context(|| {
+                    format!("invalid --log-opt {o:?}: give a count of at least 1")
+                })?
+            }
+            _ => {
+                bail!("unsupported --log-opt {o:?}: berth's log takes max-size=SIZE and max-file=N")
+            }
+        }
+    }
+    Ok(log)
+}
+
+/// The engine's flags from the command line (everything but the spec's own fields).
+fn flags(a: &RunArgs, vm: Option<VmRequest>) -> anyhow::Result<RunFlags> {
+    let mut mounts = Vec::new();
+    for v in &a.volume {
+        mounts.push(MountRequest::parse_volume(v)?);
+    }
+    for m in &a.mount {
+        mounts.push(MountRequest::parse_mount(m)?);
+    }
+    if !a.vm {
+        for t in &a.tmpfs {
+            mounts.push(MountRequest::parse_tmpfs(t)?);
+        }
+    }
+    let restart = a.restart.parse()?;
+    if a.rm && restart != berth::monitor::policy::RestartPolicy::No {
+        bail!("--rm and --restart {} conflict: a container removed when it exits cannot restart; drop one of them", a.restart);
+    }
+    if vm.is_some() && (!a.mount.is_empty() || !a.volumes_from.is_empty()) {
+        bail!("--mount and --volumes-from are not available with --vm: host directories do not reach the microVM yet; use the container wall");
+    }
+    // A microVM takes its ports from -p/-P (through passt); it joins no container network.
+    let network = if vm.is_some() {
+        NetworkOptions {
+            request: NetworkRequest::None,
+            ..network_options(a)?
+        }
+    } else {
+        network_options(a)?
+    };
+    Ok(RunFlags {
+        name: a.name.clone(),
+        remove: a.rm,
+        attach_stdin: a.interactive,
+        vm,
+        network,
+        restart,
+        log: log_config(&a.log_opt)?,
+        mounts,
+        volumes_from: a.volumes_from.clone(),
+        stop_timeout: a.stop_timeout,
+    })
+}
+
 /// Runs the container and returns its exit status (125 for berth's own errors).
 pub fn run(engine: &Engine, args: RunArgs) -> i32 {
     let parsed = request(&args).and_then(|r| {
         let vm = vm_request(&args)?;
-        let network = if vm.is_some() {
-            NetworkOptions {
-                request: NetworkRequest::None,
-                ..NetworkOptions::default()
-            }
-        } else {
-            network_options(&args)?
-        };
-        Ok((r, vm, network))
+        Ok((r, flags(&args, vm)?))
     });
-    let (req, vm, network) = match parsed {
+    let (req, flags) = match parsed {
         Ok(r) => r,
         Err(e) => return super::report(e, 125),
     };
-    let flags = RunFlags {
-        name: args.name.clone(),
-        remove: args.rm,
-        attach_stdin: args.interactive,
-        vm,
-        network,
-    };
-    match engine.run(&args.args[0], req, flags) {
+    if flags.vm.is_some()
+        && (args.detach || flags.restart != berth::monitor::policy::RestartPolicy::No)
+    {
+        return super::report(berth::engine::EngineError::VmDetached.into(), 125);
+    }
+    let image = args.args[0].clone();
+    let tty = req.tty;
+    if args.detach {
+        return match engine
+            .create(&image, req, &flags)
+            .and_then(|id| engine.start(&id, None))
+        {
+            Ok(started) => {
+                println!("{}", started.id);
+                0
+            }
+            Err(e) => {
+                let code = e.exit_code();
+                super::report(anyhow::Error::new(e), code)
+            }
+        };
+    }
+    if flags.restart != berth::monitor::policy::RestartPolicy::No {
+        // A restart policy needs the monitor: create, start attached, follow to the end.
+        let attach = Request::Attach {
+            stdin: args.interactive,
+            stdout: true,
+            stderr: true,
+        };
+        let started = engine
+            .create(&image, req, &flags)
+            .and_then(|id| engine.start(&id, Some(attach)));
+        return match started {
+            Ok(s) => super::container::follow_attached(s, tty, args.interactive),
+            Err(e) => {
+                let code = e.exit_code();
+                super::report(anyhow::Error::new(e), code)
+            }
+        };
+    }
+    match engine.run(&image, req, flags) {
         Ok(code) => code,
         Err(e) => {
             let code = e.exit_code();
             super::report(anyhow::Error::new(e), code)
         }
     }
+}
+
+/// `berth create`: the container, ready for `berth start`; prints its id.
+pub fn create(engine: &Engine, args: RunArgs) -> anyhow::Result<()> {
+    if args.detach {
+        bail!("berth create takes no -d: the container is created stopped; `berth start` runs it in the background");
+    }
+    let req = request(&args)?;
+    let vm = vm_request(&args)?;
+    if vm.is_some() {
+        return Err(berth::engine::EngineError::VmDetached.into());
+    }
+    let flags = flags(&args, vm)?;
+    let id = engine.create(&args.args[0], req, &flags)?;
+    println!("{id}");
+    Ok(())
 }

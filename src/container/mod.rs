@@ -1,6 +1,8 @@
 //! The container backend: runs an OCI bundle in user, mount, pid, uts, ipc, cgroup (and
 //! network) namespaces. It reads nothing but the bundle's config.json.
 
+pub mod enter;
+pub mod exec;
 pub mod idmap;
 pub mod mounts;
 pub mod process;
@@ -9,7 +11,7 @@ pub mod seccomp;
 pub mod userns;
 
 pub use idmap::{IdMapping, IdMode};
-pub use process::{run, RunOptions, INIT_ANNOTATION};
+pub use process::{run, start, End, RunOptions, Started, INIT_ANNOTATION};
 
 /// Connects a container's new network namespace before its process starts.
 pub trait NetworkAttach {

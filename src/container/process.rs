@@ -40,6 +40,11 @@ pub struct RunOptions {
     pub remove_after: Vec<PathBuf>,
     /// Where compiled seccomp filters are kept between runs.
     pub seccomp_cache: Option<PathBuf>,
+    /// Stage 1 hands the container over to the caller and exits once the command runs: the
+    /// container's first process becomes the caller's child, whose wait status is the
+    /// container's (a monitor then costs one process per container, not two). Not with
+    /// fuse-overlayfs, whose daemon lives as long as stage 1; nor with `remove_after`.
+    pub hand_over: bool,
 }
 
 /// Signals `berth run` passes on to the container process.
@@ -54,7 +59,7 @@ const FORWARDED: &[Signal] = &[
     Signal::SIGCONT,
 ];
 
-fn forwarded_set() -> SigSet {
+pub(super) fn forwarded_set() -> SigSet {
     let mut set = SigSet::empty();
     for s in FORWARDED {
         set.add(*s);
@@ -64,7 +69,7 @@ fn forwarded_set() -> SigSet {
     set
 }
 
-fn pipe() -> Result<(OwnedFd, OwnedFd), ContainerError> {
+pub(super) fn pipe() -> Result<(OwnedFd, OwnedFd), ContainerError> {
     nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| ContainerError::Sys {
         what: "creating a pipe",
         source: e,
@@ -103,16 +108,95 @@ fn joined_ns(spec: &Spec, typ: LinuxNamespaceType) -> Option<PathBuf> {
         .and_then(|n| n.path().clone())
 }
 
+/// A container whose process runs: what its supervisor needs.
+#[derive(Debug)]
+pub struct Started {
+    /// The container's first process (PID 1 of its pid namespace), as the host sees it.
+    pub init: Pid,
+    /// How the container's end is learnt.
+    pub end: End,
+    /// With a terminal (`process.terminal`): its master.
+    pub master: Option<OwnedFd>,
+}
+
+/// Who reports a started container's end.
+#[derive(Debug)]
+pub enum End {
+    /// Stage 1, the caller's child, waits for the container and writes `exit N` or
+    /// `signal N` on `status` (the pid line already read), then exits.
+    Stage1 { stage1: Pid, status: OwnedFd },
+    /// The container's first process is the caller's child (`RunOptions::hand_over`): its
+    /// wait status is the container's.
+    Child,
+}
+
 /// Runs the bundle in the foreground and returns the container's exit status
 /// (128+N when the process was killed by signal N). With `network`, the container's new
 /// network namespace is handed to it once it exists, and the process starts only after it
-/// has connected the namespace.
+/// has connected the namespace. `on_start` learns the container's processes once its
+/// command runs.
 pub fn run(
     bundle: &Path,
     ids: &IdMapping,
     opts: &RunOptions,
     network: Option<&mut dyn NetworkAttach>,
+    on_start: impl FnOnce(&Started),
 ) -> Result<i32, ContainerError> {
+    let sigs = forwarded_set();
+    let mut old_mask = SigSet::empty();
+    nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&sigs), Some(&mut old_mask))
+        .map_err(|e| ContainerError::Sys {
+            what: "blocking signals",
+            source: e,
+        })?;
+    let restore_mask = scopeguard(old_mask);
+    let sfd = SignalFd::with_flags(&sigs, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK).map_err(
+        |e| ContainerError::Sys {
+            what: "signalfd",
+            source: e,
+        },
+    )?;
+    let started = start_with_mask(bundle, ids, opts, old_mask, &[sfd.as_raw_fd()], network)?;
+    on_start(&started);
+    let result = relay(started, &sfd, opts.attach_stdin);
+    drop(restore_mask);
+    result
+}
+
+/// Starts the bundle's container as the caller's child and returns once its command runs
+/// (or failed to start: then with Docker's code in `ContainerError::Start`). The container's
+/// stdio is the caller's descriptors 0, 1 and 2 (stdin /dev/null unless `attach_stdin`), or
+/// a new terminal when the spec asks for one. The stages close `close_in_child` at once (the
+/// caller's locks and pipes that must not live as long as the container). With `network`,
+/// the container's new network namespace is connected before its command runs. The caller
+/// must be single-threaded.
+pub fn start(
+    bundle: &Path,
+    ids: &IdMapping,
+    opts: &RunOptions,
+    close_in_child: &[RawFd],
+    network: Option<&mut dyn NetworkAttach>,
+) -> Result<Started, ContainerError> {
+    let mut mask = SigSet::empty();
+    nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, None, Some(&mut mask)).map_err(
+        |e| ContainerError::Sys {
+            what: "reading the signal mask",
+            source: e,
+        },
+    )?;
+    start_with_mask(bundle, ids, opts, mask, close_in_child, network)
+}
+
+/// [`start`], with the signal mask the container's process gets and descriptors the stages
+/// close at once.
+fn start_with_mask(
+    bundle: &Path,
+    ids: &IdMapping,
+    opts: &RunOptions,
+    old_mask: SigSet,
+    close_in_child: &[RawFd],
+    network: Option<&mut dyn NetworkAttach>,
+) -> Result<Started, ContainerError> {
     let spec = load_spec(bundle)?;
     // A user namespace to join (a user-defined network's) instead of a new one.
     let join_userns = match joined_ns(&spec, LinuxNamespaceType::User) {
@@ -142,16 +226,7 @@ pub fn run(
     };
     let terminal = process.terminal().unwrap_or(false);
     let console = if terminal {
-        let (parent, child) = nix::sys::socket::socketpair(
-            nix::sys::socket::AddressFamily::Unix,
-            nix::sys::socket::SockType::Stream,
-            None,
-            nix::sys::socket::SockFlag::SOCK_CLOEXEC,
-        )
-        .map_err(|e| ContainerError::Sys {
-            what: "creating the console socket",
-            source: e,
-        })?;
+        let (parent, child) = console_socket()?;
         Some((parent, child, pty::initial_size()))
     } else {
         None
@@ -163,21 +238,6 @@ pub fn run(
             |e| ContainerError::Setup(format!("opening /dev/null: {e}")),
         )?))
     };
-
-    let sigs = forwarded_set();
-    let mut old_mask = SigSet::empty();
-    nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&sigs), Some(&mut old_mask))
-        .map_err(|e| ContainerError::Sys {
-            what: "blocking signals",
-            source: e,
-        })?;
-    let restore_mask = scopeguard(old_mask);
-    let sfd = SignalFd::with_flags(&sigs, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK).map_err(
-        |e| ContainerError::Sys {
-            what: "signalfd",
-            source: e,
-        },
-    )?;
 
     let (sync_rd, sync_wr) = pipe()?;
     let (status_rd, status_wr) = pipe()?;
@@ -198,7 +258,9 @@ pub fn run(
             drop(sync_wr);
             drop(status_rd);
             drop(err_rd);
-            drop(sfd);
+            for fd in close_in_child {
+                let _ = nix::unistd::close(*fd);
+            }
             drop(net_wr);
             if let Some(fd) = &join_userns {
                 if let Err(e) = join_user_namespace(fd) {
@@ -235,18 +297,45 @@ pub fn run(
                 Some(ids)
             };
             let net = network.zip(net_wr);
-            let result = supervise(
-                stage1_pid, maps, sync_wr, status_rd, err_rd, &sfd, console, opts, net,
-            );
-            drop(restore_mask);
-            result
+            let handed_over = opts.hand_over && hands_over(&spec, opts);
+            handshake(
+                stage1_pid,
+                maps,
+                sync_wr,
+                status_rd,
+                err_rd,
+                console,
+                handed_over,
+                net,
+            )
         }
     }
 }
 
+/// Whether stage 1 can hand the container over (see `RunOptions::hand_over`).
+fn hands_over(spec: &Spec, opts: &RunOptions) -> bool {
+    opts.hand_over
+        && opts.remove_after.is_empty()
+        && root_mount(spec).and_then(|m| m.typ().as_deref()) != Some("fuse-overlayfs")
+}
+
+/// The socket over which a container's terminal master comes back.
+pub(crate) fn console_socket() -> Result<(OwnedFd, OwnedFd), ContainerError> {
+    nix::sys::socket::socketpair(
+        nix::sys::socket::AddressFamily::Unix,
+        nix::sys::socket::SockType::Stream,
+        None,
+        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(|e| ContainerError::Sys {
+        what: "creating the console socket",
+        source: e,
+    })
+}
+
 /// Restores the signal mask when dropped.
-struct MaskGuard(SigSet);
-fn scopeguard(old: SigSet) -> MaskGuard {
+pub(super) struct MaskGuard(SigSet);
+pub(super) fn scopeguard(old: SigSet) -> MaskGuard {
     MaskGuard(old)
 }
 impl Drop for MaskGuard {
@@ -268,18 +357,20 @@ fn join_user_namespace(fd: &OwnedFd) -> Result<(), String> {
     unshare(CloneFlags::CLONE_NEWNS).map_err(|e| format!("creating a mount namespace: {e}"))
 }
 
+/// Parent side of a start: writes the id maps (unless the container joins a user namespace),
+/// learns the container's pid, connects its network, takes the terminal master, and waits
+/// until the command runs or its start failed.
 #[allow(clippy::too_many_arguments)]
-fn supervise(
+fn handshake(
     stage1: Pid,
     maps: Option<&IdMapping>,
     sync_wr: OwnedFd,
     status_rd: OwnedFd,
     err_rd: OwnedFd,
-    sfd: &SignalFd,
     console: Option<OwnedFd>,
-    opts: &RunOptions,
+    handed_over: bool,
     net: Option<(&mut dyn NetworkAttach, OwnedFd)>,
-) -> Result<i32, ContainerError> {
+) -> Result<Started, ContainerError> {
     match maps {
         Some(ids) => userns::parent_write_maps(stage1, ids, sync_wr)?,
         None => {
@@ -288,10 +379,10 @@ fn supervise(
         }
     }
     let mut status = std::fs::File::from(status_rd);
-    let mut lines = LineReader::default();
-    // First line: the container's pid, or EOF when stage 1 failed.
+    // First line: the container's pid, or EOF when stage 1 failed. Read byte by byte: what
+    // follows (the exit line) is for whoever supervises the container.
     let container = loop {
-        match lines.next_line(&mut status) {
+        match read_line_unbuffered(&mut status) {
             Some(l) if l.starts_with("pid ") => {
                 break l[4..].trim().parse::<i32>().ok().map(Pid::from_raw);
             }
@@ -301,11 +392,18 @@ fn supervise(
     };
     // The network namespace exists (stage 1 made it before forking the container): connect
     // it while the container finishes its mounts; the container waits for the word to exec.
+    // Named by stage 1, which lives as long as the container, or, when stage 1 hands the
+    // container over (and exits at once), by the container's first process, which waits.
     if let (Some(container), Some((hook, ready))) = (container, net) {
-        if let Err(e) = hook.attach(stage1.as_raw()) {
+        let target = if handed_over { container } else { stage1 };
+        if let Err(e) = hook.attach(target.as_raw()) {
             drop(ready);
             let _ = kill(container, Signal::SIGKILL);
             let _ = userns::wait_retry(stage1);
+            if handed_over {
+                // The container process is ours to reap.
+                let _ = userns::wait_retry(container);
+            }
             return Err(ContainerError::Setup(e));
         }
         let _ = write_all_fd(ready.as_raw_fd(), b"1");
@@ -317,16 +415,67 @@ fn supervise(
     let _ = std::fs::File::from(err_rd).read_to_string(&mut err);
     if !err.is_empty() || container.is_none() {
         let _ = userns::wait_retry(stage1);
+        if handed_over {
+            // The failed container process is ours to reap.
+            if let Some(c) = container {
+                let _ = userns::wait_retry(c);
+            }
+        }
         return Err(start_error(&err));
     }
-    let container = container.expect("checked above");
+    let init = container.expect("checked above");
+    let end = if handed_over {
+        // Stage 1 has handed the container over and exits.
+        let _ = userns::wait_retry(stage1);
+        End::Child
+    } else {
+        End::Stage1 {
+            stage1,
+            status: OwnedFd::from(status),
+        }
+    };
+    Ok(Started { init, end, master })
+}
 
-    let _raw = match (&master, opts.attach_stdin) {
+/// Reads one line without reading past it.
+pub(super) fn read_line_unbuffered(f: &mut std::fs::File) -> Option<String> {
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    loop {
+        match f.read(&mut byte) {
+            Ok(0) => return None,
+            Ok(_) if byte[0] == b'\n' => return Some(String::from_utf8_lossy(&line).into_owned()),
+            Ok(_) => line.push(byte[0]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => return None,
+        }
+    }
+}
+
+/// The foreground supervision of a started container: relays signals, the terminal and
+/// stdin, and returns the exit status once the container has ended.
+pub(super) fn relay(
+    started: Started,
+    sfd: &SignalFd,
+    attach_stdin: bool,
+) -> Result<i32, ContainerError> {
+    let Started {
+        init: container,
+        end,
+        master,
+    } = started;
+    // Stage 1 reports the end on its pipe, or the process is our child (exec).
+    let (stage1, mut status) = match end {
+        End::Stage1 { stage1, status } => (Some(stage1), Some(std::fs::File::from(status))),
+        End::Child => (None, None),
+    };
+    let mut lines = LineReader::default();
+    let _raw = match (&master, attach_stdin) {
         (Some(_), true) => Some(RawMode::enter()),
         _ => None,
     };
     let stdin = std::io::stdin();
-    let mut stdin_open = master.is_some() && opts.attach_stdin;
+    let mut stdin_open = master.is_some() && attach_stdin;
     let mut master_open = master.is_some();
     let mut exit: Option<i32> = None;
     let mut buf = [0u8; 8192];
@@ -338,7 +487,7 @@ fn supervise(
                 revents: 0,
             },
             libc::pollfd {
-                fd: status.as_raw_fd(),
+                fd: status.as_ref().map_or(-1, |s| s.as_raw_fd()),
                 events: libc::POLLIN,
                 revents: 0,
             },
@@ -387,6 +536,13 @@ fn supervise(
                     continue;
                 };
                 match sig {
+                    Signal::SIGCHLD if stage1.is_none() => {
+                        match waitpid(container, Some(WaitPidFlag::WNOHANG)) {
+                            Ok(WaitStatus::Exited(_, code)) => exit = Some(code),
+                            Ok(WaitStatus::Signaled(_, sig, _)) => exit = Some(128 + sig as i32),
+                            _ => {}
+                        }
+                    }
                     Signal::SIGCHLD => {}
                     Signal::SIGWINCH => {
                         if let Some(m) = &master {
@@ -399,8 +555,8 @@ fn supervise(
                 }
             }
         }
-        if fds[1].revents != 0 {
-            match lines.next_line(&mut status) {
+        if let (true, Some(status)) = (fds[1].revents != 0, &mut status) {
+            match lines.next_line(status) {
                 Some(l) => exit = parse_exit(&l),
                 None => {
                     // Stage 1 died without reporting (killed): the container is gone with it.
@@ -433,7 +589,9 @@ fn supervise(
             }
         }
     }
-    let _ = userns::wait_retry(stage1);
+    if let Some(stage1) = stage1 {
+        let _ = userns::wait_retry(stage1);
+    }
     Ok(exit.unwrap_or(137))
 }
 
@@ -461,7 +619,7 @@ fn parse_exit(line: &str) -> Option<i32> {
 }
 
 /// Parses "CODE:message" written by a failing stage into an error.
-fn start_error(raw: &str) -> ContainerError {
+pub(super) fn start_error(raw: &str) -> ContainerError {
     match raw.split_once(':') {
         Some((code, msg)) if code.parse::<i32>().is_ok() => ContainerError::Start {
             code: code.parse().unwrap_or(126),
@@ -518,7 +676,7 @@ struct Stage<'a> {
 }
 
 /// Reports a failure to the parent as "CODE:message" and exits.
-fn fail(err: &OwnedFd, code: i32, msg: &str) -> ! {
+pub(super) fn fail(err: &OwnedFd, code: i32, msg: &str) -> ! {
     let _ = write_all_fd(err.as_raw_fd(), format!("{code}:{msg}").as_bytes());
     child_exit(code)
 }
@@ -559,7 +717,14 @@ fn stage1(ctx: Stage, sync_rd: OwnedFd, status_wr: OwnedFd, err_wr: OwnedFd) -> 
         fail(&err_wr, 125, &format!("creating namespaces {flags:?}: {e}"));
     }
     let new_net = flags.contains(CloneFlags::CLONE_NEWNET);
-    let pid = match userns::clone_fork(CloneFlags::empty()) {
+    // Handing over: the container's first process is created as the caller's child.
+    let hand_over = fuse.is_none() && hands_over(ctx.spec, ctx.opts);
+    let clone_flags = if hand_over {
+        CloneFlags::CLONE_PARENT
+    } else {
+        CloneFlags::empty()
+    };
+    let pid = match userns::clone_fork(clone_flags) {
         Ok(Forked::Child) => {
             drop(status_wr);
             stage2(ctx, &rootfs, new_net, err_wr)
@@ -572,6 +737,9 @@ fn stage1(ctx: Stage, sync_rd: OwnedFd, status_wr: OwnedFd, err_wr: OwnedFd) -> 
     };
     drop(err_wr);
     let _ = write_all_fd(status_wr.as_raw_fd(), format!("pid {pid}\n").as_bytes());
+    if hand_over {
+        child_exit(0)
+    }
     let line = match userns::wait_retry(pid) {
         Ok(WaitStatus::Exited(_, code)) => format!("exit {code}\n"),
         Ok(WaitStatus::Signaled(_, sig, _)) => format!("signal {}\n", sig as i32),
@@ -587,7 +755,7 @@ fn stage1(ctx: Stage, sync_rd: OwnedFd, status_wr: OwnedFd, err_wr: OwnedFd) -> 
 
 /// Mounts the spec's root entry (a mount with destination "/") at `rootfs`; returns the
 /// fuse-overlayfs process when that driver is used.
-fn mount_rootfs(spec: &Spec, rootfs: &Path) -> Result<Option<Child>, String> {
+pub(super) fn mount_rootfs(spec: &Spec, rootfs: &Path) -> Result<Option<Child>, String> {
     let Some(m) = root_mount(spec) else {
         // A ready directory: make it a mount point so pivot_root accepts it.
         mount(
@@ -672,7 +840,7 @@ impl SpawnDeath for Command {
     }
 }
 
-fn stop_fuse(rootfs: &Path, fuse: &mut Option<Child>) {
+pub(super) fn stop_fuse(rootfs: &Path, fuse: &mut Option<Child>) {
     let _ = umount2(rootfs, MntFlags::MNT_DETACH);
     if let Some(mut child) = fuse.take() {
         let deadline = Instant::now() + Duration::from_secs(2);
@@ -884,7 +1052,28 @@ fn reaper(child: Pid) -> ! {
 
 fn exec_process(ctx: Stage, err: OwnedFd) -> ! {
     let process = ctx.spec.process().as_ref().expect("checked by run()");
-    if let Err(e) = set_identity(&ctx) {
+    become_process(
+        process,
+        ctx.ids,
+        ctx.seccomp.as_ref(),
+        ctx.old_mask,
+        err,
+        true,
+    )
+}
+
+/// Becomes the spec's `process`: identity (capabilities, no_new_privs, user), working
+/// directory, seccomp filter, default signal handling, then exec; reports a failure on `err`
+/// with Docker's code. Shared by a container's first process and `berth exec`.
+pub(super) fn become_process(
+    process: &oci_spec::runtime::Process,
+    ids: &IdMapping,
+    seccomp: Option<&bpf::SeccompFilters>,
+    old_mask: SigSet,
+    err: OwnedFd,
+    death_signal: bool,
+) -> ! {
+    if let Err(e) = set_identity(process, ids) {
         fail(&err, 125, &e);
     }
     if let Err(e) = nix::unistd::chdir(process.cwd()) {
@@ -897,8 +1086,10 @@ fn exec_process(ctx: Stage, err: OwnedFd) -> ! {
             ),
         );
     }
-    userns::set_parent_death_signal();
-    if let Some(f) = &ctx.seccomp {
+    if death_signal {
+        userns::set_parent_death_signal();
+    }
+    if let Some(f) = seccomp {
         if let Err(e) = f.install() {
             fail(&err, 125, &format!("installing the seccomp filter: {e}"));
         }
@@ -910,7 +1101,7 @@ fn exec_process(ctx: Stage, err: OwnedFd) -> ! {
             let _ = unsafe { nix::sys::signal::signal(s, nix::sys::signal::SigHandler::SigDfl) };
         }
     }
-    let _ = nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&ctx.old_mask), None);
+    let _ = nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old_mask), None);
 
     let args: Vec<CString> = process
         .args()
@@ -979,9 +1170,8 @@ fn exec_process(ctx: Stage, err: OwnedFd) -> ! {
 }
 
 /// Capabilities, no_new_privs and the user, in the order that keeps the wanted capabilities.
-fn set_identity(ctx: &Stage) -> Result<(), String> {
+fn set_identity(process: &oci_spec::runtime::Process, ids: &IdMapping) -> Result<(), String> {
     use caps::{CapSet, Capability};
-    let process = ctx.spec.process().as_ref().ok_or("no process")?;
     let parse =
         |names: &Option<oci_spec::runtime::Capabilities>| -> std::collections::HashSet<Capability> {
             names
@@ -1018,10 +1208,10 @@ fn set_identity(ctx: &Stage) -> Result<(), String> {
         .as_deref()
         .unwrap_or(&[])
         .iter()
-        .filter(|g| ctx.ids.maps_gid(**g))
+        .filter(|g| ids.maps_gid(**g))
         .map(|g| Gid::from_raw(*g))
         .collect();
-    if ctx.ids.mode != IdMode::SingleId {
+    if ids.mode != IdMode::SingleId {
         nix::unistd::setgroups(&groups).map_err(|e| format!("setgroups: {e}"))?;
     }
     let gid = Gid::from_raw(user.gid());

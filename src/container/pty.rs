@@ -22,6 +22,16 @@ pub fn copy_window_size(from: BorrowedFd, to: BorrowedFd) {
 /// its slave the controlling terminal and stdio, binds it to /dev/console, and returns the
 /// master for the caller to hand to berth.
 pub fn open_in_container(size: &Winsize) -> Result<OwnedFd, String> {
+    open_pty(size, true)
+}
+
+/// The same for a process joining a running container (`berth exec -t`): the container's
+/// /dev/console stays its first process's.
+pub fn open_for_exec(size: &Winsize) -> Result<OwnedFd, String> {
+    open_pty(size, false)
+}
+
+fn open_pty(size: &Winsize, console: bool) -> Result<OwnedFd, String> {
     use nix::fcntl::OFlag;
     let master = nix::pty::posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)
         .map_err(|e| format!("opening /dev/ptmx in the container: {e}"))?;
@@ -51,6 +61,10 @@ pub fn open_in_container(size: &Winsize) -> Result<OwnedFd, String> {
         }
     }
     let _ = nix::unistd::close(slave);
+    if !console {
+        // SAFETY: posix_openpt returned a fresh descriptor that nothing else owns.
+        return Ok(unsafe { OwnedFd::from_raw_fd(master.into_raw_fd()) });
+    }
     let console = std::path::Path::new("/dev/console");
     if std::fs::symlink_metadata(console).is_err() {
         let _ = std::fs::File::create(console);

@@ -126,7 +126,7 @@ fn familiar(canonical: &str) -> String {
 }
 
 /// A name as stored: canonical, with a tag and no digest.
-fn canonical_tag(r: &Reference) -> String {
+pub(crate) fn canonical_tag(r: &Reference) -> String {
     Reference {
         digest: None,
         tag: r.tag.clone().or_else(|| Some("latest".into())),

@@ -13,6 +13,7 @@
 //!   OCI whiteouts turned into overlayfs whiteouts.
 
 mod archive;
+mod commit;
 mod compression;
 pub mod manage;
 pub mod reference;
@@ -24,6 +25,7 @@ pub mod unpack;
 #[cfg(test)]
 mod testutil;
 
+pub use commit::NewLayer;
 pub use manage::{ContainerUse, HistoryEntry, ImageInspect, ImageRemoval, PruneReport};
 pub use reference::{Reference, ReferenceError};
 pub use save::ArchiveFormat;

@@ -132,7 +132,8 @@ impl Backend {
 }
 
 /// How published ports reach a slirp4netns container.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum PortHandler {
     /// berth's forwarder: a splice loop from a host socket into the container's namespace.
     #[default]
@@ -142,7 +143,8 @@ pub enum PortHandler {
 }
 
 /// What `--network` asks for.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum NetworkRequest {
     /// No flag: the host's default user-mode backend.
     #[default]
@@ -188,6 +190,29 @@ impl NetworkRequest {
     /// Whether the namespace is connected beyond `lo`.
     pub fn connected(&self) -> bool {
         !matches!(self, NetworkRequest::None | NetworkRequest::Host)
+    }
+
+    /// What the runtime spec needs to know of this network.
+    pub fn spec_mode(&self) -> crate::spec::NetworkMode {
+        match self {
+            NetworkRequest::None => crate::spec::NetworkMode::None,
+            NetworkRequest::Host => crate::spec::NetworkMode::Host,
+            _ => crate::spec::NetworkMode::Connected,
+        }
+    }
+
+    /// The name `berth ps` and `inspect` show before the network is set up (the default
+    /// backend when it can be told, else `default`).
+    pub fn display_name(&self) -> String {
+        match self {
+            NetworkRequest::Default => Backend::default_for_host()
+                .map(|b| b.to_string())
+                .unwrap_or_else(|_| "default".into()),
+            NetworkRequest::None => "none".into(),
+            NetworkRequest::Host => "host".into(),
+            NetworkRequest::UserMode(b, _) => b.to_string(),
+            NetworkRequest::Named(n) => n.clone(),
+        }
     }
 }
 
@@ -269,8 +294,10 @@ enum Running {
     Member(netns::Membership),
 }
 
-/// Everything the container's network needs from the run request.
-#[derive(Debug, Clone, Default)]
+/// Everything the container's network needs from the run request (kept in the container's
+/// record: a created container gets its network each time it starts).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct NetworkOptions {
     pub request: NetworkRequest,
     pub publish: Vec<PortSpec>,
@@ -288,6 +315,44 @@ pub struct Identity<'a> {
     pub hostname: &'a str,
     /// The container's /etc/hosts on the host (rewritten as peers come and go).
     pub hosts_file: PathBuf,
+}
+
+/// Publishing ports and aliases need a network of the container's own.
+fn check_own_network(
+    request: &NetworkRequest,
+    specs: &[PortSpec],
+    aliases: &[String],
+) -> Result<(), NetError> {
+    if request.connected() {
+        return Ok(());
+    }
+    let mode = if *request == NetworkRequest::Host {
+        "host"
+    } else {
+        "none"
+    };
+    let needs_own = |what: &'static str| NetError::NeedsOwnNetwork {
+        what,
+        mode: mode.to_string(),
+    };
+    if !specs.is_empty() {
+        return Err(needs_own("publishing ports (-p/-P)"));
+    }
+    if !aliases.is_empty() {
+        return Err(needs_own("--network-alias"));
+    }
+    Ok(())
+}
+
+/// What can be checked of a network before the container starts (`berth create`): that the
+/// flags fit together and that a user-defined network exists. `opts.publish` holds every
+/// port to publish (`-P` already expanded).
+pub fn validate(opts: &NetworkOptions, dirs: &crate::paths::Dirs) -> Result<(), NetError> {
+    check_own_network(&opts.request, &opts.publish, &opts.aliases)?;
+    if let NetworkRequest::Named(name) = &opts.request {
+        NetworkStore::new(dirs).get(name)?;
+    }
+    Ok(())
 }
 
 /// Decides the container's network: finds the tools, binds the published host ports (a port
@@ -309,23 +374,7 @@ pub fn prepare(
         }
         other => other.clone(),
     };
-    let needs_own = |what: &'static str, mode: &str| NetError::NeedsOwnNetwork {
-        what,
-        mode: mode.to_string(),
-    };
-    if !request.connected() {
-        let mode = if request == NetworkRequest::Host {
-            "host"
-        } else {
-            "none"
-        };
-        if !specs.is_empty() {
-            return Err(needs_own("publishing ports (-p/-P)", mode));
-        }
-        if !opts.aliases.is_empty() {
-            return Err(needs_own("--network-alias", mode));
-        }
-    }
+    check_own_network(&request, &specs, &opts.aliases)?;
     let run_dir = dirs.data.join("containers").join(who.id);
     let mut attachment = Attachment {
         plan: Plan::Unconnected,
@@ -421,6 +470,81 @@ impl Prepared {
             _ => None,
         }
     }
+
+    /// Leaves the connected network running for a process that outlives this value without
+    /// running its destructors (a detached container's monitor, which execs `berth-monitor`
+    /// and later `berth __exited`): the helpers stay this process's children (they die with
+    /// it, by their parent-death signal), the membership of a user-defined network stays an
+    /// open descriptor that survives exec. [`Helpers::stop`] ends them.
+    pub fn keep_running(mut self) -> Result<Helpers, NetError> {
+        let mut helpers = Helpers::default();
+        for r in std::mem::take(&mut self.attachment.running) {
+            match r {
+                Running::Slirp(s) => {
+                    let (pid, api) = s.keep_running();
+                    helpers.pids.push(pid);
+                    helpers.files.extend(api);
+                }
+                Running::Pasta(p) => helpers.pids.push(p.keep_running()),
+                Running::Forwarder(f) => helpers.pids.push(f.keep_running()),
+                Running::Member(m) => {
+                    let fd = m.into_fd();
+                    nix::fcntl::fcntl(
+                        std::os::fd::AsRawFd::as_raw_fd(&fd),
+                        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+                    )
+                    .map_err(|e| NetError::Daemon(format!("keeping the membership open: {e}")))?;
+                    helpers.fds.push(std::os::fd::IntoRawFd::into_raw_fd(fd));
+                }
+            }
+        }
+        Ok(helpers)
+    }
+}
+
+/// A container's network helpers handed over by [`Prepared::keep_running`], as recorded for
+/// the process that ends them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Helpers {
+    /// slirp4netns, pasta, the port forwarder: children of the process that keeps them.
+    pub pids: Vec<i32>,
+    /// Descriptors it holds open, without close-on-exec (a user-defined network's membership).
+    pub fds: Vec<i32>,
+    /// Files to remove once the helpers are gone (slirp4netns's API socket).
+    pub files: Vec<PathBuf>,
+}
+
+impl Helpers {
+    /// Ends the helpers, in the process they were handed to: kills each that is still its
+    /// child and waits for it (so that its host ports are free on return), closes the
+    /// membership (the network daemon forgets the container), removes the files.
+    pub fn stop(&self) {
+        let me = std::process::id() as i32;
+        for &pid in &self.pids {
+            if parent_of(pid) != Some(me) {
+                // Gone (reaped already); the pid may belong to another process now.
+                continue;
+            }
+            let pid = nix::unistd::Pid::from_raw(pid);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::wait::waitpid(pid, None);
+        }
+        for &fd in &self.fds {
+            // SAFETY: the descriptor was handed to this process for this purpose only.
+            unsafe { libc::close(fd) };
+        }
+        for f in &self.files {
+            let _ = std::fs::remove_file(f);
+        }
+    }
+}
+
+/// The parent pid of `pid`, from /proc.
+fn parent_of(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces and parentheses: the fields follow the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(1)?.parse().ok()
 }
 
 impl Attachment {
@@ -509,5 +633,44 @@ mod tests {
         );
         assert!("slirp4netns:mtu=1".parse::<NetworkRequest>().is_err());
         assert!("-bad".parse::<NetworkRequest>().is_err());
+    }
+
+    #[test]
+    fn network_options_survive_the_record() {
+        let opts = NetworkOptions {
+            request: "slirp4netns:port_handler=slirp4netns".parse().unwrap(),
+            publish: vec!["127.0.0.1::80/udp".parse().unwrap()],
+            publish_all: false,
+            aliases: vec!["db".into()],
+        };
+        let json = serde_json::to_string(&opts).unwrap();
+        assert_eq!(serde_json::from_str::<NetworkOptions>(&json).unwrap(), opts);
+        for r in ["none", "host", "pasta", "backend"] {
+            let opts = NetworkOptions {
+                request: r.parse().unwrap(),
+                ..NetworkOptions::default()
+            };
+            let json = serde_json::to_string(&opts).unwrap();
+            assert_eq!(serde_json::from_str::<NetworkOptions>(&json).unwrap(), opts);
+        }
+    }
+
+    #[test]
+    fn helpers_stop_only_their_own_children() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        assert_eq!(parent_of(pid), Some(std::process::id() as i32));
+        let helpers = Helpers {
+            // Our parent is not our child: left alone.
+            pids: vec![pid, nix::unistd::getppid().as_raw()],
+            ..Helpers::default()
+        };
+        helpers.stop();
+        // Killed and reaped: nothing left to wait for.
+        assert!(child.try_wait().is_err() || parent_of(pid).is_none());
+        assert!(parent_of(nix::unistd::getppid().as_raw()).is_some());
     }
 }

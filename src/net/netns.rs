@@ -156,6 +156,11 @@ impl Membership {
     pub fn address(&self) -> IpAddr {
         IpAddr::V4(self.ip)
     }
+
+    /// The connection that keeps the container on the network (see [`super::Helpers`]).
+    pub(crate) fn into_fd(self) -> OwnedFd {
+        OwnedFd::from(self._stream)
+    }
 }
 
 impl Join {

@@ -136,6 +136,13 @@ impl Pasta {
     }
 }
 
+impl Pasta {
+    /// Leaves it running (see [`super::Helpers`]) and returns its pid.
+    pub(crate) fn keep_running(self) -> i32 {
+        std::mem::ManuallyDrop::new(self).child.id() as i32
+    }
+}
+
 impl Drop for Pasta {
     fn drop(&mut self) {
         kill_helper(&mut self.child, self.forwards);

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -36,7 +36,7 @@ impl std::fmt::Display for Proto {
 }
 
 /// One `-p` as written: the host side may be left to berth.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PortSpec {
     pub host_ip: Option<IpAddr>,
     pub host_port: Option<u16>,
@@ -279,6 +279,20 @@ impl Forwarder {
                     // SAFETY: _exit never returns and runs no destructors of the parent's copy.
                     unsafe { libc::_exit(0) }
                 }
+                // Only what the forwarder uses stays open: a detached container's monitor
+                // forks it while holding the container's output pipes, its lock and its
+                // socket, which must not live on in the forwarder.
+                let mut keep: Vec<RawFd> = ports
+                    .iter()
+                    .map(|(_, s)| match s {
+                        HostSocket::Tcp(l) => l.as_raw_fd(),
+                        HostSocket::Udp(u) => u.as_raw_fd(),
+                    })
+                    .collect();
+                keep.push(wr.as_raw_fd());
+                keep.push(net_fd.as_raw_fd());
+                keep.extend(user_fd.as_ref().map(|f| f.as_raw_fd()));
+                close_all_but(&keep);
                 let mut wr = std::fs::File::from(wr);
                 let entered = enter(user_fd.as_ref(), &net_fd);
                 match entered {
@@ -316,11 +330,45 @@ impl Forwarder {
     }
 }
 
+impl Forwarder {
+    /// Leaves it running (see [`super::Helpers`]) and returns its pid.
+    pub(crate) fn keep_running(self) -> i32 {
+        std::mem::ManuallyDrop::new(self).pid.as_raw()
+    }
+}
+
 impl Drop for Forwarder {
     fn drop(&mut self) {
         // Waited for: the host ports are free once berth returns.
         let _ = kill(self.pid, Signal::SIGKILL);
         let _ = waitpid(self.pid, None);
+    }
+}
+
+/// In a forked child: stdio to /dev/null, every other descriptor but `keep` closed.
+fn close_all_but(keep: &[RawFd]) {
+    if let Ok(null) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    {
+        for fd in 0..3 {
+            // SAFETY: dup2 onto the standard descriptors of this process.
+            unsafe { libc::dup2(null.as_raw_fd(), fd) };
+        }
+    }
+    let open: Vec<RawFd> = std::fs::read_dir("/proc/self/fd")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
+                .collect()
+        })
+        .unwrap_or_default();
+    for fd in open {
+        if fd > 2 && !keep.contains(&fd) {
+            // SAFETY: closing a descriptor this child inherited and does not use.
+            unsafe { libc::close(fd) };
+        }
     }
 }
 

@@ -207,6 +207,15 @@ pub(crate) fn kill_helper(child: &mut Child, holds_ports: bool) {
     }
 }
 
+impl Slirp4netns {
+    /// Leaves it running (for a process that outlives this value, see
+    /// [`super::Helpers`]): its pid, and the API socket to remove once it is stopped.
+    pub(crate) fn keep_running(self) -> (i32, Option<PathBuf>) {
+        let me = std::mem::ManuallyDrop::new(self);
+        (me.child.id() as i32, me.api.clone())
+    }
+}
+
 impl Drop for Slirp4netns {
     fn drop(&mut self) {
         kill_helper(&mut self.child, self.forwards);

@@ -95,3 +95,67 @@ fn copy_dir(src: &Path, dst: &Path) -> std::io::Result<()> {
     }
     Ok(())
 }
+
+/// Copies what the image (`lowers`, bottom first) has at `rel` into the existing directory
+/// `target`, with whiteouts and opaque directories applied, and gives `target` the owner and
+/// mode of the image's directory there. Runs inside the user namespace.
+pub fn stack_path(lowers: &[std::path::PathBuf], rel: &Path, target: &Path) -> std::io::Result<()> {
+    let mut top: Option<std::fs::Metadata> = None;
+    for layer in lowers {
+        if hidden_below(layer, rel) {
+            clear_dir(target)?;
+            top = None;
+        }
+        let p = layer.join(rel);
+        match std::fs::symlink_metadata(&p) {
+            Ok(m) if m.is_dir() => {
+                if is_opaque(&p) {
+                    clear_dir(target)?;
+                }
+                copy_dir(&p, target)?;
+                top = Some(m);
+            }
+            // A whiteout, or a file where the volume goes: what was below is gone.
+            Ok(_) => {
+                clear_dir(target)?;
+                top = None;
+            }
+            Err(_) => {}
+        }
+    }
+    if let Some(m) = top {
+        let _ = nix::unistd::chown(
+            target,
+            Some(nix::unistd::Uid::from_raw(m.uid())),
+            Some(nix::unistd::Gid::from_raw(m.gid())),
+        );
+        std::fs::set_permissions(target, std::fs::Permissions::from_mode(m.mode() & 0o7777))?;
+    }
+    Ok(())
+}
+
+/// Whether a whiteout or an opaque directory in `layer` hides `rel` as lower layers had it.
+fn hidden_below(layer: &Path, rel: &Path) -> bool {
+    let mut at = layer.to_path_buf();
+    let mut parts = rel.components().peekable();
+    while let Some(c) = parts.next() {
+        if parts.peek().is_none() {
+            return false;
+        }
+        at.push(c);
+        match std::fs::symlink_metadata(&at) {
+            Ok(m) if is_whiteout(&m) => return true,
+            Ok(m) if m.is_dir() && is_opaque(&at) => return true,
+            Ok(_) => {}
+            Err(_) => return false,
+        }
+    }
+    false
+}
+
+fn clear_dir(dir: &Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        remove_any(&entry?.path())?;
+    }
+    Ok(())
+}

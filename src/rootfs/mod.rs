@@ -4,6 +4,7 @@
 //! fuse-overlayfs where the kernel refuses, and a plain copy as the last resort.
 
 mod copy;
+pub mod diff;
 pub mod erofs;
 mod layers;
 
@@ -307,6 +308,59 @@ pub fn remove_owned_tree(paths: Vec<PathBuf>, ids: &IdMapping) -> Result<(), Roo
             std::fs::remove_dir_all(p).map_err(|e| format!("removing {}: {e}", p.display()))?;
         }
         Ok(())
+    })?;
+    Ok(())
+}
+
+/// Fills the new volume directory `target` with what the image (`lowers`) has at `rel`, as
+/// Docker does on a volume's first use; owners stay the image's (mapped) ids.
+pub fn fill_from_layers(
+    lowers: &[PathBuf],
+    rel: &Path,
+    target: &Path,
+    ids: &IdMapping,
+) -> Result<(), RootfsError> {
+    if !lowers.iter().any(|l| l.join(rel).exists()) {
+        return Ok(());
+    }
+    let (lowers, rel, target) = (lowers.to_vec(), rel.to_path_buf(), target.to_path_buf());
+    run_in_userns(ids, move || {
+        copy::stack_path(&lowers, &rel, &target)
+            .map_err(|e| format!("copying the image's {} into the volume: {e}", rel.display()))
+    })?;
+    Ok(())
+}
+
+/// Writes a container's changes as an uncompressed layer tar to `out` (created by the user):
+/// from the overlay upper directory (`writable[0]` of the overlay drivers) or, for the copy
+/// driver, the difference between its tree and `lowers`. Reads inside the user namespace.
+pub fn write_diff(
+    driver: &str,
+    writable: &[PathBuf],
+    lowers: &[PathBuf],
+    out: &Path,
+    ids: &IdMapping,
+) -> Result<(), RootfsError> {
+    let driver: Driver = driver.parse()?;
+    let source = writable.first().cloned().ok_or_else(|| RootfsError::Io {
+        what: "finding the writable layer of",
+        path: out.to_path_buf(),
+        source: std::io::Error::other("the container has none recorded"),
+    })?;
+    let file = std::fs::File::create(out).map_err(io("creating", out))?;
+    let lowers = lowers.to_vec();
+    run_in_userns(ids, move || {
+        let w = std::io::BufWriter::with_capacity(1 << 20, file);
+        match driver {
+            Driver::Overlay | Driver::FuseOverlayfs => diff::upper_layer(&source, w),
+            Driver::Copy => diff::full_layer(&source, &lowers, w),
+        }
+        .map_err(|e| {
+            format!(
+                "reading the container's changes in {}: {e}",
+                source.display()
+            )
+        })
     })?;
     Ok(())
 }

@@ -556,6 +556,34 @@ fn default_mounts(req: &RunRequest, ctx: &SpecContext) -> Result<Vec<Mount>, Spe
     Ok(mounts)
 }
 
+/// Makes `spec` join the user namespace at `path` (a user-defined network's) instead of making
+/// one, as [`build`] does when given `join_userns`: the joined namespace's owner has mapped
+/// the ids, so the spec maps none. A spec that joins one already is pointed at `path`.
+pub fn join_user_namespace(spec: &mut Spec, path: &Path) -> Result<(), SpecError> {
+    let linux = spec
+        .linux_mut()
+        .as_mut()
+        .ok_or_else(|| SpecError::Build("the spec has no linux section".into()))?;
+    let mut namespaces: Vec<_> = linux
+        .namespaces()
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|n| n.typ() != LinuxNamespaceType::User)
+        .collect();
+    namespaces.push(
+        LinuxNamespaceBuilder::default()
+            .typ(LinuxNamespaceType::User)
+            .path(path)
+            .build()
+            .map_err(|e| SpecError::Build(e.to_string()))?,
+    );
+    linux.set_namespaces(Some(namespaces));
+    linux.set_uid_mappings(None);
+    linux.set_gid_mappings(None);
+    Ok(())
+}
+
 /// Writes /etc/hostname, /etc/hosts and /etc/resolv.conf for the container into `dir`.
 pub fn write_etc_files(dir: &Path, hostname: &str, network: NetworkMode) -> std::io::Result<()> {
     std::fs::write(dir.join("hostname"), format!("{hostname}\n"))?;
@@ -607,6 +635,43 @@ mod tests {
             b = b.cmd(cmd.into_iter().map(String::from).collect::<Vec<_>>());
         }
         b.build().unwrap()
+    }
+
+    #[test]
+    fn joining_a_user_namespace_drops_the_spec_s_own_and_its_maps() {
+        let ns = |t| LinuxNamespaceBuilder::default().typ(t).build().unwrap();
+        let map = LinuxIdMappingBuilder::default()
+            .container_id(0u32)
+            .host_id(1000u32)
+            .size(1u32)
+            .build()
+            .unwrap();
+        let linux = LinuxBuilder::default()
+            .namespaces(vec![
+                ns(LinuxNamespaceType::Pid),
+                ns(LinuxNamespaceType::Network),
+                ns(LinuxNamespaceType::User),
+            ])
+            .uid_mappings(vec![map])
+            .gid_mappings(vec![map])
+            .build()
+            .unwrap();
+        let mut spec = SpecBuilder::default().linux(linux).build().unwrap();
+        for path in ["/proc/10/ns/user", "/proc/20/ns/user"] {
+            join_user_namespace(&mut spec, Path::new(path)).unwrap();
+            let linux = spec.linux().as_ref().unwrap();
+            let users: Vec<_> = linux
+                .namespaces()
+                .as_ref()
+                .unwrap()
+                .iter()
+                .filter(|n| n.typ() == LinuxNamespaceType::User)
+                .collect();
+            assert_eq!(users.len(), 1);
+            assert_eq!(users[0].path().as_deref(), Some(Path::new(path)));
+            assert!(linux.uid_mappings().is_none() && linux.gid_mappings().is_none());
+            assert_eq!(linux.namespaces().as_ref().unwrap().len(), 3);
+        }
     }
 
     #[test]

@@ -1,0 +1,178 @@
+//! `berth volume create|ls|inspect|rm|prune`.
+
+use std::collections::BTreeMap;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+
+use berth::engine::Engine;
+
+#[derive(Subcommand)]
+pub enum VolumeCommand {
+    /// Create a volume (a random name without one).
+    Create(CreateArgs),
+    /// List volumes.
+    #[command(alias = "list")]
+    Ls(LsArgs),
+    /// Show volumes as JSON.
+    Inspect(InspectArgs),
+    /// Remove volumes no container uses.
+    #[command(alias = "remove")]
+    Rm(RmArgs),
+    /// Remove the anonymous volumes no container uses (-a: every unused volume).
+    Prune(PruneArgs),
+}
+
+#[derive(Args)]
+pub struct CreateArgs {
+    /// A label KEY=VALUE (repeatable).
+    #[arg(long)]
+    label: Vec<String>,
+    name: Option<String>,
+}
+
+#[derive(Args)]
+pub struct LsArgs {
+    /// Only names.
+    #[arg(short, long)]
+    quiet: bool,
+    /// Filter: name=SUBSTRING, dangling=true|false (repeatable).
+    #[arg(short, long, value_name = "KEY=VALUE")]
+    filter: Vec<String>,
+    /// table (default) or json.
+    #[arg(long)]
+    format: Option<String>,
+}
+
+#[derive(Args)]
+pub struct InspectArgs {
+    /// A Go template over each volume ({{.Mountpoint}}).
+    #[arg(short, long)]
+    format: Option<String>,
+    #[arg(required = true)]
+    names: Vec<String>,
+}
+
+#[derive(Args)]
+pub struct RmArgs {
+    /// Accepted for Docker's sake; a volume in use is never removed.
+    #[arg(short, long)]
+    force: bool,
+    #[arg(required = true)]
+    names: Vec<String>,
+}
+
+#[derive(Args)]
+pub struct PruneArgs {
+    /// Every unused volume, named ones too.
+    #[arg(short, long)]
+    all: bool,
+    /// Do not ask (berth never asks).
+    #[arg(short, long)]
+    force: bool,
+}
+
+pub fn volume(engine: &Engine, cmd: VolumeCommand) -> anyhow::Result<()> {
+    match cmd {
+        VolumeCommand::Create(a) => {
+            let mut labels = BTreeMap::new();
+            for l in &a.label {
+                let (k, v) = l.split_once('=').unwrap_or((l.as_str(), ""));
+                labels.insert(k.to_string(), v.to_string());
+            }
+            println!("{}", engine.volume_create(a.name.as_deref(), labels)?);
+        }
+        VolumeCommand::Ls(a) => {
+            let mut name_filters = Vec::new();
+            let mut dangling = None;
+            for f in &a.filter {
+                match f.split_once('=') {
+                    Some(("name", v)) => name_filters.push(v.to_string()),
+                    Some(("dangling", v)) => dangling = Some(v == "true" || v == "1"),
+                    _ => anyhow::bail!(
+                        "unknown volume filter {f:?}: use name=... or dangling=true|false"
+                    ),
+                }
+            }
+            let users: Vec<String> = engine
+                .containers()
+                .into_iter()
+                .flat_map(|c| c.mounts.into_iter().filter_map(|m| m.name))
+                .collect();
+            let shown: Vec<_> = engine
+                .volumes()
+                .into_iter()
+                .filter(|v| {
+                    name_filters.is_empty()
+                        || name_filters.iter().any(|n| v.name.contains(n.as_str()))
+                })
+                .filter(|v| dangling.is_none_or(|d| d != users.contains(&v.name)))
+                .collect();
+            if a.quiet {
+                for v in &shown {
+                    println!("{}", v.name);
+                }
+            } else if a.format.as_deref() == Some("json") {
+                for v in &shown {
+                    println!(
+                        "{}",
+                        serde_json::json!({"Driver": "local", "Name": v.name, "Labels": v.labels, "Scope": "local", "Anonymous": v.anonymous})
+                    );
+                }
+            } else {
+                let mut rows = vec![["DRIVER".to_string(), "VOLUME NAME".to_string()]];
+                rows.extend(shown.iter().map(|v| ["local".to_string(), v.name.clone()]));
+                super::image::print_table(&rows);
+            }
+        }
+        VolumeCommand::Inspect(a) => {
+            let mut all = Vec::new();
+            for n in &a.names {
+                all.push(serde_json::to_value(engine.volume_inspect(n)?)?);
+            }
+            match a.format.as_deref() {
+                None | Some("json") => println!("{}", serde_json::to_string_pretty(&all)?),
+                Some(t) => {
+                    for v in &all {
+                        println!(
+                            "{}",
+                            super::format::render(t, v).map_err(anyhow::Error::msg)?
+                        );
+                    }
+                }
+            }
+        }
+        VolumeCommand::Rm(a) => {
+            let _ = a.force;
+            let mut failed = None;
+            for n in &a.names {
+                match engine
+                    .volume_remove(n)
+                    .with_context(|| format!("removing volume {n}"))
+                {
+                    Ok(()) => println!("{n}"),
+                    Err(e) => {
+                        if a.names.len() > 1 {
+                            super::report(anyhow::anyhow!("{e:#}"), 1);
+                        }
+                        failed.get_or_insert(e);
+                    }
+                }
+            }
+            match failed {
+                Some(e) if a.names.len() == 1 => return Err(e),
+                Some(_) => anyhow::bail!("some volumes were not removed (see above)"),
+                None => {}
+            }
+        }
+        VolumeCommand::Prune(a) => {
+            let _ = a.force;
+            let removed = engine.volume_prune(a.all)?;
+            for n in &removed {
+                println!("{n}");
+            }
+            println!("Total reclaimed volumes: {}", removed.len());
+        }
+    }
+    Ok(())
+}
