@@ -263,9 +263,21 @@ fn network_options(a: &RunArgs) -> anyhow::Result<NetworkOptions> {
 pub fn run(engine: &Engine, args: RunArgs) -> i32 {
     let parsed = request(&args).and_then(|r| {
         let vm = vm_request(&args)?;
-        let network = if vm.is_some() {
+        let network = if let Some(machine) = &vm {
+            // The microVM's network is passt's, chosen by vm_request; only the ports to
+            // publish through it come from here.
+            let publish = args
+                .publish
+                .iter()
+                .map(|p| p.parse::<PortSpec>())
+                .collect::<Result<Vec<_>, _>>()?;
+            if !machine.network && (!publish.is_empty() || args.publish_all) {
+                bail!("-p/-P need a network: a microVM with --network none has only loopback");
+            }
             NetworkOptions {
                 request: NetworkRequest::None,
+                publish,
+                publish_all: args.publish_all,
                 ..NetworkOptions::default()
             }
         } else {
