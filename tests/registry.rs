@@ -608,9 +608,12 @@ fn an_interrupted_pull_restarts_cleanly() {
     let host = hostile_registry(Lie::StallOnce);
     let image = format!("{host}/h/x:1");
     let pull = berth.spawn(&["pull", &image]);
-    // The layer's download has started once its temporary file is there.
+    // The layer's download is under way once the registry has stalled it and its temporary
+    // file is there (the config's temporary file alone comes earlier).
     let started = std::time::Instant::now();
-    while !blob_files(&berth).iter().any(|f| f.starts_with('.')) {
+    while !(STALLED.load(std::sync::atomic::Ordering::SeqCst)
+        && blob_files(&berth).iter().any(|f| f.starts_with('.')))
+    {
         assert!(
             started.elapsed() < Duration::from_secs(60),
             "the pull never started the layer: {:?}",

@@ -457,6 +457,19 @@ fn flags_a_microvm_cannot_honour_are_refused() {
             "--cpus",
         ),
         (vec!["run", "--cpus", "2", IMAGE, "true"], "--vm"),
+        (
+            vec![
+                "run",
+                "--vm",
+                "--network",
+                "none",
+                "-p",
+                "8080:80",
+                IMAGE,
+                "true",
+            ],
+            "-p/-P with --network none",
+        ),
     ] {
         let out = berth.cmd(&args);
         assert_eq!(code(&out), 125, "{}", describe(&args, &out));

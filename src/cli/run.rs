@@ -341,9 +341,18 @@ fn flags(a: &RunArgs, vm: Option<VmRequest>) -> anyhow::Result<RunFlags> {
     }
     // A microVM takes its ports from -p/-P (through passt); it joins no container network.
     let network = if vm.is_some() {
+        // The microVM's network is passt's, chosen by vm_request (which refuses -p/-P with
+        // --network none); only the ports to publish through it come from here.
+        let publish = a
+            .publish
+            .iter()
+            .map(|p| p.parse::<PortSpec>())
+            .collect::<Result<Vec<_>, _>>()?;
         NetworkOptions {
             request: NetworkRequest::None,
-            ..network_options(a)?
+            publish,
+            publish_all: a.publish_all,
+            ..NetworkOptions::default()
         }
     } else {
         network_options(a)?

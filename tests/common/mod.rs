@@ -68,9 +68,16 @@ pub fn berth_bin() -> &'static str {
 /// what comes back.
 pub fn kvm_nested(berth: &Berth, script: &Path, timeout_s: u32) -> Result<Output, String> {
     let nested = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/kvm-nested");
+    // The inner machine sees the host's root read-only but mounts its own tmpfs on /tmp: the
+    // directory of the berth binary under test is shared too (a checkout may live in /tmp).
+    let bin_dir = Path::new(berth_bin())
+        .parent()
+        .expect("the berth binary has a directory");
     let out = Command::new(&nested)
         .arg("--share")
         .arg(&berth.base)
+        .arg("--share")
+        .arg(bin_dir)
         .arg("--user")
         .arg(&berth.identity.name)
         .args(["--cpus", "2", "--memory", "3G", "--timeout"])
