@@ -3,6 +3,7 @@
 //! Dependencies point down: `engine` -> {`image`, `rootfs`, `spec`, `state`, `net`} -> `container`.
 
 pub mod attach;
+pub mod bench;
 pub mod clock;
 pub mod container;
 pub mod engine;

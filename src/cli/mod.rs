@@ -1,5 +1,6 @@
 //! Command-line front end: one file per command group.
 
+mod bench;
 mod container;
 mod format;
 mod image;
@@ -103,6 +104,9 @@ enum Command {
     Doctor,
     /// Boot a kernel in a bare microVM with a serial console on stdout (no image, no agent).
     Vmm(vmm::VmmArgs),
+    /// Measure startup and density of both walls beside the installed peers.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
     /// Manage user-defined networks.
     #[command(subcommand)]
     Network(network::NetworkCommand),
@@ -139,6 +143,19 @@ pub fn main() -> i32 {
     };
     if let Command::Doctor = cli.command {
         return system::doctor();
+    }
+    if let Command::Bench(cmd) = cli.command {
+        return match bench::bench(cmd) {
+            Ok(()) => 0,
+            Err(e)
+                if e.downcast_ref::<berth::bench::BenchError>()
+                    .is_some_and(|b| matches!(b, berth::bench::BenchError::Interrupted)) =>
+            {
+                eprintln!("berth bench: {e}");
+                130
+            }
+            Err(e) => report(e, 1),
+        };
     }
     if let Command::Vmm(args) = cli.command {
         return vmm::vmm(args);
@@ -202,7 +219,7 @@ pub fn main() -> i32 {
         Command::Info(args) => system::info(&engine, args),
         Command::Network(cmd) => network::network(&engine, cmd),
         Command::Port(args) => network::port(&engine, args),
-        Command::Doctor | Command::Vmm(_) | Command::NetnsDaemon => {
+        Command::Doctor | Command::Vmm(_) | Command::Bench(_) | Command::NetnsDaemon => {
             unreachable!("handled above")
         }
     };

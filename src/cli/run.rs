@@ -284,25 +284,12 @@ fn network_options(a: &RunArgs) -> anyhow::Result<NetworkOptions> {
     })
 }
 
-/// A size with an optional k/m/g suffix (powers of 1024).
-fn parse_size(s: &str) -> Option<u64> {
-    let lower = s.to_ascii_lowercase();
-    let t = lower.trim_end_matches('b');
-    let (num, mul) = match t.chars().last()? {
-        'k' => (&t[..t.len() - 1], 1u64 << 10),
-        'm' => (&t[..t.len() - 1], 1 << 20),
-        'g' => (&t[..t.len() - 1], 1 << 30),
-        _ => (t, 1),
-    };
-    num.parse::<u64>().ok().map(|n| n * mul).filter(|n| *n > 0)
-}
-
 fn log_config(opts: &[String]) -> anyhow::Result<LogConfig> {
     let mut log = LogConfig::default();
     for o in opts {
         match o.split_once('=') {
             Some(("max-size", v)) => {
-                log.max_size = parse_size(v)
+                log.max_size = berth::spec::parse_size(v)
                     .with_context(|| format!("invalid --log-opt {o:?}: give a size like 10m"))?
             }
             Some(("max-file", v)) => {

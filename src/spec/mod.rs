@@ -605,6 +605,19 @@ pub fn write_etc_files(dir: &Path, hostname: &str, network: NetworkMode) -> std:
     std::fs::write(dir.join("resolv.conf"), resolv)
 }
 
+/// A size with an optional k/m/g suffix (powers of 1024).
+pub fn parse_size(s: &str) -> Option<u64> {
+    let lower = s.to_ascii_lowercase();
+    let t = lower.trim_end_matches('b');
+    let (num, mul) = match t.chars().last()? {
+        'k' => (&t[..t.len() - 1], 1u64 << 10),
+        'm' => (&t[..t.len() - 1], 1 << 20),
+        'g' => (&t[..t.len() - 1], 1 << 30),
+        _ => (t, 1),
+    };
+    num.parse::<u64>().ok().map(|n| n * mul).filter(|n| *n > 0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

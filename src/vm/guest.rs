@@ -136,7 +136,20 @@ const S_IFREG: u32 = 0o100000;
 
 /// A newc cpio archive: the guest's first root, with the agent as `/init`.
 pub fn newc_archive(agent: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(agent.len() + 1024);
+    newc_of(&[("init", EXEC, agent)])
+}
+
+/// The mode of a directory entry for [`newc_of`].
+pub const DIR: u32 = S_IFDIR | 0o755;
+/// The mode of an executable file for [`newc_of`].
+pub const EXEC: u32 = S_IFREG | 0o755;
+
+/// A newc cpio archive of `entries` (name, mode with its file type, content), after the
+/// directories and the `/dev/console` node every first root needs (the kernel opens it for
+/// init's stdio; no rootless process could create it in a directory).
+pub fn newc_of(entries: &[(&str, u32, &[u8])]) -> Vec<u8> {
+    let size: usize = entries.iter().map(|e| e.2.len() + 128).sum();
+    let mut out = Vec::with_capacity(size + 1024);
     let mut ino = 1;
     let mut entry = |out: &mut Vec<u8>, name: &str, mode: u32, rdev: (u32, u32), data: &[u8]| {
         let fields = [
@@ -166,10 +179,12 @@ pub fn newc_archive(agent: &[u8]) -> Vec<u8> {
         pad4(out);
     };
     for dir in ["dev", "proc", "sys", "run"] {
-        entry(&mut out, dir, S_IFDIR | 0o755, (0, 0), &[]);
+        entry(&mut out, dir, DIR, (0, 0), &[]);
     }
     entry(&mut out, "dev/console", S_IFCHR | 0o600, (5, 1), &[]);
-    entry(&mut out, "init", S_IFREG | 0o755, (0, 0), agent);
+    for (name, mode, data) in entries {
+        entry(&mut out, name, *mode, (0, 0), data);
+    }
     entry(&mut out, "TRAILER!!!", 0, (0, 0), &[]);
     out
 }
