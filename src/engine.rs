@@ -631,13 +631,6 @@ impl Engine {
                     .collect()
             }),
         })?;
-        if let (Some(b), Some(_)) = (outcome.boot, std::env::var_os("BERTH_BOOT_TIMES")) {
-            eprintln!(
-                "berth: microVM agent ready {} ms after start (guest uptime {} ms)",
-                b.to_agent.as_millis(),
-                b.guest_uptime.as_millis()
-            );
-        }
         if !flags.remove {
             rec.status = Status::Exited;
             rec.exit_code = Some(outcome.exit_code);

@@ -228,6 +228,22 @@ fn microvm_runs_the_image_as_the_container_wall_does() {
              pgrep -u $(id -u) -x berth || echo no-vmm-left"
                 .to_string(),
         ),
+        // `berth bench` with the microVM rows measured (their JSON is checked below). The
+        // container wall cannot run here: the nested machine's 9p share of the store holds no
+        // overlay xattrs; tests/bench.rs measures it on the host.
+        (
+            "bench_startup",
+            "$B bench startup --image $IMG --walls vm --peers qemu --runs 2 --warmups 1 \
+             --format json >$R/bench-startup.json; echo rc=$?"
+                .to_string(),
+        ),
+        (
+            "bench_density",
+            "$B bench density --image $IMG --walls vm --peers none --count 2 --format json \
+             >$R/bench-density.json; echo rc=$?; echo left=$($B ps -a -q | wc -l); \
+             pgrep -u $(id -u) -x berth || echo no-vmm-left"
+                .to_string(),
+        ),
     ];
     let ran = match run_nested(&berth, &checks) {
         Ok(r) => r,
@@ -394,6 +410,59 @@ fn microvm_runs_the_image_as_the_container_wall_does() {
                 && !r.out.contains(" Up ")
         },
         "kill -9 leaving a removable, stopped record and nothing running",
+    );
+    let results = berth.host_path("results");
+    let bench_json = |name: &str| -> serde_json::Value {
+        let text = fs::read_to_string(results.join(name)).unwrap_or_default();
+        serde_json::from_str(&text).unwrap_or_default()
+    };
+    let measured = |v: &serde_json::Value, name: &str| -> Option<serde_json::Value> {
+        v["systems"]
+            .as_array()?
+            .iter()
+            .find(|s| s["name"].as_str().is_some_and(|n| n.starts_with(name)))
+            .cloned()
+    };
+    let positive = |s: &serde_json::Value, key: &str| s[key].as_f64().is_some_and(|v| v > 0.0);
+    let startup = bench_json("bench-startup.json");
+    f.expect(
+        "bench_startup",
+        &ran,
+        |r| {
+            r.out.contains("rc=0")
+                && [
+                    "berth container",
+                    "berth microVM",
+                    "berth vmm",
+                    "qemu microvm",
+                ]
+                .iter()
+                .all(|name| {
+                    measured(&startup, name).is_some_and(|s| {
+                        s["runs"] == 2
+                            && positive(&s, "median_ms")
+                            && (*name == "berth container" || positive(&s, "boot_median_ms"))
+                    })
+                })
+        },
+        &format!("all four systems measured, the VMs with their guest boot times: {startup:#}"),
+    );
+    let density = bench_json("bench-density.json");
+    f.expect(
+        "bench_density",
+        &ran,
+        |r| {
+            r.out.contains("rc=0")
+                && r.out.contains("left=0")
+                && r.out.contains("no-vmm-left")
+                && measured(&density, "berth microVM").is_some_and(|s| {
+                    s["runs"] == 2
+                        && positive(&s, "pss_mib")
+                        && positive(&s, "guest_touched_mib")
+                        && s["guest_touched_mib"].as_f64().unwrap_or(99.0) <= 64.0
+                })
+        },
+        &format!("two idle microVMs measured and removed: {density:#}"),
     );
     assert!(
         f.0.is_empty(),

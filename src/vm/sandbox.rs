@@ -355,11 +355,21 @@ pub fn run(cfg: &SandboxConfig) -> Result<Outcome, SandboxError> {
                         if session.started {
                             continue;
                         }
-                        session.boot = Some(BootTimes {
+                        let boot = BootTimes {
                             to_agent: at.saturating_duration_since(start),
                             guest_uptime: Duration::from_micros(boot_us),
-                        });
+                        };
+                        session.boot = Some(boot);
                         session.start()?;
+                        // Said when it happens, so that a tool waiting for a long-running
+                        // VM to be ready (`berth bench density`) can see it.
+                        if std::env::var_os("BERTH_BOOT_TIMES").is_some() {
+                            eprintln!(
+                                "berth: microVM agent ready {} ms after start (guest uptime {} ms)",
+                                boot.to_agent.as_millis(),
+                                boot.guest_uptime.as_millis()
+                            );
+                        }
                     }
                     Event::Exit(code) => {
                         if vm_ended.is_some() {
