@@ -187,31 +187,35 @@ struct Settings {
     connects: u64,
 }
 
-/// The published-port figures for a server already listening on `addr`.
+/// The published-port figures for a server already listening on `addr`. Each direction and
+/// the connect latency are measured on their own, so that one path that fails (e.g. a
+/// back end that does not carry a half-closed connection) leaves the others' figures.
 fn measure_port(addr: SocketAddr, s: &Settings, f: &mut Figures) {
-    let attempt = || -> std::io::Result<(f64, f64, f64)> {
-        let mut up = vec![];
-        let mut down = vec![];
-        let mut lat = vec![];
-        // One warm-up of each.
-        upload(addr, s.bytes / 4)?;
-        download(addr, s.bytes / 4)?;
-        for _ in 0..s.runs {
-            up.push(upload(addr, s.bytes)?);
-            down.push(download(addr, s.bytes)?);
+    let mut errors = vec![];
+    let mut series = |what: &str, one: &dyn Fn() -> std::io::Result<f64>, n: u64| {
+        let mut v = vec![];
+        for _ in 0..n {
+            match one() {
+                Ok(x) => v.push(x),
+                Err(e) => {
+                    errors.push(format!("{what}: {e}"));
+                    return None;
+                }
+            }
         }
-        for _ in 0..s.connects {
-            lat.push(ping(addr)?);
-        }
-        Ok((median(&mut up), median(&mut down), median(&mut lat)))
+        Some(median(&mut v))
     };
-    match attempt() {
-        Ok((u, d, l)) => {
-            f.up = Some(u);
-            f.down = Some(d);
-            f.connect_us = Some(l);
-        }
-        Err(e) => f.error = Some(format!("published port: {e}")),
+    // One warm-up of each direction.
+    let warm_up = || -> std::io::Result<f64> {
+        upload(addr, s.bytes / 4)?;
+        download(addr, s.bytes / 4)
+    };
+    let _ = warm_up();
+    f.up = series("host→ctr", &|| upload(addr, s.bytes), s.runs);
+    f.down = series("ctr→host", &|| download(addr, s.bytes), s.runs);
+    f.connect_us = series("connect", &|| ping(addr), s.connects);
+    if !errors.is_empty() {
+        f.error = Some(format!("published port: {}", errors.join("; ")));
     }
 }
 
@@ -560,9 +564,16 @@ fn nested_client(args: &[String]) {
         Ok(()) => measure_port(addr, &s, &mut f),
         Err(e) => f.error = Some(e),
     }
-    match (f.up, f.down, f.connect_us, f.error) {
-        (Some(u), Some(d), Some(c), _) => println!("figures {u} {d} {c}"),
-        (_, _, _, e) => println!("error {}", e.unwrap_or_default()),
+    // "-" for a figure that could not be measured; the reason on the next line.
+    let show = |v: Option<f64>| v.map_or("-".to_string(), |v| v.to_string());
+    println!(
+        "figures {} {} {}",
+        show(f.up),
+        show(f.down),
+        show(f.connect_us)
+    );
+    if let Some(e) = f.error {
+        println!("{e}");
     }
 }
 
@@ -644,6 +655,8 @@ fn nested(berth: &Berth, tools: &Path) {
             s.bytes, s.runs, s.connects
         ));
     }
+    // The servers end by SIGTERM: that status is not the script's.
+    script.push_str("exit 0\n");
     let script_path = berth.host_file("nested-bench.sh", &script);
     if let Err(e) = common::kvm_nested(berth, &script_path, 3000) {
         eprintln!("network bench: the nested machine: {e}");
@@ -658,6 +671,10 @@ fn nested(berth: &Berth, tools: &Path) {
                 f.up = words[1].parse().ok();
                 f.down = words[2].parse().ok();
                 f.connect_us = words[3].parse().ok();
+                let rest: Vec<&str> = text.lines().skip(1).collect();
+                if !rest.is_empty() {
+                    f.error = Some(rest.join(" "));
+                }
             }
             _ => {
                 let server = std::fs::read_to_string(results.join(format!("{key}.server")))
