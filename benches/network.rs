@@ -13,6 +13,15 @@
 //!
 //! Each figure is a median; ratios are against podman's.
 //!
+//! The microVM (`berth run --vm`, passt behind virtio-net; and a VM on a user-defined network,
+//! a tap on the bridge) needs a real KVM: where this host's is PVM, a second table measures
+//! it inside `scripts/kvm-nested` against a container in the same nested machine. Everything
+//! there runs under QEMU TCG: the absolute figures are emulated and far below the host's; only
+//! the ratios between the systems measured side by side there carry over. The nested
+//! machine's client is this bench's own binary (`--nested-client`). BENCH_NESTED=0 skips it,
+//! BENCH_NESTED=only measures nothing else; BENCH_NESTED_BYTES (default 32 MiB), BENCH_NESTED_RUNS (3) and BENCH_NESTED_CONNECTS (20)
+//! size it.
+//!
 //! Systems: berth --network slirp4netns (berth's splice forwarder, the default), berth
 //! --network slirp4netns:port_handler=slirp4netns (slirp4netns's own forwarding through its
 //! API socket), berth --network pasta, berth on a user-defined network (bridge in the rootless
@@ -89,8 +98,8 @@ fn ping(addr: SocketAddr) -> std::io::Result<f64> {
     Ok(start.elapsed().as_secs_f64() * 1e6)
 }
 
-fn wait_ready(addr: SocketAddr) -> Result<(), String> {
-    let deadline = Instant::now() + Duration::from_secs(30);
+fn wait_ready(addr: SocketAddr, within: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + within;
     let mut last = String::new();
     while Instant::now() < deadline {
         match ping(addr) {
@@ -178,31 +187,35 @@ struct Settings {
     connects: u64,
 }
 
-/// The published-port figures for a server already listening on `addr`.
+/// The published-port figures for a server already listening on `addr`. Each direction and
+/// the connect latency are measured on their own, so that one path that fails (e.g. a
+/// back end that does not carry a half-closed connection) leaves the others' figures.
 fn measure_port(addr: SocketAddr, s: &Settings, f: &mut Figures) {
-    let attempt = || -> std::io::Result<(f64, f64, f64)> {
-        let mut up = vec![];
-        let mut down = vec![];
-        let mut lat = vec![];
-        // One warm-up of each.
-        upload(addr, s.bytes / 4)?;
-        download(addr, s.bytes / 4)?;
-        for _ in 0..s.runs {
-            up.push(upload(addr, s.bytes)?);
-            down.push(download(addr, s.bytes)?);
+    let mut errors = vec![];
+    let mut series = |what: &str, one: &dyn Fn() -> std::io::Result<f64>, n: u64| {
+        let mut v = vec![];
+        for _ in 0..n {
+            match one() {
+                Ok(x) => v.push(x),
+                Err(e) => {
+                    errors.push(format!("{what}: {e}"));
+                    return None;
+                }
+            }
         }
-        for _ in 0..s.connects {
-            lat.push(ping(addr)?);
-        }
-        Ok((median(&mut up), median(&mut down), median(&mut lat)))
+        Some(median(&mut v))
     };
-    match attempt() {
-        Ok((u, d, l)) => {
-            f.up = Some(u);
-            f.down = Some(d);
-            f.connect_us = Some(l);
-        }
-        Err(e) => f.error = Some(format!("published port: {e}")),
+    // One warm-up of each direction.
+    let warm_up = || -> std::io::Result<f64> {
+        upload(addr, s.bytes / 4)?;
+        download(addr, s.bytes / 4)
+    };
+    let _ = warm_up();
+    f.up = series("host→ctr", &|| upload(addr, s.bytes), s.runs);
+    f.down = series("ctr→host", &|| download(addr, s.bytes), s.runs);
+    f.connect_us = series("connect", &|| ping(addr), s.connects);
+    if !errors.is_empty() {
+        f.error = Some(format!("published port: {}", errors.join("; ")));
     }
 }
 
@@ -271,7 +284,7 @@ fn berth_system(berth: &Berth, tools: &Path, network: &str, s: &Settings) -> Fig
         "5201",
     ]);
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-    match wait_ready(addr) {
+    match wait_ready(addr, Duration::from_secs(30)) {
         Ok(()) => measure_port(addr, s, &mut f),
         Err(e) => f.error = Some(e),
     }
@@ -397,7 +410,7 @@ impl Podman {
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
         match server {
             Ok(mut child) => {
-                match wait_ready(addr) {
+                match wait_ready(addr, Duration::from_secs(30)) {
                     Ok(()) => measure_port(addr, s, &mut f),
                     Err(e) => {
                         let mut err = String::new();
@@ -460,6 +473,11 @@ impl Drop for Podman {
 }
 
 fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--nested-client") {
+        nested_client(&args[i + 1..]);
+        return;
+    }
     let s = Settings {
         runs: env_num("BENCH_RUNS", 5),
         bytes: env_num("BENCH_BYTES", 1 << 30),
@@ -476,6 +494,10 @@ fn main() {
         eprintln!("network bench: berth cannot run here (see the reason above)");
         return;
     };
+    if std::env::var("BENCH_NESTED").as_deref() == Ok("only") {
+        nested(&berth, &tools);
+        return;
+    }
     println!(
         "network: TCP through a published port on 127.0.0.1; {} MiB x {} runs per direction, {} connections; as {}",
         s.bytes >> 20,
@@ -518,11 +540,169 @@ fn main() {
         },
     };
     rows.push(("podman --runtime runc (rootlessport)".into(), podman));
-    print_table(&rows);
+    print_table(&rows, "podman");
+    if std::env::var("BENCH_NESTED").as_deref() != Ok("0") {
+        nested(&berth, &tools);
+    }
 }
 
-fn print_table(rows: &[(String, Figures)]) {
-    let podman = rows.last().map(|(_, f)| f);
+/// `--nested-client ADDR BYTES RUNS CONNECTS`: the published-port figures of a server that
+/// is starting (a microVM boots for a while under TCG) on ADDR, on one line for [`nested`].
+fn nested_client(args: &[String]) {
+    let num = |i: usize, d: u64| args.get(i).and_then(|v| v.parse().ok()).unwrap_or(d);
+    let Some(addr) = args.first().and_then(|a| a.parse::<SocketAddr>().ok()) else {
+        println!("error: --nested-client wants ADDR BYTES RUNS CONNECTS");
+        return;
+    };
+    let s = Settings {
+        bytes: num(1, 32 << 20),
+        runs: num(2, 3),
+        connects: num(3, 20),
+    };
+    let mut f = Figures::default();
+    match wait_ready(addr, Duration::from_secs(300)) {
+        Ok(()) => measure_port(addr, &s, &mut f),
+        Err(e) => f.error = Some(e),
+    }
+    // "-" for a figure that could not be measured; the reason on the next line.
+    let show = |v: Option<f64>| v.map_or("-".to_string(), |v| v.to_string());
+    println!(
+        "figures {} {} {}",
+        show(f.up),
+        show(f.down),
+        show(f.connect_us)
+    );
+    if let Some(e) = f.error {
+        println!("{e}");
+    }
+}
+
+/// The microVM against a container, both with the server behind a published port, inside one
+/// `scripts/kvm-nested` machine (a real KVM under QEMU TCG).
+fn nested(berth: &Berth, tools: &Path) {
+    if !have("qemu-system-x86_64") {
+        eprintln!("network bench: qemu-system-x86 is not installed; no microVM figures");
+        return;
+    }
+    let info = common::stdout(&berth.cmd(&["info", "--format", "json"]));
+    if info.contains("\"vm_kernel\": null") || info.contains("\"vm_agent\": null") {
+        eprintln!("network bench: no guest kernel/agent (scripts/build-guest); no microVM figures");
+        return;
+    }
+    let s = Settings {
+        runs: env_num("BENCH_NESTED_RUNS", 3),
+        bytes: env_num("BENCH_NESTED_BYTES", 32 << 20),
+        connects: env_num("BENCH_NESTED_CONNECTS", 20),
+    };
+    // A microVM mounts no host directory: the server goes into an image of its own. Its
+    // layers are unpacked here, as the nested machine's 9p share cannot hold overlay whiteouts
+    // (the microVM's layer disks and the containers' copies are made from them there).
+    const NB_IMAGE: &str = "localhost/berth-netbench:latest";
+    let volume = format!("{}:/tools:ro", tools.display());
+    let _ = berth.cmd(&["rm", "-f", "netbench-src"]);
+    berth.run_ok(&[
+        "run",
+        "--name",
+        "netbench-src",
+        "-v",
+        &volume,
+        IMAGE,
+        "sh",
+        "-c",
+        "mkdir -p /usr/local/bin && cp /tools/netbench /usr/local/bin/",
+    ]);
+    berth.run_ok(&["commit", "netbench-src", NB_IMAGE]);
+    berth.run_ok(&["rm", "netbench-src"]);
+    berth.run_ok(&["run", "--rm", NB_IMAGE, "true"]);
+    if !common::stdout(&berth.cmd(&["network", "ls"])).contains("benchvm") {
+        berth.run_ok(&["network", "create", "benchvm"]);
+    }
+    let client = std::env::current_exe().expect("the bench binary");
+    let results = berth.host_mkdir("nested-results");
+    let systems: [(&str, &str, &str); 4] = [
+        (
+            "ctr-slirp",
+            "container, slirp4netns (berth forwarder)",
+            "--init --network slirp4netns",
+        ),
+        (
+            "ctr-bridge",
+            "container, user-defined network",
+            "--init --network benchvm",
+        ),
+        ("vm-passt", "microVM, passt (virtio-net)", "--vm"),
+        (
+            "vm-tap",
+            "microVM, user-defined network (tap)",
+            "--vm --network benchvm",
+        ),
+    ];
+    let mut script = format!(
+        // Containers there: the copy driver (overlayfs does not stack on 9p) and the runtime
+        // directory on the inner tmpfs (9p holds no UNIX sockets).
+        "set -u; R={}; B={}; C={}\n\
+         export BERTH_RUNTIME_DIR=/run/user/$(id -u)/berth-rt BERTH_STORAGE_DRIVER=copy\n",
+        results.display(),
+        common::berth_bin(),
+        client.display(),
+    );
+    for (i, (key, _, flags)) in systems.iter().enumerate() {
+        let port = 18300 + i;
+        script.push_str(&format!(
+            "$B run --rm {flags} -p 127.0.0.1:{port}:{PORT_IN} {NB_IMAGE} /usr/local/bin/netbench serve {PORT_IN} >$R/{key}.server 2>&1 & s=$!\n\
+             $C --nested-client 127.0.0.1:{port} {} {} {} >$R/{key} 2>&1\n\
+             kill $s; wait $s\n",
+            s.bytes, s.runs, s.connects
+        ));
+    }
+    // The servers end by SIGTERM: that status is not the script's.
+    script.push_str("exit 0\n");
+    let script_path = berth.host_file("nested-bench.sh", &script);
+    if let Err(e) = common::kvm_nested(berth, &script_path, 3000) {
+        eprintln!("network bench: the nested machine: {e}");
+    }
+    let mut rows: Vec<(String, Figures)> = vec![];
+    for (key, label, _) in systems {
+        let text = std::fs::read_to_string(results.join(key)).unwrap_or_default();
+        let mut f = Figures::default();
+        let words: Vec<&str> = text.split_whitespace().collect();
+        match words.first() {
+            Some(&"figures") if words.len() >= 4 => {
+                f.up = words[1].parse().ok();
+                f.down = words[2].parse().ok();
+                f.connect_us = words[3].parse().ok();
+                let rest: Vec<&str> = text.lines().skip(1).collect();
+                if !rest.is_empty() {
+                    f.error = Some(rest.join(" "));
+                }
+            }
+            _ => {
+                let server = std::fs::read_to_string(results.join(format!("{key}.server")))
+                    .unwrap_or_default();
+                f.error = Some(format!("{} {}", text.trim(), server.trim()));
+            }
+        }
+        rows.push((label.to_string(), f));
+    }
+    println!();
+    println!(
+        "inside scripts/kvm-nested (QEMU TCG emulating the CPU, a real KVM inside): EMULATED figures, \
+         not comparable with the table above; ratios against the container in the same machine; \
+         {} MiB x {} runs per direction, {} connections",
+        s.bytes >> 20,
+        s.runs,
+        s.connects
+    );
+    print_table(&rows, "ctr-slirp");
+}
+
+/// The table of `rows`, with ratios against the row named by `baseline` (the first row whose
+/// name starts with "podman", or the first row for "ctr-slirp").
+fn print_table(rows: &[(String, Figures)], baseline: &str) {
+    let (base, base_label) = match baseline {
+        "podman" => (rows.last().map(|(_, f)| f), "vs podman ↑/↓"),
+        _ => (rows.first().map(|(_, f)| f), "vs container ↑/↓"),
+    };
     let fmt = |v: Option<f64>, prec: usize| v.map_or("-".to_string(), |v| format!("{v:.prec$}"));
     let ratio = |v: Option<f64>, p: Option<f64>| match (v, p) {
         (Some(v), Some(p)) if p > 0.0 => format!("{:.2}x", v / p),
@@ -537,7 +717,7 @@ fn print_table(rows: &[(String, Figures)]) {
         "ctr→host Gb/s",
         "connect µs",
         "ctr→gw Gb/s",
-        "vs podman ↑/↓"
+        base_label
     );
     for (name, f) in rows {
         println!(
@@ -549,8 +729,8 @@ fn print_table(rows: &[(String, Figures)]) {
             fmt(f.gateway, 2),
             format!(
                 "{} / {}",
-                ratio(f.up, podman.and_then(|p| p.up)),
-                ratio(f.down, podman.and_then(|p| p.down))
+                ratio(f.up, base.and_then(|p| p.up)),
+                ratio(f.down, base.and_then(|p| p.down))
             ),
         );
         if let Some(e) = &f.error {

@@ -131,8 +131,20 @@ pub struct RunFlags {
 pub struct VmRequest {
     pub cpus: u8,
     pub mem_mib: u64,
-    /// A user-mode network (published ports come from the run's `-p`/`-P`), or loopback only.
-    pub network: bool,
+    /// The guest's network (published ports come from the run's `-p`/`-P`, aliases from
+    /// `--network-alias`).
+    pub network: VmNetwork,
+}
+
+/// Which network a microVM's NIC is on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VmNetwork {
+    /// No NIC: loopback only.
+    None,
+    /// A user-mode network of its own (passt).
+    Passt,
+    /// A network made with `berth network create`, shared with containers.
+    Named(String),
 }
 
 /// Where a bundle's root file system is: the rootfs driver's mount, if any, and its path.
@@ -551,7 +563,7 @@ impl Engine {
         };
         let dir = self.containers.dir(id);
         // Ports first: one in use fails the run before a VM boots.
-        let published = if machine.network {
+        let mut bound = if machine.network != VmNetwork::None {
             let mut specs = flags.network.publish.clone();
             if flags.network.publish_all {
                 let exposed: Vec<String> = resolved
@@ -562,10 +574,11 @@ impl Engine {
                     .unwrap_or_default();
                 specs.extend(net::ports::exposed(&exposed)?);
             }
-            Some(net::ports::release(net::ports::bind_all(&specs)?))
+            net::ports::bind_all(&specs)?
         } else {
-            None
+            vec![]
         };
+        let published: Vec<PublishedPort> = bound.iter().map(|(p, _)| *p).collect();
         let kernel = guest::kernel(&self.dirs.data)?;
         let agent = guest::agent(&self.dirs.data)?;
         let vm_cache = self.dirs.cache.join("vm");
@@ -576,8 +589,59 @@ impl Engine {
             mount: None,
             path: dir.join("rootfs"),
         };
-        let spec = self.write_bundle(id, resolved, lowers, req, root, None, None)?;
         let etc_dir = dir.join("etc");
+        // On a user-defined network the /etc files are a container's (the network daemon
+        // completes the hosts file once the VM has an address).
+        let named = match &machine.network {
+            VmNetwork::Named(name) => Some(NetworkStore::new(&self.dirs).get(name)?),
+            _ => None,
+        };
+        let view = named.as_ref().map(|_| net::netns::bridge_view());
+        let spec = self.write_bundle(id, resolved, lowers, req, root, None, view.as_ref())?;
+        // The VM's place on a user-defined network: a tap from the network daemon, held (with
+        // the connection the daemon counts) until the VM is gone; published ports through
+        // berth's forwarder in the daemon's namespaces, as for a container there.
+        let mut forwarder = None;
+        let (network, network_name) = match (&machine.network, named) {
+            (VmNetwork::Named(_), Some(config)) => {
+                let hostname = spec
+                    .hostname()
+                    .clone()
+                    .unwrap_or_else(|| id[..12.min(id.len())].to_string());
+                let rec = self.containers.find(id)?;
+                let who = net::Identity {
+                    id,
+                    name: &rec.name,
+                    hostname: &hostname,
+                    hosts_file: etc_dir.join("hosts"),
+                };
+                let join = net::netns::Join::new(
+                    &self.dirs,
+                    config.clone(),
+                    &who,
+                    &flags.network.aliases,
+                )?;
+                let (userns, netns) = (join.userns_path(), join.netns_path());
+                let member = join.attach_tap()?;
+                if !bound.is_empty() {
+                    forwarder = Some(net::ports::Forwarder::start(
+                        Some(&userns),
+                        &netns,
+                        std::net::IpAddr::V4(member.ip),
+                        std::mem::take(&mut bound),
+                    )?);
+                }
+                let guest = berth_agent::net::GuestNetwork {
+                    interface: "eth0".into(),
+                    address: member.ip,
+                    prefix_len: config.prefix,
+                    gateway: config.gateway,
+                };
+                (Some((member, guest)), config.name.clone())
+            }
+            (VmNetwork::Passt, _) => (None, "passt".to_string()),
+            _ => (None, "none".to_string()),
+        };
         let mut etc_files: Vec<(String, String)> = ["hostname", "hosts", "resolv.conf"]
             .iter()
             .filter_map(|name| {
@@ -585,7 +649,7 @@ impl Engine {
                 Some((name.to_string(), text))
             })
             .collect();
-        if machine.network {
+        if machine.network == VmNetwork::Passt {
             // Names resolve through passt's DNS forwarder; the gateway is the host.
             use crate::vm::passt::{DNS, GATEWAY};
             for (name, text) in etc_files.iter_mut() {
@@ -604,10 +668,46 @@ impl Engine {
             source: std::io::Error::other(e),
         })?;
         let mut rec = self.mark_running(id, &spec, vec![])?;
-        rec.ports = published.clone().unwrap_or_default();
-        rec.network = if machine.network { "passt" } else { "none" }.to_string();
+        rec.ports = published.clone();
+        rec.network = network_name;
         self.containers.save(&rec)?;
 
+        let (membership, sandbox_network) = match network {
+            Some((member, guest)) => {
+                let tap = member.tap.try_clone().map_err(|e| EngineError::Io {
+                    what: "duplicating the tap of",
+                    path: dir.clone(),
+                    source: e,
+                })?;
+                (
+                    Some(member),
+                    Some(sandbox::SandboxNetwork::Tap {
+                        tap,
+                        guest,
+                        hosts: etc_dir.join("hosts"),
+                    }),
+                )
+            }
+            None if machine.network == VmNetwork::Passt => {
+                // passt binds the host ports itself.
+                let ports = net::ports::release(bound);
+                (
+                    None,
+                    Some(sandbox::SandboxNetwork::Passt(
+                        ports
+                            .iter()
+                            .map(|p| crate::vm::passt::Forward {
+                                host_ip: (!p.host_ip.is_unspecified()).then_some(p.host_ip),
+                                host_port: p.host_port,
+                                guest_port: p.container_port,
+                                udp: p.proto == net::ports::Proto::Udp,
+                            })
+                            .collect(),
+                    )),
+                )
+            }
+            None => (None, None),
+        };
         let outcome = sandbox::run(&SandboxConfig {
             kernel,
             initramfs,
@@ -619,18 +719,13 @@ impl Engine {
             attach_stdin: flags.attach_stdin,
             etc_files,
             console_log: dir.join("console.log"),
-            network: published.as_ref().map(|ports| {
-                ports
-                    .iter()
-                    .map(|p| crate::vm::passt::Forward {
-                        host_ip: (!p.host_ip.is_unspecified()).then_some(p.host_ip),
-                        host_port: p.host_port,
-                        guest_port: p.container_port,
-                        udp: p.proto == net::ports::Proto::Udp,
-                    })
-                    .collect()
-            }),
-        })?;
+            network: sandbox_network,
+        });
+        // The ports close and the daemon forgets the VM (its tap is gone with the VMM's
+        // descriptors) before the run reports its end.
+        drop(forwarder);
+        drop(membership);
+        let outcome = outcome?;
         if !flags.remove {
             rec.status = Status::Exited;
             rec.exit_code = Some(outcome.exit_code);

@@ -14,13 +14,19 @@ pub struct Dirs {
 }
 
 impl Dirs {
-    /// Reads the XDG variables (and `BERTH_ROOT`, which puts everything under one folder).
+    /// Reads the XDG variables (and `BERTH_ROOT`, which puts everything under one folder;
+    /// `BERTH_RUNTIME_DIR` then moves the sockets and locks elsewhere, for a `BERTH_ROOT` on a
+    /// file system without UNIX sockets, such as the 9p shares of scripts/kvm-nested).
     pub fn from_env() -> Dirs {
         if let Some(root) = std::env::var_os("BERTH_ROOT") {
             let root = PathBuf::from(root);
+            let runtime = std::env::var_os("BERTH_RUNTIME_DIR")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+                .unwrap_or_else(|| root.join("run"));
             return Dirs {
                 data: root.join("data"),
-                runtime: root.join("run"),
+                runtime,
                 cache: root.join("cache"),
             };
         }

@@ -41,6 +41,8 @@ pub enum Frame {
         cols: u16,
     },
     Signal(i32),
+    /// The guest's /etc/hosts anew (peers on a user-defined network came or went).
+    Hosts(Vec<u8>),
     // guest -> host
     /// The agent is up; `boot_us` is the guest's monotonic time at that moment.
     Ready {
@@ -76,6 +78,7 @@ const STDIN: u8 = 2;
 const STDIN_EOF: u8 = 3;
 const RESIZE: u8 = 4;
 const SIGNAL: u8 = 5;
+const HOSTS: u8 = 6;
 const READY: u8 = 10;
 const STDOUT: u8 = 11;
 const STDERR: u8 = 12;
@@ -101,6 +104,7 @@ impl Frame {
                 (RESIZE, p)
             }
             Frame::Signal(s) => (SIGNAL, s.to_le_bytes().to_vec()),
+            Frame::Hosts(d) => (HOSTS, d.clone()),
             Frame::Ready { boot_us } => (READY, boot_us.to_le_bytes().to_vec()),
             Frame::Stdout(d) => (STDOUT, d.clone()),
             Frame::Stderr(d) => (STDERR, d.clone()),
@@ -165,6 +169,7 @@ impl Frame {
                 fixed("signal", 4)?;
                 Frame::Signal(i32::from_le_bytes([p[0], p[1], p[2], p[3]]))
             }
+            HOSTS => Frame::Hosts(p),
             READY => {
                 fixed("ready", 8)?;
                 Frame::Ready {
@@ -281,6 +286,7 @@ mod tests {
                 cols: 132,
             },
             Frame::Signal(15),
+            Frame::Hosts(b"127.0.0.1\tlocalhost\n10.89.0.3\tdb\n".to_vec()),
             Frame::Ready { boot_us: 123_456 },
             Frame::Stdout(vec![0, 1, 2]),
             Frame::Stderr(b"oops".to_vec()),

@@ -181,7 +181,7 @@ fn relay(
                     Ok(k) => {
                         decoder.feed(&buf[..k]);
                         while let Some(frame) = decoder.next_frame()? {
-                            handle(frame, r, pid);
+                            handle(frame, r, pid, cfg);
                         }
                     }
                 }
@@ -220,8 +220,12 @@ fn relay(
     }
 }
 
-fn handle(frame: Frame, r: &mut Running, pid: Pid) {
+fn handle(frame: Frame, r: &mut Running, pid: Pid, cfg: SessionConfig) {
     match frame {
+        // Only PID 1 owns the guest's /etc; a failed rewrite keeps the old names.
+        Frame::Hosts(text) if cfg.system => {
+            let _ = rewrite_hosts(&text);
+        }
         Frame::Stdin(data) => {
             let fd = if r.pty {
                 r.stdout.as_ref()
@@ -278,6 +282,50 @@ fn write_all(fd: RawFd, mut data: &[u8]) -> nix::Result<()> {
 
 /// The /etc files the host may send, by name.
 const ETC_FILES: &[&str] = &["hostname", "hosts", "resolv.conf"];
+/// Where /etc/hosts's own tmpfs is mounted while it is set up (then detached and removed).
+const HOSTS_STAGING: &str = "/.berth-hosts";
+
+/// Gives /etc/hosts (already written with `content`) a tmpfs of its own, bind-mounted over
+/// it, as a container's is a bind mount: berth rewrites it while the process runs (peers on a
+/// user-defined network come and go), also when the root is made read-only.
+fn mount_hosts(content: &str) -> Result<(), String> {
+    use nix::mount::{mount, umount2, MntFlags, MsFlags};
+    std::fs::create_dir_all(HOSTS_STAGING).map_err(|e| format!("creating {HOSTS_STAGING}: {e}"))?;
+    mount(
+        Some("tmpfs"),
+        HOSTS_STAGING,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some("mode=0755,size=1m"),
+    )
+    .map_err(|e| format!("mounting a tmpfs for /etc/hosts: {e}"))?;
+    let staged = format!("{HOSTS_STAGING}/hosts");
+    let result = std::fs::write(&staged, content)
+        .map_err(|e| format!("writing {staged}: {e}"))
+        .and_then(|()| {
+            mount(
+                Some(staged.as_str()),
+                "/etc/hosts",
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )
+            .map_err(|e| format!("bind-mounting /etc/hosts: {e}"))
+        });
+    let _ = umount2(HOSTS_STAGING, MntFlags::MNT_DETACH);
+    let _ = std::fs::remove_dir(HOSTS_STAGING);
+    result
+}
+
+/// Rewrites /etc/hosts in place (the same inode: its own tmpfs, see [`mount_hosts`]).
+fn rewrite_hosts(text: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open("/etc/hosts")?
+        .write_all(text)
+}
 
 /// Hostname, /etc files, tmpfs mounts and the read-only root: settings that belong to the
 /// whole VM.
@@ -300,6 +348,9 @@ fn apply_system(spec: &Spec, options: &StartOptions) -> Result<(), String> {
             let _ = std::fs::remove_file(&path);
         }
         std::fs::write(&path, content).map_err(|e| format!("writing {}: {e}", path.display()))?;
+        if name == "hosts" {
+            mount_hosts(content)?;
+        }
     }
     for m in spec.mounts().as_deref().unwrap_or(&[]) {
         if m.typ().as_deref() != Some("tmpfs") || m.destination().starts_with("/dev") {

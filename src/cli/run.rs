@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context};
 use clap::Args;
 
-use berth::engine::{Engine, MountRequest, RunFlags, VmRequest};
+use berth::engine::{Engine, MountRequest, RunFlags, VmNetwork, VmRequest};
 use berth::monitor::proto::Request;
 use berth::net::{NetworkOptions, NetworkRequest, PortSpec};
 use berth::spec::{NetworkMode, RunRequest, SeccompMode};
@@ -226,26 +226,29 @@ fn vm_request(a: &RunArgs) -> anyhow::Result<Option<VmRequest>> {
         )?;
     }
     let network = match a.network.as_deref() {
-        None | Some("passt") => true,
-        Some("none") => false,
-        Some(other) => {
-            refuse(
-                &format!("--network {other}"),
-                "a microVM's network is user-mode (passt, the default) or none",
-            )?;
-            false
-        }
+        None | Some("passt") => VmNetwork::Passt,
+        Some("none") => VmNetwork::None,
+        Some(other) => match other.parse::<NetworkRequest>() {
+            Ok(NetworkRequest::Named(name)) => VmNetwork::Named(name),
+            _ => {
+                refuse(
+                    &format!("--network {other}"),
+                    "a microVM's network is user-mode (passt, the default), none, or a network made with `berth network create`",
+                )?;
+                VmNetwork::None
+            }
+        },
     };
-    if !network && (!a.publish.is_empty() || a.publish_all) {
+    if network == VmNetwork::None && (!a.publish.is_empty() || a.publish_all) {
         refuse(
             "-p/-P with --network none",
             "published ports reach a microVM through its user-mode network (passt, the default)",
         )?;
     }
-    if !a.network_alias.is_empty() {
+    if !a.network_alias.is_empty() && !matches!(network, VmNetwork::Named(_)) {
         refuse(
             "--network-alias",
-            "a microVM joins no user-defined network; it has the user-mode network or none",
+            "aliases name a microVM on a user-defined network (--network NAME); its own user-mode network has no peers",
         )?;
     }
     let cpus = match &a.cpus {
@@ -326,10 +329,9 @@ fn flags(a: &RunArgs, vm: Option<VmRequest>) -> anyhow::Result<RunFlags> {
     if vm.is_some() && (!a.mount.is_empty() || !a.volumes_from.is_empty()) {
         bail!("--mount and --volumes-from are not available with --vm: host directories do not reach the microVM yet; use the container wall");
     }
-    // A microVM takes its ports from -p/-P (through passt); it joins no container network.
+    // A microVM's network is chosen by vm_request (which refuses -p/-P with --network none);
+    // only the ports to publish and the aliases come from here.
     let network = if vm.is_some() {
-        // The microVM's network is passt's, chosen by vm_request (which refuses -p/-P with
-        // --network none); only the ports to publish through it come from here.
         let publish = a
             .publish
             .iter()
@@ -339,7 +341,7 @@ fn flags(a: &RunArgs, vm: Option<VmRequest>) -> anyhow::Result<RunFlags> {
             request: NetworkRequest::None,
             publish,
             publish_all: a.publish_all,
-            ..NetworkOptions::default()
+            aliases: a.network_alias.clone(),
         }
     } else {
         network_options(a)?

@@ -15,11 +15,19 @@
 //! resolve through each container's /etc/hosts, which the daemon rewrites in place as
 //! containers come and go. Routed traffic between two bridges is dropped (iptables), so
 //! networks do not reach each other.
+//!
+//! A microVM joins a network through a tap device instead of a veth: the daemon creates it in
+//! its network namespace, puts it on the network's bridge, gives the VM an address, and hands
+//! the tap's descriptor to berth over the control socket (SCM_RIGHTS). The VMM thus needs no
+//! namespace of its own; the tap is not persistent, so it goes when the VMM's descriptor
+//! closes (the VM ended, or berth was killed). Traffic from a tap is routed through the
+//! bridge's address like a veth's, so the rule between bridges covers VMs too.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, Ipv4Addr};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -94,6 +102,12 @@ enum Request {
     Attach {
         network: NetworkConfig,
         pid: i32,
+        names: Vec<String>,
+        hosts: PathBuf,
+    },
+    /// A microVM: a tap on the network's bridge, its descriptor sent with the reply.
+    AttachTap {
+        network: NetworkConfig,
         names: Vec<String>,
         hosts: PathBuf,
     },
@@ -208,12 +222,7 @@ impl Join {
 
     /// The /etc view before the container has an address (the daemon completes its hosts file).
     pub fn initial_view(&self) -> EtcView {
-        EtcView {
-            own: None,
-            gateway: Some(IpAddr::V4(slirp4netns::GATEWAY)),
-            peers: vec![],
-            nameserver: Some(IpAddr::V4(slirp4netns::DNS)),
-        }
+        bridge_view()
     }
 
     /// Asks the daemon to connect the network namespace of `pid` to the network.
@@ -234,6 +243,103 @@ impl Join {
             _stream: self.stream.try_clone().map_err(daemon_err)?,
             ip,
         })
+    }
+}
+
+/// A microVM on a user-defined network: its tap (to hand to the VMM) and its address. The
+/// daemon forgets the VM when this is dropped.
+#[derive(Debug)]
+pub struct TapMembership {
+    _stream: UnixStream,
+    pub ip: Ipv4Addr,
+    pub tap: OwnedFd,
+}
+
+impl Join {
+    /// The daemon's network namespace, where the bridges are (the forwarder of published
+    /// ports reaches a VM from there).
+    pub fn netns_path(&self) -> PathBuf {
+        PathBuf::from(format!("/proc/{}/ns/net", self.daemon_pid))
+    }
+
+    /// Asks the daemon for a tap on the network's bridge, for a microVM.
+    pub fn attach_tap(self) -> Result<TapMembership, NetError> {
+        let req = Request::AttachTap {
+            network: self.config.clone(),
+            names: self.names.clone(),
+            hosts: self.hosts_file.clone(),
+        };
+        let (reply, fd) = exchange_with_fd(&self.stream, &req)?;
+        let ip = reply
+            .ip
+            .ok_or_else(|| daemon_err("it gave the VM no address"))?;
+        let tap = fd.ok_or_else(|| daemon_err("it sent no tap descriptor"))?;
+        Ok(TapMembership {
+            _stream: self.stream,
+            ip,
+            tap,
+        })
+    }
+}
+
+/// As [`exchange`], for a reply that carries a descriptor (SCM_RIGHTS) with its first bytes.
+fn exchange_with_fd(
+    stream: &UnixStream,
+    req: &Request,
+) -> Result<(Reply, Option<OwnedFd>), NetError> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    let mut line = serde_json::to_string(req).map_err(daemon_err)?;
+    line.push('\n');
+    (&*stream).write_all(line.as_bytes()).map_err(daemon_err)?;
+    let mut reply = Vec::new();
+    let mut fd = None;
+    while !reply.ends_with(b"\n") {
+        let mut buf = [0u8; 4096];
+        let mut cmsg = nix::cmsg_space!([RawFd; 1]);
+        let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+        let msg = recvmsg::<()>(
+            stream.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        )
+        .map_err(daemon_err)?;
+        for c in msg.cmsgs().map_err(daemon_err)? {
+            if let ControlMessageOwned::ScmRights(fds) = c {
+                for raw in fds {
+                    // SAFETY: the kernel just installed this descriptor for us; nobody else
+                    // owns it.
+                    let owned = unsafe { OwnedFd::from_raw_fd(raw) };
+                    if fd.is_none() {
+                        fd = Some(owned);
+                    }
+                }
+            }
+        }
+        let n = msg.bytes;
+        if n == 0 {
+            return Err(daemon_err("it closed the connection"));
+        }
+        reply.extend_from_slice(&buf[..n]);
+        if reply.len() > 1 << 16 {
+            return Err(daemon_err("its reply has no end"));
+        }
+    }
+    let r: Reply = serde_json::from_slice(&reply).map_err(daemon_err)?;
+    if !r.ok {
+        return Err(NetError::Daemon(r.error.unwrap_or_default()));
+    }
+    Ok((r, fd))
+}
+
+/// The /etc view of a sandbox on a user-defined network before it has an address: the host
+/// and DNS through the daemon's slirp4netns (the daemon completes the hosts file).
+pub fn bridge_view() -> EtcView {
+    EtcView {
+        own: None,
+        gateway: Some(IpAddr::V4(slirp4netns::GATEWAY)),
+        peers: vec![],
+        nameserver: Some(IpAddr::V4(slirp4netns::DNS)),
     }
 }
 
@@ -438,7 +544,58 @@ struct Member {
     ip: Ipv4Addr,
     names: Vec<String>,
     hosts: PathBuf,
-    veth: String,
+    /// The host side of its link: a veth, or a VM's tap.
+    link: String,
+}
+
+/// How a member is linked to its network's bridge.
+enum Link {
+    /// A veth pair, the peer moved into the network namespace of `pid` as eth0.
+    Veth { pid: i32 },
+    /// A tap device whose descriptor goes to a microVM's VMM.
+    Tap,
+}
+
+/// Creates a tap device `name` (`IFF_TAP | IFF_NO_PI`: plain Ethernet frames) in this
+/// network namespace. Not persistent: it disappears with the last descriptor.
+fn create_tap(name: &str) -> Result<OwnedFd, NetError> {
+    let dev = Path::new("/dev/net/tun");
+    let tun = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(dev)
+        .map_err(super::io("opening", dev))?;
+    if name.len() >= libc::IFNAMSIZ {
+        return Err(daemon_err(format!("tap name {name} is too long")));
+    }
+    // SAFETY: ifreq is plain old data; all zeroes is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(name.bytes()) {
+        *dst = src as libc::c_char;
+    }
+    req.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short;
+    // SAFETY: TUNSETIFF reads an ifreq from a valid pointer, alive for the call.
+    if unsafe { libc::ioctl(tun.as_raw_fd(), libc::TUNSETIFF, &mut req) } < 0 {
+        return Err(NetError::Io {
+            what: "creating a tap device with",
+            path: dev.to_path_buf(),
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    Ok(OwnedFd::from(tun))
+}
+
+/// Writes `data` with `fd` attached (SCM_RIGHTS).
+fn send_with_fd(stream: &UnixStream, data: &[u8], fd: &OwnedFd) -> std::io::Result<()> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    let fds = [fd.as_raw_fd()];
+    let cmsg = [ControlMessage::ScmRights(&fds)];
+    let iov = [std::io::IoSlice::new(data)];
+    let n = sendmsg::<()>(stream.as_raw_fd(), &iov, &cmsg, MsgFlags::empty(), None)
+        .map_err(std::io::Error::from)?;
+    // The rest (if any) without the descriptor, which went with the first bytes.
+    (&*stream).write_all(&data[n..])
 }
 
 struct Conn {
@@ -565,20 +722,29 @@ impl Inner {
                 .get_mut(&id)
                 .map(|c| c.buf.drain(..=pos).collect())
                 .unwrap_or_default();
-            let reply = match serde_json::from_slice::<Request>(&line) {
+            let (reply, fd) = match serde_json::from_slice::<Request>(&line) {
                 Ok(req) => self.handle(id, req),
-                Err(e) => Reply {
-                    error: Some(format!("bad request: {e}")),
-                    ..Reply::default()
-                },
+                Err(e) => (
+                    Reply {
+                        error: Some(format!("bad request: {e}")),
+                        ..Reply::default()
+                    },
+                    None,
+                ),
             };
             if let Some(c) = self.conns.get_mut(&id) {
                 let mut text = serde_json::to_string(&reply).unwrap_or_default();
                 text.push('\n');
                 let _ = c.stream.set_nonblocking(false);
-                let _ = c.stream.write_all(text.as_bytes());
+                let _ = match &fd {
+                    Some(fd) => send_with_fd(&c.stream, text.as_bytes(), fd),
+                    None => c.stream.write_all(text.as_bytes()),
+                };
                 let _ = c.stream.set_nonblocking(true);
             }
+            // The daemon keeps no copy of a tap's descriptor: the VMM's is the last, so the tap
+            // goes when the VMM does.
+            drop(fd);
         }
         if closed {
             self.conns.remove(&id);
@@ -586,28 +752,50 @@ impl Inner {
         }
     }
 
-    fn handle(&mut self, id: u64, req: Request) -> Reply {
+    fn handle(&mut self, id: u64, req: Request) -> (Reply, Option<OwnedFd>) {
+        let failed = |e: NetError| Reply {
+            error: Some(e.to_string()),
+            ..Reply::default()
+        };
         match req {
-            Request::Hello => Reply {
-                ok: true,
-                pid: Some(std::process::id() as i32),
-                ..Reply::default()
-            },
+            Request::Hello => (
+                Reply {
+                    ok: true,
+                    pid: Some(std::process::id() as i32),
+                    ..Reply::default()
+                },
+                None,
+            ),
             Request::Attach {
                 network,
                 pid,
                 names,
                 hosts,
-            } => match self.join(id, network, pid, names, hosts) {
-                Ok(ip) => Reply {
-                    ok: true,
-                    ip: Some(ip),
-                    ..Reply::default()
-                },
-                Err(e) => Reply {
-                    error: Some(e.to_string()),
-                    ..Reply::default()
-                },
+            } => match self.join(id, network, Link::Veth { pid }, names, hosts) {
+                Ok((ip, _)) => (
+                    Reply {
+                        ok: true,
+                        ip: Some(ip),
+                        ..Reply::default()
+                    },
+                    None,
+                ),
+                Err(e) => (failed(e), None),
+            },
+            Request::AttachTap {
+                network,
+                names,
+                hosts,
+            } => match self.join(id, network, Link::Tap, names, hosts) {
+                Ok((ip, tap)) => (
+                    Reply {
+                        ok: true,
+                        ip: Some(ip),
+                        ..Reply::default()
+                    },
+                    tap,
+                ),
+                Err(e) => (failed(e), None),
             },
         }
     }
@@ -636,10 +824,13 @@ impl Inner {
         &mut self,
         id: u64,
         network: NetworkConfig,
-        pid: i32,
+        link: Link,
         names: Vec<String>,
         hosts: PathBuf,
-    ) -> Result<Ipv4Addr, NetError> {
+    ) -> Result<(Ipv4Addr, Option<OwnedFd>), NetError> {
+        if self.members.contains_key(&id) {
+            return Err(daemon_err("this connection is on a network already"));
+        }
         self.ensure_bridge(&network)?;
         let taken: Vec<Ipv4Addr> = self
             .members
@@ -657,31 +848,54 @@ impl Inner {
                     network.cidr()
                 ))
             })?;
-        let veth = format!("vth{:x}{id:x}", std::process::id() & 0xffff);
         let br = network.bridge();
-        ip_batch(
-            &[
-                format!("link add {veth} mtu {MTU} type veth peer name eth0 mtu {MTU} netns {pid}"),
-                format!("link set {veth} master {br} up"),
-            ],
-            None,
-        )?;
-        let ns_path = PathBuf::from(format!("/proc/{pid}/ns/net"));
-        let ns = std::fs::File::open(&ns_path)
-            .map(OwnedFd::from)
-            .map_err(super::io("opening", &ns_path))?;
-        let configured = ip_batch(
-            &[
-                format!("addr add {ip}/{} dev eth0", network.prefix),
-                "link set eth0 up".to_string(),
-                format!("route add default via {}", network.gateway),
-            ],
-            Some(&ns),
-        );
-        if let Err(e) = configured {
-            let _ = ip_batch(&[format!("link del {veth}")], None);
-            return Err(e);
-        }
+        let (name, tap) = match link {
+            Link::Veth { pid } => {
+                let veth = format!("vth{:x}{id:x}", std::process::id() & 0xffff);
+                ip_batch(
+                    &[
+                        format!(
+                            "link add {veth} mtu {MTU} type veth peer name eth0 mtu {MTU} netns {pid}"
+                        ),
+                        format!("link set {veth} master {br} up"),
+                    ],
+                    None,
+                )?;
+                let ns_path = PathBuf::from(format!("/proc/{pid}/ns/net"));
+                let configured = std::fs::File::open(&ns_path)
+                    .map(OwnedFd::from)
+                    .map_err(super::io("opening", &ns_path))
+                    .and_then(|ns| {
+                        ip_batch(
+                            &[
+                                format!("addr add {ip}/{} dev eth0", network.prefix),
+                                "link set eth0 up".to_string(),
+                                format!("route add default via {}", network.gateway),
+                            ],
+                            Some(&ns),
+                        )
+                    });
+                if let Err(e) = configured {
+                    let _ = ip_batch(&[format!("link del {veth}")], None);
+                    return Err(e);
+                }
+                (veth, None)
+            }
+            Link::Tap => {
+                let name = format!("btp{:x}{id:x}", std::process::id() & 0xffff);
+                let tap = create_tap(&name)?;
+                // The guest's own MTU is 1500 (no VIRTIO_NET_F_MTU); the tap keeps the
+                // bridge's, so the bridge's MTU stays what its veths need. TCP settles on the
+                // guest's MSS.
+                if let Err(e) =
+                    ip_batch(&[format!("link set {name} mtu {MTU} master {br} up")], None)
+                {
+                    drop(tap);
+                    return Err(e);
+                }
+                (name, Some(tap))
+            }
+        };
         self.members.insert(
             id,
             Member {
@@ -689,17 +903,17 @@ impl Inner {
                 ip,
                 names,
                 hosts,
-                veth,
+                link: name,
             },
         );
         self.refresh_hosts(&network.id);
-        Ok(ip)
+        Ok((ip, tap))
     }
 
     fn leave(&mut self, id: u64) {
         if let Some(m) = self.members.remove(&id) {
             // Gone with the container's namespace already, unless the container outlived us.
-            let _ = ip_batch(&[format!("link del {}", m.veth)], None);
+            let _ = ip_batch(&[format!("link del {}", m.link)], None);
             self.refresh_hosts(&m.network.id);
         }
     }

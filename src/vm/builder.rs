@@ -20,12 +20,13 @@ use super::arch::{self, BootEntry, BootInfo};
 use super::devices::boot_timer::{BOOT_TIMER_ADDR, BOOT_TIMER_LEN};
 use super::devices::i8042::{I8042_BASE, I8042_LEN};
 use super::devices::serial::{COM1_BASE, COM1_IRQ, COM1_LEN};
+use super::devices::virtio::net::Framing;
 use super::devices::virtio::{self, Block, Console, Interrupt, MmioTransport, Net};
 use super::devices::{BootTimer, Bus, SerialConsole, I8042};
 use super::memory::{self, GuestMemory};
 use super::vcpu::{self, Vcpu, VcpuContext};
 use super::vm::{self, Vm};
-use super::{Error, ExitSignal, RunReport, VmConfig, VmEvent, VmIo};
+use super::{Error, ExitSignal, NetBackend, RunReport, VmConfig, VmEvent, VmIo};
 
 /// Where the virtio-mmio devices start: the page after the boot timer.
 pub const VIRTIO_MMIO_BASE: u64 = BOOT_TIMER_ADDR + BOOT_TIMER_LEN;
@@ -204,18 +205,37 @@ pub fn boot(config: &VmConfig, io: VmIo, start: Instant) -> Result<RunningVm, Er
         let input = virtio::console::spawn_input(transport, stream).map_err(Error::Devices)?;
         inputs.push((input, shutdown));
     }
-    if let Some((stream, mac)) = net {
-        let output = stream.try_clone().map_err(Error::Devices)?;
+    if let Some((backend, mac)) = net {
         let (addr, interrupt) = next_slot(&vm)?;
-        let transport = Arc::new(Mutex::new(MmioTransport::new(
-            Net::new(mac, Box::new(output)),
-            mem.clone(),
-            interrupt,
-        )));
-        mmio.insert(transport.clone(), addr, virtio::mmio::MMIO_LEN)?;
-        let shutdown = stream.try_clone().map_err(Error::Devices)?;
-        let input = virtio::net::spawn_input(transport, stream).map_err(Error::Devices)?;
-        inputs.push((input, shutdown));
+        match backend {
+            NetBackend::Stream(stream) => {
+                let output = stream.try_clone().map_err(Error::Devices)?;
+                let transport = Arc::new(Mutex::new(MmioTransport::new(
+                    Net::new(mac, Box::new(output), Framing::LengthPrefixed),
+                    mem.clone(),
+                    interrupt,
+                )));
+                mmio.insert(transport.clone(), addr, virtio::mmio::MMIO_LEN)?;
+                let shutdown = stream.try_clone().map_err(Error::Devices)?;
+                let input = virtio::net::spawn_input(transport, stream).map_err(Error::Devices)?;
+                inputs.push((input, shutdown));
+            }
+            NetBackend::Tap(tap) => {
+                let output = File::from(tap.try_clone().map_err(Error::Devices)?);
+                let transport = Arc::new(Mutex::new(MmioTransport::new(
+                    Net::new(mac, Box::new(output), Framing::Tap),
+                    mem.clone(),
+                    interrupt,
+                )));
+                mmio.insert(transport.clone(), addr, virtio::mmio::MMIO_LEN)?;
+                // Shutting `shutdown` down at the VM's end wakes the thread, which a tap
+                // never would.
+                let (shutdown, stop) = UnixStream::pair().map_err(Error::Devices)?;
+                let input =
+                    virtio::net::spawn_tap_input(transport, tap, stop).map_err(Error::Devices)?;
+                inputs.push((input, shutdown));
+            }
+        }
     }
     vm.create_pit()?;
 

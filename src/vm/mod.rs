@@ -64,9 +64,17 @@ pub struct VmIo {
     pub console: Box<dyn Write + Send>,
     /// The guest agent's channel (virtio-console, `/dev/hvc0` in the guest).
     pub channel: Option<std::os::unix::net::UnixStream>,
-    /// A network back end speaking length-prefixed Ethernet frames (virtio-net, `eth0`),
-    /// with the guest NIC's MAC address.
-    pub net: Option<(std::os::unix::net::UnixStream, [u8; 6])>,
+    /// The network back end of the guest's NIC (virtio-net, `eth0`), with its MAC address.
+    pub net: Option<(NetBackend, [u8; 6])>,
+}
+
+/// Where a guest NIC's frames go.
+#[derive(Debug)]
+pub enum NetBackend {
+    /// A stream of length-prefixed Ethernet frames (passt).
+    Stream(std::os::unix::net::UnixStream),
+    /// A tap device (`IFF_TAP | IFF_NO_PI`), e.g. on a user-defined network's bridge.
+    Tap(std::os::fd::OwnedFd),
 }
 
 /// A host file the guest sees as a virtio block device.

@@ -44,9 +44,51 @@ const DEFAULT_BOOT_TIMEOUT: Duration = Duration::from_secs(120);
 const CHANNEL_DRAIN: Duration = Duration::from_secs(2);
 /// How long a guest may take to power off after its process ended.
 const POWER_OFF_GRACE: Duration = Duration::from_secs(10);
+/// How often the hosts file of a VM on a user-defined network is looked at.
+const HOSTS_POLL: Duration = Duration::from_millis(200);
+/// The largest hosts file sent to a guest (a frame's payload limit, with room to spare).
+const MAX_HOSTS: u64 = 512 << 10;
+
+/// Follows the hosts file the network daemon rewrites in place: what it says now, when that
+/// differs from what the guest was last sent. Reading a few KiB a few times a second is
+/// cheaper than it sounds and needs no inotify descriptor; a rewrite caught half-way (the
+/// daemon truncates, then writes) is corrected by the next look.
+struct HostsFollower {
+    path: PathBuf,
+    sent: Option<Vec<u8>>,
+    next: Instant,
+}
+
+impl HostsFollower {
+    fn new(path: PathBuf) -> HostsFollower {
+        // Nothing recorded as sent: the first look after the start sends the file once more,
+        // in case it changed since the start options were read.
+        HostsFollower {
+            path,
+            sent: None,
+            next: Instant::now(),
+        }
+    }
+
+    fn changed(&mut self) -> Option<Vec<u8>> {
+        let now = Instant::now();
+        if now < self.next {
+            return None;
+        }
+        self.next = now + HOSTS_POLL;
+        let f = std::fs::File::open(&self.path).ok()?;
+        let mut text = Vec::new();
+        f.take(MAX_HOSTS).read_to_end(&mut text).ok()?;
+        if text.is_empty() || self.sent.as_ref() == Some(&text) {
+            return None;
+        }
+        self.sent = Some(text.clone());
+        Some(text)
+    }
+}
 
 /// What to run, and in how much machine.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct SandboxConfig {
     pub kernel: PathBuf,
     pub initramfs: PathBuf,
@@ -62,9 +104,23 @@ pub struct SandboxConfig {
     pub etc_files: Vec<(String, String)>,
     /// Where the guest's serial console (kernel messages, agent failures) is written.
     pub console_log: PathBuf,
-    /// A user-mode network (passt behind a virtio-net NIC) with these published ports; `None`
-    /// for a guest with loopback only.
-    pub network: Option<Vec<Forward>>,
+    /// The guest's network behind a virtio-net NIC; `None` for a guest with loopback only.
+    pub network: Option<SandboxNetwork>,
+}
+
+/// The back end of a sandbox's NIC.
+#[derive(Debug)]
+pub enum SandboxNetwork {
+    /// A user-mode network of its own: passt, publishing these ports.
+    Passt(Vec<Forward>),
+    /// A user-defined network: a tap on its bridge (from the network daemon), the guest's
+    /// address there, and the hosts file the daemon rewrites as peers come and go, which
+    /// berth follows into the guest.
+    Tap {
+        tap: std::os::fd::OwnedFd,
+        guest: GuestNetwork,
+        hosts: PathBuf,
+    },
 }
 
 /// How long the guest took to come up, as the agent reported it.
@@ -188,7 +244,7 @@ pub fn run(cfg: &SandboxConfig) -> Result<Outcome, SandboxError> {
             .collect(),
     };
     let (_passt, net) = match &cfg.network {
-        Some(forwards) => {
+        Some(SandboxNetwork::Passt(forwards)) => {
             let log_path = cfg.console_log.with_file_name("passt.log");
             let log =
                 std::fs::File::create(&log_path).map_err(|source| SandboxError::ConsoleLog {
@@ -196,9 +252,25 @@ pub fn run(cfg: &SandboxConfig) -> Result<Outcome, SandboxError> {
                     source,
                 })?;
             let (passt, stream) = passt::start(forwards, log)?;
-            (Some(passt), Some((stream, passt::guest_mac())))
+            (
+                Some(passt),
+                Some((super::NetBackend::Stream(stream), passt::guest_mac())),
+            )
+        }
+        Some(SandboxNetwork::Tap { tap, .. }) => {
+            let tap = tap.try_clone().map_err(SandboxError::Channel)?;
+            (
+                None,
+                Some((super::NetBackend::Tap(tap), passt::guest_mac())),
+            )
         }
         None => (None, None),
+    };
+    // On a user-defined network the daemon rewrites the hosts file as peers come and go;
+    // berth reads it a few times a second and sends the guest what changed.
+    let mut hosts = match &cfg.network {
+        Some(SandboxNetwork::Tap { hosts, .. }) => Some(HostsFollower::new(hosts.clone())),
+        _ => None,
     };
     let io = super::VmIo {
         console,
@@ -255,6 +327,12 @@ pub fn run(cfg: &SandboxConfig) -> Result<Outcome, SandboxError> {
     // their way through the channel, which closes once they are read.
     let mut vm_ended: Option<(String, Instant)> = None;
     loop {
+        if session.started && exit_code.is_none() {
+            if let Some(text) = hosts.as_mut().and_then(HostsFollower::changed) {
+                // A guest that stopped reading cannot take it; its end is reported below.
+                let _ = session.send(&Frame::Hosts(text));
+            }
+        }
         let deadline = match (session.started, exit_deadline, &vm_ended) {
             (_, _, Some((_, d))) => Some(*d),
             (_, Some(d), None) => Some(d),
@@ -288,6 +366,18 @@ pub fn run(cfg: &SandboxConfig) -> Result<Outcome, SandboxError> {
                     .unwrap_or(PollTimeout::MAX)
             }
             None => PollTimeout::NONE,
+        };
+        let timeout = match &hosts {
+            Some(_) if session.started => {
+                let cap = PollTimeout::try_from(HOSTS_POLL.as_millis() as i32)
+                    .unwrap_or(PollTimeout::MAX);
+                if timeout == PollTimeout::NONE {
+                    cap
+                } else {
+                    timeout.min(cap)
+                }
+            }
+            _ => timeout,
         };
         let poll_stdin = session.started && session.stdin_open && exit_code.is_none();
         let mut fds = vec![
@@ -443,11 +533,14 @@ impl Session<'_> {
             rows: size.ws_row,
             cols: size.ws_col,
             etc_files: self.cfg.etc_files.clone(),
-            network: self.cfg.network.as_ref().map(|_| GuestNetwork {
-                interface: "eth0".into(),
-                address: passt::GUEST,
-                prefix_len: passt::PREFIX_LEN,
-                gateway: passt::GATEWAY,
+            network: self.cfg.network.as_ref().map(|n| match n {
+                SandboxNetwork::Passt(_) => GuestNetwork {
+                    interface: "eth0".into(),
+                    address: passt::GUEST,
+                    prefix_len: passt::PREFIX_LEN,
+                    gateway: passt::GATEWAY,
+                },
+                SandboxNetwork::Tap { guest, .. } => guest.clone(),
             }),
         };
         // Raw mode only when keystrokes go to the sandbox (-t with -i), as the container wall

@@ -1,13 +1,19 @@
 //! virtio-net (virtio 1.1, 5.1): one receive and one transmit queue, no offloads, a fixed
-//! MAC. Frames go to and come from a host stream in the framing QEMU's `-netdev stream` and
-//! passt use: each Ethernet frame preceded by its length as a 32-bit big-endian number.
+//! MAC. Frames go to and come from one of two back ends ([`Framing`]):
+//! - a host stream in the framing QEMU's `-netdev stream` and passt use: each Ethernet frame
+//!   preceded by its length as a 32-bit big-endian number;
+//! - a tap device (`IFF_TAP | IFF_NO_PI`, plain frames: one per read or write), as the network
+//!   daemon of user-defined networks hands over. No `IFF_VNET_HDR`: the device offers no
+//!   offloads, so the virtio header would only ever carry zeros across.
 //!
-//! Transmit is served on the notifying vCPU thread. A host thread ([`spawn_input`]) reads
-//! frames and hands them to the device, which keeps at most [`MAX_PENDING`] frames waiting for
-//! receive buffers and drops the rest, as a NIC with a full ring does.
+//! Transmit is served on the notifying vCPU thread. A host thread ([`spawn_input`],
+//! [`spawn_tap_input`]) reads frames and hands them to the device, which keeps at most
+//! [`MAX_PENDING`] frames waiting for receive buffers and drops the rest, as a NIC with a
+//! full ring does.
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -28,20 +34,31 @@ pub const MAX_FRAME: usize = 65_536;
 /// Frames from the host waiting for receive buffers.
 pub const MAX_PENDING: usize = 512;
 
+/// How frames are delimited on the back end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// A byte stream: a 32-bit big-endian length, then the frame (passt, QEMU's stream).
+    LengthPrefixed,
+    /// A tap device: each write is one frame, each read returns one.
+    Tap,
+}
+
 /// The network device.
 pub struct Net {
     mac: [u8; 6],
     out: Box<dyn Write + Send>,
+    framing: Framing,
     pending: VecDeque<Vec<u8>>,
     dropped: u64,
 }
 
 impl Net {
-    /// A NIC with address `mac` whose frames go to `out` (length-prefixed).
-    pub fn new(mac: [u8; 6], out: Box<dyn Write + Send>) -> Net {
+    /// A NIC with address `mac` whose frames go to `out`, delimited as `framing` says.
+    pub fn new(mac: [u8; 6], out: Box<dyn Write + Send>, framing: Framing) -> Net {
         Net {
             mac,
             out,
+            framing,
             pending: VecDeque::new(),
             dropped: 0,
         }
@@ -109,12 +126,17 @@ impl Net {
                     let mut r = r;
                     if r.read_to_end(&mut frame).is_ok() {
                         let body = &frame[HDR_LEN..];
-                        let len = (body.len() as u32).to_be_bytes();
                         // A back end that went away drops frames, as an unplugged cable would.
-                        let _ = self
-                            .out
-                            .write_all(&len)
-                            .and_then(|()| self.out.write_all(body));
+                        let _ = match self.framing {
+                            Framing::LengthPrefixed => {
+                                let len = (body.len() as u32).to_be_bytes();
+                                self.out
+                                    .write_all(&len)
+                                    .and_then(|()| self.out.write_all(body))
+                            }
+                            // One write, one frame: a tap takes it whole or not at all.
+                            Framing::Tap => self.out.write(body).map(|_| ()),
+                        };
                     }
                 }
             }
@@ -188,6 +210,51 @@ pub fn spawn_input(
         })
 }
 
+/// Starts the thread that carries frames from a tap device to the device. A tap has no end
+/// of stream of its own: the thread also ends when `stop` (one end of a socket pair) becomes
+/// readable or hangs up, i.e. when the other end is shut down.
+pub fn spawn_tap_input(
+    transport: Arc<Mutex<MmioTransport<Net>>>,
+    tap: OwnedFd,
+    stop: UnixStream,
+) -> io::Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("virtio-net-tap".into())
+        .spawn(move || {
+            let mut buf = vec![0u8; MAX_FRAME];
+            loop {
+                let mut fds = [
+                    nix::poll::PollFd::new(tap.as_fd(), nix::poll::PollFlags::POLLIN),
+                    nix::poll::PollFd::new(stop.as_fd(), nix::poll::PollFlags::POLLIN),
+                ];
+                match nix::poll::poll(&mut fds, nix::poll::PollTimeout::NONE) {
+                    Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+                    Err(_) => return,
+                }
+                if fds[1].any().unwrap_or(true) {
+                    return;
+                }
+                let tap_ready = fds[0].revents().is_some_and(|r| !r.is_empty());
+                if !tap_ready {
+                    continue;
+                }
+                let n = match nix::unistd::read(tap.as_raw_fd(), &mut buf) {
+                    Ok(0) => return,
+                    Ok(n) => n,
+                    Err(nix::errno::Errno::EINTR | nix::errno::Errno::EAGAIN) => continue,
+                    Err(_) => return,
+                };
+                // A runt is no Ethernet frame; the tap never sends one, but check anyway.
+                if n < 14 {
+                    continue;
+                }
+                let frame = buf[..n].to_vec();
+                let mut t = transport.lock().unwrap_or_else(|e| e.into_inner());
+                t.with_queues(|dev, ctx| dev.push_frame(frame, ctx));
+            }
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::mmio::tests::{bring_up, interrupt, memory, notify};
@@ -213,7 +280,7 @@ mod tests {
         let mem = memory();
         let sink = Sink::default();
         let mut t = MmioTransport::new(
-            Net::new(MAC, Box::new(sink.clone())),
+            Net::new(MAC, Box::new(sink.clone()), Framing::LengthPrefixed),
             mem.clone(),
             interrupt(),
         );
@@ -248,6 +315,53 @@ mod tests {
         assert_eq!(&out[..4], &60u32.to_be_bytes());
         assert_eq!(&out[4..], &frame[..]);
         assert_eq!(tx.used().len(), 2);
+    }
+
+    #[test]
+    fn tap_framing_writes_the_bare_frame_in_one_write() {
+        let mem = memory();
+        let sink = Sink::default();
+        let mut t = MmioTransport::new(
+            Net::new(MAC, Box::new(sink.clone()), Framing::Tap),
+            mem.clone(),
+            interrupt(),
+        );
+        bring_up(&mut t, &[Driver::QUEUE, Driver::QUEUE1]);
+        let mut tx = Driver::at(&mem, Driver::QUEUE1);
+        let frame: Vec<u8> = (0..60u8).collect();
+        mem.write_slice(&[0u8; HDR_LEN], GuestAddress(0x10000))
+            .unwrap();
+        mem.write_slice(&frame, GuestAddress(0x10100)).unwrap();
+        tx.add(&[(0x10000, HDR_LEN as u32, false), (0x10100, 60, false)]);
+        notify(&mut t, 1);
+        assert_eq!(*sink.0.lock().unwrap(), frame);
+    }
+
+    #[test]
+    fn tap_frames_reach_the_guest_and_the_thread_stops_on_request() {
+        let mem = memory();
+        let mut t = MmioTransport::new(
+            Net::new(MAC, Box::new(std::io::sink()), Framing::Tap),
+            mem.clone(),
+            interrupt(),
+        );
+        bring_up(&mut t, &[Driver::QUEUE, Driver::QUEUE1]);
+        let mut rx = Driver::at(&mem, Driver::QUEUE);
+        rx.add(&[(0x20000, 2048, true)]);
+        let t = Arc::new(Mutex::new(t));
+        // A datagram socket pair stands in for the tap: one read, one frame.
+        let (tap_host, tap_dev) = std::os::unix::net::UnixDatagram::pair().unwrap();
+        let (stop, stop_dev) = UnixStream::pair().unwrap();
+        let input = spawn_tap_input(t.clone(), OwnedFd::from(tap_dev), stop_dev).unwrap();
+        tap_host.send(&[5u8; 3]).unwrap(); // a runt: ignored
+        tap_host.send(&[9u8; 80]).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while rx.used().is_empty() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(rx.used(), vec![(0, (HDR_LEN + 80) as u32)]);
+        stop.shutdown(std::net::Shutdown::Both).unwrap();
+        input.join().unwrap();
     }
 
     #[test]
