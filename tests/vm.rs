@@ -159,6 +159,18 @@ fn microvm_runs_the_image_as_the_container_wall_does() {
     .trim()
     .to_string();
 
+    // Shared directories (virtio-9p): a host directory with a file to read and one to remove,
+    // and one whose symlinks point out of it, at a file and a directory the guest must not see.
+    let share = berth.host_mkdir("share");
+    berth.host_file("share/from-host", "from the host\n");
+    berth.host_file("share/to-remove", "gone soon\n");
+    let escape = berth.host_mkdir("escape");
+    let secret = berth.host_file("secret-outside", "SECRET-OUTSIDE\n");
+    std::os::unix::fs::symlink(&secret, escape.join("abs")).unwrap();
+    std::os::unix::fs::symlink("../secret-outside", escape.join("rel")).unwrap();
+    std::os::unix::fs::symlink(&berth.host_dir, escape.join("dir")).unwrap();
+    let (share_s, escape_s) = (share.display(), escape.display());
+
     let vm = "$B run --vm --rm";
     let checks: Vec<(&str, String)> = vec![
         ("echo", format!("{vm} $IMG echo hello from the vm")),
@@ -226,6 +238,47 @@ fn microvm_runs_the_image_as_the_container_wall_does() {
              $B ps -a | grep victim; $B rm victim && echo removed; \
              echo left=$(ls $BERTH_ROOT/data/containers 2>/dev/null | wc -l); \
              pgrep -u $(id -u) -x berth || echo no-vmm-left"
+                .to_string(),
+        ),
+        (
+            "share_rw",
+            format!(
+                "{vm} -v {share_s}:/data $IMG sh -c 'cat /data/from-host; stat -c \"%u %g\" /data/from-host; \
+                 echo from-vm > /data/from-vm && mkdir -p /data/made/deep && echo x > /data/made/deep/f && \
+                 rm /data/to-remove && echo written'; echo rc=$?; \
+                 [ \"$(stat -c %u {share_s}/from-vm)\" = \"$(id -u)\" ] && echo owner-is-user"
+            ),
+        ),
+        (
+            "share_ro",
+            format!(
+                "{vm} -v {share_s}:/data:ro $IMG sh -c 'cat /data/from-host; touch /data/nope; echo rc=$?; \
+                 echo more >> /data/from-host; echo rc=$?'"
+            ),
+        ),
+        (
+            "share_mount_ro",
+            format!(
+                "{vm} --mount type=bind,source={share_s},target=/m,readonly $IMG sh -c 'cat /m/from-host; mkdir /m/nope'"
+            ),
+        ),
+        (
+            "share_symlinks",
+            format!(
+                "{vm} -v {escape_s}:/data $IMG sh -c 'ls /data; cat /data/abs; cat /data/rel; ls /data/dir/; \
+                 cat /data/dir/secret-outside; echo done'"
+            ),
+        ),
+        ("share_file_refused", format!("{vm} -v {share_s}/from-host:/f $IMG true")),
+        (
+            "volume_two_vms",
+            "$B run --vm --name vola -v vmvol:/data $IMG sh -c 'echo ready; for i in $(seq 900); do \
+             [ -f /data/from-b ] && cat /data/from-b && exit 0; sleep 0.1; done; exit 1' >$R/vola.log 2>&1 & a=$!; \
+             for i in $(seq 900); do grep -q ready $R/vola.log 2>/dev/null && break; sleep 0.1; done; \
+             $B run --vm --rm -v vmvol:/data $IMG sh -c 'echo hello-from-b > /data/from-b'; echo rcb=$?; \
+             wait $a; echo rca=$?; cat $R/vola.log; \
+             $B rm vola >/dev/null && echo rm-ok; $B volume ls | grep -w vmvol >/dev/null && echo volume-kept; \
+             $B run --vm --rm -v vmvol:/again $IMG sh -c 'cat /again/from-b; ls /again'"
                 .to_string(),
         ),
     ];
@@ -394,6 +447,60 @@ fn microvm_runs_the_image_as_the_container_wall_does() {
                 && !r.out.contains(" Up ")
         },
         "kill -9 leaving a removable, stopped record and nothing running",
+    );
+    f.expect(
+        "share_rw",
+        &ran,
+        |r| {
+            r.out.starts_with("from the host\n0 0\nwritten\nrc=0\nowner-is-user")
+                && fs::read_to_string(share.join("from-vm")).ok().as_deref() == Some("from-vm\n")
+                && fs::read_to_string(share.join("made/deep/f")).ok().as_deref() == Some("x\n")
+                && !share.join("to-remove").exists()
+        },
+        "the host's file read, the user seen as root, the guest's files on the host owned by the user",
+    );
+    f.expect(
+        "share_ro",
+        &ran,
+        |r| {
+            r.out == "from the host\nrc=1\nrc=1\n"
+                && r.err.contains("Read-only file system")
+                && !share.join("nope").exists()
+                && fs::read_to_string(share.join("from-host")).ok().as_deref()
+                    == Some("from the host\n")
+        },
+        "reads, and writes refused, through a :ro share",
+    );
+    f.expect(
+        "share_mount_ro",
+        &ran,
+        |r| r.rc != 0 && r.out == "from the host\n" && r.err.contains("Read-only"),
+        "--mount type=bind,readonly read and refusing writes",
+    );
+    f.expect(
+        "share_symlinks",
+        &ran,
+        |r| r.out.contains("done") && !r.out.contains("SECRET-OUTSIDE") && r.out.contains("abs"),
+        "symlinks pointing out of the share leading nowhere outside it",
+    );
+    f.expect(
+        "share_file_refused",
+        &ran,
+        |r| r.rc == 125 && r.err.contains("directories only"),
+        "a file bind refused with an explanation",
+    );
+    f.expect(
+        "volume_two_vms",
+        &ran,
+        |r| {
+            r.out.contains("rcb=0")
+                && r.out.contains("rca=0")
+                && r.out.contains("rm-ok")
+                && r.out.contains("volume-kept")
+                && r.out.matches("hello-from-b").count() == 2
+                && r.out.contains("added")
+        },
+        "a named volume filled from the image, shared by two running VMs, surviving rm",
     );
     assert!(
         f.0.is_empty(),
