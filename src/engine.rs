@@ -153,6 +153,56 @@ struct BundleRoot {
     path: PathBuf,
 }
 
+/// The virtio-9p shares of a microVM for its resolved binds (volumes and host directories),
+/// one per bind, in order; a missing host directory is created as `-v` does for containers.
+fn vm_shares(binds: &[spec::BindVolume]) -> Result<Vec<crate::vm::ShareConfig>, EngineError> {
+    binds
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            if !b.host.exists() {
+                std::fs::create_dir_all(&b.host).map_err(io("creating the volume source", &b.host))?;
+            }
+            if !b.host.is_dir() {
+                return Err(EngineError::Usage(format!(
+                    "{} is not a directory: a microVM shares directories only; mount the directory that holds it",
+                    b.host.display()
+                )));
+            }
+            Ok(crate::vm::ShareConfig {
+                path: b.host.clone(),
+                tag: guest::share_tag(i),
+                read_only: b.read_only,
+            })
+        })
+        .collect()
+}
+
+/// Adds the guest's mount of each share to `spec`: type `9p`, the share's tag as the source.
+fn add_share_mounts(
+    spec: &mut oci_spec::runtime::Spec,
+    binds: &[spec::BindVolume],
+    shares: &[crate::vm::ShareConfig],
+) -> Result<(), EngineError> {
+    let mut mounts = spec.mounts().clone().unwrap_or_default();
+    for (b, share) in binds.iter().zip(shares) {
+        let mut options = vec!["nosuid".to_string(), "nodev".to_string()];
+        if share.read_only {
+            options.push("ro".into());
+        }
+        let m = oci_spec::runtime::MountBuilder::default()
+            .destination(&b.container)
+            .typ("9p")
+            .source(&share.tag)
+            .options(options)
+            .build()
+            .map_err(|e| EngineError::Spec(SpecError::Build(e.to_string())))?;
+        mounts.push(m);
+    }
+    spec.set_mounts(Some(mounts));
+    Ok(())
+}
+
 /// The rootfs "driver" recorded for microVM sandboxes.
 const VM_DRIVER: &str = "microvm";
 
@@ -542,6 +592,11 @@ impl Engine {
         }
         let result = self.run_vm(&id, &resolved, &lowers, &req, &flags);
         if flags.remove || result.is_err() {
+            if flags.remove {
+                if let Ok(rec) = self.containers.find(&id) {
+                    self.remove_anonymous_volumes(&rec);
+                }
+            }
             self.remove_dir(&id);
             self.containers.remove_runtime(&id);
         }
@@ -585,6 +640,17 @@ impl Engine {
         let initramfs = guest::initramfs(&agent, &vm_cache)?;
         let disks = rootfs::erofs::layer_disks(lowers, &vm_cache.join("layers"), &self.ids)?;
 
+        // Volumes and host directories reach the guest as virtio-9p shares, which the agent
+        // mounts where the spec says (a `9p` mount whose source is the share's tag).
+        let mounts = self.resolve_mounts(&flags.mounts, &flags.volumes_from, lowers)?;
+        let shares = vm_shares(&mounts.binds)?;
+        let mut rec = self.containers.find(id)?;
+        rec.mounts = mounts.records;
+        self.containers.save(&rec)?;
+        // `--mount type=tmpfs` joins `--tmpfs`, which the guest mounts itself.
+        let mut req = req.clone();
+        req.tmpfs.extend(mounts.tmpfs);
+        let req = &req;
         let root = BundleRoot {
             mount: None,
             path: dir.join("rootfs"),
@@ -597,7 +663,16 @@ impl Engine {
             _ => None,
         };
         let view = named.as_ref().map(|_| net::netns::bridge_view());
-        let spec = self.write_bundle(id, resolved, lowers, req, root, None, view.as_ref())?;
+        let mut spec = self.write_bundle(id, resolved, lowers, req, root, None, view.as_ref())?;
+        if !shares.is_empty() {
+            add_share_mounts(&mut spec, &mounts.binds, &shares)?;
+            let config = dir.join("config.json");
+            spec.save(&config).map_err(|e| EngineError::Io {
+                what: "writing",
+                path: config.clone(),
+                source: std::io::Error::other(e.to_string()),
+            })?;
+        }
         // The VM's place on a user-defined network: a tap from the network daemon, held (with
         // the connection the daemon counts) until the VM is gone; published ports through
         // berth's forwarder in the daemon's namespaces, as for a container there.
@@ -712,6 +787,7 @@ impl Engine {
             kernel,
             initramfs,
             layers: disks,
+            shares,
             vcpus: machine.cpus,
             mem_mib: machine.mem_mib,
             spec: spec_json,

@@ -375,6 +375,11 @@ fn apply_system(spec: &Spec, options: &StartOptions) -> Result<(), String> {
         )
         .map_err(|e| format!("mounting tmpfs on {}: {e}", dest.display()))?;
     }
+    for m in spec.mounts().as_deref().unwrap_or(&[]) {
+        if m.typ().as_deref() == Some("9p") {
+            mount_share(m)?;
+        }
+    }
     if spec
         .root()
         .as_ref()
@@ -391,6 +396,49 @@ fn apply_system(spec: &Spec, options: &StartOptions) -> Result<(), String> {
         .map_err(|e| format!("making the root read-only: {e}"))?;
     }
     Ok(())
+}
+
+/// Mounts a host directory berth shares over virtio-9p (`-v`, `--mount`): the spec's mount
+/// names the share's tag as its source.
+fn mount_share(m: &oci_spec::runtime::Mount) -> Result<(), String> {
+    use nix::mount::MsFlags;
+    let tag = m.source().as_ref().and_then(|s| s.to_str()).unwrap_or("");
+    if tag.is_empty() || tag.len() > 31 || !tag.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return Err(format!("invalid share tag {tag:?} in the spec"));
+    }
+    let dest = m.destination();
+    if !dest.is_absolute() {
+        return Err(format!(
+            "a share's destination must be absolute, not {}",
+            dest.display()
+        ));
+    }
+    std::fs::create_dir_all(dest).map_err(|e| format!("creating {}: {e}", dest.display()))?;
+    let options = m.options().clone().unwrap_or_default();
+    let mut flags = MsFlags::empty();
+    for o in &options {
+        match o.as_str() {
+            "ro" => flags |= MsFlags::MS_RDONLY,
+            "nosuid" => flags |= MsFlags::MS_NOSUID,
+            "nodev" => flags |= MsFlags::MS_NODEV,
+            "noexec" => flags |= MsFlags::MS_NOEXEC,
+            _ => {}
+        }
+    }
+    // 9P2000.L without a cache: what the host changes, the guest sees at once.
+    nix::mount::mount(
+        Some(tag),
+        dest,
+        Some("9p"),
+        flags,
+        Some("trans=virtio,version=9p2000.L,cache=none"),
+    )
+    .map_err(|e| {
+        format!(
+            "mounting the shared directory {tag} on {}: {e}",
+            dest.display()
+        )
+    })
 }
 
 /// Starts the spec's process; on failure returns Docker's code and a message.

@@ -213,9 +213,6 @@ fn vm_request(a: &RunArgs) -> anyhow::Result<Option<VmRequest>> {
     let refuse = |flag: &str, why: &str| -> anyhow::Result<()> {
         bail!("{flag} is not available with --vm: {why}")
     };
-    if !a.volume.is_empty() {
-        refuse("-v/--volume", "host directories do not reach the microVM yet (no shared-directory device); use the container wall")?;
-    }
     if !a.cap_add.is_empty() || !a.cap_drop.is_empty() || a.privileged {
         refuse("--cap-add/--cap-drop/--privileged", "the process in a microVM runs with the guest's own privileges; the VM itself is the wall")?;
     }
@@ -325,9 +322,6 @@ fn flags(a: &RunArgs, vm: Option<VmRequest>) -> anyhow::Result<RunFlags> {
     let restart = a.restart.parse()?;
     if a.rm && restart != berth::monitor::policy::RestartPolicy::No {
         bail!("--rm and --restart {} conflict: a container removed when it exits cannot restart; drop one of them", a.restart);
-    }
-    if vm.is_some() && (!a.mount.is_empty() || !a.volumes_from.is_empty()) {
-        bail!("--mount and --volumes-from are not available with --vm: host directories do not reach the microVM yet; use the container wall");
     }
     // A microVM's network is chosen by vm_request (which refuses -p/-P with --network none);
     // only the ports to publish and the aliases come from here.

@@ -63,6 +63,7 @@ fn run(args: VmmArgs, start: Instant) -> anyhow::Result<()> {
                 },
             })
             .collect(),
+        shares: vec![],
     };
     let report = vm::run(&config, Box::new(std::io::stdout()), start)
         .with_context(|| format!("microVM with kernel {}", config.kernel.display()))?;

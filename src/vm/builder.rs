@@ -21,7 +21,7 @@ use super::devices::boot_timer::{BOOT_TIMER_ADDR, BOOT_TIMER_LEN};
 use super::devices::i8042::{I8042_BASE, I8042_LEN};
 use super::devices::serial::{COM1_BASE, COM1_IRQ, COM1_LEN};
 use super::devices::virtio::net::Framing;
-use super::devices::virtio::{self, Block, Console, Interrupt, MmioTransport, Net};
+use super::devices::virtio::{self, Block, Console, Interrupt, MmioTransport, Net, Share};
 use super::devices::{BootTimer, Bus, SerialConsole, I8042};
 use super::memory::{self, GuestMemory};
 use super::vcpu::{self, Vcpu, VcpuContext};
@@ -116,8 +116,10 @@ pub fn boot(config: &VmConfig, io: VmIo, start: Instant) -> Result<RunningVm, Er
         }
         None => None,
     };
-    let device_count =
-        config.disks.len() + usize::from(channel.is_some()) + usize::from(net.is_some());
+    let device_count = config.disks.len()
+        + usize::from(channel.is_some())
+        + usize::from(net.is_some())
+        + config.shares.len();
     if device_count > MAX_VIRTIO_DEVICES {
         return Err(Error::TooManyDevices(device_count));
     }
@@ -166,7 +168,8 @@ pub fn boot(config: &VmConfig, io: VmIo, start: Instant) -> Result<RunningVm, Er
         BOOT_TIMER_LEN,
     )?;
     // virtio-mmio: the disks in order (the guest names them vda, vdb, ...), then the
-    //    agent channel (hvc0) and the NIC (eth0), each with an irqfd on its pin.
+    //    agent channel (hvc0), the NIC (eth0) and the shared directories (by mount tag),
+    //    each with an irqfd on its pin.
     let mut slot = 0;
     let mut next_slot = |vm: &Vm| -> Result<(u64, Interrupt), Error> {
         let (addr, irq) = virtio_slot(slot);
@@ -236,6 +239,16 @@ pub fn boot(config: &VmConfig, io: VmIo, start: Instant) -> Result<RunningVm, Er
                 inputs.push((input, shutdown));
             }
         }
+    }
+    for share in &config.shares {
+        let device = Share::new(&share.path, &share.tag, share.read_only)?;
+        let (addr, interrupt) = next_slot(&vm)?;
+        let transport = MmioTransport::new(device, mem.clone(), interrupt);
+        mmio.insert(
+            Arc::new(Mutex::new(transport)),
+            addr,
+            virtio::mmio::MMIO_LEN,
+        )?;
     }
     vm.create_pit()?;
 

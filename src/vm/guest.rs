@@ -195,6 +195,11 @@ fn pad4(out: &mut Vec<u8>) {
     }
 }
 
+/// The mount tag of the `index`th shared directory (`-v`, `--mount` with `--vm`).
+pub fn share_tag(index: usize) -> String {
+    format!("berth{index}")
+}
+
 /// The name Linux gives the `index`th virtio disk: vda..vdz, vdaa, vdab, ...
 pub fn disk_name(index: usize) -> String {
     let mut suffix = Vec::new();

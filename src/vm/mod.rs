@@ -56,6 +56,8 @@ pub struct VmConfig {
     pub mem_mib: u64,
     /// virtio block devices, in the order the guest sees them (vda, vdb, ...).
     pub disks: Vec<DiskConfig>,
+    /// Host directories the guest mounts over virtio-9p, by tag.
+    pub shares: Vec<ShareConfig>,
 }
 
 /// The host ends of a VM's streams.
@@ -81,6 +83,14 @@ pub enum NetBackend {
 #[derive(Debug, Clone)]
 pub struct DiskConfig {
     pub path: PathBuf,
+    pub read_only: bool,
+}
+
+/// A host directory the guest sees as a virtio-9p device with mount tag `tag`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShareConfig {
+    pub path: PathBuf,
+    pub tag: String,
     pub read_only: bool,
 }
 
@@ -141,6 +151,8 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error("sharing a directory with the microVM")]
+    Share(#[from] devices::virtio::share::ShareError),
     #[error("setting up the devices")]
     Devices(#[source] std::io::Error),
     #[error("placing a device on the bus")]

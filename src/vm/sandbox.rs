@@ -94,6 +94,8 @@ pub struct SandboxConfig {
     pub initramfs: PathBuf,
     /// The image's layer disks (erofs), bottom layer first.
     pub layers: Vec<PathBuf>,
+    /// Host directories for the guest (`-v`, `--mount`): the spec mounts them by tag.
+    pub shares: Vec<super::ShareConfig>,
     pub vcpus: u8,
     pub mem_mib: u64,
     /// The OCI runtime spec (config.json).
@@ -242,6 +244,7 @@ pub fn run(cfg: &SandboxConfig) -> Result<Outcome, SandboxError> {
                 read_only: true,
             })
             .collect(),
+        shares: cfg.shares.clone(),
     };
     let (_passt, net) = match &cfg.network {
         Some(SandboxNetwork::Passt(forwards)) => {

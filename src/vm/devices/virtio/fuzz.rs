@@ -1,5 +1,6 @@
-//! Fuzz harnesses for what a guest driver controls: the virtio-mmio registers and the
-//! descriptor chains of the block and console devices. `fuzz/` runs them under libFuzzer
+//! Fuzz harnesses for what a guest driver controls: the virtio-mmio registers, the
+//! descriptor chains of the block, console, net and 9P share devices, and the 9P messages
+//! themselves. `fuzz/` runs them under libFuzzer
 //! (`cargo fuzz run virtio_block`); the unit tests below run them over pseudo-random inputs
 //! so every test run exercises them too.
 //!
@@ -11,7 +12,8 @@ use std::io::Write;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress};
 
-use super::{Block, Console, Interrupt, MmioTransport, Net, QueueContext, VirtioDevice};
+use super::share::guard;
+use super::{Block, Console, Interrupt, MmioTransport, Net, QueueContext, Share, VirtioDevice};
 use crate::vm::devices::bus::BusDevice;
 use crate::vm::memory::GuestMemory;
 
@@ -117,6 +119,155 @@ pub fn net_queues(data: &[u8]) {
     dev.process_queue(0, &mut ctx);
 }
 
+/// The mode of the file outside the share, which no request may change.
+const OUTSIDE_MODE: u32 = 0o640;
+
+/// A scratch directory to share: a file, a subdirectory, and symlinks pointing out of it.
+/// Removed when dropped.
+struct ScratchShare(std::path::PathBuf);
+
+impl ScratchShare {
+    fn new() -> Option<ScratchShare> {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "berth-fuzz-share-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let root = dir.join("share");
+        std::fs::create_dir_all(root.join("sub")).ok()?;
+        std::fs::write(dir.join("outside"), "outside").ok()?;
+        let mode =
+            <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(OUTSIDE_MODE);
+        std::fs::set_permissions(dir.join("outside"), mode).ok()?;
+        std::fs::write(root.join("file"), "inside").ok()?;
+        std::os::unix::fs::symlink("../outside", root.join("up")).ok()?;
+        std::os::unix::fs::symlink(&dir, root.join("out")).ok()?;
+        Some(ScratchShare(dir))
+    }
+
+    fn root(&self) -> std::path::PathBuf {
+        self.0.join("share")
+    }
+
+    /// Nothing the guest did may reach past the share: the file outside is as it was.
+    fn check(&self) {
+        assert_eq!(
+            std::fs::read_to_string(self.0.join("outside"))
+                .ok()
+                .as_deref(),
+            Some("outside"),
+            "a request changed a file outside the share"
+        );
+        let mode = std::fs::metadata(self.0.join("outside"))
+            .map(|m| std::os::unix::fs::MetadataExt::mode(&m) & 0o7777);
+        assert_eq!(
+            mode.ok(),
+            Some(OUTSIDE_MODE),
+            "a request changed the mode of a file outside the share"
+        );
+        let names: Vec<_> = std::fs::read_dir(&self.0)
+            .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        assert_eq!(
+            names.len(),
+            2,
+            "a request created {names:?} outside the share"
+        );
+    }
+}
+
+impl Drop for ScratchShare {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The 9P share serving whatever request chains the input describes.
+pub fn share_requests(data: &[u8]) {
+    let Some((head, rest)) = data.split_first_chunk::<8>() else {
+        return;
+    };
+    let Some(scratch) = ScratchShare::new() else {
+        return;
+    };
+    let Ok(mut dev) = Share::new(&scratch.root(), "fuzz", head[6] & 1 == 1) else {
+        return;
+    };
+    let mem = memory(rest);
+    let mut queues = vec![queue(head, 128)];
+    let irq = interrupt();
+    let mut ctx = QueueContext {
+        mem: &mem,
+        queues: &mut queues,
+        interrupt: &irq,
+    };
+    dev.process_queue(0, &mut ctx);
+    dev.process_queue(0, &mut ctx);
+    scratch.check();
+}
+
+/// 9P messages the input describes, after a version and an attach: each piece is a request
+/// type (from the ones a 9P2000.L server knows, or any), a body length and the body, framed
+/// with a correct size so the server parses past the header.
+pub fn share_messages(data: &[u8]) {
+    const TYPES: &[u8] = &[
+        guard::TSTATFS,
+        guard::TLOPEN,
+        guard::TLCREATE,
+        guard::TSYMLINK,
+        guard::TMKNOD,
+        guard::TRENAME,
+        guard::TGETATTR,
+        guard::TSETATTR,
+        guard::TXATTRWALK,
+        guard::TXATTRCREATE,
+        guard::TLINK,
+        guard::TMKDIR,
+        guard::TRENAMEAT,
+        guard::TUNLINKAT,
+        guard::TWALK,
+        guard::TREAD,
+        guard::TWRITE,
+        guard::TCLUNK,
+        guard::TREMOVE,
+        22,
+        40,
+        50,
+        52,
+        54,
+    ];
+    let Some(scratch) = ScratchShare::new() else {
+        return;
+    };
+    let read_only = data.first().is_some_and(|b| b & 1 == 1);
+    let Ok(mut dev) = Share::new(&scratch.root(), "fuzz", read_only) else {
+        return;
+    };
+    let frame = |ty: u8, body: &[u8]| {
+        let mut m = ((body.len() + 7) as u32).to_le_bytes().to_vec();
+        m.push(ty);
+        m.extend_from_slice(&[1, 0]);
+        m.extend_from_slice(body);
+        m
+    };
+    let mut version = 65536u32.to_le_bytes().to_vec();
+    version.extend_from_slice(b"\x08\x009P2000.L");
+    let _ = dev.handle(&mut frame(guard::TVERSION, &version));
+    // Tattach: fid 0, no afid, empty uname and aname, n_uname 0.
+    let attach = [0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0, 0];
+    let _ = dev.handle(&mut frame(guard::TATTACH, &attach));
+    let mut rest = data.get(1..).unwrap_or_default();
+    while let [sel, len, tail @ ..] = rest {
+        let ty = TYPES.get(usize::from(*sel)).copied().unwrap_or(*sel);
+        let n = usize::from(*len).min(tail.len());
+        let _ = dev.handle(&mut frame(ty, &tail[..n]));
+        rest = &tail[n..];
+    }
+    scratch.check();
+}
+
 /// Register writes and reads in the order the input gives, then notifications.
 pub fn mmio_registers(data: &[u8]) {
     let mem = memory(data);
@@ -198,6 +349,20 @@ mod tests {
     fn net_survives_random_rings_and_frames() {
         for data in inputs(4, 300) {
             net_queues(&data);
+        }
+    }
+
+    #[test]
+    fn share_survives_random_rings() {
+        for data in inputs(5, 100) {
+            share_requests(&data);
+        }
+    }
+
+    #[test]
+    fn share_survives_random_messages_and_stays_inside() {
+        for data in inputs(6, 300) {
+            share_messages(&data);
         }
     }
 

@@ -1,5 +1,6 @@
-//! virtio devices on the virtio-mmio transport: [`block`] (the image's layer disks) and
-//! [`console`] (the guest agent's channel, `/dev/hvc0` in the guest).
+//! virtio devices on the virtio-mmio transport: [`block`] (the image's layer disks),
+//! [`console`] (the guest agent's channel, `/dev/hvc0` in the guest), [`net`] (the NIC) and
+//! [`share`] (host directories over 9P).
 //!
 //! Split queues come from rust-vmm's virtio-queue, whose descriptor chains and
 //! `Reader`/`Writer` check every guest address against guest memory; the devices here add
@@ -13,6 +14,7 @@ pub mod console;
 pub mod fuzz;
 pub mod mmio;
 pub mod net;
+pub mod share;
 #[doc(hidden)]
 pub mod testdriver;
 
@@ -28,6 +30,7 @@ pub use block::Block;
 pub use console::Console;
 pub use mmio::MmioTransport;
 pub use net::Net;
+pub use share::Share;
 
 /// virtio device ids (virtio 1.1, 5).
 pub const TYPE_BLOCK: u32 = 2;
