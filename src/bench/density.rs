@@ -70,13 +70,12 @@ pub fn run(env: &BenchEnv, opts: &DensityOptions) -> Result<Report, BenchError> 
 /// figure); then, unless one failed, reads each one's memory with `memory(i)` (its processes,
 /// and for a microVM its guest memory touched). The figures, or why there are none.
 fn start_all(
-    env: &BenchEnv,
     count: usize,
     label: &str,
     mut start: impl FnMut(usize) -> Result<(f64, Option<f64>), String>,
     mut memory: impl FnMut(usize) -> Result<(Vec<i32>, Option<u64>), String>,
 ) -> Result<Result<Measured, String>, BenchError> {
-    let bar = super::progress(env, count, label);
+    let bar = super::progress(count, label);
     let mut m = Measured::default();
     let begin = Instant::now();
     let mut failure = None;
@@ -134,7 +133,6 @@ fn berth_containers(env: &BenchEnv, opts: &DensityOptions) -> Result<Row, BenchE
     let names: Vec<String> = (0..opts.count).map(|i| env.sandbox_name("c", i)).collect();
     let mut started = Started::Berth(env, Vec::new());
     let result = start_all(
-        env,
         opts.count,
         "berth containers",
         |i| {
@@ -232,7 +230,6 @@ fn berth_vms(env: &BenchEnv, opts: &DensityOptions) -> Result<Row, BenchError> {
     let mut started = Started::Vms(env, Vec::new());
     let pids = std::cell::RefCell::new(Vec::new());
     let result = start_all(
-        env,
         opts.count,
         "berth microVMs",
         |i| {
@@ -341,7 +338,6 @@ fn podman(env: &BenchEnv, opts: &DensityOptions) -> Result<Row, BenchError> {
         .map(|i| env.sandbox_name("podman", i))
         .collect();
     let result = start_all(
-        env,
         opts.count,
         "podman",
         |i| {

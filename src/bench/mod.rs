@@ -115,8 +115,6 @@ pub struct BenchEnv {
     pub scratch: PathBuf,
     /// The longest one start may take before its system is reported as timed out.
     pub timeout: Duration,
-    /// Draw progress bars on stderr (when it is a terminal).
-    pub progress: bool,
 }
 
 impl BenchEnv {
@@ -129,7 +127,6 @@ impl BenchEnv {
             dirs,
             scratch,
             timeout: Duration::from_secs(180),
-            progress: true,
         })
     }
 
@@ -403,26 +400,15 @@ pub fn last_line(text: &str) -> String {
         .to_string()
 }
 
-/// Whether `program` is on PATH.
+/// Whether `program` is on PATH (the lookup berth's network backends use).
 pub fn have(program: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join(program))
-        .find(|p| {
-            use std::os::unix::fs::PermissionsExt;
-            p.metadata()
-                .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-                .unwrap_or(false)
-        })
+    crate::net::which(program)
 }
 
 /// A progress bar for `len` steps of `what` (hidden when stderr is not a terminal).
-pub fn progress(env: &BenchEnv, len: usize, what: &str) -> indicatif::ProgressBar {
-    let bar = if env.progress {
-        indicatif::ProgressBar::new(len as u64)
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
+pub fn progress(len: usize, what: &str) -> indicatif::ProgressBar {
+    // indicatif draws nothing when stderr is not a terminal.
+    let bar = indicatif::ProgressBar::new(len as u64);
     bar.set_style(
         indicatif::ProgressStyle::with_template("{prefix:>28} [{bar:30}] {pos}/{len} {msg}")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())

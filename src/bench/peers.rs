@@ -75,10 +75,8 @@ impl Peer {
 
 /// Rootless podman with its own storage (native overlay) and the image loaded from berth.
 pub struct Podman {
-    /// The bench's podman storage and its configuration.
+    /// The bench's podman storage and its configuration (storage.conf, containers.conf).
     dir: PathBuf,
-    storage_conf: PathBuf,
-    containers_conf: PathBuf,
     /// The name podman loaded the image as.
     pub image: String,
     /// runc: crun 1.8 refuses hosts with hybrid cgroups.
@@ -132,8 +130,6 @@ impl Podman {
         }
         let mut podman = Podman {
             dir: dir.clone(),
-            storage_conf,
-            containers_conf,
             image: String::new(),
             runtime,
         };
@@ -165,8 +161,8 @@ impl Podman {
     pub fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new("podman");
         cmd.args(args)
-            .env("CONTAINERS_STORAGE_CONF", &self.storage_conf)
-            .env("CONTAINERS_CONF", &self.containers_conf);
+            .env("CONTAINERS_STORAGE_CONF", self.dir.join("storage.conf"))
+            .env("CONTAINERS_CONF", self.dir.join("containers.conf"));
         cmd
     }
 
@@ -204,7 +200,10 @@ impl Drop for Podman {
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .status();
-        let marker = format!("CONTAINERS_STORAGE_CONF={}", self.storage_conf.display());
+        let marker = format!(
+            "CONTAINERS_STORAGE_CONF={}",
+            self.dir.join("storage.conf").display()
+        );
         for pid in procs::with_env(&marker) {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(pid),

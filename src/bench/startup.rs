@@ -43,7 +43,7 @@ pub fn run(env: &BenchEnv, opts: &StartupOptions) -> Result<Report, BenchError> 
             result,
         ));
     }
-    check(&rows)?;
+    check()?;
     if opts.walls.contains(&Wall::Vm) {
         let args = ["run", "--vm", "--rm", "--network", "none", image, "true"];
         let result = match &kvm_unusable {
@@ -62,7 +62,7 @@ pub fn run(env: &BenchEnv, opts: &StartupOptions) -> Result<Report, BenchError> 
         };
         rows.push(row("berth microVM", Wall::Vm, true, "berth", &args, result));
     }
-    check(&rows)?;
+    check()?;
 
     for &peer in &opts.peers {
         match peer {
@@ -98,7 +98,7 @@ pub fn run(env: &BenchEnv, opts: &StartupOptions) -> Result<Report, BenchError> 
                 rows.push(r);
             }
         }
-        check(&rows)?;
+        check()?;
     }
 
     Ok(Report {
@@ -118,7 +118,7 @@ pub(crate) fn date() -> String {
     format!("{}Z", &stamp[..19])
 }
 
-fn check(_rows: &[Row]) -> Result<(), BenchError> {
+fn check() -> Result<(), BenchError> {
     if interrupted() {
         return Err(BenchError::Interrupted);
     }
@@ -188,7 +188,7 @@ fn measure(
     make: impl Fn(usize) -> Command,
     boot: BootFrom,
 ) -> Result<Measured, String> {
-    let bar = super::progress(env, opts.warmups + opts.runs, label);
+    let bar = super::progress(opts.warmups + opts.runs, label);
     let mut m = Measured::default();
     for i in 0..opts.warmups + opts.runs {
         let warm = i < opts.warmups;
