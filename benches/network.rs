@@ -658,7 +658,7 @@ fn nested(berth: &Berth, tools: &Path) {
     // The servers end by SIGTERM: that status is not the script's.
     script.push_str("exit 0\n");
     let script_path = berth.host_file("nested-bench.sh", &script);
-    if let Err(e) = common::kvm_nested(berth, &script_path, 3000) {
+    if let Err(e) = common::kvm_nested(berth, &script_path, 3000, 120) {
         eprintln!("network bench: the nested machine: {e}");
     }
     let mut rows: Vec<(String, Figures)> = vec![];

@@ -56,7 +56,7 @@ fn main() {
     )
     .unwrap();
     let script_path = berth.host_file("bench.sh", &script);
-    if let Err(e) = common::kvm_nested(&berth, &script_path, 3000) {
+    if let Err(e) = common::kvm_nested(&berth, &script_path, 3000, 120) {
         eprintln!("vm_nested: {e}");
         std::process::exit(1);
     }

@@ -66,7 +66,12 @@ pub fn berth_bin() -> &'static str {
 /// Runs `bash SCRIPT` inside `scripts/kvm-nested` (a machine with a real KVM) as the fixture's
 /// user, with the fixture's directory shared and its `BERTH_ROOT`; the script's own output is
 /// what comes back.
-pub fn kvm_nested(berth: &Berth, script: &Path, timeout_s: u32) -> Result<Output, String> {
+pub fn kvm_nested(
+    berth: &Berth,
+    script: &Path,
+    timeout_s: u32,
+    stall_s: u32,
+) -> Result<Output, String> {
     let nested = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/kvm-nested");
     // The inner machine sees the host's root read-only but mounts its own tmpfs on /tmp: the
     // directory of the berth binary under test is shared too (a checkout may live in /tmp).
@@ -82,6 +87,8 @@ pub fn kvm_nested(berth: &Berth, script: &Path, timeout_s: u32) -> Result<Output
         .arg(&berth.identity.name)
         .args(["--cpus", "2", "--memory", "3G", "--timeout"])
         .arg(timeout_s.to_string())
+        .arg("--stall")
+        .arg(stall_s.to_string())
         .arg("--env")
         .arg(format!("BERTH_ROOT={}", berth.root.display()))
         .args(["--", "bash"])
