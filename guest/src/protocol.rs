@@ -383,6 +383,14 @@ mod tests {
         assert_eq!(got, all());
     }
 
+    /// A frame of `kind` around `payload`, however wrong the payload.
+    fn framed(kind: u8, payload: &[u8]) -> Vec<u8> {
+        let mut f = vec![kind];
+        f.extend((payload.len() as u32).to_le_bytes());
+        f.extend(payload);
+        f
+    }
+
     #[test]
     fn hostile_frames_are_refused() {
         let huge = [STDOUT, 0xff, 0xff, 0xff, 0x7f];
@@ -404,11 +412,8 @@ mod tests {
         // A start frame whose inner spec length points past the end.
         let mut p = 1000u32.to_le_bytes().to_vec();
         p.extend_from_slice(b"{}");
-        let mut f = vec![START];
-        f.extend((p.len() as u32).to_le_bytes());
-        f.extend(p);
         assert!(matches!(
-            Frame::read_from(&mut &f[..]),
+            Frame::read_from(&mut &framed(START, &p)[..]),
             Err(ProtocolError::Malformed { .. })
         ));
         // A session frame inside another, and one whose inner length lies.
@@ -419,20 +424,14 @@ mod tests {
         .encode();
         let mut p = 2u32.to_le_bytes().to_vec();
         p.extend_from_slice(&inner);
-        let mut f = vec![SESSION];
-        f.extend((p.len() as u32).to_le_bytes());
-        f.extend(p);
         assert!(matches!(
-            Frame::read_from(&mut &f[..]),
+            Frame::read_from(&mut &framed(SESSION, &p)[..]),
             Err(ProtocolError::Malformed { .. })
         ));
         let mut p = 2u32.to_le_bytes().to_vec();
         p.extend_from_slice(&[STDIN, 9, 0, 0, 0, 1]);
-        let mut f = vec![SESSION];
-        f.extend((p.len() as u32).to_le_bytes());
-        f.extend(p);
         assert!(matches!(
-            Frame::read_from(&mut &f[..]),
+            Frame::read_from(&mut &framed(SESSION, &p)[..]),
             Err(ProtocolError::Malformed { .. })
         ));
         // Truncated payload.
