@@ -22,7 +22,7 @@ use crate::spec::{self, RunRequest, SpecContext, SpecError};
 use crate::state::volumes::{VolumeError, VolumeStore};
 use crate::state::{ContainerRecord, ContainerStore, LogConfig, StateError, Status};
 use crate::vm::guest::{self, GuestError};
-use crate::vm::sandbox::{self, SandboxConfig, SandboxError};
+use crate::vm::sandbox::{self, SandboxError};
 
 mod commit;
 mod copy;
@@ -30,6 +30,7 @@ mod exec;
 mod inspect;
 mod lifecycle;
 mod logs;
+mod vm;
 mod volumes;
 
 pub use commit::CommitOptions;
@@ -73,8 +74,11 @@ pub enum EngineError {
     Monitor(String),
     #[error("container {0} is not running: start it with `berth start {0}`")]
     NotRunning(String),
-    #[error("microVM sandboxes run in the foreground only for now (`berth run --vm` without -d); `create`, `start`, `-d` and `--restart` need the container wall")]
-    VmDetached,
+    #[error("{what} does not reach microVM sandboxes: {why}")]
+    NotForVm {
+        what: &'static str,
+        why: &'static str,
+    },
     #[error("{0}")]
     Usage(String),
 }
@@ -136,16 +140,7 @@ pub struct VmRequest {
     pub network: VmNetwork,
 }
 
-/// Which network a microVM's NIC is on.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum VmNetwork {
-    /// No NIC: loopback only.
-    None,
-    /// A user-mode network of its own (passt).
-    Passt,
-    /// A network made with `berth network create`, shared with containers.
-    Named(String),
-}
+pub use crate::state::VmNetwork;
 
 /// Where a bundle's root file system is: the rootfs driver's mount, if any, and its path.
 struct BundleRoot {
@@ -153,54 +148,14 @@ struct BundleRoot {
     path: PathBuf,
 }
 
-/// The virtio-9p shares of a microVM for its resolved binds (volumes and host directories),
-/// one per bind, in order; a missing host directory is created as `-v` does for containers.
-fn vm_shares(binds: &[spec::BindVolume]) -> Result<Vec<crate::vm::ShareConfig>, EngineError> {
-    binds
-        .iter()
-        .enumerate()
-        .map(|(i, b)| {
-            if !b.host.exists() {
-                std::fs::create_dir_all(&b.host).map_err(io("creating the volume source", &b.host))?;
-            }
-            if !b.host.is_dir() {
-                return Err(EngineError::Usage(format!(
-                    "{} is not a directory: a microVM shares directories only; mount the directory that holds it",
-                    b.host.display()
-                )));
-            }
-            Ok(crate::vm::ShareConfig {
-                path: b.host.clone(),
-                tag: guest::share_tag(i),
-                read_only: b.read_only,
-            })
-        })
-        .collect()
-}
-
-/// Adds the guest's mount of each share to `spec`: type `9p`, the share's tag as the source.
-fn add_share_mounts(
-    spec: &mut oci_spec::runtime::Spec,
-    binds: &[spec::BindVolume],
-    shares: &[crate::vm::ShareConfig],
-) -> Result<(), EngineError> {
-    let mut mounts = spec.mounts().clone().unwrap_or_default();
-    for (b, share) in binds.iter().zip(shares) {
-        let mut options = vec!["nosuid".to_string(), "nodev".to_string()];
-        if share.read_only {
-            options.push("ro".into());
-        }
-        let m = oci_spec::runtime::MountBuilder::default()
-            .destination(&b.container)
-            .typ("9p")
-            .source(&share.tag)
-            .options(options)
-            .build()
-            .map_err(|e| EngineError::Spec(SpecError::Build(e.to_string())))?;
-        mounts.push(m);
-    }
-    spec.set_mounts(Some(mounts));
-    Ok(())
+/// Writes `spec` as the bundle `dir`'s config.json.
+fn save_spec(dir: &Path, spec: &oci_spec::runtime::Spec) -> Result<(), EngineError> {
+    let config = dir.join("config.json");
+    spec.save(&config).map_err(|e| EngineError::Io {
+        what: "writing",
+        path: config.clone(),
+        source: std::io::Error::other(e.to_string()),
+    })
 }
 
 /// The rootfs "driver" recorded for microVM sandboxes.
@@ -536,64 +491,18 @@ impl Engine {
 
     /// Runs `image` in the foreground and returns the container's exit status.
     pub fn run(&self, image: &str, req: RunRequest, flags: RunFlags) -> Result<i32, EngineError> {
-        if flags.vm.is_none() {
-            let id = self.create(image, req, &flags)?;
-            let result = self.run_created(&id, &flags);
-            if flags.remove || result.is_err() {
-                if let Ok(rec) = self.containers.find(&id) {
-                    if flags.remove {
-                        self.remove_anonymous_volumes(&rec);
-                    }
-                }
-                self.remove_dir(&id);
-                self.containers.remove_runtime(&id);
-            }
-            return result;
+        if flags.vm.is_some() {
+            // Before pulling or preparing anything: a host that cannot run the guest says so.
+            sandbox::check_host()?;
         }
-        // Before pulling or preparing anything: a host that cannot run the guest says so now.
-        sandbox::check_host()?;
-        let resolved = self.resolve_or_pull(image)?;
-        if let Some(w) = self.ids.warning() {
-            eprintln!("{w}");
-        }
-        let lowers = self.layers.ensure(&resolved.layers, &self.ids)?;
-
-        let id = random_hex(32);
-        let dir = self.containers.dir(&id);
-        self.clean_stale();
-        {
-            let _lock = self.containers.lock()?;
-            let name = flags.name.clone().unwrap_or_else(|| generated_name(&id));
-            self.containers.check_name(&name)?;
-            std::fs::create_dir_all(&dir).map_err(io("creating", &dir))?;
-            let rec = ContainerRecord {
-                id: id.clone(),
-                name: name.clone(),
-                image: image.to_string(),
-                image_id: resolved.id.clone(),
-                command: req.cmd.clone(),
-                created: SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .map(|d| d.as_secs())
-                    .unwrap_or(0),
-                status: Status::Created,
-                exit_code: None,
-                monitor_pid: Some(std::process::id() as i32),
-                // The guest stacks the layers itself; no host rootfs driver is involved.
-                driver: VM_DRIVER.to_string(),
-                writable: vec![],
-                auto_remove: flags.remove,
-                isolation: crate::state::Isolation::Vm,
-                tty: req.tty,
-                open_stdin: flags.attach_stdin,
-                ..ContainerRecord::default()
-            };
-            self.containers.save(&rec)?;
-        }
-        let result = self.run_vm(&id, &resolved, &lowers, &req, &flags);
+        let id = self.create(image, req, &flags)?;
+        let result = match flags.vm {
+            Some(_) => self.run_vm_created(&id, &flags),
+            None => self.run_created(&id, &flags),
+        };
         if flags.remove || result.is_err() {
-            if flags.remove {
-                if let Ok(rec) = self.containers.find(&id) {
+            if let Ok(rec) = self.containers.find(&id) {
+                if flags.remove {
                     self.remove_anonymous_volumes(&rec);
                 }
             }
@@ -601,214 +510,6 @@ impl Engine {
             self.containers.remove_runtime(&id);
         }
         result
-    }
-
-    /// Runs the prepared container `id` in a microVM: the layers as erofs disks, the same
-    /// spec as the container wall, the guest agent applying it.
-    fn run_vm(
-        &self,
-        id: &str,
-        resolved: &crate::image::ResolvedImage,
-        lowers: &[PathBuf],
-        req: &RunRequest,
-        flags: &RunFlags,
-    ) -> Result<i32, EngineError> {
-        let Some(machine) = &flags.vm else {
-            unreachable!("run_vm is only called for --vm");
-        };
-        let dir = self.containers.dir(id);
-        // Ports first: one in use fails the run before a VM boots.
-        let mut bound = if machine.network != VmNetwork::None {
-            let mut specs = flags.network.publish.clone();
-            if flags.network.publish_all {
-                let exposed: Vec<String> = resolved
-                    .config
-                    .config()
-                    .as_ref()
-                    .and_then(|c| c.exposed_ports().clone())
-                    .unwrap_or_default();
-                specs.extend(net::ports::exposed(&exposed)?);
-            }
-            net::ports::bind_all(&specs)?
-        } else {
-            vec![]
-        };
-        let published: Vec<PublishedPort> = bound.iter().map(|(p, _)| *p).collect();
-        let kernel = guest::kernel(&self.dirs.data)?;
-        let agent = guest::agent(&self.dirs.data)?;
-        let vm_cache = self.dirs.cache.join("vm");
-        let initramfs = guest::initramfs(&agent, &vm_cache)?;
-        let disks = rootfs::erofs::layer_disks(lowers, &vm_cache.join("layers"), &self.ids)?;
-
-        // Volumes and host directories reach the guest as virtio-9p shares, which the agent
-        // mounts where the spec says (a `9p` mount whose source is the share's tag).
-        let mounts = self.resolve_mounts(&flags.mounts, &flags.volumes_from, lowers)?;
-        let shares = vm_shares(&mounts.binds)?;
-        let mut rec = self.containers.find(id)?;
-        rec.mounts = mounts.records;
-        self.containers.save(&rec)?;
-        // `--mount type=tmpfs` joins `--tmpfs`, which the guest mounts itself.
-        let mut req = req.clone();
-        req.tmpfs.extend(mounts.tmpfs);
-        let req = &req;
-        let root = BundleRoot {
-            mount: None,
-            path: dir.join("rootfs"),
-        };
-        let etc_dir = dir.join("etc");
-        // On a user-defined network the /etc files are a container's (the network daemon
-        // completes the hosts file once the VM has an address).
-        let named = match &machine.network {
-            VmNetwork::Named(name) => Some(NetworkStore::new(&self.dirs).get(name)?),
-            _ => None,
-        };
-        let view = named.as_ref().map(|_| net::netns::bridge_view());
-        let mut spec = self.write_bundle(id, resolved, lowers, req, root, None, view.as_ref())?;
-        if !shares.is_empty() {
-            add_share_mounts(&mut spec, &mounts.binds, &shares)?;
-            let config = dir.join("config.json");
-            spec.save(&config).map_err(|e| EngineError::Io {
-                what: "writing",
-                path: config.clone(),
-                source: std::io::Error::other(e.to_string()),
-            })?;
-        }
-        // The VM's place on a user-defined network: a tap from the network daemon, held (with
-        // the connection the daemon counts) until the VM is gone; published ports through
-        // berth's forwarder in the daemon's namespaces, as for a container there.
-        let mut forwarder = None;
-        let (network, network_name) = match (&machine.network, named) {
-            (VmNetwork::Named(_), Some(config)) => {
-                let hostname = spec
-                    .hostname()
-                    .clone()
-                    .unwrap_or_else(|| id[..12.min(id.len())].to_string());
-                let rec = self.containers.find(id)?;
-                let who = net::Identity {
-                    id,
-                    name: &rec.name,
-                    hostname: &hostname,
-                    hosts_file: etc_dir.join("hosts"),
-                };
-                let join = net::netns::Join::new(
-                    &self.dirs,
-                    config.clone(),
-                    &who,
-                    &flags.network.aliases,
-                )?;
-                let (userns, netns) = (join.userns_path(), join.netns_path());
-                let member = join.attach_tap()?;
-                if !bound.is_empty() {
-                    forwarder = Some(net::ports::Forwarder::start(
-                        Some(&userns),
-                        &netns,
-                        std::net::IpAddr::V4(member.ip),
-                        std::mem::take(&mut bound),
-                    )?);
-                }
-                let guest = berth_agent::net::GuestNetwork {
-                    interface: "eth0".into(),
-                    address: member.ip,
-                    prefix_len: config.prefix,
-                    gateway: config.gateway,
-                };
-                (Some((member, guest)), config.name.clone())
-            }
-            (VmNetwork::Passt, _) => (None, "passt".to_string()),
-            _ => (None, "none".to_string()),
-        };
-        let mut etc_files: Vec<(String, String)> = ["hostname", "hosts", "resolv.conf"]
-            .iter()
-            .filter_map(|name| {
-                let text = std::fs::read_to_string(etc_dir.join(name)).ok()?;
-                Some((name.to_string(), text))
-            })
-            .collect();
-        if machine.network == VmNetwork::Passt {
-            // Names resolve through passt's DNS forwarder; the gateway is the host.
-            use crate::vm::passt::{DNS, GATEWAY};
-            for (name, text) in etc_files.iter_mut() {
-                match name.as_str() {
-                    "resolv.conf" => *text = format!("nameserver {DNS}\n"),
-                    "hosts" => text.push_str(&format!(
-                        "{GATEWAY}\thost.containers.internal host.docker.internal\n"
-                    )),
-                    _ => {}
-                }
-            }
-        }
-        let spec_json = serde_json::to_vec(&spec).map_err(|e| EngineError::Io {
-            what: "encoding the runtime spec for",
-            path: dir.clone(),
-            source: std::io::Error::other(e),
-        })?;
-        let mut rec = self.mark_running(id, &spec, vec![])?;
-        rec.ports = published.clone();
-        rec.network = network_name;
-        self.containers.save(&rec)?;
-
-        let (membership, sandbox_network) = match network {
-            Some((member, guest)) => {
-                let tap = member.tap.try_clone().map_err(|e| EngineError::Io {
-                    what: "duplicating the tap of",
-                    path: dir.clone(),
-                    source: e,
-                })?;
-                (
-                    Some(member),
-                    Some(sandbox::SandboxNetwork::Tap {
-                        tap,
-                        guest,
-                        hosts: etc_dir.join("hosts"),
-                    }),
-                )
-            }
-            None if machine.network == VmNetwork::Passt => {
-                // passt binds the host ports itself.
-                let ports = net::ports::release(bound);
-                (
-                    None,
-                    Some(sandbox::SandboxNetwork::Passt(
-                        ports
-                            .iter()
-                            .map(|p| crate::vm::passt::Forward {
-                                host_ip: (!p.host_ip.is_unspecified()).then_some(p.host_ip),
-                                host_port: p.host_port,
-                                guest_port: p.container_port,
-                                udp: p.proto == net::ports::Proto::Udp,
-                            })
-                            .collect(),
-                    )),
-                )
-            }
-            None => (None, None),
-        };
-        let outcome = sandbox::run(&SandboxConfig {
-            kernel,
-            initramfs,
-            layers: disks,
-            shares,
-            vcpus: machine.cpus,
-            mem_mib: machine.mem_mib,
-            spec: spec_json,
-            tty: req.tty,
-            attach_stdin: flags.attach_stdin,
-            etc_files,
-            console_log: dir.join("console.log"),
-            network: sandbox_network,
-        });
-        // The ports close and the daemon forgets the VM (its tap is gone with the VMM's
-        // descriptors) before the run reports its end.
-        drop(forwarder);
-        drop(membership);
-        let outcome = outcome?;
-        if !flags.remove {
-            rec.status = Status::Exited;
-            rec.exit_code = Some(outcome.exit_code);
-            rec.monitor_pid = None;
-            self.containers.save(&rec)?;
-        }
-        Ok(outcome.exit_code)
     }
 
     /// Writes the bundle of container `id`: the OCI runtime spec (config.json) from the image
@@ -844,32 +545,8 @@ impl Engine {
             None => spec::write_etc_files(&etc_dir, &hostname, req.network),
         }
         .map_err(io("writing /etc files in", &etc_dir))?;
-        let config = dir.join("config.json");
-        spec.save(&config).map_err(|e| EngineError::Io {
-            what: "writing",
-            path: config.clone(),
-            source: std::io::Error::other(e.to_string()),
-        })?;
+        save_spec(&dir, &spec)?;
         Ok(spec)
-    }
-
-    /// Records that container `id` runs `spec`'s process.
-    fn mark_running(
-        &self,
-        id: &str,
-        spec: &oci_spec::runtime::Spec,
-        writable: Vec<PathBuf>,
-    ) -> Result<ContainerRecord, EngineError> {
-        let mut rec = self.containers.find(id)?;
-        rec.status = Status::Running;
-        rec.writable = writable;
-        rec.command = spec
-            .process()
-            .as_ref()
-            .and_then(|p| p.args().clone())
-            .unwrap_or_default();
-        self.containers.save(&rec)?;
-        Ok(rec)
     }
 
     /// `berth port CONTAINER`: the container's published ports.

@@ -11,7 +11,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
 
-use common::{assert_exit, code, describe, stderr, stdout, Berth, IMAGE};
+use common::{assert_exit, code, describe, skip, stderr, stdout, Berth, IMAGE};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -799,29 +799,45 @@ fn concurrent_commands_on_one_container_are_safe() {
     assert!(berth.run_ok(&["ps", "-aq"]).trim().is_empty());
 }
 
+/// A `--vm` sandbox is created like a container (record, bundle, Isolation vm) and managed by
+/// the same commands; what cannot reach into a microVM says so. Booting one needs a real KVM:
+/// tests/vm.rs runs the detached lifecycle inside scripts/kvm-nested; here, on a PVM host,
+/// `start` must refuse with the explanation.
 #[test]
-fn microvm_sandboxes_are_refused_where_only_containers_are_managed() {
+fn microvm_sandboxes_are_created_and_managed_like_containers() {
     let Some(berth) = Berth::new() else { return };
-    for (args, code) in [
-        (vec!["run", "-d", "--vm", IMAGE, "true"], 125),
-        (
-            vec!["run", "--vm", "--restart", "always", IMAGE, "true"],
-            125,
-        ),
-        (vec!["create", "--vm", IMAGE, "true"], 1),
+    let info = berth.run_ok(&["info", "--format", "json"]);
+    if info.contains("\"vm_kernel\": null") || info.contains("\"vm_agent\": null") {
+        skip("no guest kernel/agent installed (scripts/build-guest)");
+        return;
+    }
+    berth.run_ok(&["create", "--vm", "--name", "vmc", IMAGE, "true"]);
+    assert_eq!(
+        berth
+            .run_ok(&["ps", "-aq", "--filter", "isolation=vm"])
+            .lines()
+            .count(),
+        1
+    );
+    assert_eq!(inspect(&berth, "vmc")["State"]["Status"], "created");
+    for (args, needle) in [
+        (vec!["commit", "vmc", "vmc-image"], "microVM"),
+        (vec!["cp", "vmc:/etc/hostname", "-"], "microVM"),
+        (vec!["exec", "vmc", "true"], "not running"),
     ] {
         let out = berth.cmd(&args);
-        assert_exit(&args, &out, code);
-        assert!(
-            stderr(&out).contains("microVM") && stderr(&out).contains("foreground"),
-            "a clear refusal: {}",
-            describe(&args, &out)
-        );
+        assert!(!out.status.success(), "{}", describe(&args, &out));
+        assert!(stderr(&out).contains(needle), "{}", describe(&args, &out));
     }
-    assert!(
-        berth.run_ok(&["ps", "-aq"]).trim().is_empty(),
-        "nothing was created"
-    );
+    if std::path::Path::new("/sys/module/kvm_pvm").exists() {
+        let args = ["start", "vmc"];
+        let out = berth.cmd(&args);
+        assert_exit(&args, &out, 1);
+        assert!(stderr(&out).contains("PVM"), "{}", describe(&args, &out));
+        assert_eq!(inspect(&berth, "vmc")["State"]["Status"], "created");
+    }
+    berth.run_ok(&["rm", "vmc"]);
+    assert!(berth.run_ok(&["ps", "-aq"]).trim().is_empty());
 }
 
 /// The monitor, exec, a restart that keeps the files, and commit, under the fallback

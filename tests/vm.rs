@@ -397,6 +397,51 @@ fn microvm_runs_the_image_as_the_container_wall_does() {
              $B run --vm --rm -v vmvol:/again $IMG sh -c 'cat /again/from-b; ls /again'"
                 .to_string(),
         ),
+        // Detached microVMs under the monitor (its socket and the VMM's exec socket need the
+        // inner machine's tmpfs): logs, ps, inspect, exec in every form, top, stop honouring
+        // the guest's trap, start, kill, restart, rm -f leaving no process behind.
+        (
+            "detach_lifecycle",
+            format!(
+                "{netroot}$B run -d --vm --name vmd $IMG sh -c 'echo out-line; echo err-line >&2; \
+                 trap \"echo got-term; exit 3\" TERM; while :; do sleep 0.2; done' >/dev/null; echo run-rc=$?; \
+                 for i in $(seq 300); do $B logs vmd 2>/dev/null | grep -q out-line && break; sleep 0.2; done; \
+                 echo logs-out=$($B logs vmd 2>/dev/null | tr '\\n' ,); echo logs-err=$($B logs vmd 2>&1 >/dev/null | tr '\\n' ,); \
+                 echo ps=$($B ps --filter name=vmd --filter isolation=vm -q | wc -l); \
+                 $B inspect vmd | grep -q '\"Isolation\": \"vm\"' && echo inspect-vm; \
+                 $B exec vmd sh -c 'echo exec-out; echo exec-err >&2; exit 5'; echo exec-rc=$?; \
+                 echo piped | $B exec -i vmd cat; \
+                 $B exec -e X=1 -w /tmp vmd sh -c 'echo x=$X; pwd'; \
+                 $B exec -u user vmd id -un; \
+                 script -qec \"$B exec -t vmd sh -c 'tty; stty size'\" /dev/null; \
+                 $B exec -d vmd sh -c 'sleep 1; echo bg > /tmp/bg'; echo exec-d-rc=$?; sleep 3; $B exec vmd cat /tmp/bg; \
+                 $B exec vmd no-such-command; echo exec-missing-rc=$?; \
+                 $B top vmd >/dev/null && echo top-ok; \
+                 $B stop -t 60 vmd >/dev/null; echo wait=$($B wait vmd); $B logs vmd 2>/dev/null | grep -q got-term && echo trapped; \
+                 $B start vmd >/dev/null; echo start-rc=$?; $B exec vmd echo again; \
+                 $B kill vmd >/dev/null; echo killed=$($B wait vmd); \
+                 $B restart -t 1 vmd >/dev/null; echo restart-rc=$?; $B exec vmd echo restarted; \
+                 $B rm -f vmd >/dev/null; echo rm-rc=$?; echo left=$($B ps -a -q --filter name=vmd | wc -l); \
+                 sleep 1; pgrep -u $(id -u) -x berth-monitor >/dev/null || echo no-monitor"
+            ),
+        ),
+        (
+            "detach_create",
+            format!(
+                "{netroot}$B create --vm --name vmc $IMG sh -c 'echo created-ran; exit 4' >/dev/null; \
+                 echo status=$($B inspect -f '{{{{.State.Status}}}}' vmc); \
+                 $B start -a vmc; echo start-a-rc=$?; $B rm vmc >/dev/null; \
+                 $B run -d --vm --rm $IMG no-such-command; echo missing-rc=$?; \
+                 $B run -d --vm --name vmt $IMG sh -c 'trap \"\" TERM; echo ready; while :; do sleep 1; done' >/dev/null; \
+                 for i in $(seq 300); do $B logs vmt | grep -q ready && break; sleep 0.2; done; \
+                 s=$(date +%s); $B stop -t 3 vmt >/dev/null; e=$(date +%s); echo stop-waited=$(( e - s >= 3 )); \
+                 echo stopped=$($B wait vmt); $B rm vmt >/dev/null; \
+                 $B run -d --vm --name vmr --restart on-failure:1 $IMG sh -c 'echo ran; exit 1' >/dev/null; \
+                 for i in $(seq 600); do [ \"$($B inspect -f '{{{{.RestartCount}}}} {{{{.State.Status}}}}' vmr)\" = '1 exited' ] && break; sleep 0.2; done; \
+                 echo restarts=$($B inspect -f '{{{{.RestartCount}}}} {{{{.State.Status}}}}' vmr) runs=$($B logs vmr | grep -c ran); \
+                 $B rm -f vmr >/dev/null"
+            ),
+        ),
     ];
     // BERTH_VM_CHECKS=PREFIX,...: only the checks whose names start so (while working on one).
     let only: Vec<String> = std::env::var("BERTH_VM_CHECKS")
@@ -448,6 +493,56 @@ fn microvm_runs_the_image_as_the_container_wall_does() {
                 && has("daemon-gone")
         },
         "a killed VMM's tap and name gone from the network, the daemon gone with the last sandbox",
+    );
+    f.expect(
+        "detach_lifecycle",
+        &ran,
+        |r| {
+            let has = |l: &str| r.out.lines().any(|x| x.trim_end_matches('\r') == l);
+            has("run-rc=0")
+                && has("logs-out=out-line,")
+                && has("logs-err=err-line,")
+                && has("ps=1")
+                && has("inspect-vm")
+                && has("exec-out")
+                && r.err.contains("exec-err")
+                && has("exec-rc=5")
+                && has("piped")
+                && has("x=1")
+                && has("/tmp")
+                && has("user")
+                && r.out.contains("/dev/pts/")
+                && has("exec-d-rc=0")
+                && has("bg")
+                && has("exec-missing-rc=127")
+                && has("top-ok")
+                && has("wait=3")
+                && has("trapped")
+                && has("start-rc=0")
+                && has("again")
+                && has("killed=137")
+                && has("restart-rc=0")
+                && has("restarted")
+                && has("rm-rc=0")
+                && has("left=0")
+                && has("no-monitor")
+        },
+        "a detached microVM: logs with the streams apart, ps and inspect, exec (status, -i, -e, -w, -u, -t, -d, a missing command), top, stop through the guest's trap, start, kill, restart, rm -f leaving nothing",
+    );
+    f.expect(
+        "detach_create",
+        &ran,
+        |r| {
+            let has = |l: &str| r.out.lines().any(|x| x == l);
+            has("status=created")
+                && has("created-ran")
+                && has("start-a-rc=4")
+                && has("missing-rc=127")
+                && has("stop-waited=1")
+                && has("stopped=137")
+                && r.out.contains("restarts=1 exited runs=2")
+        },
+        "create --vm then start -a with the status, a missing command refused at start, stop's timeout then SIGKILL, --restart on-failure:1",
     );
     f.expect(
         "echo",

@@ -57,6 +57,19 @@ pub enum Frame {
         code: i32,
         message: String,
     },
+    /// The process runs (sent once, after its Start).
+    Started,
+    // both ways
+    /// A frame of exec session `id` (`berth exec`: another process in the running guest,
+    /// opened by a Start in such a frame). The frames without this envelope belong to the
+    /// session the VM was booted for. One channel carries every session: a virtio console
+    /// port per exec would need the multiport device's control queue and ports that come and
+    /// go, where 4 bytes of session id per frame need nothing new from the device or the
+    /// guest kernel. Never nested.
+    Session {
+        id: u32,
+        frame: Box<Frame>,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +97,8 @@ const STDOUT: u8 = 11;
 const STDERR: u8 = 12;
 const EXIT: u8 = 13;
 const ERROR: u8 = 14;
+const STARTED: u8 = 15;
+const SESSION: u8 = 20;
 
 impl Frame {
     /// Serialises the frame.
@@ -113,6 +128,12 @@ impl Frame {
                 let mut p = code.to_le_bytes().to_vec();
                 p.extend_from_slice(message.as_bytes());
                 (ERROR, p)
+            }
+            Frame::Started => (STARTED, vec![]),
+            Frame::Session { id, frame } => {
+                let mut p = id.to_le_bytes().to_vec();
+                p.extend_from_slice(&frame.encode());
+                (SESSION, p)
             }
         };
         let mut out = Vec::with_capacity(5 + payload.len());
@@ -192,6 +213,36 @@ impl Frame {
                 Frame::Error {
                     code: i32::from_le_bytes([p[0], p[1], p[2], p[3]]),
                     message: String::from_utf8_lossy(&p[4..]).into_owned(),
+                }
+            }
+            STARTED => {
+                fixed("started", 0)?;
+                Frame::Started
+            }
+            SESSION => {
+                let bad = |why: String| ProtocolError::Malformed {
+                    kind: "session",
+                    why,
+                };
+                if p.len() < 9 {
+                    return Err(bad(format!("{} bytes, expected at least 9", p.len())));
+                }
+                let id = u32::from_le_bytes([p[0], p[1], p[2], p[3]]);
+                let inner_kind = p[4];
+                let len = u32::from_le_bytes([p[5], p[6], p[7], p[8]]) as usize;
+                if inner_kind == SESSION {
+                    return Err(bad("a session frame inside another".into()));
+                }
+                if len != p.len() - 9 {
+                    return Err(bad(format!(
+                        "inner frame of {len} bytes in {} bytes",
+                        p.len() - 9
+                    )));
+                }
+                let frame = Frame::decode(inner_kind, p[9..].to_vec())?;
+                Frame::Session {
+                    id,
+                    frame: Box::new(frame),
                 }
             }
             other => return Err(ProtocolError::UnknownKind(other)),
@@ -295,6 +346,15 @@ mod tests {
                 code: 127,
                 message: "exec: \"x\": executable file not found in $PATH".into(),
             },
+            Frame::Started,
+            Frame::Session {
+                id: 7,
+                frame: Box::new(Frame::Stdout(b"from an exec".to_vec())),
+            },
+            Frame::Session {
+                id: u32::MAX,
+                frame: Box::new(Frame::Exit(3)),
+            },
         ]
     }
 
@@ -323,6 +383,14 @@ mod tests {
         assert_eq!(got, all());
     }
 
+    /// A frame of `kind` around `payload`, however wrong the payload.
+    fn framed(kind: u8, payload: &[u8]) -> Vec<u8> {
+        let mut f = vec![kind];
+        f.extend((payload.len() as u32).to_le_bytes());
+        f.extend(payload);
+        f
+    }
+
     #[test]
     fn hostile_frames_are_refused() {
         let huge = [STDOUT, 0xff, 0xff, 0xff, 0x7f];
@@ -344,11 +412,26 @@ mod tests {
         // A start frame whose inner spec length points past the end.
         let mut p = 1000u32.to_le_bytes().to_vec();
         p.extend_from_slice(b"{}");
-        let mut f = vec![START];
-        f.extend((p.len() as u32).to_le_bytes());
-        f.extend(p);
         assert!(matches!(
-            Frame::read_from(&mut &f[..]),
+            Frame::read_from(&mut &framed(START, &p)[..]),
+            Err(ProtocolError::Malformed { .. })
+        ));
+        // A session frame inside another, and one whose inner length lies.
+        let inner = Frame::Session {
+            id: 1,
+            frame: Box::new(Frame::StdinEof),
+        }
+        .encode();
+        let mut p = 2u32.to_le_bytes().to_vec();
+        p.extend_from_slice(&inner);
+        assert!(matches!(
+            Frame::read_from(&mut &framed(SESSION, &p)[..]),
+            Err(ProtocolError::Malformed { .. })
+        ));
+        let mut p = 2u32.to_le_bytes().to_vec();
+        p.extend_from_slice(&[STDIN, 9, 0, 0, 0, 1]);
+        assert!(matches!(
+            Frame::read_from(&mut &framed(SESSION, &p)[..]),
             Err(ProtocolError::Malformed { .. })
         ));
         // Truncated payload.

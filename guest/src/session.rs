@@ -91,10 +91,31 @@ pub fn serve(channel: OwnedFd, cfg: SessionConfig) -> Result<i32, SessionError> 
         }
     };
     let pid = Pid::from_raw(running.child.id() as i32);
+    Frame::Started.write_to(&mut chan)?;
     let status = relay(&mut chan, &sfd, &mut running, pid, cfg)?;
     let _ = nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
     Frame::Exit(status).write_to(&mut chan)?;
     Ok(status)
+}
+
+/// An exec session's process (`berth exec`), beside the one the session was opened for.
+struct Exec {
+    id: u32,
+    running: Running,
+    pid: Pid,
+    status: Option<i32>,
+}
+
+/// The most exec sessions at once; a Start past it is refused.
+const MAX_EXECS: usize = 64;
+
+/// Where one polled descriptor's events go.
+#[derive(Clone, Copy)]
+enum Slot {
+    Signals,
+    Channel,
+    /// Output of the main process (None) or of exec `Some(index)`; stderr when true.
+    Output(Option<usize>, bool),
 }
 
 fn relay(
@@ -106,41 +127,37 @@ fn relay(
 ) -> Result<i32, SessionError> {
     let mut decoder = Decoder::default();
     let mut status: Option<i32> = None;
+    let mut execs: Vec<Exec> = Vec::new();
     let mut chan_open = true;
     let mut buf = vec![0u8; 32 * 1024];
     loop {
         if status.is_some() && r.stdout.is_none() && r.stderr.is_none() {
             return Ok(status.unwrap_or(125));
         }
-        let mut fds = vec![libc::pollfd {
-            fd: sfd.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        }];
-        let chan_idx = chan_open.then(|| {
+        let mut fds = Vec::new();
+        let mut slots = Vec::new();
+        let mut watch = |fd: RawFd, slot: Slot| {
             fds.push(libc::pollfd {
-                fd: chan.as_raw_fd(),
+                fd,
                 events: libc::POLLIN,
                 revents: 0,
             });
-            fds.len() - 1
-        });
-        let out_idx = r.stdout.as_ref().map(|f| {
-            fds.push(libc::pollfd {
-                fd: f.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            });
-            fds.len() - 1
-        });
-        let err_idx = r.stderr.as_ref().map(|f| {
-            fds.push(libc::pollfd {
-                fd: f.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            });
-            fds.len() - 1
-        });
+            slots.push(slot);
+        };
+        watch(sfd.as_raw_fd(), Slot::Signals);
+        if chan_open {
+            watch(chan.as_raw_fd(), Slot::Channel);
+        }
+        let outputs = std::iter::once((None, &*r))
+            .chain(execs.iter().enumerate().map(|(i, e)| (Some(i), &e.running)));
+        for (who, running) in outputs {
+            if let Some(f) = &running.stdout {
+                watch(f.as_raw_fd(), Slot::Output(who, false));
+            }
+            if let Some(f) = &running.stderr {
+                watch(f.as_raw_fd(), Slot::Output(who, true));
+            }
+        }
         // Once the process is gone, only drain what it left in its pipes.
         // SIGCHLD is process-wide: when the agent shares its process with other threads
         // (tests, a host-side agent) another thread may take it, so poll for the exit too.
@@ -156,23 +173,15 @@ fn relay(
         if n == 0 && status.is_some() {
             return Ok(status.unwrap_or(125));
         }
-        if status.is_none() {
-            while let Ok(Some(_)) = sfd.read_signal() {}
-            loop {
-                let target = if cfg.system { Pid::from_raw(-1) } else { pid };
-                match waitpid(target, Some(WaitPidFlag::WNOHANG)) {
-                    Ok(WaitStatus::Exited(p, code)) if p == pid => status = Some(code),
-                    Ok(WaitStatus::Signaled(p, sig, _)) if p == pid => {
-                        status = Some(128 + sig as i32)
-                    }
-                    Ok(WaitStatus::StillAlive) | Err(_) => break,
-                    Ok(_) => continue,
-                }
+        while let Ok(Some(_)) = sfd.read_signal() {}
+        reap(pid, &mut status, &mut execs, cfg);
+        for (fd, slot) in fds.iter().zip(slots) {
+            if fd.revents == 0 {
+                continue;
             }
-        }
-        if let Some(i) = chan_idx {
-            if fds[i].revents != 0 {
-                match nix::unistd::read(chan.as_raw_fd(), &mut buf) {
+            match slot {
+                Slot::Signals => {}
+                Slot::Channel => match nix::unistd::read(chan.as_raw_fd(), &mut buf) {
                     Ok(0) | Err(_) => {
                         // The host went away: end the process as a killed berth would.
                         chan_open = false;
@@ -181,43 +190,199 @@ fn relay(
                     Ok(k) => {
                         decoder.feed(&buf[..k]);
                         while let Some(frame) = decoder.next_frame()? {
-                            handle(frame, r, pid, cfg);
+                            match frame {
+                                Frame::Session { id, frame } => {
+                                    on_exec_frame(id, *frame, &mut execs, chan)?
+                                }
+                                other => handle(other, r, pid, cfg),
+                            }
                         }
+                    }
+                },
+                Slot::Output(who, is_err) => {
+                    let (running, id) = match who {
+                        None => (&mut *r, None),
+                        Some(i) => match execs.get_mut(i) {
+                            Some(e) => (&mut e.running, Some(e.id)),
+                            None => continue,
+                        },
+                    };
+                    forward_output(running, is_err, id, chan, &mut buf)?;
+                }
+            }
+        }
+        // Exec sessions whose process ended: what it left in its pipes, then its status.
+        let mut i = 0;
+        while i < execs.len() {
+            let Some(code) = execs[i].status else {
+                i += 1;
+                continue;
+            };
+            let mut e = execs.remove(i);
+            for is_err in [false, true] {
+                while readable(&e.running, is_err) {
+                    forward_output(&mut e.running, is_err, Some(e.id), chan, &mut buf)?;
+                }
+            }
+            Frame::Session {
+                id: e.id,
+                frame: Box::new(Frame::Exit(code)),
+            }
+            .write_to(chan)?;
+        }
+    }
+}
+
+/// The exit status of a wait status, for the pid it names.
+fn exit_of(ws: WaitStatus) -> Option<(Pid, i32)> {
+    match ws {
+        WaitStatus::Exited(p, code) => Some((p, code)),
+        WaitStatus::Signaled(p, sig, _) => Some((p, 128 + sig as i32)),
+        _ => None,
+    }
+}
+
+/// Collects the ends of the main process and of the exec sessions' (PID 1: of every child,
+/// orphans included).
+fn reap(main: Pid, status: &mut Option<i32>, execs: &mut [Exec], cfg: SessionConfig) {
+    // Without PID 1's duty to reap orphans: only our own children, one by one.
+    let mut pids: Vec<Pid> = execs
+        .iter()
+        .filter(|e| e.status.is_none())
+        .map(|e| e.pid)
+        .collect();
+    if status.is_none() {
+        pids.push(main);
+    }
+    let mut record = |p: Pid, code: i32| {
+        if p == main {
+            *status = Some(code);
+        } else if let Some(e) = execs.iter_mut().find(|e| e.pid == p) {
+            e.status = Some(code);
+        }
+    };
+    if cfg.system {
+        loop {
+            match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) | Err(_) => break,
+                Ok(ws) => {
+                    if let Some((p, code)) = exit_of(ws) {
+                        record(p, code);
                     }
                 }
             }
         }
-        for (idx, is_err) in [(out_idx, false), (err_idx, true)] {
-            let Some(i) = idx else { continue };
-            if fds[i].revents == 0 {
-                continue;
-            }
-            let fd = if is_err {
-                r.stderr.as_ref()
-            } else {
-                r.stdout.as_ref()
-            };
-            let Some(fd) = fd else { continue };
-            match nix::unistd::read(fd.as_raw_fd(), &mut buf) {
-                Ok(0) | Err(_) => {
-                    if is_err {
-                        r.stderr = None;
-                    } else {
-                        r.stdout = None;
-                    }
-                }
-                Ok(k) => {
-                    let data = buf[..k].to_vec();
-                    let frame = if is_err {
-                        Frame::Stderr(data)
-                    } else {
-                        Frame::Stdout(data)
-                    };
-                    frame.write_to(chan)?;
-                }
+        return;
+    }
+    for p in pids {
+        if let Ok(ws) = waitpid(p, Some(WaitPidFlag::WNOHANG)) {
+            if let Some((p, code)) = exit_of(ws) {
+                record(p, code);
             }
         }
     }
+}
+
+/// Whether the process's stdout (or stderr) has something to read now (or its end).
+fn readable(r: &Running, is_err: bool) -> bool {
+    let fd = if is_err { &r.stderr } else { &r.stdout };
+    let Some(fd) = fd else { return false };
+    let mut p = [libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    }];
+    // SAFETY: p is a live array of one pollfd.
+    unsafe { libc::poll(p.as_mut_ptr(), 1, 0) > 0 }
+}
+
+/// Reads what the process wrote on stdout (or stderr) and sends it, in exec session `id`'s
+/// envelope when given; closes the descriptor at its end.
+fn forward_output(
+    r: &mut Running,
+    is_err: bool,
+    id: Option<u32>,
+    chan: &mut std::fs::File,
+    buf: &mut [u8],
+) -> Result<(), SessionError> {
+    let slot = if is_err { &mut r.stderr } else { &mut r.stdout };
+    let Some(fd) = slot else { return Ok(()) };
+    match nix::unistd::read(fd.as_raw_fd(), buf) {
+        Ok(0) | Err(_) => *slot = None,
+        Ok(k) => {
+            let data = buf[..k].to_vec();
+            let frame = if is_err {
+                Frame::Stderr(data)
+            } else {
+                Frame::Stdout(data)
+            };
+            match id {
+                None => frame.write_to(chan)?,
+                Some(id) => Frame::Session {
+                    id,
+                    frame: Box::new(frame),
+                }
+                .write_to(chan)?,
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A frame of exec session `id`: a Start opens it (a new process, with the spec's process
+/// settings and none of the VM-wide ones); the others reach its process as they would the
+/// main one. Frames of sessions that are not open are dropped (the process ended).
+fn on_exec_frame(
+    id: u32,
+    frame: Frame,
+    execs: &mut Vec<Exec>,
+    chan: &mut std::fs::File,
+) -> Result<(), SessionError> {
+    let mut reply = |frame: Frame| {
+        Frame::Session {
+            id,
+            frame: Box::new(frame),
+        }
+        .write_to(chan)
+    };
+    let Frame::Start { spec, options } = frame else {
+        if let Some(e) = execs.iter_mut().find(|e| e.id == id) {
+            handle(frame, &mut e.running, e.pid, SessionConfig::default());
+        }
+        return Ok(());
+    };
+    let refuse = |message: String| Frame::Error { code: 125, message };
+    if execs.iter().any(|e| e.id == id) {
+        reply(refuse(format!("exec session {id} is already open")))?;
+        return Ok(());
+    }
+    if execs.len() >= MAX_EXECS {
+        reply(refuse(format!(
+            "{MAX_EXECS} exec sessions run in this microVM already: wait for one to end"
+        )))?;
+        return Ok(());
+    }
+    let spec: Spec = match serde_json::from_slice(&spec) {
+        Ok(s) => s,
+        Err(e) => {
+            reply(refuse(format!("invalid runtime spec: {e}")))?;
+            return Ok(());
+        }
+    };
+    match start(&spec, &options) {
+        Ok(running) => {
+            let pid = Pid::from_raw(running.child.id() as i32);
+            execs.push(Exec {
+                id,
+                running,
+                pid,
+                status: None,
+            });
+            reply(Frame::Started)?;
+        }
+        Err((code, message)) => reply(Frame::Error { code, message })?,
+    }
+    Ok(())
 }
 
 fn handle(frame: Frame, r: &mut Running, pid: Pid, cfg: SessionConfig) {
@@ -754,6 +919,65 @@ mod tests {
         assert!(out.contains("33 101"), "{out:?}");
         assert!(out.contains("tty"), "{out:?}");
         assert_eq!(end, Frame::Exit(0));
+    }
+
+    #[test]
+    fn exec_sessions_run_beside_the_main_process() {
+        let (host, agent) = channel_pair().unwrap();
+        let t = std::thread::spawn(move || serve(agent, SessionConfig::default()));
+        let mut f = std::fs::File::from(host);
+        Frame::Start {
+            spec: spec(&["cat"], &[PATH], "/", false),
+            options: opts(true),
+        }
+        .write_to(&mut f)
+        .unwrap();
+        assert_eq!(Frame::read_from(&mut f).unwrap(), Frame::Started);
+        let session = |id: u32, frame: Frame| Frame::Session {
+            id,
+            frame: Box::new(frame),
+        };
+        let exec = |args: &[&str]| Frame::Start {
+            spec: spec(args, &[PATH], "/tmp", false),
+            options: opts(false),
+        };
+        session(1, exec(&["sh", "-c", "pwd; echo oops >&2; exit 4"]))
+            .write_to(&mut f)
+            .unwrap();
+        session(2, exec(&["no-such-command-here"]))
+            .write_to(&mut f)
+            .unwrap();
+        let (mut out, mut err, mut exit, mut failed) = (Vec::new(), Vec::new(), None, None);
+        while exit.is_none() || failed.is_none() {
+            match Frame::read_from(&mut f).unwrap() {
+                Frame::Session { id: 1, frame } => match *frame {
+                    Frame::Stdout(d) => out.extend(d),
+                    Frame::Stderr(d) => err.extend(d),
+                    Frame::Exit(c) => exit = Some(c),
+                    Frame::Started => {}
+                    other => panic!("{other:?}"),
+                },
+                Frame::Session { id: 2, frame } => failed = Some(*frame),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(
+            (&out[..], &err[..], exit),
+            (&b"/tmp\n"[..], &b"oops\n"[..], Some(4))
+        );
+        assert!(
+            matches!(failed, Some(Frame::Error { code: 127, .. })),
+            "{failed:?}"
+        );
+        // The main process still runs, and ends when told.
+        Frame::Stdin(b"main".to_vec()).write_to(&mut f).unwrap();
+        Frame::StdinEof.write_to(&mut f).unwrap();
+        assert_eq!(
+            Frame::read_from(&mut f).unwrap(),
+            Frame::Stdout(b"main".to_vec())
+        );
+        assert_eq!(Frame::read_from(&mut f).unwrap(), Frame::Exit(0));
+        t.join().unwrap().unwrap();
     }
 
     #[test]

@@ -364,11 +364,6 @@ pub fn run(engine: &Engine, args: RunArgs) -> i32 {
         Ok(r) => r,
         Err(e) => return super::report(e, 125),
     };
-    if flags.vm.is_some()
-        && (args.detach || flags.restart != berth::monitor::policy::RestartPolicy::No)
-    {
-        return super::report(berth::engine::EngineError::VmDetached.into(), 125);
-    }
     let image = args.args[0].clone();
     let tty = req.tty;
     if args.detach {
@@ -420,9 +415,6 @@ pub fn create(engine: &Engine, args: RunArgs) -> anyhow::Result<()> {
     }
     let req = request(&args)?;
     let vm = vm_request(&args)?;
-    if vm.is_some() {
-        return Err(berth::engine::EngineError::VmDetached.into());
-    }
     let flags = flags(&args, vm)?;
     let id = engine.create(&args.args[0], req, &flags)?;
     println!("{id}");

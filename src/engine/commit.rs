@@ -108,7 +108,10 @@ impl super::Engine {
     ) -> Result<String, EngineError> {
         let rec = self.container(key)?;
         if rec.isolation == crate::state::Isolation::Vm {
-            return Err(EngineError::VmDetached);
+            return Err(EngineError::NotForVm {
+                what: "berth commit",
+                why: "the guest keeps its writable layer in its own memory, gone with the VM; commit a container of the same image instead",
+            });
         }
         let parent = self.images.resolve(&rec.image_id).map_err(|e| {
             EngineError::Usage(format!(

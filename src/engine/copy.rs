@@ -243,7 +243,10 @@ impl super::Engine {
     {
         let rec = self.container(key)?;
         if rec.isolation == crate::state::Isolation::Vm {
-            return Err(EngineError::VmDetached);
+            return Err(EngineError::NotForVm {
+                what: "berth cp",
+                why: "the guest's files are in the guest; stream them through exec instead, e.g. `berth exec -i C sh -c 'cat > /path' < FILE` or `berth exec C cat /path > FILE`",
+            });
         }
         let helper = match rec.pid {
             Some(pid) if ContainerStore::is_running(&rec) => {

@@ -105,9 +105,6 @@ impl super::Engine {
     /// once with `detach`).
     pub fn exec(&self, key: &str, opts: &ExecOptions) -> Result<i32, EngineError> {
         let rec = self.running(key)?;
-        if rec.isolation == crate::state::Isolation::Vm {
-            return Err(EngineError::VmDetached);
-        }
         let spec = load_spec(&self.containers.dir(&rec.id))?;
         let mut process = spec
             .process()
@@ -134,6 +131,9 @@ impl super::Engine {
             process.set_cwd(w.into());
         }
         process.set_terminal(Some(opts.tty));
+        if rec.machine.is_some() {
+            return self.exec_vm(&rec, spec, process, opts);
+        }
         let ids = &self.ids;
         let resolve = |user: &str,
                        passwd: Option<&str>,
@@ -163,11 +163,31 @@ impl super::Engine {
         Ok(code)
     }
 
-    /// The host pids of container `rec`'s processes (those in its pid namespace).
+    /// The host pids of container `rec`'s processes (those in its pid namespace); for a
+    /// microVM, its VMM and the VMM's children (passt): the guest's processes are the
+    /// guest kernel's, which the host cannot see (`berth exec C ps` can).
     fn pids_of(rec: &ContainerRecord) -> Vec<i32> {
         let Some(init) = rec.pid else {
             return vec![];
         };
+        if rec.machine.is_some() {
+            let mut pids = vec![init];
+            let all: Vec<(i32, i32)> = std::fs::read_dir("/proc")
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+                .filter_map(|p| Some((p, stat_fields(p)?.0)))
+                .collect();
+            let mut i = 0;
+            while i < pids.len() {
+                let parent = pids[i];
+                pids.extend(all.iter().filter(|(_, pp)| *pp == parent).map(|(p, _)| *p));
+                i += 1;
+            }
+            pids.sort_unstable();
+            return pids;
+        }
         let Some(ns) = ns_inode(init, "pid") else {
             return vec![];
         };

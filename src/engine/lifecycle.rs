@@ -27,7 +27,7 @@ use crate::state::{
 pub const DEFAULT_STOP_TIMEOUT: u32 = 10;
 
 /// The answer of a started container's set-up to the command that started it.
-const REPORT_OK: &str = "ok";
+pub(super) const REPORT_OK: &str = "ok";
 
 /// A container started by [`super::Engine::start`].
 pub struct StartedContainer {
@@ -46,7 +46,7 @@ pub struct ExitedArgs {
     pub clients: Vec<RawFd>,
 }
 
-fn now() -> String {
+pub(super) fn now() -> String {
     clock::rfc3339(clock::now_nanos())
 }
 
@@ -77,15 +77,13 @@ impl super::Engine {
         req: RunRequest,
         flags: &RunFlags,
     ) -> Result<String, EngineError> {
-        if flags.vm.is_some() {
-            return Err(EngineError::VmDetached);
-        }
         let resolved = self.resolve_or_pull(image)?;
         if let Some(w) = self.ids.warning() {
             eprintln!("{w}");
         }
         let lowers = self.layers.ensure(&resolved.layers, &self.ids)?;
-        let driver = self.driver();
+        // The guest stacks a microVM's layers itself; no host rootfs driver is involved.
+        let driver = flags.vm.is_none().then(|| self.driver());
 
         let id = random_hex(32);
         let dir = self.containers.dir(&id);
@@ -104,9 +102,12 @@ impl super::Engine {
             network.publish.extend(net::ports::exposed(&exposed)?);
             network.publish_all = false;
         }
-        net::validate(&network, &self.dirs)?;
         let mut req = req;
-        req.network = network.request.spec_mode();
+        if flags.vm.is_none() {
+            // A microVM's network was checked with its flags (`VmRequest::network`).
+            net::validate(&network, &self.dirs)?;
+            req.network = network.request.spec_mode();
+        }
         {
             let _lock = self.containers.lock()?;
             let name = flags
@@ -123,13 +124,16 @@ impl super::Engine {
                 command: req.cmd.clone(),
                 created: clock::now_nanos() as u64 / 1_000_000_000,
                 status: Status::Created,
-                driver: driver.to_string(),
+                driver: driver.map_or_else(|| VM_DRIVER.to_string(), |d| d.to_string()),
                 auto_remove: flags.remove,
                 tty: req.tty,
                 open_stdin: flags.attach_stdin,
                 restart_policy: flags.restart,
                 log: Some(flags.log),
-                isolation: Isolation::Container,
+                isolation: match flags.vm {
+                    Some(_) => Isolation::Vm,
+                    None => Isolation::Container,
+                },
                 stop_timeout: flags.stop_timeout,
                 stop_signal,
                 network: network.request.display_name(),
@@ -138,7 +142,14 @@ impl super::Engine {
             };
             self.containers.save(&rec)?;
         }
-        match self.prepare_container(&id, &resolved, &lowers, driver, req, flags) {
+        let prepared = match (driver, &flags.vm) {
+            (Some(driver), _) => {
+                self.prepare_container(&id, &resolved, &lowers, driver, req, flags)
+            }
+            (None, Some(machine)) => self.prepare_vm(&id, &resolved, &lowers, req, flags, machine),
+            (None, None) => unreachable!("a driver is chosen for every container"),
+        };
+        match prepared {
             Ok(()) => Ok(id),
             Err(e) => {
                 self.remove_dir(&id);
@@ -229,12 +240,7 @@ impl super::Engine {
         }
         if let Some(userns) = network.join_userns() {
             spec::join_user_namespace(&mut spec, &userns)?;
-            let config = dir.join("config.json");
-            spec.save(&config).map_err(|e| EngineError::Io {
-                what: "writing",
-                path: config.clone(),
-                source: std::io::Error::other(e.to_string()),
-            })?;
+            super::save_spec(&dir, &spec)?;
         }
         Ok(network)
     }
@@ -323,9 +329,6 @@ impl super::Engine {
         attach: Option<Request>,
     ) -> Result<StartedContainer, EngineError> {
         let rec = self.container(key)?;
-        if rec.isolation == Isolation::Vm || rec.driver == VM_DRIVER {
-            return Err(EngineError::VmDetached);
-        }
         let lock = self.containers.lock_container(&rec.id)?;
         let rec = self.containers.load(&rec.id)?;
         if ContainerStore::monitor_alive(&rec)
@@ -492,28 +495,39 @@ impl super::Engine {
         if let Some((o, e)) = &output {
             close_in_child.extend([o.as_raw_fd(), e.as_raw_fd()]);
         }
-        // The network is set up here, in the monitor: slirp4netns or pasta, the port forwarder
-        // and a user-defined network's membership belong to this process, live as long as the
-        // container, and die with the monitor; `__exited` ends them when the container ends.
-        let mut network = self.prepare_network(&rec)?;
-        let started = container::start(
-            &dir,
-            &self.ids,
-            &opts,
-            &close_in_child,
-            Some(&mut network.attachment),
-        )?;
-        rec.ports = network.published.clone();
-        rec.network = network.name.clone();
-        // No destructor runs past the exec below: the helpers are recorded for `__exited`.
-        let helpers = network.keep_running()?;
-        let helpers_path = self.helpers_path(id);
-        let helpers_json = serde_json::to_vec(&helpers).map_err(|e| EngineError::Io {
-            what: "encoding",
-            path: helpers_path.clone(),
-            source: std::io::Error::other(e),
-        })?;
-        std::fs::write(&helpers_path, helpers_json).map_err(io("writing", &helpers_path))?;
+        let started = if rec.machine.is_some() {
+            // A microVM's VMM takes the first process's place: the monitor's child, whose exit
+            // status is the sandbox's. Its network is its own and goes with it.
+            let started = self.spawn_vmm(&rec, &close_in_child)?;
+            // The VMM recorded the network it set up.
+            rec = self.containers.load(id)?;
+            started
+        } else {
+            // The network is set up here, in the monitor: slirp4netns or pasta, the port
+            // forwarder and a user-defined network's membership belong to this process, live as
+            // long as the container, and die with the monitor; `__exited` ends them when the
+            // container ends.
+            let mut network = self.prepare_network(&rec)?;
+            let started = container::start(
+                &dir,
+                &self.ids,
+                &opts,
+                &close_in_child,
+                Some(&mut network.attachment),
+            )?;
+            rec.ports = network.published.clone();
+            rec.network = network.name.clone();
+            // No destructor runs past the exec below: the helpers are recorded for `__exited`.
+            let helpers = network.keep_running()?;
+            let helpers_path = self.helpers_path(id);
+            let helpers_json = serde_json::to_vec(&helpers).map_err(|e| EngineError::Io {
+                what: "encoding",
+                path: helpers_path.clone(),
+                source: std::io::Error::other(e),
+            })?;
+            std::fs::write(&helpers_path, helpers_json).map_err(io("writing", &helpers_path))?;
+            started
+        };
         // The container holds its stdio now; ours goes back to /dev/null, errors to a file.
         for fd in 0..2 {
             dup_onto(devnull.as_raw_fd(), fd)?;
@@ -1011,7 +1025,7 @@ fn dup_onto(fd: RawFd, target: RawFd) -> Result<(), EngineError> {
 }
 
 /// The set-up's report line for a failed start: `err CODE MESSAGE`.
-fn report_line(e: &EngineError) -> String {
+pub(super) fn report_line(e: &EngineError) -> String {
     format!(
         "err {} {}\n",
         e.exit_code(),
@@ -1019,7 +1033,7 @@ fn report_line(e: &EngineError) -> String {
     )
 }
 
-fn parse_report(line: &str) -> EngineError {
+pub(super) fn parse_report(line: &str) -> EngineError {
     let parsed = line.strip_prefix("err ").and_then(|rest| {
         let (code, msg) = rest.split_once(' ')?;
         Some((code.parse::<i32>().ok()?, msg.to_string()))

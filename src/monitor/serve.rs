@@ -20,8 +20,9 @@ const MAX_CLIENT_BACKLOG: usize = 1 << 20;
 /// Stdin bytes held for a sandbox that does not read them; the client waits meanwhile.
 const MAX_STDIN_BACKLOG: usize = 64 * 1024;
 
-/// The sandbox the monitor owns: what it signals and how it learns of the end. A microVM
-/// sandbox adds a variant here (its VMM process, whose wait status is the sandbox's).
+/// The sandbox the monitor owns: what it signals and how it learns of the end. A microVM's
+/// VMM takes the place of a container's `init` (the monitor's child, whose wait status is
+/// the sandbox's; it passes signals on to the guest's process).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Sandbox {
     /// A container whose first process, `init`, is either the monitor's own child (its wait

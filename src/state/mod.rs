@@ -194,6 +194,46 @@ pub struct ContainerRecord {
     /// The image's StopSignal (signal number); SIGTERM when `None`.
     #[serde(default)]
     pub stop_signal: Option<i32>,
+    /// What a `--vm` sandbox boots at each start; `None` for containers.
+    #[serde(default)]
+    pub machine: Option<VmMachine>,
+}
+
+/// Which network a microVM's NIC is on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VmNetwork {
+    /// No NIC: loopback only.
+    None,
+    /// A user-mode network of its own (passt).
+    Passt,
+    /// A network made with `berth network create`, shared with containers.
+    Named(String),
+}
+
+/// A microVM sandbox's machine, fixed when it is created: the VMM boots it anew from this
+/// at each start (`start`, `restart`, the restart policy), as a container's stage 1 reads
+/// its bundle.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmMachine {
+    pub cpus: u8,
+    pub mem_mib: u64,
+    pub network: VmNetwork,
+    /// The guest kernel and the initramfs holding the agent.
+    pub kernel: PathBuf,
+    pub initramfs: PathBuf,
+    /// The image's layers as erofs disks, bottom layer first.
+    pub layers: Vec<PathBuf>,
+    /// Host directories shared over virtio-9p (`-v`, `--mount`), in the spec's order.
+    pub shares: Vec<VmShare>,
+}
+
+/// One virtio-9p share of a [`VmMachine`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmShare {
+    pub path: PathBuf,
+    pub tag: String,
+    pub read_only: bool,
 }
 
 /// The containers directory, and the runtime directory for their locks and sockets.

@@ -16,6 +16,7 @@ pub mod arch;
 #[cfg(target_arch = "x86_64")]
 mod builder;
 pub mod devices;
+pub mod exec;
 pub mod guest;
 pub mod memory;
 pub mod passt;

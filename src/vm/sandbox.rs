@@ -10,7 +10,7 @@
 
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
-use std::os::unix::net::UnixStream;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -21,13 +21,14 @@ use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{SigSet, SigmaskHow, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 
+use super::exec;
 use super::guest::disk_name;
 use super::passt::{self, Forward, PasstError};
 use super::{DiskConfig, RunReport, VmConfig};
 use crate::term::{self, RawMode};
 
 /// The signals a running sandbox's process receives from berth (as `docker run` proxies them).
-const FORWARDED: &[Signal] = &[
+pub(super) const FORWARDED: &[Signal] = &[
     Signal::SIGINT,
     Signal::SIGTERM,
     Signal::SIGHUP,
@@ -108,6 +109,9 @@ pub struct SandboxConfig {
     pub console_log: PathBuf,
     /// The guest's network behind a virtio-net NIC; `None` for a guest with loopback only.
     pub network: Option<SandboxNetwork>,
+    /// Where `berth exec` clients connect once the process runs (a detached sandbox's VMM;
+    /// see [`super::exec`]).
+    pub exec: Option<UnixListener>,
 }
 
 /// The back end of a sandbox's NIC.
@@ -168,11 +172,14 @@ pub enum SandboxError {
     /// The agent could not start the process (Docker's 125/126/127).
     #[error("{message}")]
     Start { code: i32, message: String },
+    #[error("the microVM ended, or its VMM closed the session, before the exec'd process did: `berth ps -a` and `berth logs` tell how the sandbox ended")]
+    ExecLost,
 }
 
 /// What the frame reader and the VM waiter tell the main loop.
 enum Event {
     Ready { boot_us: u64, at: Instant },
+    Started,
     Exit(i32),
     StartFailed { code: i32, message: String },
     ChannelClosed(Option<ProtocolError>),
@@ -191,8 +198,10 @@ pub fn check_host() -> Result<(), SandboxError> {
 }
 
 /// Runs the sandbox to the end of its process; returns its exit status (128+N for a signal).
+/// `on_started` runs once the process runs (the agent said so); from then on `cfg.exec`
+/// takes exec sessions.
 #[cfg(target_arch = "x86_64")]
-pub fn run(cfg: &SandboxConfig) -> Result<Outcome, SandboxError> {
+pub fn run(cfg: &SandboxConfig, mut on_started: impl FnMut()) -> Result<Outcome, SandboxError> {
     check_host()?;
     let start = Instant::now();
 
@@ -300,20 +309,23 @@ pub fn run(cfg: &SandboxConfig) -> Result<Outcome, SandboxError> {
             .spawn(move || notify(&tx, Event::VmEnded(vm.wait())))
             .map_err(SandboxError::Channel)?;
     }
+    let sessions = exec::Sessions::default();
     {
         let tx = events_tx;
         let reader = host.try_clone().map_err(SandboxError::Channel)?;
         let notify = notify.clone();
+        let sessions = sessions.clone();
         std::thread::Builder::new()
             .name("agent-frames".into())
-            .spawn(move || read_frames(reader, |ev| notify(&tx, ev)))
+            .spawn(move || read_frames(reader, &sessions, |ev| notify(&tx, ev)))
             .map_err(SandboxError::Channel)?;
     }
 
     let mut session = Session {
         cfg,
-        host,
+        host: std::sync::Arc::new(std::sync::Mutex::new(host)),
         started: false,
+        running: false,
         stdin_open: cfg.attach_stdin,
         boot: None,
         raw: None,
@@ -464,6 +476,18 @@ pub fn run(cfg: &SandboxConfig) -> Result<Outcome, SandboxError> {
                             );
                         }
                     }
+                    Event::Started => {
+                        if session.running {
+                            continue;
+                        }
+                        session.running = true;
+                        on_started();
+                        if let Some(listener) = &cfg.exec {
+                            let listener = listener.try_clone().map_err(SandboxError::Channel)?;
+                            exec::serve(listener, session.host.clone(), sessions.clone())
+                                .map_err(SandboxError::Channel)?;
+                        }
+                    }
                     Event::Exit(code) => {
                         if vm_ended.is_some() {
                             return Ok(Outcome {
@@ -510,15 +534,18 @@ pub fn run(cfg: &SandboxConfig) -> Result<Outcome, SandboxError> {
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-pub fn run(_cfg: &SandboxConfig) -> Result<Outcome, SandboxError> {
+pub fn run(_cfg: &SandboxConfig, _on_started: impl FnMut()) -> Result<Outcome, SandboxError> {
     Err(SandboxError::Vm(super::Error::UnsupportedArch))
 }
 
 /// The host end of one session.
 struct Session<'a> {
     cfg: &'a SandboxConfig,
-    host: UnixStream,
+    host: exec::Channel,
+    /// The Start was sent.
     started: bool,
+    /// The agent said the process runs.
+    running: bool,
     stdin_open: bool,
     boot: Option<BootTimes>,
     raw: Option<RawMode>,
@@ -526,7 +553,7 @@ struct Session<'a> {
 
 impl Session<'_> {
     fn send(&mut self, frame: &Frame) -> Result<(), SandboxError> {
-        frame.write_to(&mut self.host).map_err(SandboxError::from)
+        exec::send(&self.host, frame).map_err(SandboxError::from)
     }
 
     fn start(&mut self) -> Result<(), SandboxError> {
@@ -577,8 +604,9 @@ impl Session<'_> {
     }
 }
 
-/// Reads the agent's frames: output to berth's stdout and stderr, the rest as events.
-fn read_frames(mut channel: UnixStream, mut report: impl FnMut(Event)) {
+/// Reads the agent's frames: output to berth's stdout and stderr, exec sessions' frames to
+/// their clients, the rest as events.
+fn read_frames(mut channel: UnixStream, sessions: &exec::Sessions, mut report: impl FnMut(Event)) {
     let mut stdout = io::stdout();
     let mut stderr = io::stderr();
     loop {
@@ -597,6 +625,12 @@ fn read_frames(mut channel: UnixStream, mut report: impl FnMut(Event)) {
             }
             Frame::Stderr(data) => {
                 let _ = stderr.write_all(&data).and_then(|()| stderr.flush());
+            }
+            Frame::Started => report(Event::Started),
+            Frame::Session { id, frame } => {
+                if let Err(e) = sessions.deliver(id, *frame) {
+                    return report(Event::ChannelClosed(Some(e)));
+                }
             }
             Frame::Exit(code) => return report(Event::Exit(code)),
             Frame::Error { code, message } => return report(Event::StartFailed { code, message }),

@@ -1,0 +1,505 @@
+//! The microVM wall's engine half: a `--vm` sandbox's machine fixed at create time (the
+//! guest kernel and agent, the layers as disks, the shares, the bundle), booted in the
+//! foreground by `berth run --vm`, or by the VMM process that a detached sandbox's monitor
+//! forks in place of a container's first process (`run -d --vm`, `start`, restarts).
+
+use std::io::{BufRead, Write};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixListener;
+use std::path::PathBuf;
+
+use nix::unistd::Pid;
+
+use super::{io, BundleRoot, EngineError, RunFlags, VmRequest};
+use crate::container;
+use crate::net::{self, NetworkStore, PublishedPort};
+use crate::rootfs;
+use crate::spec::{self, RunRequest, SpecError};
+use crate::state::{process_start_time, ContainerRecord, Status, VmMachine, VmNetwork, VmShare};
+use crate::vm::guest;
+use crate::vm::sandbox::{self, Outcome, SandboxConfig};
+
+/// The socket on which a running microVM's VMM takes `berth exec` sessions.
+pub(super) const EXEC_SOCKET: &str = "vmm.sock";
+
+/// The virtio-9p shares of a microVM for its resolved binds (volumes and host directories),
+/// one per bind, in order; a missing host directory is created as `-v` does for containers.
+fn vm_shares(binds: &[spec::BindVolume]) -> Result<Vec<VmShare>, EngineError> {
+    binds
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            if !b.host.exists() {
+                std::fs::create_dir_all(&b.host).map_err(io("creating the volume source", &b.host))?;
+            }
+            if !b.host.is_dir() {
+                return Err(EngineError::Usage(format!(
+                    "{} is not a directory: a microVM shares directories only; mount the directory that holds it",
+                    b.host.display()
+                )));
+            }
+            Ok(VmShare {
+                path: b.host.clone(),
+                tag: guest::share_tag(i),
+                read_only: b.read_only,
+            })
+        })
+        .collect()
+}
+
+/// Adds the guest's mount of each share to `spec`: type `9p`, the share's tag as the source.
+fn add_share_mounts(
+    spec: &mut oci_spec::runtime::Spec,
+    binds: &[spec::BindVolume],
+    shares: &[VmShare],
+) -> Result<(), EngineError> {
+    let mut mounts = spec.mounts().clone().unwrap_or_default();
+    for (b, share) in binds.iter().zip(shares) {
+        let mut options = vec!["nosuid".to_string(), "nodev".to_string()];
+        if share.read_only {
+            options.push("ro".into());
+        }
+        let m = oci_spec::runtime::MountBuilder::default()
+            .destination(&b.container)
+            .typ("9p")
+            .source(&share.tag)
+            .options(options)
+            .build()
+            .map_err(|e| EngineError::Spec(SpecError::Build(e.to_string())))?;
+        mounts.push(m);
+    }
+    spec.set_mounts(Some(mounts));
+    Ok(())
+}
+
+/// The network's name in the record (`berth ps`, `inspect`).
+fn network_name(network: &VmNetwork) -> String {
+    match network {
+        VmNetwork::None => "none".into(),
+        VmNetwork::Passt => "passt".into(),
+        VmNetwork::Named(name) => name.clone(),
+    }
+}
+
+impl super::Engine {
+    /// The machine of the new `--vm` sandbox `id`: the guest kernel and initramfs, the layers
+    /// as erofs disks, the volumes and host directories as virtio-9p shares, and the bundle
+    /// (the same spec as the container wall, plus the shares' mounts), recorded.
+    pub(super) fn prepare_vm(
+        &self,
+        id: &str,
+        resolved: &crate::image::ResolvedImage,
+        lowers: &[PathBuf],
+        mut req: RunRequest,
+        flags: &RunFlags,
+        machine: &VmRequest,
+    ) -> Result<(), EngineError> {
+        let dir = self.containers.dir(id);
+        let kernel = guest::kernel(&self.dirs.data)?;
+        let agent = guest::agent(&self.dirs.data)?;
+        let vm_cache = self.dirs.cache.join("vm");
+        let initramfs = guest::initramfs(&agent, &vm_cache)?;
+        let layers = rootfs::erofs::layer_disks(lowers, &vm_cache.join("layers"), &self.ids)?;
+        // Volumes and host directories reach the guest as virtio-9p shares, which the agent
+        // mounts where the spec says (a `9p` mount whose source is the share's tag).
+        let mounts = self.resolve_mounts(&flags.mounts, &flags.volumes_from, lowers)?;
+        let shares = vm_shares(&mounts.binds)?;
+        // `--mount type=tmpfs` joins `--tmpfs`, which the guest mounts itself.
+        req.tmpfs.extend(mounts.tmpfs);
+        let root = BundleRoot {
+            mount: None,
+            path: dir.join("rootfs"),
+        };
+        // On a user-defined network the /etc files are a container's (the network daemon
+        // completes the hosts file once the VM has an address).
+        let view = match &machine.network {
+            VmNetwork::Named(name) => {
+                NetworkStore::new(&self.dirs).get(name)?;
+                Some(net::netns::bridge_view())
+            }
+            _ => None,
+        };
+        let mut spec = self.write_bundle(id, resolved, lowers, &req, root, None, view.as_ref())?;
+        if !shares.is_empty() {
+            add_share_mounts(&mut spec, &mounts.binds, &shares)?;
+            super::save_spec(&dir, &spec)?;
+        }
+        let mut rec = self.containers.find(id)?;
+        rec.mounts = mounts.records;
+        rec.command = spec
+            .process()
+            .as_ref()
+            .and_then(|p| p.args().clone())
+            .unwrap_or_default();
+        rec.network = network_name(&machine.network);
+        rec.machine = Some(VmMachine {
+            cpus: machine.cpus,
+            mem_mib: machine.mem_mib,
+            network: machine.network.clone(),
+            kernel,
+            initramfs,
+            layers,
+            shares,
+        });
+        self.containers.save(&rec)?;
+        Ok(())
+    }
+
+    /// Runs the created `--vm` sandbox `id` in the foreground, supervised by this process
+    /// (whose pid is recorded as the sandbox's: a signal to it reaches the guest's process),
+    /// and returns its exit status.
+    pub(super) fn run_vm_created(&self, id: &str, flags: &RunFlags) -> Result<i32, EngineError> {
+        let mut rec = self.containers.find(id)?;
+        let me = std::process::id() as i32;
+        rec.status = Status::Running;
+        rec.pid = Some(me);
+        rec.monitor_pid = Some(me);
+        rec.monitor_start = process_start_time(me);
+        rec.started_at = Some(super::lifecycle::now());
+        // The output goes straight to this terminal; no log is kept.
+        rec.log = None;
+        self.containers.save(&rec)?;
+        let outcome = self.boot_vm(id, flags.attach_stdin, None, || {})?;
+        if !flags.remove {
+            let mut rec = self.containers.find(id)?;
+            rec.status = Status::Exited;
+            rec.exit_code = Some(outcome.exit_code);
+            rec.monitor_pid = None;
+            rec.monitor_start = None;
+            rec.pid = None;
+            rec.finished_at = Some(super::lifecycle::now());
+            self.containers.save(&rec)?;
+        }
+        Ok(outcome.exit_code)
+    }
+
+    /// Boots `--vm` sandbox `id` and runs its process to the end, with this process's stdio
+    /// as the process's: its network first (published ports bound, so one in use fails before
+    /// a VM boots; a user-defined network joined through a tap), recorded; then the VM.
+    /// `on_started` runs once the guest's process runs; `exec` takes `berth exec` sessions.
+    fn boot_vm(
+        &self,
+        id: &str,
+        attach_stdin: bool,
+        exec: Option<UnixListener>,
+        on_started: impl FnMut(),
+    ) -> Result<Outcome, EngineError> {
+        let mut rec = self.containers.load(id)?;
+        let machine = rec.machine.clone().ok_or_else(|| {
+            EngineError::Usage(format!("container {} is not a microVM", rec.name))
+        })?;
+        let dir = self.containers.dir(id);
+        let etc_dir = dir.join("etc");
+        let opts = rec.network_options.clone().unwrap_or_default();
+        // `-P` was expanded into `publish` when the sandbox was created.
+        let mut bound = if machine.network != VmNetwork::None {
+            net::ports::bind_all(&opts.publish)?
+        } else {
+            vec![]
+        };
+        let published: Vec<PublishedPort> = bound.iter().map(|(p, _)| *p).collect();
+        let spec = container::process::load_spec(&dir)?;
+        // The VM's place on a user-defined network: a tap from the network daemon, held (with
+        // the connection the daemon counts) until the VM is gone; published ports through
+        // berth's forwarder in the daemon's namespaces, as for a container there.
+        let mut forwarder = None;
+        let mut membership = None;
+        let mut sandbox_network = None;
+        match &machine.network {
+            VmNetwork::Named(name) => {
+                let config = NetworkStore::new(&self.dirs).get(name)?;
+                let hostname = spec
+                    .hostname()
+                    .clone()
+                    .unwrap_or_else(|| id[..12.min(id.len())].to_string());
+                let who = net::Identity {
+                    id,
+                    name: &rec.name,
+                    hostname: &hostname,
+                    hosts_file: etc_dir.join("hosts"),
+                };
+                let join = net::netns::Join::new(&self.dirs, config.clone(), &who, &opts.aliases)?;
+                let (userns, netns) = (join.userns_path(), join.netns_path());
+                let member = join.attach_tap()?;
+                if !bound.is_empty() {
+                    forwarder = Some(net::ports::Forwarder::start(
+                        Some(&userns),
+                        &netns,
+                        std::net::IpAddr::V4(member.ip),
+                        std::mem::take(&mut bound),
+                    )?);
+                }
+                let tap = member.tap.try_clone().map_err(|e| EngineError::Io {
+                    what: "duplicating the tap of",
+                    path: dir.clone(),
+                    source: e,
+                })?;
+                sandbox_network = Some(sandbox::SandboxNetwork::Tap {
+                    tap,
+                    guest: berth_agent::net::GuestNetwork {
+                        interface: "eth0".into(),
+                        address: member.ip,
+                        prefix_len: config.prefix,
+                        gateway: config.gateway,
+                    },
+                    hosts: etc_dir.join("hosts"),
+                });
+                membership = Some(member);
+            }
+            VmNetwork::Passt => {
+                // passt binds the host ports itself.
+                let ports = net::ports::release(std::mem::take(&mut bound));
+                sandbox_network = Some(sandbox::SandboxNetwork::Passt(
+                    ports
+                        .iter()
+                        .map(|p| crate::vm::passt::Forward {
+                            host_ip: (!p.host_ip.is_unspecified()).then_some(p.host_ip),
+                            host_port: p.host_port,
+                            guest_port: p.container_port,
+                            udp: p.proto == net::ports::Proto::Udp,
+                        })
+                        .collect(),
+                ));
+            }
+            VmNetwork::None => {}
+        }
+        let mut etc_files: Vec<(String, String)> = ["hostname", "hosts", "resolv.conf"]
+            .iter()
+            .filter_map(|name| {
+                let text = std::fs::read_to_string(etc_dir.join(name)).ok()?;
+                Some((name.to_string(), text))
+            })
+            .collect();
+        if machine.network == VmNetwork::Passt {
+            // Names resolve through passt's DNS forwarder; the gateway is the host.
+            use crate::vm::passt::{DNS, GATEWAY};
+            for (name, text) in etc_files.iter_mut() {
+                match name.as_str() {
+                    "resolv.conf" => *text = format!("nameserver {DNS}\n"),
+                    "hosts" => text.push_str(&format!(
+                        "{GATEWAY}\thost.containers.internal host.docker.internal\n"
+                    )),
+                    _ => {}
+                }
+            }
+        }
+        let spec_json = serde_json::to_vec(&spec).map_err(|e| EngineError::Io {
+            what: "encoding the runtime spec for",
+            path: dir.clone(),
+            source: std::io::Error::other(e),
+        })?;
+        rec.ports = published;
+        rec.network = network_name(&machine.network);
+        self.containers.save(&rec)?;
+
+        let outcome = sandbox::run(
+            &SandboxConfig {
+                kernel: machine.kernel,
+                initramfs: machine.initramfs,
+                layers: machine.layers,
+                shares: machine
+                    .shares
+                    .into_iter()
+                    .map(|s| crate::vm::ShareConfig {
+                        path: s.path,
+                        tag: s.tag,
+                        read_only: s.read_only,
+                    })
+                    .collect(),
+                vcpus: machine.cpus,
+                mem_mib: machine.mem_mib,
+                spec: spec_json,
+                tty: rec.tty,
+                attach_stdin,
+                etc_files,
+                console_log: dir.join("console.log"),
+                network: sandbox_network,
+                exec,
+            },
+            on_started,
+        );
+        // The ports close and the daemon forgets the VM (its tap is gone with the VMM's
+        // descriptors) before the run reports its end.
+        drop(forwarder);
+        drop(membership);
+        Ok(outcome?)
+    }
+
+    /// Forks the VMM of `--vm` sandbox `rec` as this process's child, in the monitor's
+    /// set-up, where a container's first process would be: with this process's stdio (the
+    /// monitor's pipes), or a terminal of its own with `rec.tty`, whose master comes back.
+    /// Returns once the guest's process runs (or with its start's error). The VMM closes
+    /// `close_in_child` at once, dies with the monitor (`PR_SET_PDEATHSIG`), and exits with
+    /// the sandbox's status; its network (passt, a tap, the port forwarder) is its own and
+    /// goes with it.
+    pub(super) fn spawn_vmm(
+        &self,
+        rec: &ContainerRecord,
+        close_in_child: &[RawFd],
+    ) -> Result<container::Started, EngineError> {
+        let failed = |what: &str, e: &dyn std::fmt::Display| {
+            EngineError::Monitor(format!("starting the microVM: {what}: {e}"))
+        };
+        let terminal = if rec.tty {
+            let size = nix::pty::Winsize {
+                ws_row: 24,
+                ws_col: 80,
+                ws_xpixel: 0,
+                ws_ypixel: 0,
+            };
+            let pty = nix::pty::openpty(Some(&size), None).map_err(|e| failed("openpty", &e))?;
+            // The guest has a terminal of its own, which already did the line discipline: the
+            // host's passes bytes through untouched (no echo, no \n -> \r\n once more).
+            let mut t = nix::sys::termios::tcgetattr(&pty.slave)
+                .map_err(|e| failed("reading the terminal's settings", &e))?;
+            nix::sys::termios::cfmakeraw(&mut t);
+            nix::sys::termios::tcsetattr(&pty.slave, nix::sys::termios::SetArg::TCSANOW, &t)
+                .map_err(|e| failed("setting the terminal raw", &e))?;
+            Some(pty)
+        } else {
+            None
+        };
+        let (ready_rd, ready_wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(|e| failed("creating a pipe", &e))?;
+        let socket = self.containers.runtime_dir(&rec.id).join(EXEC_SOCKET);
+        let exec = crate::monitor::listen(&socket)
+            .map(UnixListener::from)
+            .map_err(io("listening on", &socket))?;
+        let parent = std::process::id() as i32;
+        // SAFETY: the monitor's set-up is single-threaded; the child runs the VMM, which
+        // starts its own threads.
+        match unsafe { libc::fork() } {
+            -1 => Err(failed("fork", &std::io::Error::last_os_error())),
+            0 => {
+                // SAFETY: prctl and getppid take and return integers only.
+                unsafe {
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
+                    if libc::getppid() != parent {
+                        libc::_exit(137);
+                    }
+                }
+                for fd in close_in_child.iter().copied().chain([ready_rd.as_raw_fd()]) {
+                    // SAFETY: closing this copy's descriptors the VMM must not hold.
+                    unsafe { libc::close(fd) };
+                }
+                if let Some(pty) = &terminal {
+                    // SAFETY: setsid, dup2 and ioctl on descriptors this copy owns: the
+                    // terminal becomes the VMM's controlling terminal and stdio, so a resize
+                    // of the master (attach) reaches it as SIGWINCH.
+                    unsafe {
+                        libc::close(pty.master.as_raw_fd());
+                        libc::setsid();
+                        for fd in 0..3 {
+                            libc::dup2(pty.slave.as_raw_fd(), fd);
+                        }
+                        libc::ioctl(0, libc::TIOCSCTTY, 0);
+                    }
+                }
+                let code = self.vmm_child(&rec.id, rec.open_stdin, exec, ready_wr);
+                std::process::exit(code)
+            }
+            pid => {
+                drop(ready_wr);
+                drop(exec);
+                let master = terminal.map(|pty| pty.master);
+                let mut line = String::new();
+                let _ = std::io::BufReader::new(std::fs::File::from(ready_rd)).read_line(&mut line);
+                let line = line.trim_end();
+                if line == super::lifecycle::REPORT_OK {
+                    return Ok(container::Started {
+                        init: Pid::from_raw(pid),
+                        end: container::End::Child,
+                        master,
+                    });
+                }
+                let mut status = 0;
+                // SAFETY: waitpid writes the status into a local integer.
+                unsafe { libc::waitpid(pid, &mut status, 0) };
+                let _ = std::fs::remove_file(&socket);
+                if line.is_empty() {
+                    return Err(EngineError::Monitor(format!(
+                        "the microVM's VMM ended before its process started; the guest console is in {}",
+                        self.containers.dir(&rec.id).join("console.log").display()
+                    )));
+                }
+                Err(super::lifecycle::parse_report(line))
+            }
+        }
+    }
+
+    /// The VMM process of a detached microVM: boots it, reports on `ready` once its process
+    /// runs (or why it could not start), and returns the sandbox's exit status. Errors past
+    /// the start go to stderr, which is the sandbox's (its log).
+    fn vmm_child(&self, id: &str, stdin: bool, exec: UnixListener, ready: OwnedFd) -> i32 {
+        let mut ready = Some(std::fs::File::from(ready));
+        let result = self.boot_vm(id, stdin, Some(exec), || {
+            if let Some(mut r) = ready.take() {
+                let _ = writeln!(r, "{}", super::lifecycle::REPORT_OK);
+            }
+        });
+        match result {
+            Ok(outcome) => outcome.exit_code,
+            Err(e) => {
+                match ready.take() {
+                    Some(mut r) => {
+                        let _ = r.write_all(super::lifecycle::report_line(&e).as_bytes());
+                    }
+                    None => eprintln!("berth: {e}"),
+                }
+                e.exit_code()
+            }
+        }
+    }
+
+    /// `berth exec` into running microVM `rec`: `process` (the sandbox's, with the exec's
+    /// command, environment, directory and terminal) as a new session through its VMM.
+    /// `-u` is resolved against the image's /etc/passwd and /etc/group, as at create time.
+    pub(super) fn exec_vm(
+        &self,
+        rec: &ContainerRecord,
+        mut spec: oci_spec::runtime::Spec,
+        mut process: oci_spec::runtime::Process,
+        opts: &super::ExecOptions,
+    ) -> Result<i32, EngineError> {
+        let socket = self.containers.runtime_dir(&rec.id).join(EXEC_SOCKET);
+        if rec.socket.is_none() || !socket.exists() {
+            return Err(EngineError::Usage(format!(
+                "microVM {} runs in the foreground (`berth run --vm` without -d), which takes no exec sessions: start it with `berth run -d --vm` or `berth start`",
+                rec.name
+            )));
+        }
+        if let Some(user) = &opts.user {
+            let image = self.images.resolve(&rec.image_id)?;
+            let lowers = self.layers.ensure(&image.layers, &self.ids)?;
+            let passwd = rootfs::read_merged(&lowers, "etc/passwd");
+            let group = rootfs::read_merged(&lowers, "etc/group");
+            let u = spec::user::resolve(user, passwd.as_deref(), group.as_deref())
+                .map_err(SpecError::from)?;
+            let mut who = process.user().clone();
+            who.set_uid(u.uid);
+            who.set_gid(u.gid);
+            who.set_additional_gids(Some(u.additional_gids));
+            process.set_user(who);
+        }
+        spec.set_process(Some(process));
+        let spec = serde_json::to_vec(&spec).map_err(|e| EngineError::Io {
+            what: "encoding the runtime spec for",
+            path: self.containers.dir(&rec.id),
+            source: std::io::Error::other(e),
+        })?;
+        let stream = crate::monitor::connect(&socket).map_err(|e| {
+            EngineError::Monitor(format!(
+                "cannot reach the VMM of microVM {} at {}: {e}; `berth ps -a` shows its state",
+                rec.name,
+                socket.display()
+            ))
+        })?;
+        let session = crate::vm::exec::ExecSession {
+            spec,
+            tty: opts.tty,
+            stdin: opts.interactive,
+            detach: opts.detach,
+        };
+        Ok(crate::vm::exec::exec(stream, session)?)
+    }
+}
