@@ -391,7 +391,7 @@ fn microvm_runs_the_image_as_the_container_wall_does() {
             "$B run --vm --name vola -v vmvol:/data $IMG sh -c 'echo ready; for i in $(seq 900); do \
              [ -f /data/from-b ] && cat /data/from-b && exit 0; sleep 0.1; done; exit 1' >$R/vola.log 2>&1 & a=$!; \
              for i in $(seq 900); do grep -q ready $R/vola.log 2>/dev/null && break; sleep 0.1; done; \
-             $B run --vm --rm -v vmvol:/data $IMG sh -c 'echo hello-from-b > /data/from-b'; echo rcb=$?; \
+             $B run --vm --rm -v vmvol:/data $IMG sh -c 'echo hello-from-b > /data/.from-b && mv /data/.from-b /data/from-b'; echo rcb=$?; \
              wait $a; echo rca=$?; cat $R/vola.log; \
              $B rm vola >/dev/null && echo rm-ok; $B volume ls | grep -w vmvol >/dev/null && echo volume-kept; \
              $B run --vm --rm -v vmvol:/again $IMG sh -c 'cat /again/from-b; ls /again'"
