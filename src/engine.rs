@@ -148,6 +148,14 @@ struct BundleRoot {
     path: PathBuf,
 }
 
+/// The command line a spec runs (what `ps` and `inspect` show).
+fn spec_command(spec: &oci_spec::runtime::Spec) -> Vec<String> {
+    spec.process()
+        .as_ref()
+        .and_then(|p| p.args().clone())
+        .unwrap_or_default()
+}
+
 /// Writes `spec` as the bundle `dir`'s config.json.
 fn save_spec(dir: &Path, spec: &oci_spec::runtime::Spec) -> Result<(), EngineError> {
     let config = dir.join("config.json");

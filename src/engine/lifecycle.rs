@@ -196,11 +196,7 @@ impl super::Engine {
         let mut rec = self.containers.find(id)?;
         rec.writable = plan.writable.clone();
         rec.mounts = mounts.records;
-        rec.command = spec
-            .process()
-            .as_ref()
-            .and_then(|p| p.args().clone())
-            .unwrap_or_default();
+        rec.command = super::spec_command(&spec);
         self.containers.save(&rec)?;
         Ok(())
     }

@@ -126,11 +126,7 @@ impl super::Engine {
         }
         let mut rec = self.containers.find(id)?;
         rec.mounts = mounts.records;
-        rec.command = spec
-            .process()
-            .as_ref()
-            .and_then(|p| p.args().clone())
-            .unwrap_or_default();
+        rec.command = super::spec_command(&spec);
         rec.network = network_name(&machine.network);
         rec.machine = Some(VmMachine {
             cpus: machine.cpus,

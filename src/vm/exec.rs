@@ -185,13 +185,7 @@ pub fn exec(mut stream: UnixStream, session: ExecSession) -> Result<i32, Sandbox
     match Frame::read_from(&mut stream) {
         Ok(Frame::Started) => {}
         Ok(Frame::Error { code, message }) => return Err(SandboxError::Start { code, message }),
-        Ok(other) => {
-            return Err(ProtocolError::Malformed {
-                kind: "exec",
-                why: format!("unexpected {other:?} before the process started"),
-            }
-            .into())
-        }
+        Ok(other) => return Err(unexpected(&other, "before the process started")),
         Err(ProtocolError::Closed) => return Err(SandboxError::ExecLost),
         Err(e) => return Err(e.into()),
     }
@@ -229,13 +223,7 @@ pub fn exec(mut stream: UnixStream, session: ExecSession) -> Result<i32, Sandbox
                 let _ = err.write_all(&d).and_then(|()| err.flush());
             }
             Ok(Frame::Exit(code)) => break code,
-            Ok(other) => {
-                return Err(ProtocolError::Malformed {
-                    kind: "exec",
-                    why: format!("unexpected {other:?} while the process runs"),
-                }
-                .into())
-            }
+            Ok(other) => return Err(unexpected(&other, "while the process runs")),
             Err(ProtocolError::Closed) => return Err(SandboxError::ExecLost),
             Err(e) => return Err(e.into()),
         }
@@ -293,4 +281,13 @@ fn forward_input(chan: &mut UnixStream, sfd: &SignalFd, stdin: bool) {
             }
         }
     }
+}
+
+/// A frame the agent had no business sending at this point of an exec session.
+fn unexpected(frame: &Frame, when: &str) -> SandboxError {
+    ProtocolError::Malformed {
+        kind: "exec",
+        why: format!("unexpected {frame:?} {when}"),
+    }
+    .into()
 }
