@@ -74,11 +74,6 @@ pub enum EngineError {
     Monitor(String),
     #[error("container {0} is not running: start it with `berth start {0}`")]
     NotRunning(String),
-    #[error("{what} does not reach microVM sandboxes: {why}")]
-    NotForVm {
-        what: &'static str,
-        why: &'static str,
-    },
     #[error("{0}")]
     Usage(String),
 }

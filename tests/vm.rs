@@ -159,6 +159,13 @@ impl Failures {
             ));
         }
     }
+
+    /// A check made on this host after the nested machine.
+    fn check(&mut self, name: &str, ok: bool, what: &str) {
+        if !ok {
+            self.0.push(format!("{name}: expected {what}"));
+        }
+    }
 }
 
 /// A listing that must be identical on both walls: the layers' files with type, mode and
@@ -442,6 +449,29 @@ fn microvm_runs_the_image_as_the_container_wall_does() {
                  $B rm -f vmr >/dev/null"
             ),
         ),
+        // berth cp both ways (files, directories, `SRC/.`, tar streams, a missing source) and
+        // berth commit of a running microVM: the agent archives in the guest. The committed
+        // image is run as a container on this host after the nested machine (below).
+        (
+            "detach_copy_commit",
+            format!(
+                "{netroot}$B rm -f vmcp >/dev/null 2>&1; $B image rm -f localhost/vmcommit:test >/dev/null 2>&1; \
+                 $B run -d --vm --name vmcp $IMG sh -c 'echo ready; while :; do sleep 1; done' >/dev/null; \
+                 for i in $(seq 300); do $B logs vmcp 2>/dev/null | grep -q ready && break; sleep 0.2; done; \
+                 T=$(mktemp -d); echo from-host > $T/f; mkdir -p $T/tree/sub; echo deep > $T/tree/sub/x; \
+                 $B cp $T/f vmcp:/tmp/f; echo cp-in-rc=$?; echo in=$($B exec vmcp cat /tmp/f); \
+                 $B cp $T/tree vmcp:/opt/; echo cp-dir-rc=$?; echo dir=$($B exec vmcp cat /opt/tree/sub/x); \
+                 $B exec vmcp sh -c 'echo made-in-vm > /data/dir/c; rm /data/added; mkdir -p /srv/out && echo out > /srv/out/o'; \
+                 $B cp vmcp:/srv/out $T/got; echo cp-out-rc=$?; echo out=$(cat $T/got/o); \
+                 echo listed=$($B cp vmcp:/srv/out/. - | tar -tf - | grep -c 'o$'); \
+                 (cd $T && tar -cf - f) | $B cp - vmcp:/srv; echo stream-in=$($B exec vmcp cat /srv/f); \
+                 $B cp vmcp:/no/such $T/x; echo missing-rc=$?; \
+                 $B cp $T/none vmcp:/tmp/; echo no-source-rc=$?; \
+                 $B commit vmcp localhost/vmcommit:test >/dev/null; echo commit-rc=$?; \
+                 $B stop -t 1 vmcp >/dev/null; $B cp vmcp:/tmp/f $T/after; echo stopped-rc=$?; \
+                 $B rm -f vmcp >/dev/null; rm -rf $T"
+            ),
+        ),
     ];
     // BERTH_VM_CHECKS=PREFIX,...: only the checks whose names start so (while working on one).
     let only: Vec<String> = std::env::var("BERTH_VM_CHECKS")
@@ -544,6 +574,43 @@ fn microvm_runs_the_image_as_the_container_wall_does() {
         },
         "create --vm then start -a with the status, a missing command refused at start, stop's timeout then SIGKILL, --restart on-failure:1",
     );
+    f.expect(
+        "detach_copy_commit",
+        &ran,
+        |r| {
+            let has = |l: &str| r.out.lines().any(|x| x == l);
+            has("cp-in-rc=0")
+                && has("in=from-host")
+                && has("cp-dir-rc=0")
+                && has("dir=deep")
+                && has("cp-out-rc=0")
+                && has("out=out")
+                && has("listed=1")
+                && has("stream-in=from-host")
+                && has("missing-rc=1")
+                && r.err.contains("/no/such")
+                && has("no-source-rc=1")
+                && has("commit-rc=0")
+                && has("stopped-rc=1")
+                && r.err.contains("is not running")
+        },
+        "cp into and out of a running microVM (file, directory, SRC/., tar streams both ways), its errors, commit, and a clear refusal once it is stopped",
+    );
+    if ran.get("detach_copy_commit").is_some_and(|r| r.out.contains("commit-rc=0")) {
+        // The committed image runs, here as a container: the guest's changes and its deletion.
+        let out = common::stdout(&berth.container(&[
+            "localhost/vmcommit:test",
+            "sh",
+            "-c",
+            "cat /data/dir/c /srv/out/o /opt/tree/sub/x /tmp/f; ls /data",
+        ]));
+        f.check(
+            "detach_copy_commit (the committed image)",
+            out.starts_with("made-in-vm\nout\ndeep\nfrom-host\n") && !out.contains("added"),
+            &format!("the guest's changes, and /data/added deleted; got {out:?}"),
+        );
+        let _ = berth.cmd(&["image", "rm", "-f", "localhost/vmcommit:test"]);
+    }
     f.expect(
         "echo",
         &ran,

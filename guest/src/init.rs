@@ -2,7 +2,7 @@
 //! (each a read-only erofs/ext4 block device, stacked by overlayfs with a tmpfs upper),
 //! the agent channel, and powering off.
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::Path;
 
 use nix::mount::{mount, MsFlags};
@@ -100,6 +100,17 @@ pub fn prepare() -> Result<OwnedFd, String> {
             MsFlags::empty(),
             Some(&data),
         )?;
+        // `berth commit` archives the upper directory, which the root is about to hide.
+        let upper = nix::fcntl::open(
+            "/run/berth/upper",
+            nix::fcntl::OFlag::O_DIRECTORY
+                | nix::fcntl::OFlag::O_RDONLY
+                | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .map_err(|e| format!("opening /run/berth/upper: {e}"))?;
+        // SAFETY: open just returned this descriptor, owned by nobody else.
+        berth_agent::session::set_upper(unsafe { OwnedFd::from_raw_fd(upper) });
         for d in ["dev", "proc"] {
             let target = format!("/run/berth/root/{d}");
             let _ = std::fs::create_dir_all(&target);

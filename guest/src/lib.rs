@@ -3,6 +3,7 @@
 //! terminal, signals and exit status over one framed channel. The same code runs as an
 //! ordinary process over any byte stream, which is how its protocol is tested.
 
+pub mod archive;
 pub mod net;
 pub mod protocol;
 pub mod session;

@@ -23,6 +23,30 @@ pub struct StartOptions {
     /// The guest's NIC set-up (PID 1 only); without it the guest has only loopback.
     #[serde(default)]
     pub network: Option<crate::net::GuestNetwork>,
+    /// Exec sessions only: a job the agent does itself instead of running the spec's process.
+    #[serde(default)]
+    pub builtin: Option<Builtin>,
+}
+
+/// A job the agent does itself in an exec session, with [`crate::archive`]: the files of
+/// `berth cp` and `berth commit`, which then need no tool in the image (`docker cp` needs
+/// none either). Its stdin and stdout carry the tar stream, stderr the reason it failed; it
+/// runs as root in the guest, as `docker cp` writes as root in a container.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Builtin {
+    /// Writes `path` (a path in the guest) as a tar stream on stdout; `follow`: a symlink
+    /// given as the path is followed (`cp -L`).
+    CopyOut { path: String, follow: bool },
+    /// Extracts the tar stream on stdin at `dest`, by [`crate::archive::consume`]'s rules.
+    CopyIn {
+        dest: String,
+        contents: bool,
+        stream: bool,
+        archive: bool,
+    },
+    /// Writes the root's writable layer (the overlay's upper directory) as an OCI layer tar
+    /// on stdout, without the paths in `skip`.
+    Layer { skip: Vec<String> },
 }
 
 /// One message.
@@ -327,6 +351,12 @@ mod tests {
                         address: std::net::Ipv4Addr::new(10, 0, 2, 100),
                         prefix_len: 24,
                         gateway: std::net::Ipv4Addr::new(10, 0, 2, 2),
+                    }),
+                    builtin: Some(Builtin::CopyIn {
+                        dest: "/tmp".into(),
+                        contents: false,
+                        stream: true,
+                        archive: false,
                     }),
                 },
             },

@@ -5,7 +5,8 @@
 use std::ffi::OsString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
 
 use nix::sys::signal::{SigSet, SigmaskHow, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
@@ -13,14 +14,14 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use oci_spec::runtime::Spec;
 
-use crate::protocol::{Decoder, Frame, ProtocolError, StartOptions};
+use crate::protocol::{Builtin, Decoder, Frame, ProtocolError, StartOptions};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
     #[error(transparent)]
     Protocol(#[from] ProtocolError),
     #[error("the first frame must be Start, got {0:?}")]
-    NoStart(Frame),
+    NoStart(Box<Frame>),
     #[error("{0}")]
     Sys(String),
 }
@@ -37,7 +38,7 @@ nix::ioctl_write_ptr_bad!(set_winsize, libc::TIOCSWINSZ, nix::pty::Winsize);
 
 /// The process as started: its pid and the host-facing ends of its stdio.
 struct Running {
-    child: Child,
+    pid: Pid,
     stdin: Option<OwnedFd>,
     stdout: Option<OwnedFd>,
     stderr: Option<OwnedFd>,
@@ -54,7 +55,7 @@ pub fn serve(channel: OwnedFd, cfg: SessionConfig) -> Result<i32, SessionError> 
     let mut chan = std::fs::File::from(channel);
     let first = Frame::read_from(&mut chan)?;
     let Frame::Start { spec, options } = first else {
-        return Err(SessionError::NoStart(first));
+        return Err(SessionError::NoStart(Box::new(first)));
     };
     let spec: Spec = match serde_json::from_slice(&spec) {
         Ok(s) => s,
@@ -90,7 +91,7 @@ pub fn serve(channel: OwnedFd, cfg: SessionConfig) -> Result<i32, SessionError> 
             return Ok(code);
         }
     };
-    let pid = Pid::from_raw(running.child.id() as i32);
+    let pid = running.pid;
     Frame::Started.write_to(&mut chan)?;
     let status = relay(&mut chan, &sfd, &mut running, pid, cfg)?;
     let _ = nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
@@ -369,9 +370,13 @@ fn on_exec_frame(
             return Ok(());
         }
     };
-    match start(&spec, &options) {
+    let started = match &options.builtin {
+        Some(job) => start_builtin(job),
+        None => start(&spec, &options),
+    };
+    match started {
         Ok(running) => {
-            let pid = Pid::from_raw(running.child.id() as i32);
+            let pid = running.pid;
             execs.push(Exec {
                 id,
                 running,
@@ -730,12 +735,116 @@ fn start(spec: &Spec, options: &StartOptions) -> Result<Running, (i32, String)> 
         ),
     };
     Ok(Running {
-        child,
+        pid: Pid::from_raw(child.id() as i32),
         stdin,
         stdout,
         stderr,
         pty: terminal,
     })
+}
+
+/// The root's writable layer (the overlay's upper directory), for [`Builtin::Layer`]: opened
+/// by PID 1 before it enters the root, where the directory is out of reach.
+static UPPER: OnceLock<OwnedFd> = OnceLock::new();
+
+/// Records the directory [`Builtin::Layer`] archives (once; later calls are ignored).
+pub fn set_upper(dir: OwnedFd) {
+    let _ = UPPER.set(dir);
+}
+
+/// Starts one of the agent's own jobs in a child process of its own, with pipes for stdio as
+/// a spawned process has: the session relays and reaps it like any other.
+fn start_builtin(job: &Builtin) -> Result<Running, (i32, String)> {
+    let pipe = || {
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(|e| (125, format!("creating a pipe: {e}")))
+    };
+    let input = matches!(job, Builtin::CopyIn { .. })
+        .then(pipe)
+        .transpose()?;
+    let (out_r, out_w) = pipe()?;
+    let (err_r, err_w) = pipe()?;
+    // SAFETY: the agent's session loop is single-threaded; the child only runs the job on
+    // descriptors it owns and leaves with _exit, never returning into the parent's code.
+    match unsafe { nix::unistd::fork() } {
+        Err(e) => Err((125, format!("fork: {e}"))),
+        Ok(nix::unistd::ForkResult::Child) => {
+            let code = match builtin_child(job, input, out_w, err_w) {
+                Ok(()) => 0,
+                Err(()) => 1,
+            };
+            // SAFETY: ends the child at once, without running the parent's exit handlers.
+            unsafe { libc::_exit(code) }
+        }
+        Ok(nix::unistd::ForkResult::Parent { child }) => Ok(Running {
+            pid: child,
+            stdin: input.map(|(_, w)| w),
+            stdout: Some(out_r),
+            stderr: Some(err_r),
+            pty: false,
+        }),
+    }
+}
+
+/// The child's side of [`start_builtin`]: stdin, stdout and stderr become the pipes, every
+/// other descriptor of the agent's is closed (a copy of another session's stdin would keep
+/// its end from coming), then the job runs; its failure is told on stderr.
+fn builtin_child(
+    job: &Builtin,
+    input: Option<(OwnedFd, OwnedFd)>,
+    out: OwnedFd,
+    err: OwnedFd,
+) -> Result<(), ()> {
+    let fail = |message: String| {
+        let _ = write_all(2, format!("{message}\n").as_bytes());
+    };
+    if let Builtin::Layer { .. } = job {
+        let Some(upper) = UPPER.get() else {
+            let _ = write_all(err.as_raw_fd(), b"this sandbox has no writable layer\n");
+            return Err(());
+        };
+        if let Err(e) = nix::unistd::fchdir(upper.as_raw_fd()) {
+            let _ = write_all(
+                err.as_raw_fd(),
+                format!("entering the writable layer: {e}\n").as_bytes(),
+            );
+            return Err(());
+        }
+    }
+    let stdin = input.as_ref().map(|(r, _)| r.as_raw_fd());
+    for (from, to) in [
+        (stdin, 0),
+        (Some(out.as_raw_fd()), 1),
+        (Some(err.as_raw_fd()), 2),
+    ] {
+        if let Some(fd) = from {
+            // SAFETY: dup2 onto the standard descriptors, which this child owns.
+            if unsafe { libc::dup2(fd, to) } < 0 {
+                return Err(());
+            }
+        }
+    }
+    // SAFETY: closes this child's descriptors from 3 up; none is used after this.
+    unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
+    std::mem::forget((input, out, err));
+    // SAFETY: 0, 1 and 2 are this child's, set just above.
+    let (stdin, stdout) = unsafe { (std::fs::File::from_raw_fd(0), std::fs::File::from_raw_fd(1)) };
+    let stdout = std::io::BufWriter::with_capacity(256 << 10, stdout);
+    match job {
+        Builtin::CopyOut { path, follow } => crate::archive::produce(path, *follow, stdout),
+        Builtin::CopyIn {
+            dest,
+            contents,
+            stream,
+            archive,
+        } => crate::archive::consume(dest, *contents, *stream, *archive, stdin),
+        Builtin::Layer { skip } => {
+            let skip: Vec<&str> = skip.iter().map(String::as_str).collect();
+            crate::archive::upper_layer(std::path::Path::new("."), &skip, stdout)
+                .map_err(|e| format!("reading the writable layer: {e}"))
+        }
+    }
+    .map_err(fail)
 }
 
 fn rlimit_resource(name: &str) -> Option<nix::sys::resource::Resource> {
@@ -846,6 +955,7 @@ mod tests {
             cols: 80,
             etc_files: vec![],
             network: None,
+            builtin: None,
         }
     }
 
@@ -913,6 +1023,7 @@ mod tests {
                 cols: 101,
                 etc_files: vec![],
                 network: None,
+                builtin: None,
             },
             vec![],
         );
@@ -976,6 +1087,135 @@ mod tests {
             Frame::read_from(&mut f).unwrap(),
             Frame::Stdout(b"main".to_vec())
         );
+        assert_eq!(Frame::read_from(&mut f).unwrap(), Frame::Exit(0));
+        t.join().unwrap().unwrap();
+    }
+
+    /// Runs exec session `id` on `f` to its end: its stdout, stderr and exit status.
+    fn run_session(
+        f: &mut std::fs::File,
+        id: u32,
+        start: Frame,
+        input: &[u8],
+    ) -> (Vec<u8>, String, i32) {
+        let session = |frame: Frame| Frame::Session {
+            id,
+            frame: Box::new(frame),
+        };
+        session(start).write_to(f).unwrap();
+        if !input.is_empty() {
+            session(Frame::Stdin(input.to_vec())).write_to(f).unwrap();
+        }
+        session(Frame::StdinEof).write_to(f).unwrap();
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        loop {
+            match Frame::read_from(f).unwrap() {
+                Frame::Session { id: got, frame } if got == id => match *frame {
+                    Frame::Stdout(d) => out.extend(d),
+                    Frame::Stderr(d) => err.extend(d),
+                    Frame::Exit(c) => return (out, String::from_utf8_lossy(&err).into(), c),
+                    Frame::Started => {}
+                    other => panic!("{other:?}"),
+                },
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn builtin_jobs_copy_files_in_and_out_and_archive_the_writable_layer() {
+        let d = tempfile::tempdir().unwrap();
+        let dest = d.path().join("dest");
+        std::fs::create_dir(&dest).unwrap();
+        let upper = d.path().join("upper");
+        std::fs::create_dir_all(upper.join("etc")).unwrap();
+        std::fs::write(upper.join("etc/hosts"), "written by the agent").unwrap();
+        std::fs::write(upper.join("etc/motd"), "changed").unwrap();
+        set_upper(OwnedFd::from(std::fs::File::open(&upper).unwrap()));
+
+        let (host, agent) = channel_pair().unwrap();
+        let t = std::thread::spawn(move || serve(agent, SessionConfig::default()));
+        let mut f = std::fs::File::from(host);
+        Frame::Start {
+            spec: spec(&["cat"], &[PATH], "/", false),
+            options: opts(true),
+        }
+        .write_to(&mut f)
+        .unwrap();
+        assert_eq!(Frame::read_from(&mut f).unwrap(), Frame::Started);
+        let job = |builtin: Builtin| Frame::Start {
+            spec: spec(&["unused"], &[PATH], "/", false),
+            options: StartOptions {
+                builtin: Some(builtin),
+                ..opts(true)
+            },
+        };
+
+        // In: a tar stream with a directory and a file, extracted into `dest`.
+        let mut tar_in = Vec::new();
+        {
+            let mut b = tar::Builder::new(&mut tar_in);
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(tar::EntryType::Directory);
+            h.set_mode(0o755);
+            h.set_size(0);
+            b.append_data(&mut h, "dir", std::io::empty()).unwrap();
+            let mut h = tar::Header::new_gnu();
+            h.set_mode(0o640);
+            h.set_size(5);
+            b.append_data(&mut h, "dir/file", &b"hello"[..]).unwrap();
+            b.finish().unwrap();
+        }
+        let copy_in = job(Builtin::CopyIn {
+            dest: dest.to_string_lossy().into(),
+            contents: false,
+            stream: true,
+            archive: false,
+        });
+        let (_, err, code) = run_session(&mut f, 1, copy_in, &tar_in);
+        assert_eq!((code, err.as_str()), (0, ""));
+        assert_eq!(
+            std::fs::read_to_string(dest.join("dir/file")).unwrap(),
+            "hello"
+        );
+
+        // Out: the same file back as a tar stream named after it.
+        let copy_out = job(Builtin::CopyOut {
+            path: dest.join("dir/file").to_string_lossy().into(),
+            follow: false,
+        });
+        let (out, err, code) = run_session(&mut f, 2, copy_out, b"");
+        assert_eq!((code, err.as_str()), (0, ""));
+        let mut a = tar::Archive::new(&out[..]);
+        let mut e = a.entries().unwrap().next().unwrap().unwrap();
+        assert_eq!(e.path().unwrap().to_string_lossy(), "file");
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut e, &mut text).unwrap();
+        assert_eq!(text, "hello");
+
+        // A missing source fails with the reason on stderr.
+        let missing = job(Builtin::CopyOut {
+            path: "/no/such/path".into(),
+            follow: false,
+        });
+        let (_, err, code) = run_session(&mut f, 3, missing, b"");
+        assert_eq!(code, 1);
+        assert!(err.contains("/no/such/path"), "{err}");
+
+        // The writable layer, without what the agent wrote itself.
+        let layer = job(Builtin::Layer {
+            skip: vec!["etc/hosts".into()],
+        });
+        let (out, err, code) = run_session(&mut f, 4, layer, b"");
+        assert_eq!((code, err.as_str()), (0, ""));
+        let names: Vec<String> = tar::Archive::new(&out[..])
+            .entries()
+            .unwrap()
+            .map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, vec!["etc", "etc/motd"]);
+
+        Frame::StdinEof.write_to(&mut f).unwrap();
         assert_eq!(Frame::read_from(&mut f).unwrap(), Frame::Exit(0));
         t.join().unwrap().unwrap();
     }

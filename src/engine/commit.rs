@@ -8,9 +8,12 @@ use flate2::write::GzEncoder;
 use oci_spec::image::{HistoryBuilder, ImageConfiguration};
 use sha2::{Digest as _, Sha256};
 
+use berth_agent::protocol::Builtin;
+
 use super::EngineError;
 use crate::clock;
 use crate::image::NewLayer;
+use crate::state::ContainerRecord;
 
 /// What `berth commit` asks for.
 #[derive(Debug, Clone, Default)]
@@ -107,12 +110,6 @@ impl super::Engine {
         opts: &CommitOptions,
     ) -> Result<String, EngineError> {
         let rec = self.container(key)?;
-        if rec.isolation == crate::state::Isolation::Vm {
-            return Err(EngineError::NotForVm {
-                what: "berth commit",
-                why: "the guest keeps its writable layer in its own memory, gone with the VM; commit a container of the same image instead",
-            });
-        }
         let parent = self.images.resolve(&rec.image_id).map_err(|e| {
             EngineError::Usage(format!(
                 "the image of container {} ({}) is gone ({e}); it cannot be committed",
@@ -127,11 +124,15 @@ impl super::Engine {
         let cleanup = || {
             let _ = std::fs::remove_file(&tar_path);
         };
-        let written =
-            crate::rootfs::write_diff(&rec.driver, &rec.writable, &lowers, &tar_path, &self.ids);
+        let written = if rec.isolation == crate::state::Isolation::Vm {
+            self.vm_layer(&rec, &tar_path)
+        } else {
+            crate::rootfs::write_diff(&rec.driver, &rec.writable, &lowers, &tar_path, &self.ids)
+                .map_err(EngineError::from)
+        };
         if let Err(e) = written {
             cleanup();
-            return Err(e.into());
+            return Err(e);
         }
         // diff_id: the uncompressed tar; digest: the gzip file.
         let layer = (|| -> std::io::Result<NewLayer> {
@@ -221,6 +222,24 @@ impl super::Engine {
         let id = self.images.add_committed(&parent, &layer, &config, name);
         let _ = std::fs::remove_file(&gz_path);
         Ok(id?)
+    }
+}
+
+impl super::Engine {
+    /// The writable layer of running microVM `rec` as a layer tar at `out`: the agent archives
+    /// the guest's overlay upper directory. The /etc files berth writes into every sandbox are
+    /// left out, as Docker leaves out a container's bind-mounted hosts, hostname and
+    /// resolv.conf.
+    fn vm_layer(&self, rec: &ContainerRecord, out: &std::path::Path) -> Result<(), EngineError> {
+        let file = std::fs::File::create(out).map_err(super::io("creating", out))?;
+        let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
+        let job = Builtin::Layer {
+            skip: ["etc/hostname", "etc/hosts", "etc/resolv.conf"]
+                .map(String::from)
+                .to_vec(),
+        };
+        self.vm_job(rec, "berth commit", job, None, &mut w)?;
+        w.flush().map_err(super::io("writing", out))
     }
 }
 

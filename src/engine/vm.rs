@@ -457,13 +457,7 @@ impl super::Engine {
         mut process: oci_spec::runtime::Process,
         opts: &super::ExecOptions,
     ) -> Result<i32, EngineError> {
-        let socket = self.containers.runtime_dir(&rec.id).join(EXEC_SOCKET);
-        if rec.socket.is_none() || !socket.exists() {
-            return Err(EngineError::Usage(format!(
-                "microVM {} runs in the foreground (`berth run --vm` without -d), which takes no exec sessions: start it with `berth run -d --vm` or `berth start`",
-                rec.name
-            )));
-        }
+        let stream = self.vm_session(rec, "berth exec")?;
         if let Some(user) = &opts.user {
             let image = self.images.resolve(&rec.image_id)?;
             let lowers = self.layers.ensure(&image.layers, &self.ids)?;
@@ -483,13 +477,6 @@ impl super::Engine {
             path: self.containers.dir(&rec.id),
             source: std::io::Error::other(e),
         })?;
-        let stream = crate::monitor::connect(&socket).map_err(|e| {
-            EngineError::Monitor(format!(
-                "cannot reach the VMM of microVM {} at {}: {e}; `berth ps -a` shows its state",
-                rec.name,
-                socket.display()
-            ))
-        })?;
         let session = crate::vm::exec::ExecSession {
             spec,
             tty: opts.tty,
@@ -497,5 +484,50 @@ impl super::Engine {
             detach: opts.detach,
         };
         Ok(crate::vm::exec::exec(stream, session)?)
+    }
+
+    /// A session with the agent of running microVM `rec`, through its VMM's exec socket
+    /// (`berth exec`, and the agent's jobs for `berth cp` and `berth commit`, named by `what`).
+    fn vm_session(
+        &self,
+        rec: &ContainerRecord,
+        what: &str,
+    ) -> Result<std::os::unix::net::UnixStream, EngineError> {
+        if !crate::state::ContainerStore::is_running(rec) {
+            return Err(EngineError::Usage(format!(
+                "microVM {} is not running, and {what} works through its agent: its writable layer lives in the guest's memory and ends with the VM, and the image's files are the image's (`berth run --rm IMAGE ...`); start it first with `berth start {}`",
+                rec.name, rec.name
+            )));
+        }
+        let socket = self.containers.runtime_dir(&rec.id).join(EXEC_SOCKET);
+        if rec.socket.is_none() || !socket.exists() {
+            return Err(EngineError::Usage(format!(
+                "microVM {} runs in the foreground (`berth run --vm` without -d), which takes no sessions for {what}: start it with `berth run -d --vm` or `berth start`",
+                rec.name
+            )));
+        }
+        crate::monitor::connect(&socket).map_err(|e| {
+            EngineError::Monitor(format!(
+                "cannot reach the VMM of microVM {} at {}: {e}; `berth ps -a` shows its state",
+                rec.name,
+                socket.display()
+            ))
+        })
+    }
+
+    /// Runs the agent's `job` in running microVM `rec` (see [`crate::vm::exec::builtin`]).
+    pub(super) fn vm_job(
+        &self,
+        rec: &ContainerRecord,
+        what: &str,
+        job: berth_agent::protocol::Builtin,
+        input: Option<&mut (dyn std::io::Read + Send)>,
+        output: &mut dyn Write,
+    ) -> Result<(), EngineError> {
+        let stream = self.vm_session(rec, what)?;
+        let dir = self.containers.dir(&rec.id);
+        let spec = std::fs::read(dir.join("config.json"))
+            .map_err(io("reading the runtime spec in", &dir))?;
+        Ok(crate::vm::exec::builtin(stream, spec, job, input, output)?)
     }
 }

@@ -7,127 +7,13 @@
 use std::collections::BTreeSet;
 use std::fs::{self, Metadata};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use crate::image::{is_whiteout, OPAQUE_XATTR};
+pub use berth_agent::archive::upper_layer;
+use berth_agent::archive::{opaque, sorted_entries, whiteout_name, Layer};
 
-/// The opaque-directory markers of the overlay implementations berth uses.
-const OPAQUE_MARKERS: &[&str] = &[
-    "user.overlay.opaque",
-    "trusted.overlay.opaque",
-    "user.fuseoverlayfs.opaque",
-    OPAQUE_XATTR,
-];
-
-fn xattr_is_y(path: &Path, name: &str) -> bool {
-    use std::os::unix::ffi::OsStrExt;
-    let (Ok(p), Ok(n)) = (
-        std::ffi::CString::new(path.as_os_str().as_bytes()),
-        std::ffi::CString::new(name),
-    ) else {
-        return false;
-    };
-    let mut buf = [0u8; 4];
-    // SAFETY: lgetxattr writes at most buf.len() bytes; both strings are NUL-terminated.
-    let len =
-        unsafe { libc::lgetxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-    len == 1 && buf[0] == b'y'
-}
-
-fn opaque(dir: &Path) -> bool {
-    OPAQUE_MARKERS.iter().any(|m| xattr_is_y(dir, m))
-}
-
-struct Layer<W: Write> {
-    tar: tar::Builder<W>,
-}
-
-impl<W: Write> Layer<W> {
-    fn header(meta: &Metadata, kind: tar::EntryType) -> tar::Header {
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(kind);
-        h.set_mode(meta.mode() & 0o7777);
-        h.set_uid(meta.uid() as u64);
-        h.set_gid(meta.gid() as u64);
-        h.set_mtime(meta.mtime().max(0) as u64);
-        h.set_size(0);
-        h
-    }
-
-    /// Adds `path` (on disk) as `name` in the layer; devices, fifos and sockets are skipped.
-    fn add(&mut self, path: &Path, name: &Path, meta: &Metadata) -> io::Result<()> {
-        let ft = meta.file_type();
-        if ft.is_dir() {
-            let mut h = Self::header(meta, tar::EntryType::Directory);
-            self.tar.append_data(&mut h, name, io::empty())
-        } else if ft.is_symlink() {
-            let mut h = Self::header(meta, tar::EntryType::Symlink);
-            self.tar.append_link(&mut h, name, fs::read_link(path)?)
-        } else if ft.is_file() {
-            let mut h = Self::header(meta, tar::EntryType::Regular);
-            h.set_size(meta.len());
-            self.tar.append_data(&mut h, name, fs::File::open(path)?)
-        } else {
-            Ok(())
-        }
-    }
-
-    /// An empty marker file (`.wh.NAME` or `.wh..wh..opq`).
-    fn marker(&mut self, name: &Path) -> io::Result<()> {
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(tar::EntryType::Regular);
-        h.set_mode(0o644);
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_mtime(0);
-        h.set_size(0);
-        self.tar.append_data(&mut h, name, io::empty())
-    }
-}
-
-fn sorted_entries(dir: &Path) -> io::Result<Vec<fs::DirEntry>> {
-    let mut v: Vec<fs::DirEntry> = fs::read_dir(dir)?.collect::<Result<_, _>>()?;
-    v.sort_by_key(|e| e.file_name());
-    Ok(v)
-}
-
-fn whiteout_name(rel: &Path) -> PathBuf {
-    let name = rel
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    rel.with_file_name(format!(".wh.{name}"))
-}
-
-fn walk_upper<W: Write>(layer: &mut Layer<W>, dir: &Path, rel: &Path) -> io::Result<()> {
-    for e in sorted_entries(dir)? {
-        let path = e.path();
-        let name = rel.join(e.file_name());
-        let meta = fs::symlink_metadata(&path)?;
-        if meta.file_type().is_char_device() && meta.rdev() == 0 {
-            layer.marker(&whiteout_name(&name))?;
-        } else if meta.is_dir() {
-            layer.add(&path, &name, &meta)?;
-            if opaque(&path) {
-                layer.marker(&name.join(".wh..wh..opq"))?;
-            }
-            walk_upper(layer, &path, &name)?;
-        } else {
-            layer.add(&path, &name, &meta)?;
-        }
-    }
-    Ok(())
-}
-
-/// Writes the overlay upper directory `upper` as a layer tar to `out`.
-pub fn upper_layer(upper: &Path, out: impl Write) -> io::Result<()> {
-    let mut layer = Layer {
-        tar: tar::Builder::new(out),
-    };
-    walk_upper(&mut layer, upper, Path::new(""))?;
-    layer.tar.into_inner()?.flush()
-}
+use crate::image::is_whiteout;
 
 /// What the image (`lowers`, bottom first) has at `rel`: the topmost layer's entry, unless a
 /// whiteout or an opaque directory above hides it.
@@ -275,18 +161,5 @@ mod tests {
         let mut got = names(&out);
         got.sort();
         assert_eq!(got, vec!["added", "etc/.wh.removed", "etc/changed"]);
-    }
-
-    #[test]
-    fn an_upper_directory_keeps_its_files_and_opaque_markers() {
-        let d = tempfile::tempdir().unwrap();
-        let upper = d.path().join("upper");
-        fs::create_dir_all(upper.join("dir")).unwrap();
-        fs::write(upper.join("dir/file"), "x").unwrap();
-        // fuse-overlayfs writes whiteouts as .wh. files when it cannot make devices.
-        fs::write(upper.join(".wh.gone"), "").unwrap();
-        let mut out = Vec::new();
-        upper_layer(&upper, &mut out).unwrap();
-        assert_eq!(names(&out), vec![".wh.gone", "dir", "dir/file"]);
     }
 }

@@ -352,7 +352,7 @@ pub fn write_diff(
     run_in_userns(ids, move || {
         let w = std::io::BufWriter::with_capacity(1 << 20, file);
         match driver {
-            Driver::Overlay | Driver::FuseOverlayfs => diff::upper_layer(&source, w),
+            Driver::Overlay | Driver::FuseOverlayfs => diff::upper_layer(&source, &[], w),
             Driver::Copy => diff::full_layer(&source, &lowers, w),
         }
         .map_err(|e| {

@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use berth_agent::protocol::{Frame, ProtocolError, StartOptions};
+use berth_agent::protocol::{Builtin, Frame, ProtocolError, StartOptions};
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{SigSet, SigmaskHow, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
@@ -179,6 +179,7 @@ pub fn exec(mut stream: UnixStream, session: ExecSession) -> Result<i32, Sandbox
             cols: size.ws_col,
             etc_files: vec![],
             network: None,
+            builtin: None,
         },
     }
     .write_to(&mut stream)?;
@@ -232,6 +233,92 @@ pub fn exec(mut stream: UnixStream, session: ExecSession) -> Result<i32, Sandbox
     Ok(code)
 }
 
+/// The most of a failed job's stderr kept for its error message.
+const MAX_JOB_ERROR: usize = 16 << 10;
+
+/// Runs one of the agent's own jobs ([`Builtin`]: `berth cp`, `berth commit`) in the running
+/// microVM behind `stream` (its VMM's exec socket, connected): `input`, if any, goes to the
+/// job's stdin, its stdout to `output`. `spec` is the sandbox's runtime spec (the agent reads
+/// a session's spec before it looks at the job). Fails with what the job said on stderr.
+pub fn builtin(
+    mut stream: UnixStream,
+    spec: Vec<u8>,
+    job: Builtin,
+    input: Option<&mut (dyn io::Read + Send)>,
+    output: &mut dyn Write,
+) -> Result<(), SandboxError> {
+    Frame::Start {
+        spec,
+        options: StartOptions {
+            stdin: input.is_some(),
+            rows: 0,
+            cols: 0,
+            etc_files: vec![],
+            network: None,
+            builtin: Some(job),
+        },
+    }
+    .write_to(&mut stream)?;
+    match Frame::read_from(&mut stream) {
+        Ok(Frame::Started) => {}
+        Ok(Frame::Error { code, message }) => return Err(SandboxError::Start { code, message }),
+        Ok(other) => return Err(unexpected(&other, "before the job started")),
+        Err(ProtocolError::Closed) => return Err(SandboxError::ExecLost),
+        Err(e) => return Err(e.into()),
+    }
+    let mut writer = stream.try_clone().map_err(SandboxError::Channel)?;
+    std::thread::scope(|scope| {
+        if let Some(input) = input {
+            scope.spawn(move || {
+                let mut buf = vec![0u8; 256 << 10];
+                loop {
+                    let frame = match input.read(&mut buf) {
+                        Ok(0) | Err(_) => Frame::StdinEof,
+                        Ok(n) => Frame::Stdin(buf[..n].to_vec()),
+                    };
+                    let end = frame == Frame::StdinEof;
+                    if frame.write_to(&mut writer).is_err() || end {
+                        return;
+                    }
+                }
+            });
+        }
+        let mut said = Vec::new();
+        loop {
+            match Frame::read_from(&mut stream) {
+                Ok(Frame::Stdout(d)) => {
+                    if let Err(e) = output.write_all(&d) {
+                        // The job goes on writing into a session nobody reads; the VMM
+                        // drops its frames once this side is gone.
+                        let _ = stream.shutdown(std::net::Shutdown::Both);
+                        return Err(SandboxError::Channel(e));
+                    }
+                }
+                Ok(Frame::Stderr(d)) => {
+                    let room = MAX_JOB_ERROR.saturating_sub(said.len());
+                    said.extend_from_slice(&d[..d.len().min(room)]);
+                }
+                Ok(Frame::Exit(0)) => return output.flush().map_err(SandboxError::Channel),
+                Ok(Frame::Exit(code)) => {
+                    let text = String::from_utf8_lossy(&said);
+                    let message = printable(text.trim());
+                    return Err(SandboxError::Start {
+                        code,
+                        message: if message.is_empty() {
+                            format!("the agent's job ended with status {code}")
+                        } else {
+                            message
+                        },
+                    });
+                }
+                Ok(other) => return Err(unexpected(&other, "while the job runs")),
+                Err(ProtocolError::Closed) => return Err(SandboxError::ExecLost),
+                Err(e) => return Err(e.into()),
+            }
+        }
+    })
+}
+
 /// Sends this process's stdin (with `stdin`), the forwarded signals and the terminal's new
 /// sizes to the session, until the session or stdin's reader is gone.
 fn forward_input(chan: &mut UnixStream, sfd: &SignalFd, stdin: bool) {
@@ -281,6 +368,20 @@ fn forward_input(chan: &mut UnixStream, sfd: &SignalFd, stdin: bool) {
             }
         }
     }
+}
+
+/// What the guest wrote, fit for the user's terminal: no control characters but newlines
+/// and tabs (a hostile guest could otherwise send escape sequences).
+fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_control() && c != '\n' && c != '\t' {
+                '?'
+            } else {
+                c
+            }
+        })
+        .collect()
 }
 
 /// A frame the agent had no business sending at this point of an exec session.

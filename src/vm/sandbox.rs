@@ -572,6 +572,7 @@ impl Session<'_> {
                 },
                 SandboxNetwork::Tap { guest, .. } => guest.clone(),
             }),
+            builtin: None,
         };
         // Raw mode only when keystrokes go to the sandbox (-t with -i), as the container wall
         // does: with -t alone Ctrl-C stays a signal to berth, which forwards it.
