@@ -49,9 +49,24 @@ fn sigkill_from_outside_gives_137() {
     let args = ["run", "--rm", IMAGE, "sh", "-c", script];
     let mut running = berth.spawn(&args);
     running.wait_for_line("ready", WAIT);
-    let targets = common::procs::processes(|_, _, _| true)
+    let found = common::procs::processes(|_, _, _| true)
         .into_iter()
         .filter(|p| p.cmdline.starts_with("sh -c") && p.cmdline.contains("kill-me-from-outside"))
+        .collect::<Vec<_>>();
+    // The loop's fork for `sleep` carries the same command line until it execs: the
+    // container's sh is the one whose parent is not one of them.
+    let parent = |pid: i32| {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
+        after
+            .split_whitespace()
+            .nth(1)
+            .and_then(|v| v.parse::<i32>().ok())
+    };
+    let pids: Vec<i32> = found.iter().map(|p| p.pid).collect();
+    let targets = found
+        .into_iter()
+        .filter(|p| parent(p.pid).is_none_or(|pp| !pids.contains(&pp)))
         .collect::<Vec<_>>();
     assert_eq!(
         targets.len(),

@@ -460,14 +460,16 @@ fn microvm_runs_the_image_as_the_container_wall_does() {
                  for i in $(seq 300); do $B logs vmcp 2>/dev/null | grep -q ready && break; sleep 0.2; done; \
                  T=$(mktemp -d); echo from-host > $T/f; mkdir -p $T/tree/sub; echo deep > $T/tree/sub/x; \
                  $B cp $T/f vmcp:/tmp/f; echo cp-in-rc=$?; echo in=$($B exec vmcp cat /tmp/f); \
-                 $B cp $T/tree vmcp:/opt/; echo cp-dir-rc=$?; echo dir=$($B exec vmcp cat /opt/tree/sub/x); \
+                 $B exec vmcp mkdir -p /opt; $B cp $T/tree vmcp:/opt/; echo cp-dir-rc=$?; echo dir=$($B exec vmcp cat /opt/tree/sub/x); \
                  $B exec vmcp sh -c 'echo made-in-vm > /data/dir/c; rm /data/added; mkdir -p /srv/out && echo out > /srv/out/o'; \
+                 $B exec -d vmcp sh -c 'while :; do date > /srv/busy; sleep 0.2; done'; \
                  $B cp vmcp:/srv/out $T/got; echo cp-out-rc=$?; echo out=$(cat $T/got/o); \
                  echo listed=$($B cp vmcp:/srv/out/. - | tar -tf - | grep -c 'o$'); \
                  (cd $T && tar -cf - f) | $B cp - vmcp:/srv; echo stream-in=$($B exec vmcp cat /srv/f); \
                  $B cp vmcp:/no/such $T/x; echo missing-rc=$?; \
                  $B cp $T/none vmcp:/tmp/; echo no-source-rc=$?; \
                  $B commit vmcp localhost/vmcommit:test >/dev/null; echo commit-rc=$?; \
+                 a=$($B exec vmcp cat /srv/busy); sleep 1; [ \"$a\" != \"$($B exec vmcp cat /srv/busy)\" ] && echo resumed; \
                  $B stop -t 1 vmcp >/dev/null; $B cp vmcp:/tmp/f $T/after; echo stopped-rc=$?; \
                  $B rm -f vmcp >/dev/null; rm -rf $T"
             ),
@@ -591,6 +593,8 @@ fn microvm_runs_the_image_as_the_container_wall_does() {
                 && r.err.contains("/no/such")
                 && has("no-source-rc=1")
                 && has("commit-rc=0")
+                && has("resumed")
+                && !r.err.contains("cannot be paused")
                 && has("stopped-rc=1")
                 && r.err.contains("is not running")
         },

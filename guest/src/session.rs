@@ -105,6 +105,9 @@ struct Exec {
     running: Running,
     pid: Pid,
     status: Option<i32>,
+    /// The guest's processes were stopped for this session (a [`Builtin::Layer`] job, as
+    /// `docker commit` pauses the container): they continue when it ends.
+    paused: bool,
 }
 
 /// The most exec sessions at once; a Start past it is refused.
@@ -193,7 +196,7 @@ fn relay(
                         while let Some(frame) = decoder.next_frame()? {
                             match frame {
                                 Frame::Session { id, frame } => {
-                                    on_exec_frame(id, *frame, &mut execs, chan)?
+                                    on_exec_frame(id, *frame, &mut execs, chan, cfg)?
                                 }
                                 other => handle(other, r, pid, cfg),
                             }
@@ -220,6 +223,9 @@ fn relay(
                 continue;
             };
             let mut e = execs.remove(i);
+            if e.paused {
+                let _ = nix::sys::signal::kill(Pid::from_raw(-1), Signal::SIGCONT);
+            }
             for is_err in [false, true] {
                 while readable(&e.running, is_err) {
                     forward_output(&mut e.running, is_err, Some(e.id), chan, &mut buf)?;
@@ -338,6 +344,7 @@ fn on_exec_frame(
     frame: Frame,
     execs: &mut Vec<Exec>,
     chan: &mut std::fs::File,
+    cfg: SessionConfig,
 ) -> Result<(), SessionError> {
     let mut reply = |frame: Frame| {
         Frame::Session {
@@ -370,10 +377,19 @@ fn on_exec_frame(
             return Ok(());
         }
     };
+    // PID 1 stops every other process of the guest while the writable layer is archived,
+    // so no file is caught half-written; the job's own process is forked after.
+    let pause = cfg.system && matches!(options.builtin, Some(Builtin::Layer { .. }));
+    if pause {
+        let _ = nix::sys::signal::kill(Pid::from_raw(-1), Signal::SIGSTOP);
+    }
     let started = match &options.builtin {
         Some(job) => start_builtin(job),
         None => start(&spec, &options),
     };
+    if pause && started.is_err() {
+        let _ = nix::sys::signal::kill(Pid::from_raw(-1), Signal::SIGCONT);
+    }
     match started {
         Ok(running) => {
             let pid = running.pid;
@@ -382,6 +398,7 @@ fn on_exec_frame(
                 running,
                 pid,
                 status: None,
+                paused: pause,
             });
             reply(Frame::Started)?;
         }

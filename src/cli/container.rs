@@ -888,7 +888,8 @@ pub fn cp(engine: &Engine, args: CpArgs) -> anyhow::Result<()> {
 
 pub fn commit(engine: &Engine, args: CommitArgs) -> anyhow::Result<()> {
     let rec = engine.container(&args.container)?;
-    if state_of(&rec) == Status::Running {
+    // A microVM's agent stops the guest's processes while it archives (as Docker pauses).
+    if state_of(&rec) == Status::Running && rec.machine.is_none() {
         eprintln!(
             "berth: warning: {} is running and cannot be paused without cgroups (rootless, this host): a file written during the commit may be caught half-way; stop it first for a consistent image",
             rec.name
