@@ -410,7 +410,7 @@ fn microvm_runs_the_image_as_the_container_wall_does() {
         (
             "detach_lifecycle",
             format!(
-                "{netroot}$B run -d --vm --name vmd $IMG sh -c 'echo out-line; echo err-line >&2; \
+                "{netroot}$B rm -f vmd >/dev/null 2>&1; $B run -d --vm --name vmd $IMG sh -c 'echo out-line; echo err-line >&2; \
                  trap \"echo got-term; exit 3\" TERM; while :; do sleep 0.2; done' >/dev/null; echo run-rc=$?; \
                  for i in $(seq 300); do $B logs vmd 2>/dev/null | grep -q out-line && break; sleep 0.2; done; \
                  echo logs-out=$($B logs vmd 2>/dev/null | tr '\\n' ,); echo logs-err=$($B logs vmd 2>&1 >/dev/null | tr '\\n' ,); \
@@ -435,7 +435,7 @@ fn microvm_runs_the_image_as_the_container_wall_does() {
         (
             "detach_create",
             format!(
-                "{netroot}$B create --vm --name vmc $IMG sh -c 'echo created-ran; exit 4' >/dev/null; \
+                "{netroot}$B rm -f vmc vmt vmr >/dev/null 2>&1; $B create --vm --name vmc $IMG sh -c 'echo created-ran; exit 4' >/dev/null; \
                  echo status=$($B inspect -f '{{{{.State.Status}}}}' vmc); \
                  $B start -a vmc; echo start-a-rc=$?; $B rm vmc >/dev/null; \
                  $B run -d --vm --rm $IMG no-such-command; echo missing-rc=$?; \
@@ -472,6 +472,22 @@ fn microvm_runs_the_image_as_the_container_wall_does() {
                  a=$($B exec vmcp cat /srv/busy); sleep 1; [ \"$a\" != \"$($B exec vmcp cat /srv/busy)\" ] && echo resumed; \
                  $B stop -t 1 vmcp >/dev/null; $B cp vmcp:/tmp/f $T/after; echo stopped-rc=$?; \
                  $B rm -f vmcp >/dev/null; rm -rf $T"
+            ),
+        ),
+        // The writable layer outlives a run, as a container's does: on the sandbox's own
+        // disk, through stop and start, and a foreground run started again.
+        (
+            "detach_persist",
+            format!(
+                "{netroot}$B rm -f vmp vmf >/dev/null 2>&1; \
+                 $B run -d --vm --name vmp $IMG sh -c 'echo ready; while :; do sleep 1; done' >/dev/null; \
+                 for i in $(seq 300); do $B logs vmp 2>/dev/null | grep -q ready && break; sleep 0.2; done; \
+                 $B exec vmp sh -c 'echo kept > /data/kept; rm /data/added; sync'; \
+                 $B stop -t 1 vmp >/dev/null; $B start vmp >/dev/null; echo start-rc=$?; \
+                 echo after=$($B exec vmp cat /data/kept); $B exec vmp ls /data/added >/dev/null 2>&1 || echo still-deleted; \
+                 $B rm -f vmp >/dev/null; \
+                 $B run --vm --name vmf $IMG sh -c '[ -f /kept ] && echo second-run; touch /kept; echo ran'; \
+                 $B start -a vmf; echo start-a-rc=$?; $B rm vmf >/dev/null"
             ),
         ),
     ];
@@ -600,7 +616,10 @@ fn microvm_runs_the_image_as_the_container_wall_does() {
         },
         "cp into and out of a running microVM (file, directory, SRC/., tar streams both ways), its errors, commit, and a clear refusal once it is stopped",
     );
-    if ran.get("detach_copy_commit").is_some_and(|r| r.out.contains("commit-rc=0")) {
+    if ran
+        .get("detach_copy_commit")
+        .is_some_and(|r| r.out.contains("commit-rc=0"))
+    {
         // The committed image runs, here as a container: the guest's changes and its deletion.
         let out = common::stdout(&berth.container(&[
             "localhost/vmcommit:test",
@@ -615,6 +634,20 @@ fn microvm_runs_the_image_as_the_container_wall_does() {
         );
         let _ = berth.cmd(&["image", "rm", "-f", "localhost/vmcommit:test"]);
     }
+    f.expect(
+        "detach_persist",
+        &ran,
+        |r| {
+            let has = |l: &str| r.out.lines().any(|x| x == l);
+            has("start-rc=0")
+                && has("after=kept")
+                && has("still-deleted")
+                && r.out.matches("ran").count() == 2
+                && has("second-run")
+                && has("start-a-rc=0")
+        },
+        "files written and deleted in a microVM still so after stop and start, and after a foreground run's start -a",
+    );
     f.expect(
         "echo",
         &ran,

@@ -16,6 +16,9 @@ pub struct BootArgs {
     pub layer_fs: String,
     /// The channel device (`berth.channel=hvc0`).
     pub channel: String,
+    /// The disk that holds the root's writable layer across the sandbox's runs
+    /// (`berth.upper=vdd`, ext4); without it the layer is a tmpfs, gone with the VM.
+    pub upper: Option<String>,
 }
 
 impl BootArgs {
@@ -42,6 +45,7 @@ impl BootArgs {
                     b.layer_fs = v.into()
                 }
                 "berth.channel" if valid(v) => b.channel = v.into(),
+                "berth.upper" if valid(v) => b.upper = Some(v.into()),
                 _ => {}
             }
         }
@@ -84,13 +88,31 @@ pub fn prepare() -> Result<OwnedFd, String> {
             lowers.push(dir);
         }
         lowers.reverse();
+        // The writable layer: on the sandbox's own disk when it has one (kept across its
+        // runs, as a container's upper directory is), else in memory. `noinit_itable`: the
+        // disk is a new sparse file whose unwritten blocks read as zeros, so the kernel need
+        // not zero its inode tables in the background.
+        let rw = match &boot.upper {
+            Some(dev) => {
+                m(
+                    &format!("/dev/{dev}"),
+                    "/run/berth/rw",
+                    "ext4",
+                    MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+                    Some("noinit_itable"),
+                )?;
+                "/run/berth/rw"
+            }
+            None => "/run/berth",
+        };
+        let (upper, work) = (format!("{rw}/upper"), format!("{rw}/work"));
         // The layer disks carry berth's rootless whiteouts: char 0:0 nodes and
         // `user.overlay.opaque`, which overlayfs reads with `userxattr`.
-        for d in ["/run/berth/upper", "/run/berth/work", "/run/berth/root"] {
+        for d in [upper.as_str(), work.as_str(), "/run/berth/root"] {
             std::fs::create_dir_all(d).map_err(|e| format!("creating {d}: {e}"))?;
         }
         let data = format!(
-            "lowerdir={},upperdir=/run/berth/upper,workdir=/run/berth/work,userxattr",
+            "lowerdir={},upperdir={upper},workdir={work},userxattr",
             lowers.join(":")
         );
         m(
@@ -102,13 +124,13 @@ pub fn prepare() -> Result<OwnedFd, String> {
         )?;
         // `berth commit` archives the upper directory, which the root is about to hide.
         let upper = nix::fcntl::open(
-            "/run/berth/upper",
+            upper.as_str(),
             nix::fcntl::OFlag::O_DIRECTORY
                 | nix::fcntl::OFlag::O_RDONLY
                 | nix::fcntl::OFlag::O_CLOEXEC,
             nix::sys::stat::Mode::empty(),
         )
-        .map_err(|e| format!("opening /run/berth/upper: {e}"))?;
+        .map_err(|e| format!("opening {upper}: {e}"))?;
         // SAFETY: open just returned this descriptor, owned by nobody else.
         berth_agent::session::set_upper(unsafe { OwnedFd::from_raw_fd(upper) });
         for d in ["dev", "proc"] {
@@ -180,13 +202,15 @@ mod tests {
     #[test]
     fn boot_args_are_parsed_and_sanitised() {
         let b = BootArgs::parse(
-            "console=ttyS0 berth.layers=vdb,vdc,../x berth.layerfs=ext4 berth.channel=hvc1 quiet",
+            "console=ttyS0 berth.layers=vdb,vdc,../x berth.layerfs=ext4 berth.channel=hvc1 berth.upper=vdd quiet",
         );
+        assert_eq!(b.upper.as_deref(), Some("vdd"));
         assert_eq!(b.layers, vec!["vdb", "vdc"]);
         assert_eq!(b.layer_fs, "ext4");
         assert_eq!(b.channel, "hvc1");
         let d = BootArgs::parse("berth.layerfs=nfs berth.channel=../../etc");
         assert_eq!(d.layer_fs, "erofs");
         assert_eq!(d.channel, "hvc0");
+        assert_eq!(BootArgs::parse("berth.upper=../vda").upper, None);
     }
 }

@@ -21,6 +21,8 @@ use crate::vm::sandbox::{self, Outcome, SandboxConfig};
 
 /// The socket on which a running microVM's VMM takes `berth exec` sessions.
 pub(super) const EXEC_SOCKET: &str = "vmm.sock";
+/// A microVM's writable disk, in its sandbox's directory.
+const WRITABLE_DISK: &str = "upper.ext4";
 
 /// The virtio-9p shares of a microVM for its resolved binds (volumes and host directories),
 /// one per bind, in order; a missing host directory is created as `-v` does for containers.
@@ -124,6 +126,14 @@ impl super::Engine {
             add_share_mounts(&mut spec, &mounts.binds, &shares)?;
             super::save_spec(&dir, &spec)?;
         }
+        // What the sandbox writes outlives a run unless nothing of it does (`--rm`).
+        let upper = if flags.remove {
+            None
+        } else {
+            let disk = dir.join(WRITABLE_DISK);
+            rootfs::erofs::writable_disk(&disk)?;
+            Some(disk)
+        };
         let mut rec = self.containers.find(id)?;
         rec.mounts = mounts.records;
         rec.command = super::spec_command(&spec);
@@ -136,6 +146,7 @@ impl super::Engine {
             initramfs,
             layers,
             shares,
+            upper,
         });
         self.containers.save(&rec)?;
         Ok(())
@@ -293,6 +304,7 @@ impl super::Engine {
                 kernel: machine.kernel,
                 initramfs: machine.initramfs,
                 layers: machine.layers,
+                upper: machine.upper,
                 shares: machine
                     .shares
                     .into_iter()
@@ -495,7 +507,7 @@ impl super::Engine {
     ) -> Result<std::os::unix::net::UnixStream, EngineError> {
         if !crate::state::ContainerStore::is_running(rec) {
             return Err(EngineError::Usage(format!(
-                "microVM {} is not running, and {what} works through its agent: its writable layer lives in the guest's memory and ends with the VM, and the image's files are the image's (`berth run --rm IMAGE ...`); start it first with `berth start {}`",
+                "microVM {} is not running, and {what} works through its agent in the guest: start it first with `berth start {}`",
                 rec.name, rec.name
             )));
         }

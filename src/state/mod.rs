@@ -226,6 +226,10 @@ pub struct VmMachine {
     pub layers: Vec<PathBuf>,
     /// Host directories shared over virtio-9p (`-v`, `--mount`), in the spec's order.
     pub shares: Vec<VmShare>,
+    /// The disk holding the root's writable layer across runs (in the sandbox's directory);
+    /// none for `--rm`, whose writable layer is the guest's memory.
+    #[serde(default)]
+    pub upper: Option<PathBuf>,
 }
 
 /// One virtio-9p share of a [`VmMachine`].

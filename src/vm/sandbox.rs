@@ -95,6 +95,8 @@ pub struct SandboxConfig {
     pub initramfs: PathBuf,
     /// The image's layer disks (erofs), bottom layer first.
     pub layers: Vec<PathBuf>,
+    /// The disk (ext4) for the root's writable layer; `None`: the guest's memory.
+    pub upper: Option<PathBuf>,
     /// Host directories for the guest (`-v`, `--mount`): the spec mounts them by tag.
     pub shares: Vec<super::ShareConfig>,
     pub vcpus: u8,
@@ -233,8 +235,14 @@ pub fn run(cfg: &SandboxConfig, mut on_started: impl FnMut()) -> Result<Outcome,
     };
     let (host, device) = UnixStream::pair().map_err(SandboxError::Channel)?;
     let layers: Vec<String> = (0..cfg.layers.len()).map(disk_name).collect();
+    // The writable disk comes after the layers.
+    let upper = cfg
+        .upper
+        .as_ref()
+        .map(|_| format!(" berth.upper={}", disk_name(cfg.layers.len())))
+        .unwrap_or_default();
     let cmdline = format!(
-        "{} {} nomodules 8250.nr_uarts=1 random.trust_cpu=on rdinit=/init berth.layers={} berth.layerfs=erofs berth.channel=hvc0",
+        "{} {} nomodules 8250.nr_uarts=1 random.trust_cpu=on rdinit=/init berth.layers={} berth.layerfs=erofs berth.channel=hvc0{upper}",
         super::DEFAULT_CMDLINE.replace("panic=1", "panic=-1"),
         if debug { "loglevel=8" } else { "quiet" },
         layers.join(",")
@@ -252,6 +260,10 @@ pub fn run(cfg: &SandboxConfig, mut on_started: impl FnMut()) -> Result<Outcome,
                 path: p.clone(),
                 read_only: true,
             })
+            .chain(cfg.upper.iter().map(|p| DiskConfig {
+                path: p.clone(),
+                read_only: false,
+            }))
             .collect(),
         shares: cfg.shares.clone(),
     };
