@@ -138,22 +138,30 @@ mod tests {
 
     #[test]
     fn a_touched_mapping_shows_its_resident_size() {
-        // 9 MiB (a size nothing else here maps), half of it written.
-        let size = 9 << 20;
-        // SAFETY: a fresh private anonymous mapping, written within its bounds, unmapped below.
+        // 9 MiB (a size nothing else here maps), half of it written. It sits between two
+        // inaccessible pages, so the kernel cannot merge it with a neighbouring mapping of
+        // another test's thread (which would change its size).
+        let (size, page) = (9 << 20, 4096);
+        // SAFETY: a fresh private anonymous mapping; only its middle is made writable and
+        // written, within its bounds; unmapped below.
         unsafe {
-            let p = libc::mmap(
+            let base = libc::mmap(
                 std::ptr::null_mut(),
-                size,
-                libc::PROT_READ | libc::PROT_WRITE,
+                size + 2 * page,
+                libc::PROT_NONE,
                 libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
                 -1,
                 0,
             );
-            assert_ne!(p, libc::MAP_FAILED);
-            std::ptr::write_bytes(p as *mut u8, 1, size / 2);
+            assert_ne!(base, libc::MAP_FAILED);
+            let p = (base as *mut u8).add(page);
+            assert_eq!(
+                libc::mprotect(p.cast(), size, libc::PROT_READ | libc::PROT_WRITE),
+                0
+            );
+            std::ptr::write_bytes(p, 1, size / 2);
             let rss = mapping_rss_kib(std::process::id() as i32, (size / 1024) as u64);
-            libc::munmap(p, size);
+            libc::munmap(base, size + 2 * page);
             let rss = rss.expect("the mapping");
             assert!((4608..=9216).contains(&rss), "{rss}");
         }
