@@ -423,7 +423,7 @@ fn microvm_runs_the_image_as_the_container_wall_does() {
                  script -qec \"$B exec -t vmd sh -c 'tty; stty size'\" /dev/null; \
                  $B exec -d vmd sh -c 'sleep 1; echo bg > /tmp/bg'; echo exec-d-rc=$?; sleep 3; $B exec vmd cat /tmp/bg; \
                  $B exec vmd no-such-command; echo exec-missing-rc=$?; \
-                 $B top vmd >/dev/null && echo top-ok; \
+                 $B top vmd | grep -q 'echo out-line' && echo top-ok; $B top vmd | grep -qw /init || echo top-no-agent; \
                  $B stop -t 60 vmd >/dev/null; echo wait=$($B wait vmd); $B logs vmd 2>/dev/null | grep -q got-term && echo trapped; \
                  $B start vmd >/dev/null; echo start-rc=$?; $B exec vmd echo again; \
                  $B kill vmd >/dev/null; echo killed=$($B wait vmd); \
@@ -564,6 +564,7 @@ fn microvm_runs_the_image_as_the_container_wall_does() {
                 && has("bg")
                 && has("exec-missing-rc=127")
                 && has("top-ok")
+                && has("top-no-agent")
                 && has("wait=3")
                 && has("trapped")
                 && has("start-rc=0")
@@ -575,7 +576,7 @@ fn microvm_runs_the_image_as_the_container_wall_does() {
                 && has("left=0")
                 && has("no-monitor")
         },
-        "a detached microVM: logs with the streams apart, ps and inspect, exec (status, -i, -e, -w, -u, -t, -d, a missing command), top, stop through the guest's trap, start, kill, restart, rm -f leaving nothing",
+        "a detached microVM: logs with the streams apart, ps and inspect, exec (status, -i, -e, -w, -u, -t, -d, a missing command), top listing the guest's processes, stop through the guest's trap, start, kill, restart, rm -f leaving nothing",
     );
     f.expect(
         "detach_create",

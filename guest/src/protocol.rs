@@ -47,6 +47,21 @@ pub enum Builtin {
     /// Writes the root's writable layer (the overlay's upper directory) as an OCI layer tar
     /// on stdout, without the paths in `skip`.
     Layer { skip: Vec<String> },
+    /// Writes the guest's processes (but the agent, the job itself and the kernel's threads)
+    /// on stdout, one [`GuestProcess`] in JSON per line (`berth top`).
+    Processes,
+}
+
+/// One process of the guest, as [`Builtin::Processes`] lists it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct GuestProcess {
+    pub pid: i32,
+    pub ppid: i32,
+    pub uid: u32,
+    /// User plus system CPU time, in milliseconds.
+    pub cpu_ms: u64,
+    /// The command line, or `[comm]` for a process without one.
+    pub cmd: String,
 }
 
 /// One message.

@@ -860,8 +860,70 @@ fn builtin_child(
             crate::archive::upper_layer(std::path::Path::new("."), &skip, stdout)
                 .map_err(|e| format!("reading the writable layer: {e}"))
         }
+        Builtin::Processes => list_processes(stdout),
     }
     .map_err(fail)
+}
+
+/// Writes [`Builtin::Processes`]'s list from the guest's /proc.
+fn list_processes(mut out: impl std::io::Write) -> Result<(), String> {
+    let me = std::process::id() as i32;
+    // SAFETY: sysconf only reads a system constant.
+    let tick = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    let dir = std::fs::read_dir("/proc").map_err(|e| format!("reading /proc: {e}"))?;
+    let mut pids: Vec<i32> = dir
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect();
+    pids.sort_unstable();
+    for pid in pids {
+        if pid == 1 || pid == me {
+            continue;
+        }
+        // A process may end while it is read: it is left out.
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some((head, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let num = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok());
+        let (Some(ppid), Some(utime), Some(stime)) = (num(1), num(11), num(12)) else {
+            continue;
+        };
+        // The kernel's threads: kthreadd (2) and its children.
+        if pid == 2 || ppid == 2 {
+            continue;
+        }
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let uid = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0);
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let cmd = String::from_utf8_lossy(&cmdline)
+            .replace('\0', " ")
+            .trim()
+            .to_string();
+        let cmd = if cmd.is_empty() {
+            let comm = head.split_once('(').map(|(_, c)| c).unwrap_or("");
+            format!("[{comm}]")
+        } else {
+            cmd
+        };
+        let p = crate::protocol::GuestProcess {
+            pid,
+            ppid: ppid as i32,
+            uid,
+            cpu_ms: (utime + stime) * 1000 / tick,
+            cmd,
+        };
+        let line = serde_json::to_string(&p).map_err(|e| e.to_string())?;
+        writeln!(out, "{line}").map_err(|e| format!("writing the list: {e}"))?;
+    }
+    out.flush().map_err(|e| format!("writing the list: {e}"))
 }
 
 fn rlimit_resource(name: &str) -> Option<nix::sys::resource::Resource> {
@@ -1231,6 +1293,19 @@ mod tests {
             .map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned())
             .collect();
         assert_eq!(names, vec!["etc", "etc/motd"]);
+
+        // The processes, with the session's own `cat` among them.
+        let (out, err, code) = run_session(&mut f, 5, job(Builtin::Processes), b"");
+        assert_eq!((code, err.as_str()), (0, ""));
+        let listed: Vec<crate::protocol::GuestProcess> = String::from_utf8_lossy(&out)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let me = std::process::id() as i32;
+        assert!(
+            listed.iter().any(|p| p.cmd == "cat" && p.ppid == me),
+            "{listed:?}"
+        );
 
         Frame::StdinEof.write_to(&mut f).unwrap();
         assert_eq!(Frame::read_from(&mut f).unwrap(), Frame::Exit(0));

@@ -92,6 +92,41 @@ fn field(text: &str, key: &str) -> Option<u64> {
         .ok()
 }
 
+/// The most of a guest's process list berth reads (a hostile guest could send without end).
+const MAX_PROCESS_LIST: usize = 8 << 20;
+
+/// A writer that keeps at most `limit` bytes and fails past them.
+struct Bounded {
+    data: Vec<u8>,
+    limit: usize,
+}
+
+impl Bounded {
+    fn new(limit: usize) -> Bounded {
+        Bounded {
+            data: Vec::new(),
+            limit,
+        }
+    }
+}
+
+impl std::io::Write for Bounded {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.data.len() + buf.len() > self.limit {
+            return Err(std::io::Error::other(format!(
+                "the guest's answer is over {} bytes",
+                self.limit
+            )));
+        }
+        self.data.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 impl super::Engine {
     fn running(&self, key: &str) -> Result<ContainerRecord, EngineError> {
         let rec = self.container(key)?;
@@ -206,6 +241,9 @@ impl super::Engine {
     /// `berth top`: the container's processes.
     pub fn top(&self, key: &str) -> Result<Vec<ContainerProcess>, EngineError> {
         let rec = self.running(key)?;
+        if rec.machine.is_some() {
+            return self.top_vm(&rec);
+        }
         let tick = ticks_per_second();
         let mut out = Vec::new();
         for pid in Self::pids_of(&rec) {
@@ -244,9 +282,46 @@ impl super::Engine {
         Ok(out)
     }
 
+    /// A microVM's processes are the guest kernel's: its agent lists them (uids as the guest
+    /// has them; the host user owns them all).
+    fn top_vm(&self, rec: &ContainerRecord) -> Result<Vec<ContainerProcess>, EngineError> {
+        let mut out = Bounded::new(MAX_PROCESS_LIST);
+        let job = berth_agent::protocol::Builtin::Processes;
+        self.vm_job(rec, "berth top", job, None, &mut out)?;
+        let host_uid = nix::unistd::getuid().as_raw();
+        let text = String::from_utf8_lossy(&out.data);
+        let mut list = Vec::new();
+        for line in text.lines() {
+            let p: berth_agent::protocol::GuestProcess =
+                serde_json::from_str(line).map_err(|e| {
+                    EngineError::Sandbox(crate::vm::sandbox::SandboxError::Protocol(
+                        berth_agent::protocol::ProtocolError::Malformed {
+                            kind: "process list",
+                            why: e.to_string(),
+                        },
+                    ))
+                })?;
+            list.push(ContainerProcess {
+                pid: p.pid,
+                ppid: p.ppid,
+                host_uid,
+                uid: Some(p.uid),
+                cpu: Duration::from_millis(p.cpu_ms),
+                cmd: crate::vm::exec::printable(&p.cmd),
+            });
+        }
+        Ok(list)
+    }
+
     /// The host pids of container `key`'s processes, for `berth top` with `ps` options.
     pub fn container_pids(&self, key: &str) -> Result<BTreeSet<i32>, EngineError> {
         let rec = self.running(key)?;
+        if rec.machine.is_some() {
+            return Err(EngineError::Usage(format!(
+                "`berth top` with ps options runs the host's ps, which cannot see into microVM {}: run `berth top {}` without options, or `berth exec {} ps ...` with the image's own ps",
+                rec.name, rec.name, rec.name
+            )));
+        }
         Ok(Self::pids_of(&rec).into_iter().collect())
     }
 

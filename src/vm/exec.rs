@@ -372,7 +372,7 @@ fn forward_input(chan: &mut UnixStream, sfd: &SignalFd, stdin: bool) {
 
 /// What the guest wrote, fit for the user's terminal: no control characters but newlines
 /// and tabs (a hostile guest could otherwise send escape sequences).
-fn printable(text: &str) -> String {
+pub fn printable(text: &str) -> String {
     text.chars()
         .map(|c| {
             if c.is_control() && c != '\n' && c != '\t' {
