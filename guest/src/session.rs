@@ -1111,8 +1111,12 @@ mod tests {
         assert_eq!(end, Frame::Exit(0));
     }
 
-    #[test]
-    fn exec_sessions_run_beside_the_main_process() {
+    /// An agent serving a session whose main process is `cat` (it ends at stdin's end):
+    /// the host's end of the channel, and the agent's thread.
+    fn serving_cat() -> (
+        std::fs::File,
+        std::thread::JoinHandle<Result<i32, SessionError>>,
+    ) {
         let (host, agent) = channel_pair().unwrap();
         let t = std::thread::spawn(move || serve(agent, SessionConfig::default()));
         let mut f = std::fs::File::from(host);
@@ -1123,6 +1127,12 @@ mod tests {
         .write_to(&mut f)
         .unwrap();
         assert_eq!(Frame::read_from(&mut f).unwrap(), Frame::Started);
+        (f, t)
+    }
+
+    #[test]
+    fn exec_sessions_run_beside_the_main_process() {
+        let (mut f, t) = serving_cat();
         let session = |id: u32, frame: Frame| Frame::Session {
             id,
             frame: Box::new(frame),
@@ -1212,16 +1222,7 @@ mod tests {
         std::fs::write(upper.join("etc/motd"), "changed").unwrap();
         set_upper(OwnedFd::from(std::fs::File::open(&upper).unwrap()));
 
-        let (host, agent) = channel_pair().unwrap();
-        let t = std::thread::spawn(move || serve(agent, SessionConfig::default()));
-        let mut f = std::fs::File::from(host);
-        Frame::Start {
-            spec: spec(&["cat"], &[PATH], "/", false),
-            options: opts(true),
-        }
-        .write_to(&mut f)
-        .unwrap();
-        assert_eq!(Frame::read_from(&mut f).unwrap(), Frame::Started);
+        let (mut f, t) = serving_cat();
         let job = |builtin: Builtin| Frame::Start {
             spec: spec(&["unused"], &[PATH], "/", false),
             options: StartOptions {
