@@ -475,7 +475,8 @@ fn microvm_runs_the_image_as_the_container_wall_does() {
             ),
         ),
         // The writable layer outlives a run, as a container's does: on the sandbox's own
-        // disk, through stop and start, and a foreground run started again.
+        // disk, through stop and start (with its boot files' cache gone, remade at start),
+        // and a foreground run started again.
         (
             "detach_persist",
             format!(
@@ -483,7 +484,8 @@ fn microvm_runs_the_image_as_the_container_wall_does() {
                  $B run -d --vm --name vmp $IMG sh -c 'echo ready; while :; do sleep 1; done' >/dev/null; \
                  for i in $(seq 300); do $B logs vmp 2>/dev/null | grep -q ready && break; sleep 0.2; done; \
                  $B exec vmp sh -c 'echo kept > /data/kept; rm /data/added; sync'; \
-                 $B stop -t 1 vmp >/dev/null; $B start vmp >/dev/null; echo start-rc=$?; \
+                 $B stop -t 1 vmp >/dev/null; mv $BERTH_ROOT/cache/vm $BERTH_ROOT/cache/vm-gone; \
+                 $B start vmp >/dev/null; echo start-rc=$?; [ -d $BERTH_ROOT/cache/vm/layers ] && echo disks-remade; rm -rf $BERTH_ROOT/cache/vm-gone; \
                  echo after=$($B exec vmp cat /data/kept); $B exec vmp ls /data/added >/dev/null 2>&1 || echo still-deleted; \
                  $B rm -f vmp >/dev/null; \
                  $B run --vm --name vmf $IMG sh -c '[ -f /kept ] && echo second-run; touch /kept; echo ran'; \
@@ -641,13 +643,14 @@ fn microvm_runs_the_image_as_the_container_wall_does() {
         |r| {
             let has = |l: &str| r.out.lines().any(|x| x == l);
             has("start-rc=0")
+                && has("disks-remade")
                 && has("after=kept")
                 && has("still-deleted")
                 && r.out.matches("ran").count() == 2
                 && has("second-run")
                 && has("start-a-rc=0")
         },
-        "files written and deleted in a microVM still so after stop and start, and after a foreground run's start -a",
+        "files written and deleted in a microVM still so after stop and start (with the cache of its boot files gone in between, remade), and after a foreground run's start -a",
     );
     f.expect(
         "echo",

@@ -192,9 +192,12 @@ impl super::Engine {
         on_started: impl FnMut(),
     ) -> Result<Outcome, EngineError> {
         let mut rec = self.containers.load(id)?;
-        let machine = rec.machine.clone().ok_or_else(|| {
+        let mut machine = rec.machine.clone().ok_or_else(|| {
             EngineError::Usage(format!("container {} is not a microVM", rec.name))
         })?;
+        if self.refresh_machine(&rec, &mut machine)? {
+            rec.machine = Some(machine.clone());
+        }
         let dir = self.containers.dir(id);
         let etc_dir = dir.join("etc");
         let opts = rec.network_options.clone().unwrap_or_default();
@@ -496,6 +499,36 @@ impl super::Engine {
             detach: opts.detach,
         };
         Ok(crate::vm::exec::exec(stream, session)?)
+    }
+
+    /// Makes again what `machine` boots from the caches when it is gone (a cleaned
+    /// `~/.cache/berth`, a guest kernel or agent installed anew): the kernel and agent as
+    /// found now, the initramfs and the layer disks from the image. True when anything
+    /// changed. The writable disk is the sandbox's own and is never remade here.
+    fn refresh_machine(
+        &self,
+        rec: &ContainerRecord,
+        machine: &mut VmMachine,
+    ) -> Result<bool, EngineError> {
+        let boot_files = [&machine.kernel, &machine.initramfs]
+            .into_iter()
+            .chain(machine.layers.iter());
+        if boot_files.into_iter().all(|p| p.exists()) {
+            return Ok(false);
+        }
+        let vm_cache = self.dirs.cache.join("vm");
+        machine.kernel = guest::kernel(&self.dirs.data)?;
+        let agent = guest::agent(&self.dirs.data)?;
+        machine.initramfs = guest::initramfs(&agent, &vm_cache)?;
+        let image = self.images.resolve(&rec.image_id).map_err(|e| {
+            EngineError::Usage(format!(
+                "the layer disks of microVM {} are gone and its image {} with them ({e}): pull the image again, or remove the sandbox",
+                rec.name, rec.image
+            ))
+        })?;
+        let lowers = self.layers.ensure(&image.layers, &self.ids)?;
+        machine.layers = rootfs::erofs::layer_disks(&lowers, &vm_cache.join("layers"), &self.ids)?;
+        Ok(true)
     }
 
     /// A session with the agent of running microVM `rec`, through its VMM's exec socket
