@@ -241,11 +241,13 @@ fn microvm_runs_the_image_as_the_container_wall_does() {
         ("layers", format!("{vm} $IMG sh -c {}", shell_quote(LAYERS_LISTING))),
         ("writable", format!("{vm} $IMG sh -c 'rm /data/added && echo new > /data/dir/c && ls /data/dir'")),
         ("pty", format!("script -qec \"{vm} -t $IMG sh -c 'tty; stty size'\" /dev/null")),
+        // `timeout 10`: the guest's nc is ended when the close of the host's server does not
+        // reach it (seen through passt, issue 5; see the network bench's notes in README).
         (
             "net_gateway",
             format!(
                 "busybox nc -ll -p 9000 -e echo hello-from-host & srv=$!; sleep 0.5; \
-                 {vm} $IMG sh -c 'nc host.containers.internal 9000 </dev/null; ls /sys/class/net'; \
+                 {vm} $IMG sh -c 'timeout 10 nc host.containers.internal 9000 </dev/null; ls /sys/class/net'; \
                  rc=$?; kill $srv; exit $rc"
             ),
         ),
@@ -651,6 +653,12 @@ fn microvm_runs_the_image_as_the_container_wall_does() {
                 && has("start-a-rc=0")
         },
         "files written and deleted in a microVM still so after stop and start (with the cache of its boot files gone in between, remade), and after a foreground run's start -a",
+    );
+    f.expect(
+        "net_gateway",
+        &ran,
+        |r| r.rc == 0 && r.out.contains("hello-from-host") && r.out.contains("eth0"),
+        "the host's loopback server reached by the gateway name, and the guest's NIC",
     );
     f.expect(
         "echo",
