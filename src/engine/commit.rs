@@ -116,7 +116,6 @@ impl super::Engine {
                 rec.name, rec.image
             ))
         })?;
-        let lowers = self.layers.ensure(&parent.layers, &self.ids)?;
         let scratch = self.images.scratch_dir();
         let stem = format!("commit-{}-{}", std::process::id(), &rec.id[..12]);
         let tar_path = scratch.join(format!("{stem}.tar"));
@@ -127,8 +126,20 @@ impl super::Engine {
         let written = if rec.isolation == crate::state::Isolation::Vm {
             self.vm_layer(&rec, &tar_path)
         } else {
-            crate::rootfs::write_diff(&rec.driver, &rec.writable, &lowers, &tar_path, &self.ids)
+            // The copy driver's changes are what differs from the image's layers.
+            self.layers
+                .ensure(&parent.layers, &self.ids)
                 .map_err(EngineError::from)
+                .and_then(|lowers| {
+                    crate::rootfs::write_diff(
+                        &rec.driver,
+                        &rec.writable,
+                        &lowers,
+                        &tar_path,
+                        &self.ids,
+                    )
+                    .map_err(EngineError::from)
+                })
         };
         if let Err(e) = written {
             cleanup();

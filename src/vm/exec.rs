@@ -183,13 +183,7 @@ pub fn exec(mut stream: UnixStream, session: ExecSession) -> Result<i32, Sandbox
         },
     }
     .write_to(&mut stream)?;
-    match Frame::read_from(&mut stream) {
-        Ok(Frame::Started) => {}
-        Ok(Frame::Error { code, message }) => return Err(SandboxError::Start { code, message }),
-        Ok(other) => return Err(unexpected(&other, "before the process started")),
-        Err(ProtocolError::Closed) => return Err(SandboxError::ExecLost),
-        Err(e) => return Err(e.into()),
-    }
+    started(&mut stream)?;
     if session.detach {
         return Ok(0);
     }
@@ -233,6 +227,17 @@ pub fn exec(mut stream: UnixStream, session: ExecSession) -> Result<i32, Sandbox
     Ok(code)
 }
 
+/// The agent's answer to a session's Start: Started, or why it could not start.
+fn started(stream: &mut UnixStream) -> Result<(), SandboxError> {
+    match Frame::read_from(stream) {
+        Ok(Frame::Started) => Ok(()),
+        Ok(Frame::Error { code, message }) => Err(SandboxError::Start { code, message }),
+        Ok(other) => Err(unexpected(&other, "before the session started")),
+        Err(ProtocolError::Closed) => Err(SandboxError::ExecLost),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// The most of a failed job's stderr kept for its error message.
 const MAX_JOB_ERROR: usize = 16 << 10;
 
@@ -259,13 +264,7 @@ pub fn builtin(
         },
     }
     .write_to(&mut stream)?;
-    match Frame::read_from(&mut stream) {
-        Ok(Frame::Started) => {}
-        Ok(Frame::Error { code, message }) => return Err(SandboxError::Start { code, message }),
-        Ok(other) => return Err(unexpected(&other, "before the job started")),
-        Err(ProtocolError::Closed) => return Err(SandboxError::ExecLost),
-        Err(e) => return Err(e.into()),
-    }
+    started(&mut stream)?;
     let mut writer = stream.try_clone().map_err(SandboxError::Channel)?;
     std::thread::scope(|scope| {
         if let Some(input) = input {
