@@ -21,7 +21,7 @@ use super::devices::boot_timer::{BOOT_TIMER_ADDR, BOOT_TIMER_LEN};
 use super::devices::i8042::{I8042_BASE, I8042_LEN};
 use super::devices::serial::{COM1_BASE, COM1_IRQ, COM1_LEN};
 use super::devices::virtio::net::Framing;
-use super::devices::virtio::{self, Block, Console, Interrupt, MmioTransport, Net, Share};
+use super::devices::virtio::{self, Balloon, Block, Console, Interrupt, MmioTransport, Net, Share};
 use super::devices::{BootTimer, Bus, SerialConsole, I8042};
 use super::memory::{self, GuestMemory};
 use super::vcpu::{self, Vcpu, VcpuContext};
@@ -110,6 +110,9 @@ pub fn boot(config: &VmConfig, io: VmIo, start: Instant) -> Result<RunningVm, Er
         move |source| Error::Kernel { path, source }
     };
     let kernel = load_kernel(&mem, &config.kernel).map_err(kernel_error(&config.kernel))?;
+    // The loader copied the kernel's zero padding too (megabytes in an x86_64 vmlinux): give
+    // it back before the guest runs, so that it is not counted against the guest.
+    memory::release_zero_pages(&mem, GuestAddress(HIMEM_START), GuestAddress(kernel.end))?;
     let initrd = match &config.initrd {
         Some(path) => {
             Some(load_initrd(&mem, config.mem_mib, &kernel, path).map_err(kernel_error(path))?)
@@ -119,7 +122,8 @@ pub fn boot(config: &VmConfig, io: VmIo, start: Instant) -> Result<RunningVm, Er
     let device_count = config.disks.len()
         + usize::from(channel.is_some())
         + usize::from(net.is_some())
-        + config.shares.len();
+        + config.shares.len()
+        + usize::from(config.balloon);
     if device_count > MAX_VIRTIO_DEVICES {
         return Err(Error::TooManyDevices(device_count));
     }
@@ -168,8 +172,8 @@ pub fn boot(config: &VmConfig, io: VmIo, start: Instant) -> Result<RunningVm, Er
         BOOT_TIMER_LEN,
     )?;
     // virtio-mmio: the disks in order (the guest names them vda, vdb, ...), then the
-    //    agent channel (hvc0), the NIC (eth0) and the shared directories (by mount tag),
-    //    each with an irqfd on its pin.
+    //    agent channel (hvc0), the NIC (eth0), the shared directories (by mount tag) and the
+    //    balloon, each with an irqfd on its pin.
     let mut slot = 0;
     let mut next_slot = |vm: &Vm| -> Result<(u64, Interrupt), Error> {
         let (addr, irq) = virtio_slot(slot);
@@ -244,6 +248,15 @@ pub fn boot(config: &VmConfig, io: VmIo, start: Instant) -> Result<RunningVm, Er
         let device = Share::new(&share.path, &share.tag, share.read_only)?;
         let (addr, interrupt) = next_slot(&vm)?;
         let transport = MmioTransport::new(device, mem.clone(), interrupt);
+        mmio.insert(
+            Arc::new(Mutex::new(transport)),
+            addr,
+            virtio::mmio::MMIO_LEN,
+        )?;
+    }
+    if config.balloon {
+        let (addr, interrupt) = next_slot(&vm)?;
+        let transport = MmioTransport::new(Balloon::new(), mem.clone(), interrupt);
         mmio.insert(
             Arc::new(Mutex::new(transport)),
             addr,

@@ -59,6 +59,9 @@ pub struct VmConfig {
     pub disks: Vec<DiskConfig>,
     /// Host directories the guest mounts over virtio-9p, by tag.
     pub shares: Vec<ShareConfig>,
+    /// A virtio-balloon device through which the guest reports the pages it frees, which the
+    /// VMM gives back to the host (the last virtio device).
+    pub balloon: bool,
 }
 
 /// The host ends of a VM's streams.
@@ -138,6 +141,8 @@ pub enum Error {
     Kvm(#[from] vm::Error),
     #[error(transparent)]
     Memory(#[from] memory::Error),
+    #[error("giving unused guest memory back to the host")]
+    Discard(#[from] memory::DiscardError),
     #[cfg(target_arch = "x86_64")]
     #[error("{}: {source}", path.display())]
     Kernel { path: PathBuf, source: KernelError },
