@@ -494,6 +494,25 @@ fn microvm_runs_the_image_as_the_container_wall_does() {
                  $B start -a vmf; echo start-a-rc=$?; $B rm vmf >/dev/null"
             ),
         ),
+        (
+            // What a guest frees goes back to the host (virtio-balloon free page reporting):
+            // the VMM's PSS, as `berth stats` shows it, grows by a 96 MiB file in the guest's
+            // tmpfs and shrinks again once the file is gone.
+            "memory_returned",
+            format!(
+                "{netroot}$B rm -f vmb >/dev/null 2>&1; \
+                 pss() {{ $B stats --no-stream --format json vmb | sed -n 's/.*\"memory_pss\":\\([0-9]*\\).*/\\1/p'; }}; \
+                 $B run -d --vm --memory 256M --name vmb $IMG sh -c 'echo ready; while :; do sleep 1; done' >/dev/null; \
+                 for i in $(seq 300); do $B logs vmb 2>/dev/null | grep -q ready && break; sleep 0.2; done; \
+                 sleep 5; idle=$(pss); \
+                 $B exec vmb dd if=/dev/zero of=/dev/shm/fill bs=1M count=96 2>/dev/null; full=$(pss); \
+                 $B exec vmb rm /dev/shm/fill; sleep 8; after=$(pss); \
+                 echo idle=$((idle >> 20)) full=$((full >> 20)) after=$((after >> 20)); \
+                 [ $((full - idle)) -ge $((80 << 20)) ] && echo filled; \
+                 [ $((after - idle)) -le $((16 << 20)) ] && echo returned; \
+                 $B rm -f vmb >/dev/null"
+            ),
+        ),
     ];
     // BERTH_VM_CHECKS=PREFIX,...: only the checks whose names start so (while working on one).
     let only: Vec<String> = std::env::var("BERTH_VM_CHECKS")
@@ -653,6 +672,12 @@ fn microvm_runs_the_image_as_the_container_wall_does() {
                 && has("start-a-rc=0")
         },
         "files written and deleted in a microVM still so after stop and start (with the cache of its boot files gone in between, remade), and after a foreground run's start -a",
+    );
+    f.expect(
+        "memory_returned",
+        &ran,
+        |r| r.out.contains("filled\n") && r.out.contains("returned\n"),
+        "a microVM's memory back to its idle size on the host once the guest freed 96 MiB",
     );
     f.expect(
         "net_gateway",

@@ -19,6 +19,9 @@ pub struct BootArgs {
     /// The disk that holds the root's writable layer across the sandbox's runs
     /// (`berth.upper=vdd`, ext4); without it the layer is a tmpfs, gone with the VM.
     pub upper: Option<String>,
+    /// The smallest block of free memory, as a power of two of pages, that the kernel reports
+    /// to the VMM's balloon (`berth.reporting_order=3`); the kernel's own is 4 MiB blocks.
+    pub reporting_order: Option<u8>,
 }
 
 impl BootArgs {
@@ -46,11 +49,39 @@ impl BootArgs {
                 }
                 "berth.channel" if valid(v) => b.channel = v.into(),
                 "berth.upper" if valid(v) => b.upper = Some(v.into()),
+                "berth.reporting_order" => {
+                    b.reporting_order = v.parse().ok().filter(|&o: &u8| o <= MAX_REPORTING_ORDER)
+                }
                 _ => {}
             }
         }
         b
     }
+}
+
+/// The largest order the kernel's buddy allocator has (MAX_ORDER - 1).
+const MAX_REPORTING_ORDER: u8 = 10;
+
+/// Where the kernel takes the page reporting order (a parameter of mm/page_reporting.c).
+const REPORTING_ORDER: &str = "/sys/module/page_reporting/parameters/page_reporting_order";
+
+/// Sets the order of the free blocks the kernel reports to the balloon. The balloon driver
+/// sets it to the page block order (4 MiB) when it registers; in a small guest few free
+/// blocks are that large, so the pages freed after boot would stay on the host. Setting it
+/// here, before the first report (two seconds after the driver registered), covers the
+/// memory freed while booting. sysfs is mounted read-write for this moment only.
+fn set_reporting_order(order: u8) -> Result<(), String> {
+    m(
+        "sysfs",
+        "/sys",
+        "sysfs",
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None,
+    )?;
+    let written = std::fs::write(REPORTING_ORDER, order.to_string())
+        .map_err(|e| format!("writing {REPORTING_ORDER}: {e} (no balloon in this kernel?)"));
+    let _ = nix::mount::umount("/sys");
+    written
 }
 
 fn m(src: &str, dst: &str, fs: &str, flags: MsFlags, data: Option<&str>) -> Result<(), String> {
@@ -67,6 +98,12 @@ pub fn prepare() -> Result<OwnedFd, String> {
     let cmdline = std::fs::read_to_string("/proc/cmdline")
         .map_err(|e| format!("reading /proc/cmdline: {e}"))?;
     let boot = BootArgs::parse(&cmdline);
+    if let Some(order) = boot.reporting_order {
+        // Memory the host keeps longer is no reason to fail the sandbox.
+        if let Err(e) = set_reporting_order(order) {
+            eprintln!("berth-agent: {e}");
+        }
+    }
     if !boot.layers.is_empty() {
         m(
             "tmpfs",
@@ -212,5 +249,12 @@ mod tests {
         assert_eq!(d.layer_fs, "erofs");
         assert_eq!(d.channel, "hvc0");
         assert_eq!(BootArgs::parse("berth.upper=../vda").upper, None);
+        assert_eq!(b.reporting_order, None);
+        let r = |s| BootArgs::parse(s).reporting_order;
+        assert_eq!(r("berth.reporting_order=3"), Some(3));
+        assert_eq!(r("berth.reporting_order=10"), Some(10));
+        assert_eq!(r("berth.reporting_order=11"), None);
+        assert_eq!(r("berth.reporting_order=-1"), None);
+        assert_eq!(r("berth.reporting_order=x"), None);
     }
 }

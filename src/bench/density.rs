@@ -2,7 +2,8 @@
 //! measure what each costs in memory: the PSS of every process that belongs to it (for a
 //! container: its monitor and everything below; for a microVM: the VMM process, whose PSS
 //! holds the guest memory the guest has touched, and its helpers; for podman: conmon and
-//! everything below). Every sandbox started is removed at the end, also when interrupted.
+//! everything below), read once they have all been idle for a few seconds. Every sandbox
+//! started is removed at the end, also when interrupted.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -27,6 +28,10 @@ pub struct DensityOptions {
 
 /// Idle for as long as a bench may take; the bench removes it.
 const IDLE: [&str; 2] = ["sleep", "2147483647"];
+/// How long every row's sandboxes stay idle after the last start before their memory is read:
+/// what an idle sandbox costs, not what its start-up left behind for a moment (a microVM's
+/// guest reports the pages it freed two seconds after its balloon driver started).
+const SETTLE: Duration = Duration::from_secs(5);
 
 pub fn run(env: &BenchEnv, opts: &DensityOptions) -> Result<Report, BenchError> {
     if opts.count == 0 {
@@ -106,6 +111,7 @@ fn start_all(
     if let Some(reason) = failure {
         return Ok(Err(reason));
     }
+    std::thread::sleep(SETTLE);
     for i in 0..count {
         let (pids, guest) = match memory(i) {
             Ok(found) => found,

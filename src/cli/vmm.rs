@@ -30,6 +30,10 @@ pub struct VmmArgs {
     /// sees vda, vdb, ... in this order).
     #[arg(long, value_name = "FILE[,ro]")]
     disk: Vec<String>,
+    /// Add a virtio-balloon device (the last virtio device): the guest reports the pages it
+    /// frees and the VMM gives them back to the host.
+    #[arg(long)]
+    balloon: bool,
 }
 
 /// Runs the VM; 0 when the guest reset or powered off, 1 when it could not boot or failed.
@@ -64,6 +68,7 @@ fn run(args: VmmArgs, start: Instant) -> anyhow::Result<()> {
             })
             .collect(),
         shares: vec![],
+        balloon: args.balloon,
     };
     let report = vm::run(&config, Box::new(std::io::stdout()), start)
         .with_context(|| format!("microVM with kernel {}", config.kernel.display()))?;

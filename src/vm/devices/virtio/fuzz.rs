@@ -1,5 +1,5 @@
 //! Fuzz harnesses for what a guest driver controls: the virtio-mmio registers, the
-//! descriptor chains of the block, console, net and 9P share devices, and the 9P messages
+//! descriptor chains of the block, console, net, 9P share and balloon devices, the 9P messages
 //! themselves. `fuzz/` runs them under libFuzzer
 //! (`cargo fuzz run virtio_block`); the unit tests below run them over pseudo-random inputs
 //! so every test run exercises them too.
@@ -13,7 +13,9 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress};
 
 use super::share::guard;
-use super::{Block, Console, Interrupt, MmioTransport, Net, QueueContext, Share, VirtioDevice};
+use super::{
+    Balloon, Block, Console, Interrupt, MmioTransport, Net, QueueContext, Share, VirtioDevice,
+};
 use crate::vm::devices::bus::BusDevice;
 use crate::vm::memory::GuestMemory;
 
@@ -89,6 +91,33 @@ pub fn console_queues(data: &[u8]) {
     dev.push_input(&rest[..rest.len().min(4096)], &mut ctx);
     dev.process_queue(1, &mut ctx);
     dev.process_queue(0, &mut ctx);
+}
+
+/// The balloon: whatever inflate, deflate and free page reports the input describes; it can
+/// give back no more than the guest's memory.
+pub fn balloon_queues(data: &[u8]) {
+    let Some((head, rest)) = data.split_first_chunk::<8>() else {
+        return;
+    };
+    let mem = memory(rest);
+    let mut dev = Balloon::new();
+    let mut queues: Vec<Queue> = (0..3u8)
+        .map(|i| {
+            let mut h = *head;
+            h.rotate_left(usize::from(i));
+            queue(&h, 64)
+        })
+        .collect();
+    let irq = interrupt();
+    let mut ctx = QueueContext {
+        mem: &mem,
+        queues: &mut queues,
+        interrupt: &irq,
+    };
+    for index in [2, 0, 1] {
+        dev.process_queue(index, &mut ctx);
+    }
+    assert!(dev.released() <= MEM_SIZE as u64);
 }
 
 /// The NIC: host frames into the receive queue, guest frames from the transmit queue.
@@ -363,6 +392,13 @@ mod tests {
     fn share_survives_random_messages_and_stays_inside() {
         for data in inputs(6, 300) {
             share_messages(&data);
+        }
+    }
+
+    #[test]
+    fn balloon_survives_random_rings() {
+        for data in inputs(7, 300) {
+            balloon_queues(&data);
         }
     }
 

@@ -1,6 +1,6 @@
 //! virtio devices on the virtio-mmio transport: [`block`] (the image's layer disks),
-//! [`console`] (the guest agent's channel, `/dev/hvc0` in the guest), [`net`] (the NIC) and
-//! [`share`] (host directories over 9P).
+//! [`console`] (the guest agent's channel, `/dev/hvc0` in the guest), [`net`] (the NIC),
+//! [`share`] (host directories over 9P) and [`balloon`] (free page reporting).
 //!
 //! Split queues come from rust-vmm's virtio-queue, whose descriptor chains and
 //! `Reader`/`Writer` check every guest address against guest memory; the devices here add
@@ -8,6 +8,7 @@
 //! Everything a driver writes is hostile: a malformed request fails that request (or is
 //! dropped), never the VMM.
 
+pub mod balloon;
 pub mod block;
 pub mod console;
 #[doc(hidden)]
@@ -26,6 +27,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::super::memory::GuestMemory;
 
+pub use balloon::Balloon;
 pub use block::Block;
 pub use console::Console;
 pub use mmio::MmioTransport;
