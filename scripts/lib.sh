@@ -4,8 +4,11 @@
 # ensure_rust PREFIX: make `cargo` usable in this shell. When it is neither on
 # PATH nor in ${CARGO_HOME:-~/.cargo}/bin, install rustup for the user running
 # the script (no root needed, nothing asked) with clippy and rustfmt. Needs
-# curl and ca-certificates: run scripts/setup-host first. PREFIX starts the
-# error messages.
+# curl and ca-certificates: run scripts/setup-host first. With rustup, also
+# adds the machine's musl target (musl_target), which berth's build links
+# berth-monitor with and scripts/build-guest the guest agent. PREFIX starts the
+# messages, which go to stderr once cargo is there (build-guest's stdout is
+# its answer).
 ensure_rust() {
     local prefix=$1
     local cargo_home=${CARGO_HOME:-${HOME:?HOME is not set}/.cargo}
@@ -34,4 +37,15 @@ ensure_rust() {
         echo "${prefix}: cargo still not found after sourcing ${cargo_home}/env" >&2
         exit 1
     fi
+    local target
+    target=$(musl_target)
+    if command -v rustup >/dev/null 2>&1 && ! rustup target list --installed | grep -qx "${target}"; then
+        echo "${prefix}: adding the Rust target ${target}" >&2
+        rustup target add "${target}" >&2
+    fi
+}
+
+# musl_target: the Rust target of this machine's static programs.
+musl_target() {
+    echo "$(uname -m)-unknown-linux-musl"
 }

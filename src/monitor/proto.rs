@@ -136,9 +136,18 @@ pub fn read_frame(r: &mut impl Read) -> io::Result<Option<(u8, Vec<u8>)>> {
 }
 
 /// A frame over [`MAX_FRAME`]: the peer does not speak this protocol.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("a frame larger than the protocol allows")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OversizedFrame;
+
+// By hand rather than with thiserror: the monitor program is built from these files with std
+// and libc alone (monitor/main.rs).
+impl std::fmt::Display for OversizedFrame {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a frame larger than the protocol allows")
+    }
+}
+
+impl std::error::Error for OversizedFrame {}
 
 /// Splits complete frames off the front of `buf`: (kind, payload range) of the first one,
 /// or `None` when `buf` holds only part of one.

@@ -529,7 +529,7 @@ impl Monitor {
                     tv_nsec: 0,
                 },
                 it_value: libc::timespec {
-                    tv_sec: secs as libc::time_t,
+                    tv_sec: secs.into(),
                     tv_nsec: 0,
                 },
             };
