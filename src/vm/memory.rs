@@ -151,10 +151,24 @@ pub fn create(mem_mib: u64) -> Result<GuestMemory, Error> {
                 .map_err(|_| Error::Size { mib: mem_mib })
         })
         .collect::<Result<_, _>>()?;
-    GuestMemoryMmap::from_ranges(&ranges).map_err(|source| Error::Map {
+    let mem = GuestMemoryMmap::from_ranges(&ranges).map_err(|source| Error::Map {
         mib: mem_mib,
         source,
-    })
+    })?;
+    // In 4 KiB pages, whatever the host's transparent huge page mode: with huge pages a guest
+    // that touches one byte of a 2 MiB stretch costs the host all of it, and the small
+    // blocks the guest reports free (see the balloon) would only split a huge page, not give
+    // memory back until the host is short of it.
+    for region in mem.iter() {
+        if let Ok(host) = region.get_host_address(MemoryRegionAddress(0)) {
+            // SAFETY: the region's whole mapping, which the VMM owns; NOHUGEPAGE changes only
+            // how the kernel backs it. A kernel without THP refuses it, which changes nothing.
+            unsafe {
+                libc::madvise(host.cast(), region.len() as usize, libc::MADV_NOHUGEPAGE);
+            }
+        }
+    }
+    Ok(mem)
 }
 
 #[cfg(test)]
@@ -208,19 +222,9 @@ mod tests {
         vec.iter().filter(|&&b| b & 1 != 0).count() as u64 * PAGE_SIZE
     }
 
-    /// 16 MiB of guest memory in 4 KiB pages, whatever the host's transparent huge page mode.
-    fn small_pages() -> GuestMemory {
-        let mem = create(16).unwrap();
-        let host = mem.get_host_address(GuestAddress(0)).unwrap();
-        // SAFETY: the whole 16 MiB mapping; NOHUGEPAGE only changes how it is backed.
-        let rc = unsafe { libc::madvise(host.cast(), 16 << 20, libc::MADV_NOHUGEPAGE) };
-        assert_eq!(rc, 0);
-        mem
-    }
-
     #[test]
     fn discarded_pages_leave_the_host_and_read_as_zero() {
-        let mem = small_pages();
+        let mem = create(16).unwrap();
         mem.write_slice(&[7u8; 5 * PAGE_SIZE as usize], GuestAddress(0x10000))
             .unwrap();
         assert_eq!(resident(&mem, 0x10000, 5 * PAGE_SIZE), 5 * PAGE_SIZE);
@@ -233,6 +237,19 @@ mod tests {
         assert_eq!(b, [0, 0]);
         mem.read_slice(&mut b, GuestAddress(0x10000)).unwrap();
         assert_eq!(b, [7, 7]);
+    }
+
+    #[test]
+    fn guest_memory_is_never_backed_by_huge_pages() {
+        let mem = create(16).unwrap();
+        let start = mem.get_host_address(GuestAddress(0)).unwrap() as usize;
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let flags = smaps
+            .lines()
+            .skip_while(|l| !l.starts_with(&format!("{start:x}-")))
+            .find(|l| l.starts_with("VmFlags:"))
+            .expect("the guest memory mapping in smaps");
+        assert!(flags.split_whitespace().any(|f| f == "nh"), "{flags}");
     }
 
     #[test]
@@ -251,7 +268,7 @@ mod tests {
 
     #[test]
     fn zero_pages_written_by_the_loader_are_released() {
-        let mem = small_pages();
+        let mem = create(16).unwrap();
         let base = 0x100000;
         let mut image = vec![0u8; 8 * PAGE_SIZE as usize];
         image[0] = 1; // page 0: data
