@@ -67,9 +67,14 @@ const REPORTING_ORDER: &str = "/sys/module/page_reporting/parameters/page_report
 
 /// Sets the order of the free blocks the kernel reports to the balloon. The balloon driver
 /// sets it to the page block order (4 MiB) when it registers; in a small guest few free
-/// blocks are that large, so the pages freed after boot would stay on the host. Setting it
-/// here, before the first report (two seconds after the driver registered), covers the
-/// memory freed while booting. sysfs is mounted read-write for this moment only.
+/// blocks are that large, so the pages freed after boot would stay on the host. sysfs is
+/// mounted read-write for this moment only.
+///
+/// The kernel reports two seconds after the driver registered, and after that only when a
+/// block of at least the order is freed. On a slow boot that first report can come before
+/// this, with the old order, and an idle guest may free nothing more: so free such blocks
+/// once (2 MiB touched and unmapped, more than the per-CPU page lists hold back), and the
+/// kernel reports all free memory with the new order.
 fn set_reporting_order(order: u8) -> Result<(), String> {
     m(
         "sysfs",
@@ -81,7 +86,24 @@ fn set_reporting_order(order: u8) -> Result<(), String> {
     let written = std::fs::write(REPORTING_ORDER, order.to_string())
         .map_err(|e| format!("writing {REPORTING_ORDER}: {e} (no balloon in this kernel?)"));
     let _ = nix::mount::umount("/sys");
-    written
+    written?;
+    let len = 2 << 20;
+    // SAFETY: a new private anonymous mapping, populated, then unmapped; no Rust reference
+    // to its memory exists.
+    unsafe {
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
+            -1,
+            0,
+        );
+        if p != libc::MAP_FAILED {
+            libc::munmap(p, len);
+        }
+    }
+    Ok(())
 }
 
 fn m(src: &str, dst: &str, fs: &str, flags: MsFlags, data: Option<&str>) -> Result<(), String> {
