@@ -218,7 +218,8 @@ pub fn boot(config: &VmConfig, io: VmIo, start: Instant) -> Result<RunningVm, Er
             NetBackend::Stream(stream) => {
                 let output = stream.try_clone().map_err(Error::Devices)?;
                 let transport = Arc::new(Mutex::new(MmioTransport::new(
-                    Net::new(mac, Box::new(output), Framing::LengthPrefixed),
+                    Net::new(mac, Box::new(output), Framing::LengthPrefixed)
+                        .map_err(Error::Devices)?,
                     mem.clone(),
                     interrupt,
                 )));
@@ -230,7 +231,7 @@ pub fn boot(config: &VmConfig, io: VmIo, start: Instant) -> Result<RunningVm, Er
             NetBackend::Tap(tap) => {
                 let output = File::from(tap.try_clone().map_err(Error::Devices)?);
                 let transport = Arc::new(Mutex::new(MmioTransport::new(
-                    Net::new(mac, Box::new(output), Framing::Tap),
+                    Net::new(mac, Box::new(output), Framing::Tap).map_err(Error::Devices)?,
                     mem.clone(),
                     interrupt,
                 )));

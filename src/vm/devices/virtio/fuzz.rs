@@ -126,11 +126,13 @@ pub fn net_queues(data: &[u8]) {
         return;
     };
     let mem = memory(rest);
-    let mut dev = Net::new(
+    let Ok(mut dev) = Net::new(
         [2, 0, 0, 0, 0, 1],
         Box::new(std::io::sink()),
         super::net::Framing::LengthPrefixed,
-    );
+    ) else {
+        return;
+    };
     let mut second = *head;
     second.rotate_left(3);
     let mut queues = vec![queue(head, 256), queue(&second, 256)];

@@ -7,16 +7,23 @@
 //!   offloads, so the virtio header would only ever carry zeros across.
 //!
 //! Transmit is served on the notifying vCPU thread. A host thread ([`spawn_input`],
-//! [`spawn_tap_input`]) reads frames and hands them to the device, which keeps at most
-//! [`MAX_PENDING`] frames waiting for receive buffers and drops the rest, as a NIC with a
-//! full ring does.
+//! [`spawn_tap_input`]) reads frames and hands them to the device, which keeps them until the
+//! guest posts receive buffers. When [`MAX_PENDING`] frames wait, the thread stops reading the
+//! back end until the guest has taken half of them (backpressure, as QEMU's NICs apply it):
+//! what the guest cannot take yet waits in the back end (passt, finding the socket full,
+//! holds it back; a tap queues it, up to its queue length) instead of being dropped here for
+//! TCP to retransmit. A guest that never posts buffers costs at most [`MAX_PENDING`] frames of
+//! memory, and the thread still ends when the VM does.
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+
+use nix::poll::{PollFd, PollFlags, PollTimeout};
+use vmm_sys_util::eventfd::EventFd;
 
 use super::mmio::MmioTransport;
 use super::{pop, read_config_bytes, QueueContext, VirtioDevice, F_VERSION_1};
@@ -31,8 +38,11 @@ const TRANSMITQ: usize = 1;
 pub const HDR_LEN: usize = 12;
 /// The largest frame either side may send: an Ethernet frame of a 65520-byte MTU.
 pub const MAX_FRAME: usize = 65_536;
-/// Frames from the host waiting for receive buffers.
+/// Frames from the host waiting for receive buffers; with this many the input thread stops
+/// reading the back end.
 pub const MAX_PENDING: usize = 512;
+/// The input thread reads again once the guest has brought the waiting frames down to this.
+const RESUME_AT: usize = MAX_PENDING / 2;
 
 /// How frames are delimited on the back end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,33 +60,62 @@ pub struct Net {
     framing: Framing,
     pending: VecDeque<Vec<u8>>,
     dropped: u64,
+    /// Written when the input thread, stopped for want of room, may read again.
+    room: EventFd,
+    /// Whether the input thread waits on `room`.
+    input_stopped: bool,
 }
 
 impl Net {
     /// A NIC with address `mac` whose frames go to `out`, delimited as `framing` says.
-    pub fn new(mac: [u8; 6], out: Box<dyn Write + Send>, framing: Framing) -> Net {
-        Net {
+    pub fn new(mac: [u8; 6], out: Box<dyn Write + Send>, framing: Framing) -> io::Result<Net> {
+        Ok(Net {
             mac,
             out,
             framing,
             pending: VecDeque::new(),
             dropped: 0,
-        }
+            room: EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)?,
+            input_stopped: false,
+        })
     }
 
-    /// Frames the device dropped because the guest had no room for them.
+    /// Frames the device dropped: too large for the guest's buffer, or pushed while full.
     pub fn dropped(&self) -> u64 {
         self.dropped
     }
 
-    /// A frame from the host for the guest.
-    pub fn push_frame(&mut self, frame: Vec<u8>, ctx: &mut QueueContext) {
+    /// A frame from the host for the guest. Returns false when the device is full: the caller
+    /// should then read no more from the back end until [`Net::room`] is signalled (a caller
+    /// that pushes anyway has its frames dropped).
+    pub fn push_frame(&mut self, frame: Vec<u8>, ctx: &mut QueueContext) -> bool {
         if self.pending.len() >= MAX_PENDING {
             self.dropped += 1;
         } else {
             self.pending.push_back(frame);
         }
         self.fill_receive_buffers(ctx);
+        let full = self.pending.len() >= MAX_PENDING;
+        self.input_stopped |= full;
+        !full
+    }
+
+    /// What the input thread waits on when [`Net::push_frame`] says the device is full; it
+    /// becomes readable when the guest has made room (read it to rearm it).
+    pub fn room(&self) -> io::Result<OwnedFd> {
+        let room = self.room.try_clone()?;
+        // SAFETY: into_raw_fd hands over the descriptor the clone owned, and nothing else
+        // closes it.
+        Ok(unsafe { OwnedFd::from_raw_fd(room.into_raw_fd()) })
+    }
+
+    /// Lets a stopped input thread read again once few enough frames wait.
+    fn resume_input(&mut self) {
+        if self.input_stopped && self.pending.len() <= RESUME_AT {
+            self.input_stopped = false;
+            // The counter cannot overflow: it is written once per stop and read after each.
+            let _ = self.room.write(1);
+        }
     }
 
     fn fill_receive_buffers(&mut self, ctx: &mut QueueContext) {
@@ -105,6 +144,7 @@ impl Net {
             }
             self.pending.pop_front();
             ctx.add_used(RECEIVEQ, head, written as u32);
+            self.resume_input();
         }
     }
 
@@ -175,6 +215,7 @@ impl VirtioDevice for Net {
 
     fn reset(&mut self) {
         self.pending.clear();
+        self.resume_input();
     }
 }
 
@@ -192,20 +233,60 @@ pub fn read_frame(input: &mut impl Read) -> Option<Vec<u8>> {
     Some(frame)
 }
 
+/// Hands `frame` to the device; false when the device is full and the back end must wait.
+fn deliver(transport: &Mutex<MmioTransport<Net>>, frame: Vec<u8>) -> bool {
+    let mut t = transport.lock().unwrap_or_else(|e| e.into_inner());
+    let mut room = true;
+    // Before the driver is up there is nowhere to put a frame: a NIC that is down drops what
+    // arrives, and reading on costs nothing.
+    t.with_queues(|dev, ctx| room = dev.push_frame(frame, ctx));
+    room
+}
+
+/// Waits until the device has room (`room`, from [`Net::room`], is readable); false when
+/// `stop` shows `stop_events` first: the VM is ending, and the thread with it.
+fn wait_for_room(room: &OwnedFd, stop: BorrowedFd, stop_events: PollFlags) -> bool {
+    loop {
+        let mut fds = [
+            PollFd::new(room.as_fd(), PollFlags::POLLIN),
+            PollFd::new(stop, stop_events),
+        ];
+        match nix::poll::poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(_) => return false,
+        }
+        if fds[1].any().unwrap_or(true) {
+            return false;
+        }
+        if fds[0].any().unwrap_or(true) {
+            // Rearm: the device writes it once per stop.
+            let _ = nix::unistd::read(room.as_raw_fd(), &mut [0u8; 8]);
+            return true;
+        }
+    }
+}
+
 /// Starts the thread that carries frames from the back end to the device; it ends when the
-/// back end's stream ends (shut it down to stop the thread).
+/// back end's stream ends (shut it down to stop the thread, also while it waits for room).
 pub fn spawn_input(
     transport: Arc<Mutex<MmioTransport<Net>>>,
     mut input: UnixStream,
 ) -> io::Result<JoinHandle<()>> {
+    let room = transport
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .device()
+        .room()?;
     std::thread::Builder::new()
         .name("virtio-net-in".into())
         .spawn(move || {
+            let rdhup = PollFlags::from_bits_retain(libc::POLLRDHUP);
             while let Some(frame) = read_frame(&mut input) {
-                let mut t = transport.lock().unwrap_or_else(|e| e.into_inner());
-                // Before the driver is up there is nowhere to put a frame: a NIC that is
-                // down drops what arrives.
-                t.with_queues(|dev, ctx| dev.push_frame(frame, ctx));
+                // Shutting the stream down shows as a hang-up of the reading side, whether or
+                // not frames remain in it.
+                if !deliver(&transport, frame) && !wait_for_room(&room, input.as_fd(), rdhup) {
+                    return;
+                }
             }
         })
 }
@@ -218,16 +299,21 @@ pub fn spawn_tap_input(
     tap: OwnedFd,
     stop: UnixStream,
 ) -> io::Result<JoinHandle<()>> {
+    let room = transport
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .device()
+        .room()?;
     std::thread::Builder::new()
         .name("virtio-net-tap".into())
         .spawn(move || {
             let mut buf = vec![0u8; MAX_FRAME];
             loop {
                 let mut fds = [
-                    nix::poll::PollFd::new(tap.as_fd(), nix::poll::PollFlags::POLLIN),
-                    nix::poll::PollFd::new(stop.as_fd(), nix::poll::PollFlags::POLLIN),
+                    PollFd::new(tap.as_fd(), PollFlags::POLLIN),
+                    PollFd::new(stop.as_fd(), PollFlags::POLLIN),
                 ];
-                match nix::poll::poll(&mut fds, nix::poll::PollTimeout::NONE) {
+                match nix::poll::poll(&mut fds, PollTimeout::NONE) {
                     Ok(_) | Err(nix::errno::Errno::EINTR) => {}
                     Err(_) => return,
                 }
@@ -248,9 +334,12 @@ pub fn spawn_tap_input(
                 if n < 14 {
                     continue;
                 }
-                let frame = buf[..n].to_vec();
-                let mut t = transport.lock().unwrap_or_else(|e| e.into_inner());
-                t.with_queues(|dev, ctx| dev.push_frame(frame, ctx));
+                // While the device is full the tap's own queue holds what arrives.
+                if !deliver(&transport, buf[..n].to_vec())
+                    && !wait_for_room(&room, stop.as_fd(), PollFlags::POLLIN)
+                {
+                    return;
+                }
             }
         })
 }
@@ -280,7 +369,7 @@ mod tests {
         let mem = memory();
         let sink = Sink::default();
         let mut t = MmioTransport::new(
-            Net::new(MAC, Box::new(sink.clone()), Framing::LengthPrefixed),
+            Net::new(MAC, Box::new(sink.clone()), Framing::LengthPrefixed).unwrap(),
             mem.clone(),
             interrupt(),
         );
@@ -322,7 +411,7 @@ mod tests {
         let mem = memory();
         let sink = Sink::default();
         let mut t = MmioTransport::new(
-            Net::new(MAC, Box::new(sink.clone()), Framing::Tap),
+            Net::new(MAC, Box::new(sink.clone()), Framing::Tap).unwrap(),
             mem.clone(),
             interrupt(),
         );
@@ -341,7 +430,7 @@ mod tests {
     fn tap_frames_reach_the_guest_and_the_thread_stops_on_request() {
         let mem = memory();
         let mut t = MmioTransport::new(
-            Net::new(MAC, Box::new(std::io::sink()), Framing::Tap),
+            Net::new(MAC, Box::new(std::io::sink()), Framing::Tap).unwrap(),
             mem.clone(),
             interrupt(),
         );
@@ -368,7 +457,7 @@ mod tests {
     fn received_frames_get_a_header_and_wait_for_buffers() {
         let (mut t, mem, _) = nic();
         let mut rx = Driver::at(&mem, Driver::QUEUE);
-        t.with_queues(|d, ctx| d.push_frame(vec![7u8; 100], ctx));
+        t.with_queues(|d, ctx| assert!(d.push_frame(vec![7u8; 100], ctx)));
         assert_eq!(t.device().pending.len(), 1);
         rx.add(&[(0x20000, 2048, true)]);
         notify(&mut t, 0);
@@ -377,14 +466,122 @@ mod tests {
         mem.read_slice(&mut hdr, GuestAddress(0x20000)).unwrap();
         assert_eq!(hdr[10], 1, "num_buffers");
         // A frame larger than the buffer is dropped, and the next one still arrives.
-        t.with_queues(|d, ctx| d.push_frame(vec![1u8; 4000], ctx));
-        t.with_queues(|d, ctx| d.push_frame(vec![2u8; 64], ctx));
+        t.with_queues(|d, ctx| assert!(d.push_frame(vec![1u8; 4000], ctx)));
+        t.with_queues(|d, ctx| assert!(d.push_frame(vec![2u8; 64], ctx)));
         rx.add(&[(0x21000, 2048, true)]);
         rx.add(&[(0x22000, 2048, true)]);
         notify(&mut t, 0);
         assert_eq!(rx.used()[1].1, 0);
         assert_eq!(rx.used()[2].1, (HDR_LEN + 64) as u32);
         assert_eq!(t.device().dropped(), 1);
+    }
+
+    /// Whether `fd` is readable now.
+    fn readable(fd: &OwnedFd) -> bool {
+        let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+        nix::poll::poll(&mut fds, PollTimeout::ZERO).unwrap() == 1
+    }
+
+    /// Posts receive buffers as the guest's ring has free slots, until `count` frames in all
+    /// have arrived or five seconds have passed; returns how many arrived. `posted` counts the
+    /// buffers posted so far: no more than `count`, so none is left over.
+    fn receive(
+        t: &Mutex<MmioTransport<Net>>,
+        rx: &mut Driver,
+        posted: &mut usize,
+        count: usize,
+    ) -> usize {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while rx.used().len() < count && std::time::Instant::now() < deadline {
+            // The test driver reuses descriptors in order: only those the device gave back.
+            while *posted - rx.used().len() < usize::from(Driver::QUEUE.3) && *posted < count {
+                rx.add(&[(0x20000 + (*posted as u64 % 16) * 0x1000, 2048, true)]);
+                *posted += 1;
+            }
+            notify(&mut *t.lock().unwrap(), 0);
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        rx.used().len()
+    }
+
+    fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !done() {
+            assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+    }
+
+    #[test]
+    fn a_full_device_stops_the_input_until_the_guest_has_taken_half() {
+        let (mut t, mem, _) = nic();
+        let room = t.device().room().unwrap();
+        for i in 0..MAX_PENDING {
+            let mut more = false;
+            t.with_queues(|d, ctx| more = d.push_frame(vec![i as u8; 60], ctx));
+            assert_eq!(more, i + 1 < MAX_PENDING, "frame {i}");
+        }
+        assert!(!readable(&room));
+        // Taking fewer than half does not resume the input; taking half does.
+        let t = Mutex::new(t);
+        let mut rx = Driver::at(&mem, Driver::QUEUE);
+        let deficit = MAX_PENDING - RESUME_AT;
+        let mut posted = 0;
+        assert_eq!(receive(&t, &mut rx, &mut posted, deficit - 1), deficit - 1);
+        assert!(!readable(&room));
+        assert_eq!(receive(&t, &mut rx, &mut posted, deficit), deficit);
+        assert!(readable(&room));
+        assert_eq!(t.lock().unwrap().device().dropped(), 0);
+    }
+
+    #[test]
+    fn a_reset_resumes_a_stopped_input() {
+        let (mut t, _, _) = nic();
+        let room = t.device().room().unwrap();
+        for _ in 0..MAX_PENDING {
+            t.with_queues(|d, ctx| {
+                d.push_frame(vec![0u8; 60], ctx);
+            });
+        }
+        assert!(!readable(&room));
+        t.device_mut().reset();
+        assert!(readable(&room));
+    }
+
+    #[test]
+    fn the_input_thread_waits_for_room_drops_nothing_and_still_stops() {
+        let (t, mem, _) = nic();
+        let t = Arc::new(Mutex::new(t));
+        let (mut host, device_end) = UnixStream::pair().unwrap();
+        let stop = device_end.try_clone().unwrap();
+        let input = spawn_input(t.clone(), device_end).unwrap();
+        // One write a frame: the socket's buffer counts each write's overhead, and what the
+        // thread leaves unread must fit in it.
+        let mut send = move |count: usize| {
+            for i in 0..count {
+                let mut frame = 60u32.to_be_bytes().to_vec();
+                frame.extend_from_slice(&[i as u8; 60]);
+                host.write_all(&frame).unwrap();
+            }
+        };
+        let pending = || t.lock().unwrap().device().pending.len();
+        // More than the device holds, with no receive buffers: the thread stops reading
+        // and the rest waits in the socket.
+        let total = MAX_PENDING + 50;
+        send(total);
+        wait_for("the device to fill", || pending() == MAX_PENDING);
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert_eq!(pending(), MAX_PENDING);
+        // Buffers, a ring's worth at a time: every frame arrives.
+        let mut rx = Driver::at(&mem, Driver::QUEUE);
+        assert_eq!(receive(&t, &mut rx, &mut 0, total), total);
+        assert_eq!(t.lock().unwrap().device().dropped(), 0);
+        // A guest that posts no more buffers leaves the thread waiting for room; the VM's
+        // end still stops it.
+        send(MAX_PENDING + 10);
+        wait_for("the device to fill again", || pending() == MAX_PENDING);
+        stop.shutdown(std::net::Shutdown::Both).unwrap();
+        input.join().unwrap();
     }
 
     #[test]
