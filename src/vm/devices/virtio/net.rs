@@ -8,12 +8,15 @@
 //!
 //! Transmit is served on the notifying vCPU thread. A host thread ([`spawn_input`],
 //! [`spawn_tap_input`]) reads frames and hands them to the device, which keeps them until the
-//! guest posts receive buffers. When [`MAX_PENDING`] frames wait, the thread stops reading the
-//! back end until the guest has taken half of them (backpressure, as QEMU's NICs apply it):
-//! what the guest cannot take yet waits in the back end (passt, finding the socket full,
-//! holds it back; a tap queues it, up to its queue length) instead of being dropped here for
-//! TCP to retransmit. A guest that never posts buffers costs at most [`MAX_PENDING`] frames of
-//! memory, and the thread still ends when the VM does.
+//! guest posts receive buffers. When [`MAX_PENDING_BYTES`] (or [`MAX_PENDING`] frames) wait,
+//! the thread stops reading the back end until the guest has taken half (backpressure, as
+//! QEMU's NICs apply it): what the guest cannot take yet waits in the back end (passt, finding
+//! the socket full, holds it back; a tap queues it, up to its queue length) instead of being
+//! dropped here for TCP to retransmit. The bound is larger than the window a Linux guest
+//! advertises for a connection (half its receive buffer, at most 6 MiB), so a bulk transfer
+//! into the guest waits here rather than in a back end, which may drop what its socket does
+//! not take. A guest that never posts buffers costs at most that bound in memory, and the
+//! thread still ends when the VM does.
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
@@ -38,11 +41,12 @@ const TRANSMITQ: usize = 1;
 pub const HDR_LEN: usize = 12;
 /// The largest frame either side may send: an Ethernet frame of a 65520-byte MTU.
 pub const MAX_FRAME: usize = 65_536;
-/// Frames from the host waiting for receive buffers; with this many the input thread stops
+/// Bytes of frames from the host waiting for receive buffers at which the input thread stops
 /// reading the back end.
-pub const MAX_PENDING: usize = 512;
-/// The input thread reads again once the guest has brought the waiting frames down to this.
-const RESUME_AT: usize = MAX_PENDING / 2;
+pub const MAX_PENDING_BYTES: usize = 8 << 20;
+/// Frames waiting at which the input thread stops, whatever their size: each costs an
+/// allocation.
+pub const MAX_PENDING: usize = 8192;
 
 /// How frames are delimited on the back end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,6 +63,8 @@ pub struct Net {
     out: Box<dyn Write + Send>,
     framing: Framing,
     pending: VecDeque<Vec<u8>>,
+    /// The bytes of the frames in `pending`.
+    pending_bytes: usize,
     dropped: u64,
     /// Written when the input thread, stopped for want of room, may read again.
     room: EventFd,
@@ -74,6 +80,7 @@ impl Net {
             out,
             framing,
             pending: VecDeque::new(),
+            pending_bytes: 0,
             dropped: 0,
             room: EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)?,
             input_stopped: false,
@@ -89,15 +96,20 @@ impl Net {
     /// should then read no more from the back end until [`Net::room`] is signalled (a caller
     /// that pushes anyway has its frames dropped).
     pub fn push_frame(&mut self, frame: Vec<u8>, ctx: &mut QueueContext) -> bool {
-        if self.pending.len() >= MAX_PENDING {
+        if self.full() {
             self.dropped += 1;
         } else {
+            self.pending_bytes += frame.len();
             self.pending.push_back(frame);
         }
         self.fill_receive_buffers(ctx);
-        let full = self.pending.len() >= MAX_PENDING;
+        let full = self.full();
         self.input_stopped |= full;
         !full
+    }
+
+    fn full(&self) -> bool {
+        self.pending.len() >= MAX_PENDING || self.pending_bytes >= MAX_PENDING_BYTES
     }
 
     /// What the input thread waits on when [`Net::push_frame`] says the device is full; it
@@ -109,9 +121,12 @@ impl Net {
         Ok(unsafe { OwnedFd::from_raw_fd(room.into_raw_fd()) })
     }
 
-    /// Lets a stopped input thread read again once few enough frames wait.
+    /// Lets a stopped input thread read again once the guest has taken half of what waited.
     fn resume_input(&mut self) {
-        if self.input_stopped && self.pending.len() <= RESUME_AT {
+        if self.input_stopped
+            && self.pending.len() <= MAX_PENDING / 2
+            && self.pending_bytes <= MAX_PENDING_BYTES / 2
+        {
             self.input_stopped = false;
             // The counter cannot overflow: it is written once per stop and read after each.
             let _ = self.room.write(1);
@@ -142,6 +157,7 @@ impl Net {
             if written == 0 {
                 self.dropped += 1;
             }
+            self.pending_bytes -= frame.len();
             self.pending.pop_front();
             ctx.add_used(RECEIVEQ, head, written as u32);
             self.resume_input();
@@ -215,6 +231,7 @@ impl VirtioDevice for Net {
 
     fn reset(&mut self) {
         self.pending.clear();
+        self.pending_bytes = 0;
         self.resume_input();
     }
 }
@@ -483,7 +500,7 @@ mod tests {
     }
 
     /// Posts receive buffers as the guest's ring has free slots, until `count` frames in all
-    /// have arrived or five seconds have passed; returns how many arrived. `posted` counts the
+    /// have arrived or twenty seconds have passed; returns how many arrived. `posted` counts the
     /// buffers posted so far: no more than `count`, so none is left over.
     fn receive(
         t: &Mutex<MmioTransport<Net>>,
@@ -491,17 +508,20 @@ mod tests {
         posted: &mut usize,
         count: usize,
     ) -> usize {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        while rx.used().len() < count && std::time::Instant::now() < deadline {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while rx.used_count() < count && std::time::Instant::now() < deadline {
+            let before = rx.used_count();
             // The test driver reuses descriptors in order: only those the device gave back.
-            while *posted - rx.used().len() < usize::from(Driver::QUEUE.3) && *posted < count {
+            while *posted - before < usize::from(Driver::QUEUE.3) && *posted < count {
                 rx.add(&[(0x20000 + (*posted as u64 % 16) * 0x1000, 2048, true)]);
                 *posted += 1;
             }
             notify(&mut *t.lock().unwrap(), 0);
-            std::thread::sleep(std::time::Duration::from_millis(1));
+            if rx.used_count() == before {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
         }
-        rx.used().len()
+        rx.used_count()
     }
 
     fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
@@ -525,7 +545,7 @@ mod tests {
         // Taking fewer than half does not resume the input; taking half does.
         let t = Mutex::new(t);
         let mut rx = Driver::at(&mem, Driver::QUEUE);
-        let deficit = MAX_PENDING - RESUME_AT;
+        let deficit = MAX_PENDING / 2;
         let mut posted = 0;
         assert_eq!(receive(&t, &mut rx, &mut posted, deficit - 1), deficit - 1);
         assert!(!readable(&room));
@@ -535,14 +555,16 @@ mod tests {
     }
 
     #[test]
-    fn a_reset_resumes_a_stopped_input() {
+    fn large_frames_stop_the_input_at_the_byte_bound_and_a_reset_resumes_it() {
         let (mut t, _, _) = nic();
         let room = t.device().room().unwrap();
-        for _ in 0..MAX_PENDING {
-            t.with_queues(|d, ctx| {
-                d.push_frame(vec![0u8; 60], ctx);
-            });
+        let mut accepted = 0;
+        let mut more = true;
+        while more {
+            t.with_queues(|d, ctx| more = d.push_frame(vec![0u8; MAX_FRAME], ctx));
+            accepted += 1;
         }
+        assert_eq!(accepted, MAX_PENDING_BYTES / MAX_FRAME);
         assert!(!readable(&room));
         t.device_mut().reset();
         assert!(readable(&room));

@@ -63,6 +63,13 @@ impl<'m> Driver<'m> {
             .unwrap();
     }
 
+    /// How many chains the device has put in the used ring so far.
+    pub fn used_count(&self) -> usize {
+        let (_, _, used) = self.queue;
+        let idx: u16 = self.mem.read_obj(GuestAddress(used + 2)).unwrap();
+        usize::from(idx)
+    }
+
     /// Every (head, length) the device has put in the used ring so far.
     pub fn used(&self) -> Vec<(u16, u32)> {
         let (_, _, used) = self.queue;
