@@ -218,8 +218,12 @@ pub fn boot(config: &VmConfig, io: VmIo, start: Instant) -> Result<RunningVm, Er
             NetBackend::Stream(stream) => {
                 let output = stream.try_clone().map_err(Error::Devices)?;
                 let transport = Arc::new(Mutex::new(MmioTransport::new(
-                    Net::new(mac, Box::new(output), Framing::LengthPrefixed)
-                        .map_err(Error::Devices)?,
+                    Net::new(
+                        mac,
+                        Box::new(virtio::net::DontWait(output)),
+                        Framing::LengthPrefixed,
+                    )
+                    .map_err(Error::Devices)?,
                     mem.clone(),
                     interrupt,
                 )));

@@ -6,7 +6,14 @@
 //!   daemon of user-defined networks hands over. No `IFF_VNET_HDR`: the device offers no
 //!   offloads, so the virtio header would only ever carry zeros across.
 //!
-//! Transmit is served on the notifying vCPU thread. A host thread ([`spawn_input`],
+//! Transmit is served on the notifying vCPU thread without blocking it: when the stream back
+//! end takes nothing more, the guest's frames stay in its ring (the NIC is busy, nothing is
+//! lost) and the input thread finishes the job once the stream is writable again. A vCPU
+//! blocked in a write, holding the device, would deadlock with backpressure: passt completes
+//! a partly written frame with a blocking write, so it may wait for the input thread to read,
+//! the input thread for the guest to take frames, and the guest for that vCPU.
+//!
+//! A host thread ([`spawn_input`],
 //! [`spawn_tap_input`]) reads frames and hands them to the device, which keeps them until the
 //! guest posts receive buffers. When [`MAX_PENDING_BYTES`] (or [`MAX_PENDING`] frames) wait,
 //! the thread stops reading the back end until the guest has taken half (backpressure, as
@@ -66,10 +73,16 @@ pub struct Net {
     /// The bytes of the frames in `pending`.
     pending_bytes: usize,
     dropped: u64,
-    /// Written when the input thread, stopped for want of room, may read again.
-    room: EventFd,
-    /// Whether the input thread waits on `room`.
+    /// Written when the input thread has something new to do: read again after a stop for
+    /// want of room, or write out `unsent`.
+    wake: EventFd,
+    /// Whether the input thread stopped reading for want of room.
     input_stopped: bool,
+    /// Framed output the stream back end has not taken yet: at most the rest of one frame,
+    /// kept across a reset, as the stream is mid-frame.
+    unsent: Vec<u8>,
+    /// Whether transmit waits for the stream to become writable.
+    output_blocked: bool,
 }
 
 impl Net {
@@ -82,8 +95,10 @@ impl Net {
             pending: VecDeque::new(),
             pending_bytes: 0,
             dropped: 0,
-            room: EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)?,
+            wake: EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)?,
             input_stopped: false,
+            unsent: Vec::new(),
+            output_blocked: false,
         })
     }
 
@@ -93,8 +108,8 @@ impl Net {
     }
 
     /// A frame from the host for the guest. Returns false when the device is full: the caller
-    /// should then read no more from the back end until [`Net::room`] is signalled (a caller
-    /// that pushes anyway has its frames dropped).
+    /// should then read no more from the back end until [`Net::wake`] is signalled and
+    /// [`Net::input_stopped`] says so (a caller that pushes anyway has its frames dropped).
     pub fn push_frame(&mut self, frame: Vec<u8>, ctx: &mut QueueContext) -> bool {
         if self.full() {
             self.dropped += 1;
@@ -112,13 +127,25 @@ impl Net {
         self.pending.len() >= MAX_PENDING || self.pending_bytes >= MAX_PENDING_BYTES
     }
 
-    /// What the input thread waits on when [`Net::push_frame`] says the device is full; it
-    /// becomes readable when the guest has made room (read it to rearm it).
-    pub fn room(&self) -> io::Result<OwnedFd> {
-        let room = self.room.try_clone()?;
+    /// Whether the input thread should read no more from the back end for now.
+    pub fn input_stopped(&self) -> bool {
+        self.input_stopped
+    }
+
+    /// Whether transmit waits for the stream back end to become writable.
+    pub fn output_blocked(&self) -> bool {
+        self.output_blocked
+    }
+
+    /// What the input thread waits on besides the back end: readable when the guest has made
+    /// room after [`Net::push_frame`] said the device was full, or when transmit found the
+    /// stream full (read it to rearm it, then ask [`Net::input_stopped`] and
+    /// [`Net::output_blocked`]).
+    pub fn wake(&self) -> io::Result<OwnedFd> {
+        let wake = self.wake.try_clone()?;
         // SAFETY: into_raw_fd hands over the descriptor the clone owned, and nothing else
         // closes it.
-        Ok(unsafe { OwnedFd::from_raw_fd(room.into_raw_fd()) })
+        Ok(unsafe { OwnedFd::from_raw_fd(wake.into_raw_fd()) })
     }
 
     /// Lets a stopped input thread read again once the guest has taken half of what waited.
@@ -129,7 +156,7 @@ impl Net {
         {
             self.input_stopped = false;
             // The counter cannot overflow: it is written once per stop and read after each.
-            let _ = self.room.write(1);
+            let _ = self.wake.write(1);
         }
     }
 
@@ -164,10 +191,35 @@ impl Net {
         }
     }
 
+    /// Writes what waits for the stream back end; false when the stream is full (the rest
+    /// stays for later).
+    fn flush_output(&mut self) -> bool {
+        while !self.unsent.is_empty() {
+            match self.out.write(&self.unsent) {
+                Ok(n) if n > 0 => {
+                    self.unsent.drain(..n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // A back end that went away drops frames, as an unplugged cable would.
+                _ => self.unsent.clear(),
+            }
+        }
+        true
+    }
+
     fn transmit(&mut self, ctx: &mut QueueContext) {
         let mem = ctx.mem;
         let mut frame = Vec::with_capacity(2048);
         loop {
+            // Each frame goes out before the next leaves the ring.
+            if !self.flush_output() {
+                if !self.output_blocked {
+                    self.output_blocked = true;
+                    let _ = self.wake.write(1);
+                }
+                return;
+            }
             let Some(queue) = ctx.queues.get_mut(TRANSMITQ) else {
                 return;
             };
@@ -182,23 +234,37 @@ impl Net {
                     let mut r = r;
                     if r.read_to_end(&mut frame).is_ok() {
                         let body = &frame[HDR_LEN..];
-                        // A back end that went away drops frames, as an unplugged cable would.
-                        let _ = match self.framing {
+                        match self.framing {
                             Framing::LengthPrefixed => {
-                                let len = (body.len() as u32).to_be_bytes();
-                                self.out
-                                    .write_all(&len)
-                                    .and_then(|()| self.out.write_all(body))
+                                self.unsent
+                                    .extend_from_slice(&(body.len() as u32).to_be_bytes());
+                                self.unsent.extend_from_slice(body);
                             }
-                            // One write, one frame: a tap takes it whole or not at all.
-                            Framing::Tap => self.out.write(body).map(|_| ()),
-                        };
+                            // One write, one frame: a tap takes it whole or drops it.
+                            Framing::Tap => {
+                                let _ = self.out.write(body);
+                            }
+                        }
                     }
                 }
             }
             ctx.add_used(TRANSMITQ, head, 0);
         }
     }
+}
+
+/// Once the stream back end is writable again: writes what waits and serves the transmit
+/// queue; returns whether the output is still blocked.
+fn resume_output(t: &mut MmioTransport<Net>) -> bool {
+    let dev = t.device_mut();
+    dev.output_blocked = false;
+    if !dev.flush_output() {
+        dev.output_blocked = true;
+        return true;
+    }
+    // Before the driver is up (or after a reset) there is no ring to serve.
+    t.with_queues(|dev, ctx| dev.transmit(ctx));
+    t.device().output_blocked
 }
 
 impl VirtioDevice for Net {
@@ -260,12 +326,23 @@ fn deliver(transport: &Mutex<MmioTransport<Net>>, frame: Vec<u8>) -> bool {
     room
 }
 
-/// Waits until the device has room (`room`, from [`Net::room`], is readable); false when
-/// `stop` shows `stop_events` first: the VM is ending, and the thread with it.
-fn wait_for_room(room: &OwnedFd, stop: BorrowedFd, stop_events: PollFlags) -> bool {
+/// Reads `wake` (from [`Net::wake`]) to rearm it.
+fn rearm(wake: &OwnedFd) {
+    let _ = nix::unistd::read(wake.as_raw_fd(), &mut [0u8; 8]);
+}
+
+/// Waits until the device has room again (the tap's input, whose output never blocks: a tap
+/// drops what it cannot queue); false when `stop` shows `stop_events` first: the VM is ending,
+/// and the thread with it.
+fn wait_for_room(
+    transport: &Mutex<MmioTransport<Net>>,
+    wake: &OwnedFd,
+    stop: BorrowedFd,
+    stop_events: PollFlags,
+) -> bool {
     loop {
         let mut fds = [
-            PollFd::new(room.as_fd(), PollFlags::POLLIN),
+            PollFd::new(wake.as_fd(), PollFlags::POLLIN),
             PollFd::new(stop, stop_events),
         ];
         match nix::poll::poll(&mut fds, PollTimeout::NONE) {
@@ -276,33 +353,100 @@ fn wait_for_room(room: &OwnedFd, stop: BorrowedFd, stop_events: PollFlags) -> bo
             return false;
         }
         if fds[0].any().unwrap_or(true) {
-            // Rearm: the device writes it once per stop.
-            let _ = nix::unistd::read(room.as_raw_fd(), &mut [0u8; 8]);
-            return true;
+            rearm(wake);
+            let t = transport.lock().unwrap_or_else(|e| e.into_inner());
+            if !t.device().input_stopped() {
+                return true;
+            }
         }
     }
 }
 
-/// Starts the thread that carries frames from the back end to the device; it ends when the
-/// back end's stream ends (shut it down to stop the thread, also while it waits for room).
+/// The stream back end as the device writes it: never blocking the vCPU, whatever the
+/// socket's mode (the input thread reads the same socket blocking).
+pub struct DontWait(pub UnixStream);
+
+impl Write for DontWait {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        use nix::sys::socket::{send, MsgFlags};
+        send(
+            self.0.as_raw_fd(),
+            buf,
+            MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
+        )
+        .map_err(io::Error::from)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Starts the thread that carries frames from the stream back end to the device, and writes
+/// the device's output when the stream had no room for it. It ends when the stream ends or
+/// is shut down (shut it down to stop the thread, whatever it waits for).
 pub fn spawn_input(
     transport: Arc<Mutex<MmioTransport<Net>>>,
-    mut input: UnixStream,
+    input: UnixStream,
 ) -> io::Result<JoinHandle<()>> {
-    let room = transport
+    let wake = transport
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .device()
-        .room()?;
+        .wake()?;
     std::thread::Builder::new()
         .name("virtio-net-in".into())
         .spawn(move || {
             let rdhup = PollFlags::from_bits_retain(libc::POLLRDHUP);
-            while let Some(frame) = read_frame(&mut input) {
-                // Shutting the stream down shows as a hang-up of the reading side, whether or
-                // not frames remain in it.
-                if !deliver(&transport, frame) && !wait_for_room(&room, input.as_fd(), rdhup) {
+            let gone = rdhup | PollFlags::POLLHUP | PollFlags::POLLERR | PollFlags::POLLNVAL;
+            // passt writes many frames at once: read them in as few calls.
+            let mut reader = io::BufReader::with_capacity(256 << 10, &input);
+            let (mut reading, mut writing) = (true, false);
+            loop {
+                // Frames already buffered go first: poll does not see them.
+                while reading && !reader.buffer().is_empty() {
+                    let Some(frame) = read_frame(&mut reader) else {
+                        return;
+                    };
+                    reading = deliver(&transport, frame);
+                }
+                let mut events = rdhup;
+                if reading {
+                    events |= PollFlags::POLLIN;
+                }
+                if writing {
+                    events |= PollFlags::POLLOUT;
+                }
+                let mut fds = [
+                    PollFd::new(input.as_fd(), events),
+                    PollFd::new(wake.as_fd(), PollFlags::POLLIN),
+                ];
+                match nix::poll::poll(&mut fds, PollTimeout::NONE) {
+                    Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+                    Err(_) => return,
+                }
+                let back_end = fds[0].revents().unwrap_or(PollFlags::POLLNVAL);
+                // The VM's end shuts the stream down; passt's end closes it.
+                if back_end.intersects(gone) {
                     return;
+                }
+                if fds[1].any().unwrap_or(false) {
+                    rearm(&wake);
+                    let t = transport.lock().unwrap_or_else(|e| e.into_inner());
+                    reading = !t.device().input_stopped();
+                    writing = t.device().output_blocked();
+                }
+                if back_end.contains(PollFlags::POLLOUT) {
+                    let mut t = transport.lock().unwrap_or_else(|e| e.into_inner());
+                    writing = resume_output(&mut t);
+                }
+                if reading && back_end.contains(PollFlags::POLLIN) {
+                    // A frame, once begun, is finished: passt writes the rest of a partly
+                    // sent frame at once.
+                    let Some(frame) = read_frame(&mut reader) else {
+                        return;
+                    };
+                    reading = deliver(&transport, frame);
                 }
             }
         })
@@ -316,11 +460,11 @@ pub fn spawn_tap_input(
     tap: OwnedFd,
     stop: UnixStream,
 ) -> io::Result<JoinHandle<()>> {
-    let room = transport
+    let wake = transport
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .device()
-        .room()?;
+        .wake()?;
     std::thread::Builder::new()
         .name("virtio-net-tap".into())
         .spawn(move || {
@@ -353,7 +497,7 @@ pub fn spawn_tap_input(
                 }
                 // While the device is full the tap's own queue holds what arrives.
                 if !deliver(&transport, buf[..n].to_vec())
-                    && !wait_for_room(&room, stop.as_fd(), PollFlags::POLLIN)
+                    && !wait_for_room(&transport, &wake, stop.as_fd(), PollFlags::POLLIN)
                 {
                     return;
                 }
@@ -535,7 +679,7 @@ mod tests {
     #[test]
     fn a_full_device_stops_the_input_until_the_guest_has_taken_half() {
         let (mut t, mem, _) = nic();
-        let room = t.device().room().unwrap();
+        let room = t.device().wake().unwrap();
         for i in 0..MAX_PENDING {
             let mut more = false;
             t.with_queues(|d, ctx| more = d.push_frame(vec![i as u8; 60], ctx));
@@ -557,7 +701,7 @@ mod tests {
     #[test]
     fn large_frames_stop_the_input_at_the_byte_bound_and_a_reset_resumes_it() {
         let (mut t, _, _) = nic();
-        let room = t.device().room().unwrap();
+        let room = t.device().wake().unwrap();
         let mut accepted = 0;
         let mut more = true;
         while more {
@@ -602,6 +746,49 @@ mod tests {
         // end still stops it.
         send(MAX_PENDING + 10);
         wait_for("the device to fill again", || pending() == MAX_PENDING);
+        stop.shutdown(std::net::Shutdown::Both).unwrap();
+        input.join().unwrap();
+    }
+
+    #[test]
+    fn a_full_stream_leaves_frames_in_the_ring_for_the_input_thread_to_send() {
+        let mem = memory();
+        let (mut peer, device_end) = UnixStream::pair().unwrap();
+        let out = DontWait(device_end.try_clone().unwrap());
+        let mut t = MmioTransport::new(
+            Net::new(MAC, Box::new(out), Framing::LengthPrefixed).unwrap(),
+            mem.clone(),
+            interrupt(),
+        );
+        bring_up(&mut t, &[Driver::QUEUE, Driver::QUEUE1]);
+        // The back end reads nothing for now: fill the socket.
+        let mut filler = DontWait(device_end.try_clone().unwrap());
+        let mut filled = 0;
+        while let Ok(n) = filler.write(&[0u8; 4096]) {
+            filled += n;
+        }
+        let mut tx = Driver::at(&mem, Driver::QUEUE1);
+        mem.write_slice(&[0u8; HDR_LEN], GuestAddress(0x10000))
+            .unwrap();
+        mem.write_slice(&[1u8; 60], GuestAddress(0x10100)).unwrap();
+        mem.write_slice(&[2u8; 70], GuestAddress(0x10200)).unwrap();
+        tx.add(&[(0x10000, HDR_LEN as u32, false), (0x10100, 60, false)]);
+        tx.add(&[(0x10000, HDR_LEN as u32, false), (0x10200, 70, false)]);
+        // The vCPU does not block: the first frame waits in the device, the second in the
+        // ring.
+        notify(&mut t, 1);
+        assert_eq!(tx.used_count(), 1);
+        assert!(t.device().output_blocked());
+        // Once the back end reads, the input thread sends both, in order.
+        let t = Arc::new(Mutex::new(t));
+        let stop = device_end.try_clone().unwrap();
+        let input = spawn_input(t.clone(), device_end).unwrap();
+        let mut skip = vec![0u8; filled];
+        peer.read_exact(&mut skip).unwrap();
+        assert_eq!(read_frame(&mut peer), Some(vec![1u8; 60]));
+        assert_eq!(read_frame(&mut peer), Some(vec![2u8; 70]));
+        wait_for("the second chain to be used", || tx.used_count() == 2);
+        assert!(!t.lock().unwrap().device().output_blocked());
         stop.shutdown(std::net::Shutdown::Both).unwrap();
         input.join().unwrap();
     }
