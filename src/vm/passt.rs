@@ -18,6 +18,9 @@ pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
 pub const DNS: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 3);
 /// The descriptor passt finds its end of the socket pair on.
 const PASST_FD: i32 = 3;
+/// The send buffer asked for passt's end of the socket pair; the kernel caps it at
+/// net.core.wmem_max (and doubles what it grants).
+const PASST_SNDBUF: usize = 4 << 20;
 
 /// A port the host forwards into the guest.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,6 +73,7 @@ pub fn start(forwards: &[Forward], log: std::fs::File) -> Result<(Passt, UnixStr
         return Err(PasstError::NoDefaultRoute);
     }
     let (vmm_end, passt_end) = UnixStream::pair().map_err(PasstError::Socket)?;
+    widen_send_buffer(&passt_end);
     let passt_end = OwnedFd::from(passt_end);
     let mut cmd = Command::new("passt");
     cmd.args(["--foreground", "--quiet", "--one-off"])
@@ -116,6 +120,19 @@ pub fn start(forwards: &[Forward], log: std::fs::File) -> Result<(Passt, UnixStr
     })?;
     drop(passt_end);
     Ok((Passt { child }, vmm_end))
+}
+
+/// Raises the send buffer of passt's end of the socket pair as far as the kernel lets a user
+/// (net.core.wmem_max, doubled). passt writes frames to the guest without waiting
+/// (MSG_DONTWAIT) and the frames its socket does not take are lost; the passt of Debian 12
+/// (2023-03) does not even tell its TCP, which notices only from the guest's duplicate ACKs
+/// and then sends the whole window again, overflowing the socket again. A UNIX stream counts
+/// what waits in it against the sender's buffer: this one is what passt may write ahead of
+/// the device's reading.
+fn widen_send_buffer(passt_end: &UnixStream) {
+    use nix::sys::socket::{setsockopt, sockopt::SndBuf};
+    // Best effort: the default buffer still works, only with less room.
+    let _ = setsockopt(passt_end, SndBuf, &PASST_SNDBUF);
 }
 
 /// Whether `/proc/net/route` (its text) has an IPv4 default route.
@@ -165,6 +182,16 @@ mod tests {
         assert!(has_default_route(&with));
         assert!(!has_default_route(&without));
         assert!(!has_default_route(""));
+    }
+
+    #[test]
+    fn passts_end_of_the_socket_pair_gets_a_larger_send_buffer() {
+        use nix::sys::socket::{getsockopt, sockopt::SndBuf};
+        let (_vmm_end, passt_end) = UnixStream::pair().unwrap();
+        let before = getsockopt(&passt_end, SndBuf).unwrap();
+        widen_send_buffer(&passt_end);
+        // Whatever net.core.wmem_max is, the kernel grants twice what it lets a user ask.
+        assert!(getsockopt(&passt_end, SndBuf).unwrap() > before);
     }
 
     #[test]
