@@ -11,6 +11,11 @@ pub struct GuestNetwork {
     pub address: Ipv4Addr,
     pub prefix_len: u8,
     pub gateway: Ipv4Addr,
+    /// The largest TCP window the guest advertises to peers through this NIC (a metric of
+    /// its routes; `None`: the kernel's own), for a back end that loses what it cannot
+    /// buffer (passt) and must never be sent more than it holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp_window: Option<u32>,
 }
 
 struct Socket(libc::c_int);
@@ -126,16 +131,72 @@ pub fn configure(network: Option<&GuestNetwork>) -> Result<(), String> {
     )?;
     up(&sock, name)?;
 
-    // SAFETY: rtentry is plain old data; all zeroes is a valid value.
-    let mut route: libc::rtentry = unsafe { std::mem::zeroed() };
-    route.rt_dst = sockaddr(Ipv4Addr::UNSPECIFIED);
-    route.rt_genmask = sockaddr(Ipv4Addr::UNSPECIFIED);
-    route.rt_gateway = sockaddr(net.gateway);
-    route.rt_flags = libc::RTF_UP | libc::RTF_GATEWAY;
-    ioctl(
+    let mut device = std::ffi::CString::new(name)
+        .map_err(|_| format!("invalid interface name {name:?}"))?
+        .into_bytes_with_nul();
+    if net.tcp_window.is_some() {
+        // The gateway stands for the host (and for the peers of ports published from the
+        // host's loopback): its own route, more specific than the subnet's, carries the
+        // window too.
+        let mut route = Route::new(net.gateway, Ipv4Addr::BROADCAST, net.tcp_window);
+        route.0.rt_flags |= libc::RTF_HOST;
+        route.0.rt_dev = device.as_mut_ptr().cast();
+        route.add(&sock, &format!("adding the route to {}", net.gateway))?;
+    }
+    let mut route = Route::new(Ipv4Addr::UNSPECIFIED, Ipv4Addr::UNSPECIFIED, net.tcp_window);
+    route.0.rt_gateway = sockaddr(net.gateway);
+    route.0.rt_flags |= libc::RTF_GATEWAY;
+    route.add(
         &sock,
-        libc::SIOCADDRT,
-        &mut route as *mut _ as *mut _,
         &format!("adding the default route via {}", net.gateway),
     )
+}
+
+/// A route for SIOCADDRT.
+struct Route(libc::rtentry);
+
+impl Route {
+    /// To `dst`/`mask`, up, with the TCP window clamp `window` if any.
+    fn new(dst: Ipv4Addr, mask: Ipv4Addr, window: Option<u32>) -> Route {
+        // SAFETY: rtentry is plain old data; all zeroes is a valid value.
+        let mut route: libc::rtentry = unsafe { std::mem::zeroed() };
+        route.rt_dst = sockaddr(dst);
+        route.rt_genmask = sockaddr(mask);
+        route.rt_flags = libc::RTF_UP;
+        if let Some(window) = window {
+            route.rt_flags |= libc::RTF_WINDOW;
+            route.rt_window = libc::c_ulong::from(window);
+        }
+        Route(route)
+    }
+
+    fn add(mut self, sock: &Socket, what: &str) -> Result<(), String> {
+        ioctl(sock, libc::SIOCADDRT, &mut self.0 as *mut _ as *mut _, what)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_carry_the_window_clamp_only_when_asked() {
+        let any = Ipv4Addr::UNSPECIFIED;
+        let clamped = Route::new(any, any, Some(98_304));
+        assert_ne!(clamped.0.rt_flags & libc::RTF_WINDOW, 0);
+        assert_ne!(clamped.0.rt_flags & libc::RTF_UP, 0);
+        assert_eq!(clamped.0.rt_window, 98_304);
+        let plain = Route::new(any, any, None);
+        assert_eq!(plain.0.rt_flags & libc::RTF_WINDOW, 0);
+        assert_eq!(plain.0.rt_window, 0);
+    }
+
+    #[test]
+    fn a_network_from_a_host_that_sets_no_window_has_none() {
+        let older =
+            r#"{"interface":"eth0","address":"10.0.2.100","prefix_len":24,"gateway":"10.0.2.2"}"#;
+        let net: GuestNetwork = serde_json::from_str(older).unwrap();
+        assert_eq!(net.tcp_window, None);
+        assert!(!serde_json::to_string(&net).unwrap().contains("tcp_window"));
+    }
 }

@@ -366,6 +366,7 @@ mod tests {
                         address: std::net::Ipv4Addr::new(10, 0, 2, 100),
                         prefix_len: 24,
                         gateway: std::net::Ipv4Addr::new(10, 0, 2, 2),
+                        tcp_window: Some(96 << 10),
                     }),
                     builtin: Some(Builtin::CopyIn {
                         dest: "/tmp".into(),

@@ -251,6 +251,8 @@ impl super::Engine {
                         address: member.ip,
                         prefix_len: config.prefix,
                         gateway: config.gateway,
+                        // A tap queues what the device has not read yet.
+                        tcp_window: None,
                     },
                     hosts: etc_dir.join("hosts"),
                 });

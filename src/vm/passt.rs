@@ -21,6 +21,13 @@ const PASST_FD: i32 = 3;
 /// The send buffer asked for passt's end of the socket pair; the kernel caps it at
 /// net.core.wmem_max (and doubles what it grants).
 const PASST_SNDBUF: usize = 4 << 20;
+/// The largest TCP window the guest advertises through passt. passt sends a connection's
+/// whole window to the guest at once and loses what its socket does not take, and it counts
+/// each frame's memory there (about 2.3 KiB for 1514 bytes): with net.core.wmem_max at its
+/// usual 208 KiB the socket holds some 180 frames. 96 KiB is about 70, so one bulk transfer
+/// and the ACKs of another never overflow it, whenever the device reads. At 50 µs round trip
+/// that still allows some 15 Gb/s.
+pub const GUEST_TCP_WINDOW: u32 = 96 << 10;
 
 /// A port the host forwards into the guest.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -128,7 +135,7 @@ pub fn start(forwards: &[Forward], log: std::fs::File) -> Result<(Passt, UnixStr
 /// (2023-03) does not even tell its TCP, which notices only from the guest's duplicate ACKs
 /// and then sends the whole window again, overflowing the socket again. A UNIX stream counts
 /// what waits in it against the sender's buffer: this one is what passt may write ahead of
-/// the device's reading.
+/// the device's reading (see also [`GUEST_TCP_WINDOW`]).
 fn widen_send_buffer(passt_end: &UnixStream) {
     use nix::sys::socket::{setsockopt, sockopt::SndBuf};
     // Best effort: the default buffer still works, only with less room.

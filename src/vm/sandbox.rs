@@ -590,6 +590,7 @@ impl Session<'_> {
                     address: passt::GUEST,
                     prefix_len: passt::PREFIX_LEN,
                     gateway: passt::GATEWAY,
+                    tcp_window: Some(passt::GUEST_TCP_WINDOW),
                 },
                 SandboxNetwork::Tap { guest, .. } => guest.clone(),
             }),
