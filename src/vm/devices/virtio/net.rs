@@ -17,13 +17,14 @@
 //! [`spawn_tap_input`]) reads frames and hands them to the device, which keeps them until the
 //! guest posts receive buffers. When [`MAX_PENDING_BYTES`] (or [`MAX_PENDING`] frames) wait,
 //! the thread stops reading the back end until the guest has taken half (backpressure, as
-//! QEMU's NICs apply it): what the guest cannot take yet waits in the back end (passt, finding
-//! the socket full, holds it back; a tap queues it, up to its queue length) instead of being
-//! dropped here for TCP to retransmit. The bound is larger than the window a Linux guest
-//! advertises for a connection (half its receive buffer, at most 6 MiB), so a bulk transfer
-//! into the guest waits here rather than in a back end, which may drop what its socket does
-//! not take. A guest that never posts buffers costs at most that bound in memory, and the
-//! thread still ends when the VM does.
+//! QEMU's NICs apply it): what the guest cannot take yet waits in the back end (a tap queues
+//! it, up to its queue length) instead of being dropped here. passt does not wait: it loses
+//! the frames its socket does not take, so the device must read passt promptly, and the
+//! guest on passt advertises a TCP window (`passt::GUEST_TCP_WINDOW`) that the socket alone
+//! holds. The bound is larger than the window a Linux guest advertises for a connection
+//! (half its receive buffer, at most 6 MiB), so a bulk transfer into the guest waits here
+//! rather than in a back end. A guest that never posts buffers costs at most that bound in
+//! memory, and the thread still ends when the VM does.
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
