@@ -193,7 +193,7 @@ impl super::Engine {
             None,
             None,
         )?;
-        let mut rec = self.containers.find(id)?;
+        let mut rec = self.containers.load(id)?;
         rec.writable = plan.writable.clone();
         rec.mounts = mounts.records;
         rec.command = super::spec_command(&spec);
@@ -263,7 +263,7 @@ impl super::Engine {
     /// returns its exit status.
     pub(super) fn run_created(&self, id: &str, flags: &RunFlags) -> Result<i32, EngineError> {
         let dir = self.containers.dir(id);
-        let mut rec = self.containers.find(id)?;
+        let mut rec = self.containers.load(id)?;
         // The network first: a published port in use fails the run before anything starts.
         let mut network = self.prepare_network(&rec)?;
         rec.ports = network.published.clone();
@@ -325,8 +325,19 @@ impl super::Engine {
         attach: Option<Request>,
     ) -> Result<StartedContainer, EngineError> {
         let rec = self.container(key)?;
-        let lock = self.containers.lock_container(&rec.id)?;
-        let rec = self.containers.load(&rec.id)?;
+        self.start_created(&rec.id, attach)
+    }
+
+    /// [`Self::start`] for the container `id` that [`Self::create`] just returned (`run -d`):
+    /// its id is exact and `create` swept the stale records, so neither the lookup by name
+    /// nor the sweep, which read every container's record, is done again.
+    pub fn start_created(
+        &self,
+        id: &str,
+        attach: Option<Request>,
+    ) -> Result<StartedContainer, EngineError> {
+        let lock = self.containers.lock_container(id)?;
+        let rec = self.containers.load(id)?;
         if ContainerStore::monitor_alive(&rec)
             && matches!(rec.status, Status::Running | Status::Restarting)
         {
