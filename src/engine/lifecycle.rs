@@ -527,12 +527,19 @@ impl super::Engine {
             // No destructor runs past the exec below: the helpers are recorded for `__exited`.
             let helpers = network.keep_running()?;
             let helpers_path = self.helpers_path(id);
-            let helpers_json = serde_json::to_vec(&helpers).map_err(|e| EngineError::Io {
-                what: "encoding",
-                path: helpers_path.clone(),
-                source: std::io::Error::other(e),
-            })?;
-            std::fs::write(&helpers_path, helpers_json).map_err(io("writing", &helpers_path))?;
+            if helpers.is_empty() {
+                // No file to write (each new file is an inode to allocate, which is slow on
+                // a busy ext4 without a journal); `__exited` finds none and ends nothing.
+                let _ = std::fs::remove_file(&helpers_path);
+            } else {
+                let helpers_json = serde_json::to_vec(&helpers).map_err(|e| EngineError::Io {
+                    what: "encoding",
+                    path: helpers_path.clone(),
+                    source: std::io::Error::other(e),
+                })?;
+                std::fs::write(&helpers_path, helpers_json)
+                    .map_err(io("writing", &helpers_path))?;
+            }
             started
         };
         // The container holds its stdio now; ours goes back to /dev/null, errors to a file.
