@@ -504,7 +504,7 @@ impl Engine {
             None => self.run_created(&id, &flags),
         };
         if flags.remove || result.is_err() {
-            if let Ok(rec) = self.containers.find(&id) {
+            if let Ok(rec) = self.containers.load(&id) {
                 if flags.remove {
                     self.remove_anonymous_volumes(&rec);
                 }

@@ -369,7 +369,7 @@ pub fn run(engine: &Engine, args: RunArgs) -> i32 {
     if args.detach {
         return match engine
             .create(&image, req, &flags)
-            .and_then(|id| engine.start(&id, None))
+            .and_then(|id| engine.start_created(&id, None))
         {
             Ok(started) => {
                 println!("{}", started.id);
@@ -390,7 +390,7 @@ pub fn run(engine: &Engine, args: RunArgs) -> i32 {
         };
         let started = engine
             .create(&image, req, &flags)
-            .and_then(|id| engine.start(&id, Some(attach)));
+            .and_then(|id| engine.start_created(&id, Some(attach)));
         return match started {
             Ok(s) => super::container::follow_attached(s, tty, args.interactive),
             Err(e) => {

@@ -193,7 +193,7 @@ impl super::Engine {
             None,
             None,
         )?;
-        let mut rec = self.containers.find(id)?;
+        let mut rec = self.containers.load(id)?;
         rec.writable = plan.writable.clone();
         rec.mounts = mounts.records;
         rec.command = super::spec_command(&spec);
@@ -263,7 +263,7 @@ impl super::Engine {
     /// returns its exit status.
     pub(super) fn run_created(&self, id: &str, flags: &RunFlags) -> Result<i32, EngineError> {
         let dir = self.containers.dir(id);
-        let mut rec = self.containers.find(id)?;
+        let mut rec = self.containers.load(id)?;
         // The network first: a published port in use fails the run before anything starts.
         let mut network = self.prepare_network(&rec)?;
         rec.ports = network.published.clone();
@@ -325,8 +325,19 @@ impl super::Engine {
         attach: Option<Request>,
     ) -> Result<StartedContainer, EngineError> {
         let rec = self.container(key)?;
-        let lock = self.containers.lock_container(&rec.id)?;
-        let rec = self.containers.load(&rec.id)?;
+        self.start_created(&rec.id, attach)
+    }
+
+    /// [`Self::start`] for the container `id` that [`Self::create`] just returned (`run -d`):
+    /// its id is exact and `create` swept the stale records, so neither the lookup by name
+    /// nor the sweep, which read every container's record, is done again.
+    pub fn start_created(
+        &self,
+        id: &str,
+        attach: Option<Request>,
+    ) -> Result<StartedContainer, EngineError> {
+        let lock = self.containers.lock_container(id)?;
+        let rec = self.containers.load(id)?;
         if ContainerStore::monitor_alive(&rec)
             && matches!(rec.status, Status::Running | Status::Restarting)
         {
@@ -516,12 +527,19 @@ impl super::Engine {
             // No destructor runs past the exec below: the helpers are recorded for `__exited`.
             let helpers = network.keep_running()?;
             let helpers_path = self.helpers_path(id);
-            let helpers_json = serde_json::to_vec(&helpers).map_err(|e| EngineError::Io {
-                what: "encoding",
-                path: helpers_path.clone(),
-                source: std::io::Error::other(e),
-            })?;
-            std::fs::write(&helpers_path, helpers_json).map_err(io("writing", &helpers_path))?;
+            if helpers.is_empty() {
+                // No file to write (each new file is an inode to allocate, which is slow on
+                // a busy ext4 without a journal); `__exited` finds none and ends nothing.
+                let _ = std::fs::remove_file(&helpers_path);
+            } else {
+                let helpers_json = serde_json::to_vec(&helpers).map_err(|e| EngineError::Io {
+                    what: "encoding",
+                    path: helpers_path.clone(),
+                    source: std::io::Error::other(e),
+                })?;
+                std::fs::write(&helpers_path, helpers_json)
+                    .map_err(io("writing", &helpers_path))?;
+            }
             started
         };
         // The container holds its stdio now; ours goes back to /dev/null, errors to a file.

@@ -134,7 +134,7 @@ impl super::Engine {
             rootfs::erofs::writable_disk(&disk)?;
             Some(disk)
         };
-        let mut rec = self.containers.find(id)?;
+        let mut rec = self.containers.load(id)?;
         rec.mounts = mounts.records;
         rec.command = super::spec_command(&spec);
         rec.network = network_name(&machine.network);
@@ -156,7 +156,7 @@ impl super::Engine {
     /// (whose pid is recorded as the sandbox's: a signal to it reaches the guest's process),
     /// and returns its exit status.
     pub(super) fn run_vm_created(&self, id: &str, flags: &RunFlags) -> Result<i32, EngineError> {
-        let mut rec = self.containers.find(id)?;
+        let mut rec = self.containers.load(id)?;
         let me = std::process::id() as i32;
         rec.status = Status::Running;
         rec.pid = Some(me);
@@ -168,7 +168,7 @@ impl super::Engine {
         self.containers.save(&rec)?;
         let outcome = self.boot_vm(id, flags.attach_stdin, None, || {})?;
         if !flags.remove {
-            let mut rec = self.containers.find(id)?;
+            let mut rec = self.containers.load(id)?;
             rec.status = Status::Exited;
             rec.exit_code = Some(outcome.exit_code);
             rec.monitor_pid = None;

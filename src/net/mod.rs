@@ -515,6 +515,11 @@ pub struct Helpers {
 }
 
 impl Helpers {
+    /// Nothing to end (`--network none` or `host`).
+    pub fn is_empty(&self) -> bool {
+        self.pids.is_empty() && self.fds.is_empty() && self.files.is_empty()
+    }
+
     /// Ends the helpers, in the process they were handed to: kills each that is still its
     /// child and waits for it (so that its host ports are free on return), closes the
     /// membership (the network daemon forgets the container), removes the files.

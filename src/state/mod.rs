@@ -240,6 +240,48 @@ pub struct VmShare {
     pub read_only: bool,
 }
 
+/// What the scans over every container read of each record (the name check of `create`,
+/// the sweep for stale records): a start reads all records twice, and decoding each one
+/// whole (network options, mounts, ...) is most of that work once there are dozens. The
+/// fields a [`ContainerRecord`] cannot do without are required here too, so both accept
+/// the same files.
+#[derive(Deserialize)]
+struct RecordSummary {
+    id: String,
+    name: String,
+    status: Status,
+    monitor_pid: Option<i32>,
+    #[serde(default)]
+    monitor_start: Option<u64>,
+    #[allow(dead_code)]
+    image: serde::de::IgnoredAny,
+    #[allow(dead_code)]
+    image_id: serde::de::IgnoredAny,
+    #[allow(dead_code)]
+    command: serde::de::IgnoredAny,
+    #[allow(dead_code)]
+    created: serde::de::IgnoredAny,
+    #[allow(dead_code)]
+    driver: serde::de::IgnoredAny,
+    #[allow(dead_code)]
+    writable: serde::de::IgnoredAny,
+}
+
+/// Whether the process `pid` that supervises a container (started at `start`, in clock
+/// ticks since boot) is still that process and alive.
+fn supervisor_alive(pid: Option<i32>, start: Option<u64>) -> bool {
+    let Some(pid) = pid else {
+        return false;
+    };
+    if nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err() {
+        return false;
+    }
+    match start {
+        Some(start) => process_start_time(pid) == Some(start),
+        None => true,
+    }
+}
+
 /// The containers directory, and the runtime directory for their locks and sockets.
 #[derive(Debug, Clone)]
 pub struct ContainerStore {
@@ -359,16 +401,21 @@ impl ContainerStore {
 
     /// All records (unreadable directories are skipped: they are being created or removed).
     pub fn list(&self) -> Vec<ContainerRecord> {
+        let mut out: Vec<ContainerRecord> = self.scan();
+        out.sort_by_key(|r| std::cmp::Reverse(r.created));
+        out
+    }
+
+    /// Every record decoded as `T`, in directory order (unreadable ones skipped, as in
+    /// [`Self::list`]).
+    fn scan<T: serde::de::DeserializeOwned>(&self) -> Vec<T> {
         let Ok(rd) = std::fs::read_dir(&self.root) else {
             return vec![];
         };
-        let mut out: Vec<ContainerRecord> = rd
-            .flatten()
+        rd.flatten()
             .filter_map(|e| std::fs::read(e.path().join("state.json")).ok())
             .filter_map(|b| serde_json::from_slice(&b).ok())
-            .collect();
-        out.sort_by_key(|r| std::cmp::Reverse(r.created));
-        out
+            .collect()
     }
 
     /// Finds a container by name, full id or unique id prefix.
@@ -395,7 +442,11 @@ impl ContainerStore {
         if !valid_name(name) {
             return Err(StateError::BadName(name.to_string()));
         }
-        if let Some(r) = self.list().into_iter().find(|r| r.name == name) {
+        if let Some(r) = self
+            .scan::<RecordSummary>()
+            .into_iter()
+            .find(|r| r.name == name)
+        {
             return Err(StateError::NameInUse {
                 name: name.to_string(),
                 id: r.id[..12].to_string(),
@@ -421,27 +472,20 @@ impl ContainerStore {
 
     /// Records whose supervising berth died without cleaning up (killed with SIGKILL).
     pub fn stale(&self) -> Vec<ContainerRecord> {
-        self.list()
+        self.scan::<RecordSummary>()
             .into_iter()
             .filter(|r| {
-                matches!(r.status, Status::Running | Status::Restarting) && !Self::monitor_alive(r)
+                matches!(r.status, Status::Running | Status::Restarting)
+                    && !supervisor_alive(r.monitor_pid, r.monitor_start)
             })
+            .filter_map(|r| self.load(&r.id).ok())
             .collect()
     }
 
     /// Whether the process that supervises the container (its monitor, or the foreground
     /// `berth run`) is the one the record names and still alive.
     pub fn monitor_alive(rec: &ContainerRecord) -> bool {
-        let Some(pid) = rec.monitor_pid else {
-            return false;
-        };
-        if nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err() {
-            return false;
-        }
-        match rec.monitor_start {
-            Some(start) => process_start_time(pid) == Some(start),
-            None => true,
-        }
+        supervisor_alive(rec.monitor_pid, rec.monitor_start)
     }
 
     /// Whether the container runs (its supervisor is alive and says so).
