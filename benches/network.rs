@@ -638,13 +638,11 @@ fn nested(berth: &Berth, tools: &Path) {
         ),
     ];
     let mut script = format!(
-        // Containers there: the copy driver (overlayfs does not stack on 9p) and the runtime
-        // directory on the inner tmpfs (9p holds no UNIX sockets).
-        "set -u; R={}; B={}; C={}\n\
-         export BERTH_RUNTIME_DIR=/run/user/$(id -u)/berth-rt BERTH_STORAGE_DRIVER=copy\n",
+        "set -u; R={}; B={}; C={}\n{}\n",
         results.display(),
         common::berth_bin(),
         client.display(),
+        common::NESTED_ENV,
     );
     for (i, (key, _, flags)) in systems.iter().enumerate() {
         let port = 18300 + i;

@@ -38,14 +38,12 @@ fn main() {
     berth.container_ok(&[IMAGE, "true"]);
     let results = berth.host_mkdir("results");
     let mut script = String::new();
-    // Monitors' sockets need the inner machine's tmpfs (9p holds none), and containers there
-    // the copy driver (overlayfs does not stack on 9p).
     writeln!(
         script,
-        "set -u; R={}; B={}; IMG={IMAGE}; \
-         export BERTH_RUNTIME_DIR=/run/user/$(id -u)/berth-rt BERTH_STORAGE_DRIVER=copy",
+        "set -u; R={}; B={}; IMG={IMAGE}; {}",
         results.display(),
-        common::berth_bin()
+        common::berth_bin(),
+        common::NESTED_ENV,
     )
     .unwrap();
     writeln!(

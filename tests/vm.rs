@@ -229,8 +229,7 @@ fn microvm_runs_the_image_as_the_container_wall_does() {
     // The network checks run containers too: on the 9p share (the layers were unpacked here)
     // with the copy driver (overlayfs cannot stack on 9p), and with the runtime directory on
     // the inner machine's tmpfs (9p holds no UNIX sockets).
-    let netroot =
-        "export BERTH_RUNTIME_DIR=/run/user/$(id -u)/berth-rt BERTH_STORAGE_DRIVER=copy; ";
+    let netroot = format!("{}; ", common::NESTED_ENV);
     let checks: Vec<(&str, String)> = vec![
         ("echo", format!("{vm} $IMG echo hello from the vm")),
         ("streams", format!("{vm} $IMG sh -c 'echo to-out; echo to-err >&2'")),

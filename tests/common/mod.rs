@@ -63,6 +63,12 @@ pub fn berth_bin() -> &'static str {
     env!("CARGO_BIN_EXE_berth")
 }
 
+/// What a script inside `scripts/kvm-nested` exports before it runs monitors or containers:
+/// the runtime directory on the inner machine's tmpfs (9p, where the fixture lives, holds no
+/// UNIX sockets) and the copy storage driver (overlayfs does not stack on 9p).
+pub const NESTED_ENV: &str =
+    "export BERTH_RUNTIME_DIR=/run/user/$(id -u)/berth-rt BERTH_STORAGE_DRIVER=copy";
+
 /// Runs `bash SCRIPT` inside `scripts/kvm-nested` (a machine with a real KVM) as the fixture's
 /// user, with the fixture's directory shared and its `BERTH_ROOT`; the script's own output is
 /// what comes back.
