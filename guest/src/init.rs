@@ -84,7 +84,7 @@ fn set_reporting_order(order: u8) -> Result<(), String> {
         None,
     )?;
     let written = std::fs::write(REPORTING_ORDER, order.to_string())
-        .map_err(|e| format!("writing {REPORTING_ORDER}: {e} (no balloon in this kernel?)"));
+        .map_err(|e| format!("writing {REPORTING_ORDER}: {e} (a guest kernel without the balloon: rebuild it with scripts/build-guest)"));
     let _ = nix::mount::umount("/sys");
     written?;
     let len = 2 << 20;
