@@ -884,9 +884,8 @@ impl Inner {
             Link::Tap => {
                 let name = format!("btp{:x}{id:x}", std::process::id() & 0xffff);
                 let tap = create_tap(&name)?;
-                // The guest's own MTU is 1500 (no VIRTIO_NET_F_MTU); the tap keeps the
-                // bridge's, so the bridge's MTU stays what its veths need. TCP settles on the
-                // guest's MSS.
+                // The tap keeps the bridge's MTU, the one the VM's NIC offers its guest
+                // (virtio-net's MTU), so frames cross the bridge whole either way.
                 if let Err(e) =
                     ip_batch(&[format!("link set {name} mtu {MTU} master {br} up")], None)
                 {

@@ -133,6 +133,10 @@ pub fn net_queues(data: &[u8]) {
     ) else {
         return;
     };
+    // Both receive modes: one buffer a frame, or frames merged over several.
+    if head[7] & 1 != 0 {
+        dev.ack_features(super::net::F_MRG_RXBUF);
+    }
     let mut second = *head;
     second.rotate_left(3);
     let mut queues = vec![queue(head, 256), queue(&second, 256)];

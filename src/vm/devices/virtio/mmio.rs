@@ -157,6 +157,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
                 return;
             }
             self.activated = true;
+            self.device.ack_features(self.driver_features);
             self.with_queues(|dev, ctx| dev.activate(ctx));
         }
     }
@@ -337,14 +338,26 @@ pub(crate) mod tests {
     /// Drives the transport as Linux's virtio_mmio does: features, queues at the given
     /// addresses (desc, avail, used per queue), DRIVER_OK.
     pub fn bring_up<D: VirtioDevice>(t: &mut MmioTransport<D>, queues: &[(u64, u64, u64, u16)]) {
+        bring_up_accepting(t, queues, 0);
+    }
+
+    /// As [`bring_up`], accepting the device's features in `low` (bits 0-31) as well as all it
+    /// offers in bits 32-63.
+    pub fn bring_up_accepting<D: VirtioDevice>(
+        t: &mut MmioTransport<D>,
+        queues: &[(u64, u64, u64, u16)],
+        low: u32,
+    ) {
         wr(t, REG_STATUS, STATUS_ACKNOWLEDGE);
         wr(t, REG_STATUS, STATUS_ACKNOWLEDGE | STATUS_DRIVER);
         wr(t, REG_DEVICE_FEATURES_SEL, 1);
         let high = rd(t, REG_DEVICE_FEATURES);
         wr(t, REG_DRIVER_FEATURES_SEL, 1);
         wr(t, REG_DRIVER_FEATURES, high);
+        wr(t, REG_DEVICE_FEATURES_SEL, 0);
+        let offered = rd(t, REG_DEVICE_FEATURES);
         wr(t, REG_DRIVER_FEATURES_SEL, 0);
-        wr(t, REG_DRIVER_FEATURES, 0);
+        wr(t, REG_DRIVER_FEATURES, offered & low);
         wr(
             t,
             REG_STATUS,

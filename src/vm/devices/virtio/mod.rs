@@ -23,6 +23,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use virtio_queue::{Queue, QueueT};
+use vm_memory::{Address, Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::super::memory::GuestMemory;
@@ -107,6 +108,42 @@ impl QueueContext<'_> {
             }
         }
     }
+
+    /// Hands the driver several used chains of queue `index` at once: the driver sees the
+    /// used index move past all of them together, never past some. A merged receive buffer
+    /// (virtio-net's `MRG_RXBUF`) needs it: the driver reads the first buffer's count of
+    /// buffers and takes that many from the used ring at once. virtio-queue publishes the index
+    /// on every `add_used`, so the elements before the last are written here and the last
+    /// one's `add_used` publishes them all (with release ordering).
+    pub fn add_used_together(&mut self, index: usize, used: &[(u16, u32)]) {
+        let Some((&(last_head, last_len), rest)) = used.split_last() else {
+            return;
+        };
+        let Some(queue) = self.queues.get_mut(index) else {
+            return;
+        };
+        let start = queue.next_used();
+        let size = queue.size();
+        let ring = GuestAddress(queue.used_ring());
+        for (i, &(head, len)) in rest.iter().enumerate() {
+            let slot = start.wrapping_add(i as u16) % size;
+            // The used ring lies in guest memory (checked when the driver set DRIVER_OK); a
+            // failed write means the driver broke its own queue, as in add_used.
+            let Some(at) = ring.checked_add(4 + u64::from(slot) * 8) else {
+                return;
+            };
+            // struct virtq_used_elem: the chain's head index and the bytes written, both
+            // 32-bit little-endian.
+            let mut elem = [0u8; 8];
+            elem[..4].copy_from_slice(&u32::from(head).to_le_bytes());
+            elem[4..].copy_from_slice(&len.to_le_bytes());
+            if self.mem.write_slice(&elem, at).is_err() {
+                return;
+            }
+        }
+        queue.set_next_used(start.wrapping_add(rest.len() as u16));
+        self.add_used(index, last_head, last_len);
+    }
 }
 
 /// A virtio device model, independent of its transport.
@@ -119,6 +156,9 @@ pub trait VirtioDevice: Send {
     fn features(&self) -> u64;
     /// Reads the device-specific configuration space; bytes past its end read as zero.
     fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// The features the driver accepted, told once they are final (FEATURES_OK), before
+    /// [`VirtioDevice::activate`].
+    fn ack_features(&mut self, _features: u64) {}
     /// The driver set DRIVER_OK: the queues are ready to use.
     fn activate(&mut self, _ctx: &mut QueueContext) {}
     /// The driver notified queue `index` (only called once activated).
