@@ -21,7 +21,9 @@ use super::devices::boot_timer::{BOOT_TIMER_ADDR, BOOT_TIMER_LEN};
 use super::devices::i8042::{I8042_BASE, I8042_LEN};
 use super::devices::serial::{COM1_BASE, COM1_IRQ, COM1_LEN};
 use super::devices::virtio::net::Framing;
-use super::devices::virtio::{self, Balloon, Block, Console, Interrupt, MmioTransport, Net, Share};
+use super::devices::virtio::{
+    self, Balloon, Block, Console, Interrupt, MmioTransport, Net, Share, VirtioDevice,
+};
 use super::devices::{BootTimer, Bus, SerialConsole, I8042};
 use super::memory::{self, GuestMemory};
 use super::vcpu::{self, Vcpu, VcpuContext};
@@ -228,6 +230,7 @@ pub fn boot(config: &VmConfig, io: VmIo, start: Instant) -> Result<RunningVm, Er
                     interrupt,
                 )));
                 mmio.insert(transport.clone(), addr, virtio::mmio::MMIO_LEN)?;
+                inputs.push(serve_notifications(&vm, addr, transport.clone())?);
                 let shutdown = stream.try_clone().map_err(Error::Devices)?;
                 let input = virtio::net::spawn_input(transport, stream).map_err(Error::Devices)?;
                 inputs.push((input, shutdown));
@@ -240,6 +243,7 @@ pub fn boot(config: &VmConfig, io: VmIo, start: Instant) -> Result<RunningVm, Er
                     interrupt,
                 )));
                 mmio.insert(transport.clone(), addr, virtio::mmio::MMIO_LEN)?;
+                inputs.push(serve_notifications(&vm, addr, transport.clone())?);
                 // Shutting `shutdown` down at the VM's end wakes the thread, which a tap
                 // never would.
                 let (shutdown, stop) = UnixStream::pair().map_err(Error::Devices)?;
@@ -311,6 +315,33 @@ pub fn boot(config: &VmConfig, io: VmIo, start: Instant) -> Result<RunningVm, Er
         boot_time,
         inputs,
     })
+}
+
+/// Routes the driver's notifications of each of the device's queues at `addr` to an eventfd
+/// (an ioeventfd: no exit to the VMM) and starts the thread that serves them; returns it with
+/// the socket whose shutdown ends it. For the NIC, whose driver notifies for every frame it
+/// sends and every few buffers it posts.
+fn serve_notifications<D: VirtioDevice + Send + 'static>(
+    vm: &Vm,
+    addr: u64,
+    transport: Arc<Mutex<MmioTransport<D>>>,
+) -> Result<(JoinHandle<()>, UnixStream), Error> {
+    let count = transport
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .device()
+        .queue_max_sizes()
+        .len();
+    let mut queues = Vec::with_capacity(count);
+    for index in 0..count as u32 {
+        let event = vm::irq_eventfd().map_err(Error::Devices)?;
+        vm.register_ioevent(&event, addr + virtio::mmio::REG_QUEUE_NOTIFY, index)?;
+        queues.push((index, event));
+    }
+    let (shutdown, stop) = UnixStream::pair().map_err(Error::Devices)?;
+    let thread =
+        virtio::notify::spawn("virtio-notify", transport, queues, stop).map_err(Error::Devices)?;
+    Ok((thread, shutdown))
 }
 
 /// The MMIO address and interrupt of the `index`th virtio device.

@@ -4,7 +4,7 @@
 use std::io;
 
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
-use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
+use kvm_ioctls::{Cap, IoEventAddress, Kvm, VcpuFd, VmFd};
 use vm_memory::{Address, GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -15,12 +15,13 @@ use super::memory::GuestMemory;
 const KVM_API_VERSION: i32 = 12;
 
 /// What the VMM needs from KVM.
-const REQUIRED_CAPS: [(Cap, &str); 7] = [
+const REQUIRED_CAPS: [(Cap, &str); 8] = [
     (Cap::Irqchip, "in-kernel interrupt controllers"),
     (Cap::UserMemory, "user memory regions"),
     (Cap::SetTssAddr, "KVM_SET_TSS_ADDR"),
     (Cap::Pit2, "the in-kernel PIT"),
     (Cap::Irqfd, "irqfd"),
+    (Cap::Ioeventfd, "ioeventfd"),
     (Cap::ExtCpuid, "KVM_GET_SUPPORTED_CPUID"),
     (Cap::ImmediateExit, "immediate_exit"),
 ];
@@ -62,6 +63,13 @@ pub enum Error {
     #[error("routing an eventfd to IRQ {gsi} failed")]
     Irqfd {
         gsi: u32,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    #[error("routing writes of {datamatch} to MMIO address {addr:#x} to an eventfd failed")]
+    Ioeventfd {
+        addr: u64,
+        datamatch: u32,
         #[source]
         source: kvm_ioctls::Error,
     },
@@ -172,6 +180,23 @@ impl Vm {
         self.fd
             .register_irqfd(event, gsi)
             .map_err(|source| Error::Irqfd { gsi, source })
+    }
+
+    /// Signals `event`, with no exit to the VMM, whenever the guest writes the 32-bit value
+    /// `datamatch` to MMIO address `addr`.
+    pub fn register_ioevent(
+        &self,
+        event: &EventFd,
+        addr: u64,
+        datamatch: u32,
+    ) -> Result<(), Error> {
+        self.fd
+            .register_ioevent(event, &IoEventAddress::Mmio(addr), datamatch)
+            .map_err(|source| Error::Ioeventfd {
+                addr,
+                datamatch,
+                source,
+            })
     }
 
     /// Creates vCPU `id` (its APIC id too).

@@ -29,7 +29,8 @@ const REG_QUEUE_SEL: u64 = 0x030;
 const REG_QUEUE_NUM_MAX: u64 = 0x034;
 const REG_QUEUE_NUM: u64 = 0x038;
 const REG_QUEUE_READY: u64 = 0x044;
-const REG_QUEUE_NOTIFY: u64 = 0x050;
+/// QueueNotify: the driver writes a queue's index there when the queue has new buffers.
+pub const REG_QUEUE_NOTIFY: u64 = 0x050;
 const REG_INTERRUPT_STATUS: u64 = 0x060;
 const REG_INTERRUPT_ACK: u64 = 0x064;
 const REG_STATUS: u64 = 0x070;
@@ -162,7 +163,10 @@ impl<D: VirtioDevice> MmioTransport<D> {
         }
     }
 
-    fn notify(&mut self, index: u32) {
+    /// Serves queue `index`, as the driver's write of it to QueueNotify asks; does nothing
+    /// for a queue that is not live. [`super::notify`] calls it for notifications KVM turns
+    /// into eventfd signals.
+    pub fn queue_notify(&mut self, index: u32) {
         let index = index as usize;
         if index >= self.queues.len() || !self.queues[index].ready() {
             return;
@@ -245,7 +249,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
             REG_QUEUE_USED_HIGH => {
                 self.queue_addr(|q, v| q.set_used_ring_address(None, Some(v)), value)
             }
-            REG_QUEUE_NOTIFY => self.notify(value),
+            REG_QUEUE_NOTIFY => self.queue_notify(value),
             REG_INTERRUPT_ACK => self.interrupt.ack(value & (INT_USED_RING | INT_CONFIG)),
             REG_STATUS => self.set_status(value),
             _ => {}

@@ -15,6 +15,7 @@ pub mod console;
 pub mod fuzz;
 pub mod mmio;
 pub mod net;
+pub mod notify;
 pub mod share;
 #[doc(hidden)]
 pub mod testdriver;

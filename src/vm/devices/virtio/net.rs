@@ -614,14 +614,20 @@ pub fn spawn_tap_input(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::super::mmio::tests::{bring_up, bring_up_accepting, interrupt, memory, notify};
     use super::super::testdriver::Driver;
     use super::*;
     use vm_memory::{Bytes, GuestAddress};
 
+    /// A stream back end that keeps what the device writes.
     #[derive(Clone, Default)]
-    struct Sink(Arc<Mutex<Vec<u8>>>);
+    pub struct Sink(Arc<Mutex<Vec<u8>>>);
+    impl Sink {
+        pub fn bytes(&self) -> Vec<u8> {
+            self.0.lock().unwrap().clone()
+        }
+    }
     impl Write for Sink {
         fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
             self.0.lock().unwrap().extend_from_slice(buf);
@@ -634,7 +640,7 @@ mod tests {
 
     const MAC: [u8; 6] = [0x02, 0xb3, 0x47, 0, 0, 1];
 
-    fn nic() -> (MmioTransport<Net>, GuestMemory, Sink) {
+    pub fn nic() -> (MmioTransport<Net>, GuestMemory, Sink) {
         let mem = memory();
         let sink = Sink::default();
         let mut t = MmioTransport::new(
