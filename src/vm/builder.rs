@@ -152,7 +152,7 @@ pub fn boot(config: &VmConfig, io: VmIo, start: Instant) -> Result<RunningVm, Er
     //    then the PIT.
     let (events_tx, events) = mpsc::channel();
     let exit = ExitSignal::new(events_tx);
-    let serial_irq = vm::irq_eventfd().map_err(Error::Devices)?;
+    let serial_irq = vm::eventfd().map_err(Error::Devices)?;
     vm.register_irqfd(&serial_irq, COM1_IRQ)?;
     let mut pio = Bus::new();
     pio.insert(
@@ -180,7 +180,7 @@ pub fn boot(config: &VmConfig, io: VmIo, start: Instant) -> Result<RunningVm, Er
     let mut next_slot = |vm: &Vm| -> Result<(u64, Interrupt), Error> {
         let (addr, irq) = virtio_slot(slot);
         slot += 1;
-        let event = vm::irq_eventfd().map_err(Error::Devices)?;
+        let event = vm::eventfd().map_err(Error::Devices)?;
         vm.register_irqfd(&event, irq)?;
         Ok((addr, Interrupt::new(event)))
     };
@@ -334,7 +334,7 @@ fn serve_notifications<D: VirtioDevice + Send + 'static>(
         .len();
     let mut queues = Vec::with_capacity(count);
     for index in 0..count as u32 {
-        let event = vm::irq_eventfd().map_err(Error::Devices)?;
+        let event = vm::eventfd().map_err(Error::Devices)?;
         vm.register_ioevent(&event, addr + virtio::mmio::REG_QUEUE_NOTIFY, index)?;
         queues.push((index, event));
     }

@@ -25,8 +25,8 @@ const PASST_SNDBUF: usize = 4 << 20;
 /// whole window to the guest at once and loses what its socket does not take, and the socket
 /// counts each frame's memory, not its bytes (about 2.3 KiB for a 1514-byte frame, a little
 /// more than its size for a large one): with net.core.wmem_max at its usual 208 KiB (doubled)
-/// the socket holds some 180 small frames. 96 KiB is about 70 of those, or two frames of the
-/// guest's 65520-byte MTU, so one bulk transfer and the ACKs of another never overflow it,
+/// the socket holds some 180 small frames. 96 KiB is about 70 of those, or one and a half frames
+/// of the guest's 65520-byte MTU, so one bulk transfer and the ACKs of another never overflow it,
 /// whenever the device reads. At 50 µs round trip that still allows some 15 Gb/s.
 pub const GUEST_TCP_WINDOW: u32 = 96 << 10;
 

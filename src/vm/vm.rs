@@ -207,7 +207,7 @@ impl Vm {
     }
 }
 
-/// An eventfd for device interrupts.
-pub fn irq_eventfd() -> io::Result<EventFd> {
+/// An eventfd for KVM to signal (an ioeventfd) or to turn into an interrupt (an irqfd).
+pub fn eventfd() -> io::Result<EventFd> {
     EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)
 }

@@ -20,6 +20,7 @@ pub mod share;
 #[doc(hidden)]
 pub mod testdriver;
 
+use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
@@ -145,6 +146,14 @@ impl QueueContext<'_> {
         queue.set_next_used(start.wrapping_add(rest.len() as u16));
         self.add_used(index, last_head, last_len);
     }
+}
+
+/// `event` as a plain owned descriptor, for threads that `poll` it (vmm-sys-util's EventFd is
+/// not `AsFd`).
+pub fn owned_fd(event: EventFd) -> OwnedFd {
+    // SAFETY: into_raw_fd hands over the descriptor the EventFd owned, and nothing else
+    // closes it.
+    unsafe { OwnedFd::from_raw_fd(event.into_raw_fd()) }
 }
 
 /// A virtio device model, independent of its transport.

@@ -1,6 +1,6 @@
 //! virtio-net (virtio 1.1, 5.1): one receive and one transmit queue, a fixed MAC, the link's
 //! MTU ([`MTU`], 65520 as passt's and berth's bridges) and merged receive buffers
-//! ([`F_MRG_RXBUF`]: the guest posts page-sized buffers and a 64 KiB frame spreads over as
+//! ([`F_MRG_RXBUF`]: the guest posts small buffers and a 64 KiB frame spreads over as
 //! many as it needs), no checksum or segmentation offloads. Large frames are what makes a
 //! microVM's network fast: it pays for each frame in exits and interrupts, and a TCP segment
 //! of the 65520-byte MTU crosses the device as one frame, not some 45 of 1514 bytes.
@@ -33,7 +33,7 @@
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -159,10 +159,7 @@ impl Net {
     /// stream full (read it to rearm it, then ask [`Net::input_stopped`] and
     /// [`Net::output_blocked`]).
     pub fn wake(&self) -> io::Result<OwnedFd> {
-        let wake = self.wake.try_clone()?;
-        // SAFETY: into_raw_fd hands over the descriptor the clone owned, and nothing else
-        // closes it.
-        Ok(unsafe { OwnedFd::from_raw_fd(wake.into_raw_fd()) })
+        Ok(super::owned_fd(self.wake.try_clone()?))
     }
 
     /// Lets a stopped input thread read again once the guest has taken half of what waited.
@@ -179,17 +176,14 @@ impl Net {
 
     fn fill_receive_buffers(&mut self, ctx: &mut QueueContext) {
         while let Some(frame) = self.pending.front() {
-            let delivered = if self.mergeable {
-                match merge_into_buffers(frame, ctx) {
-                    Some(delivered) => delivered,
-                    // Not enough buffers yet: the frame waits for more.
-                    None => return,
-                }
+            let placed = if self.mergeable {
+                merge_into_buffers(frame, ctx)
             } else {
-                match one_buffer(frame, ctx) {
-                    Some(delivered) => delivered,
-                    None => return,
-                }
+                one_buffer(frame, ctx)
+            };
+            // Not enough buffers yet: the frame waits for more.
+            let Some(delivered) = placed else {
+                return;
             };
             // A frame the buffers cannot hold is dropped, not retried forever.
             if !delivered {
@@ -302,6 +296,7 @@ fn merge_into_buffers(frame: &[u8], ctx: &mut QueueContext) -> Option<bool> {
     let queue = ctx.queues.get_mut(RECEIVEQ)?;
     let size = usize::from(queue.size());
     let need = HDR_LEN + frame.len();
+    // Each chain taken: its head and its writer (none for a chain the device cannot write).
     let mut chains = Vec::new();
     let mut room = 0;
     let mut usable = true;
@@ -312,13 +307,15 @@ fn merge_into_buffers(frame: &[u8], ctx: &mut QueueContext) -> Option<bool> {
             }
             return None;
         };
-        let capacity = chain.clone().writer(mem).map_or(0, |w| w.available_bytes());
+        let head = chain.head_index();
+        let writer = chain.writer(mem).ok();
+        let capacity = writer.as_ref().map_or(0, |w| w.available_bytes());
         // The first buffer must hold the whole header, and no buffer may be empty.
         if capacity == 0 || (chains.is_empty() && capacity < HDR_LEN) {
             usable = false;
         }
         room += capacity;
-        chains.push(chain);
+        chains.push((head, writer));
         if !usable || chains.len() >= size {
             break;
         }
@@ -328,11 +325,10 @@ fn merge_into_buffers(frame: &[u8], ctx: &mut QueueContext) -> Option<bool> {
     let hdr = header(chains.len() as u16);
     // What is left to write: the header, then the frame.
     let mut parts = [&hdr[..], frame];
-    for chain in chains {
-        let head = chain.head_index();
+    for (head, writer) in chains {
         let mut written = 0;
         if usable {
-            if let Ok(mut w) = chain.writer(mem) {
+            if let Some(mut w) = writer {
                 for part in parts.iter_mut() {
                     let n = w.available_bytes().min(part.len());
                     if w.write_all(&part[..n]).is_err() {

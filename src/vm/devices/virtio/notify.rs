@@ -9,7 +9,7 @@
 //! (an eventfd counts them), and each pass serves whatever the driver added.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -30,9 +30,7 @@ pub fn spawn<D: VirtioDevice + Send + 'static>(
 ) -> io::Result<JoinHandle<()>> {
     let queues: Vec<(u32, OwnedFd)> = queues
         .into_iter()
-        // SAFETY: into_raw_fd hands over the descriptor the EventFd owned, and nothing else
-        // closes it.
-        .map(|(index, event)| (index, unsafe { OwnedFd::from_raw_fd(event.into_raw_fd()) }))
+        .map(|(index, event)| (index, super::owned_fd(event)))
         .collect();
     std::thread::Builder::new()
         .name(name.into())
@@ -49,12 +47,12 @@ pub fn spawn<D: VirtioDevice + Send + 'static>(
             if fds.last().and_then(|f| f.any()).unwrap_or(true) {
                 return;
             }
-            let ready: Vec<bool> = fds.iter().map(|f| f.any().unwrap_or(false)).collect();
-            drop(fds);
-            for ((index, event), ready) in queues.iter().zip(ready) {
+            for ((index, event), fd) in queues.iter().zip(&fds) {
                 // Reading resets the count (the eventfd is non-blocking: a spurious wake-up
                 // reads EAGAIN and serves nothing).
-                if ready && nix::unistd::read(event.as_raw_fd(), &mut [0u8; 8]).is_ok() {
+                if fd.any().unwrap_or(false)
+                    && nix::unistd::read(event.as_raw_fd(), &mut [0u8; 8]).is_ok()
+                {
                     let mut t = transport.lock().unwrap_or_else(|e| e.into_inner());
                     t.queue_notify(*index);
                 }
