@@ -40,7 +40,7 @@ pub enum Error {
     OpenKvm(#[source] kvm_ioctls::Error),
     #[error("/dev/kvm speaks KVM API version {0}, berth needs {KVM_API_VERSION}")]
     ApiVersion(i32),
-    #[error("this host's KVM lacks {0}, which berth needs")]
+    #[error("this host's KVM lacks {0}, which berth needs (Linux 4.11 and later have all it uses): update the kernel, or where this /dev/kvm is a stand-in (a hypervisor's or an emulator's), run without --vm")]
     MissingCap(&'static str),
     #[error("KVM allows at most {max} vCPUs per VM here: pick a smaller --cpus")]
     TooManyVcpus { max: usize },
