@@ -174,6 +174,11 @@ fn triple_fault_is_a_clear_error() {
         err.contains("the guest triple-faulted on vCPU 0 at rip 0x"),
         "{err}"
     );
+    // Its paging state: the tiny guest runs in 32-bit protected mode, without paging.
+    assert!(
+        err.contains("; cr0 0x11 cr3 0x0") && err.contains("not in long mode with paging"),
+        "{err}"
+    );
     assert_eq!(err.lines().count(), 1, "one line of error: {err}");
 }
 

@@ -293,6 +293,7 @@ pub fn boot(config: &VmConfig, io: VmIo, start: Instant) -> Result<RunningVm, Er
     let ctx = Arc::new(VcpuContext {
         pio,
         mmio,
+        mem: mem.clone(),
         exit: exit.clone(),
     });
     let mut handles = Vec::with_capacity(vcpus.len());

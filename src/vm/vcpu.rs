@@ -15,7 +15,9 @@ use kvm_bindings::{KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EV
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
+use super::arch;
 use super::devices::Bus;
+use super::memory::GuestMemory;
 use super::{ExitReason, ExitSignal, VmEvent};
 
 /// The signal that kicks a vCPU thread out of KVM_RUN.
@@ -31,8 +33,13 @@ const KICK_POLLS: u32 = 20;
 /// Why a vCPU stopped the VM.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("the guest triple-faulted on vCPU {id}{}: a fault with no working handler (a kernel that crashed early, or one not built for PVH or the 64-bit boot protocol)", at(*rip))]
-    TripleFault { id: u8, rip: Option<u64> },
+    #[error("the guest triple-faulted on vCPU {id}{}: a fault with no working handler (a kernel that crashed early, or one not built for PVH or the 64-bit boot protocol); {}", at(*rip), paging)]
+    TripleFault {
+        id: u8,
+        rip: Option<u64>,
+        /// Its control registers and how the page tables map `rip` (arch::fault_report).
+        paging: String,
+    },
     #[error("the guest reported a crash (KVM system event on vCPU {id})")]
     GuestCrash { id: u8 },
     #[error("KVM could not enter vCPU {id} (hardware entry failure reason {reason:#x})")]
@@ -82,6 +89,8 @@ fn internal_hint(suberror: u32) -> &'static str {
 pub struct VcpuContext {
     pub pio: Bus,
     pub mmio: Bus,
+    /// Guest memory, read only to report a fault.
+    pub mem: GuestMemory,
     pub exit: ExitSignal,
 }
 
@@ -151,8 +160,8 @@ impl Vcpu {
             // Only without an in-kernel LAPIC; a halted guest that nothing can wake has ended.
             Ok(VcpuExit::Hlt) => return Step::End(VmEvent::Exit(ExitReason::Halted)),
             Ok(VcpuExit::Shutdown) => {
-                let rip = self.rip();
-                return fail(Error::TripleFault { id, rip });
+                let (rip, paging) = arch::regs::fault_report(&self.fd, &ctx.mem);
+                return fail(Error::TripleFault { id, rip, paging });
             }
             Ok(VcpuExit::SystemEvent(kind, _)) => {
                 return match kind {

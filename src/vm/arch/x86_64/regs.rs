@@ -1,6 +1,8 @@
 //! A vCPU's register state at boot: general registers, segment and control registers (PVH's
 //! 32-bit protected mode or 64-bit long mode on identity page tables), the FPU, and the local
-//! APIC's LINT0/LINT1 wiring.
+//! APIC's LINT0/LINT1 wiring; and, when a vCPU stops on a fault, a report of its paging state.
+
+use std::fmt::Write as _;
 
 use kvm_bindings::{kvm_fpu, kvm_lapic_state, kvm_regs, kvm_sregs};
 use kvm_ioctls::VcpuFd;
@@ -207,6 +209,78 @@ fn set_lapic_reg(lapic: &mut kvm_lapic_state, offset: usize, value: u32) {
     }
 }
 
+/// A vCPU's RIP and CS base after a reset (the first instruction at 0xffff_fff0).
+const RESET_RIP: u64 = 0xfff0;
+const RESET_CS_BASE: u64 = 0xffff_0000;
+/// CR4: 5-level paging.
+const X86_CR4_LA57: u64 = 1 << 12;
+/// A page table entry: present, and (in a PDPTE or PDE) mapping a large page.
+const PTE_PRESENT: u64 = 1;
+const PTE_LARGE: u64 = 1 << 7;
+/// The physical address bits of a CR3 or a page table entry.
+const PTE_ADDR: u64 = 0x000f_ffff_ffff_f000;
+
+/// Where a vCPU that stopped on a fault was, and what it had for paging: its control registers
+/// and how its page tables, as they are in guest memory now, map that RIP. Whoever reads a
+/// triple fault's report can tell a kernel whose page tables lost their own text from a CPU
+/// that stopped seeing them. No RIP where KVM reset the vCPU at the fault (AMD SVM does: the
+/// VMCB is undefined after a shutdown), since the reset state says nothing of the fault.
+pub fn fault_report(vcpu: &VcpuFd, mem: &GuestMemory) -> (Option<u64>, String) {
+    let rip = match vcpu.get_regs() {
+        Ok(regs) => regs.rip,
+        Err(e) => return (None, format!("its registers could not be read ({e})")),
+    };
+    match vcpu.get_sregs() {
+        Err(e) => (Some(rip), format!("its control registers could not be read ({e})")),
+        Ok(sregs) if rip == RESET_RIP && sregs.cs.base == RESET_CS_BASE => (
+            None,
+            "KVM put the vCPU through INIT at the fault (it does on AMD), so its registers are gone".to_string(),
+        ),
+        Ok(sregs) => (Some(rip), paging_walk(mem, &sregs, rip)),
+    }
+}
+
+fn paging_walk(mem: &GuestMemory, sregs: &kvm_sregs, addr: u64) -> String {
+    let mut text = format!(
+        "cr0 {:#x} cr3 {:#x} cr4 {:#x} efer {:#x}",
+        sregs.cr0, sregs.cr3, sregs.cr4, sregs.efer
+    );
+    if sregs.cr0 & X86_CR0_PG == 0 || sregs.efer & EFER_LMA == 0 {
+        text.push_str("; not in long mode with paging, no walk");
+        return text;
+    }
+    let mut levels: &[(u32, &str)] = &[
+        (48, "pml5e"),
+        (39, "pml4e"),
+        (30, "pdpte"),
+        (21, "pde"),
+        (12, "pte"),
+    ];
+    if sregs.cr4 & X86_CR4_LA57 == 0 {
+        levels = &levels[1..];
+    }
+    let _ = write!(text, "; {addr:#x} through");
+    let mut table = sregs.cr3 & PTE_ADDR;
+    for &(shift, name) in levels {
+        let at = table + ((addr >> shift) & 0x1ff) * 8;
+        let Ok(entry) = mem.read_obj::<u64>(GuestAddress(at)) else {
+            let _ = write!(text, " {name} at {at:#x}, outside guest memory");
+            return text;
+        };
+        let _ = write!(text, " {name} {entry:#x}");
+        if entry & PTE_PRESENT == 0 {
+            text.push_str(" (not present)");
+            return text;
+        }
+        if matches!(name, "pdpte" | "pde") && entry & PTE_LARGE != 0 {
+            text.push_str(" (large page)");
+            return text;
+        }
+        table = entry & PTE_ADDR;
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -250,5 +324,45 @@ mod tests {
         set_lint(&mut lapic);
         assert_eq!(lapic_reg(&lapic, APIC_LVT0), 0x1_0000 | 0x700);
         assert_eq!(lapic_reg(&lapic, APIC_LVT1), 0x400);
+    }
+
+    #[test]
+    fn a_walk_follows_the_tables_in_guest_memory_and_stops_where_they_do() {
+        let mem = crate::vm::memory::create(crate::vm::memory::MIN_MEM_MIB).unwrap();
+        let sregs = kvm_sregs {
+            cr0: X86_CR0_PE | X86_CR0_PG,
+            cr3: 0x1000 | 0x5, // PCID bits are not part of the address
+            cr4: X86_CR4_PAE,
+            efer: EFER_LME | EFER_LMA,
+            ..Default::default()
+        };
+        let addr = 0xffff_ffff_8120_0000u64;
+        let index = |shift: u32| (addr >> shift) & 0x1ff;
+        mem.write_obj(0x2003u64, GuestAddress(0x1000 + index(39) * 8))
+            .unwrap();
+        mem.write_obj(0x3003u64, GuestAddress(0x2000 + index(30) * 8))
+            .unwrap();
+        // A 2 MiB page: the walk ends at the PDE.
+        mem.write_obj(
+            0x8000_0000_0120_0083u64,
+            GuestAddress(0x3000 + index(21) * 8),
+        )
+        .unwrap();
+        let text = paging_walk(&mem, &sregs, addr);
+        assert!(
+            text.ends_with("through pml4e 0x2003 pdpte 0x3003 pde 0x8000000001200083 (large page)"),
+            "{text}"
+        );
+        // The same address with the PDE gone.
+        mem.write_obj(0u64, GuestAddress(0x3000 + index(21) * 8))
+            .unwrap();
+        assert!(paging_walk(&mem, &sregs, addr).ends_with("pde 0x0 (not present)"));
+        // A table outside guest memory.
+        mem.write_obj(0x7000_0003u64, GuestAddress(0x2000 + index(30) * 8))
+            .unwrap();
+        assert!(paging_walk(&mem, &sregs, addr).ends_with("outside guest memory"));
+        // Without paging there is nothing to walk.
+        let real = kvm_sregs::default();
+        assert!(paging_walk(&mem, &real, addr).ends_with("no walk"));
     }
 }
