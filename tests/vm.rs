@@ -997,8 +997,7 @@ fn a_crash_of_the_nested_machine_is_reported_as_one() {
         skip("qemu-system-x86 is not installed: scripts/kvm-nested needs it");
         return;
     }
-    let nested = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/kvm-nested");
-    let out = Command::new(&nested)
+    let out = Command::new(common::kvm_nested_script())
         .args(["--user", "root", "--timeout", "600", "--stall", "120", "--"])
         .args([
             "sh",

@@ -69,6 +69,11 @@ pub fn berth_bin() -> &'static str {
 pub const NESTED_ENV: &str =
     "export BERTH_RUNTIME_DIR=/run/user/$(id -u)/berth-rt BERTH_STORAGE_DRIVER=copy";
 
+/// scripts/kvm-nested of this checkout.
+pub fn kvm_nested_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/kvm-nested")
+}
+
 /// Runs `bash SCRIPT` inside `scripts/kvm-nested` (a machine with a real KVM) as the fixture's
 /// user, with the fixture's directory shared and its `BERTH_ROOT`; the script's own output is
 /// what comes back.
@@ -78,7 +83,7 @@ pub fn kvm_nested(
     timeout_s: u32,
     stall_s: u32,
 ) -> Result<Output, String> {
-    let nested = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/kvm-nested");
+    let nested = kvm_nested_script();
     // The inner machine sees the host's root read-only but mounts its own tmpfs on /tmp: the
     // directory of the berth binary under test is shared too (a checkout may live in /tmp).
     let bin_dir = Path::new(berth_bin())

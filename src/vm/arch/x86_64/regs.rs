@@ -249,19 +249,21 @@ fn paging_walk(mem: &GuestMemory, sregs: &kvm_sregs, addr: u64) -> String {
         text.push_str("; not in long mode with paging, no walk");
         return text;
     }
-    let mut levels: &[(u32, &str)] = &[
-        (48, "pml5e"),
-        (39, "pml4e"),
-        (30, "pdpte"),
-        (21, "pde"),
-        (12, "pte"),
+    // Each level: the address bits that index it, its entry's name, whether that entry can
+    // map a large page.
+    let mut levels: &[(u32, &str, bool)] = &[
+        (48, "pml5e", false),
+        (39, "pml4e", false),
+        (30, "pdpte", true),
+        (21, "pde", true),
+        (12, "pte", false),
     ];
     if sregs.cr4 & X86_CR4_LA57 == 0 {
         levels = &levels[1..];
     }
     let _ = write!(text, "; {addr:#x} through");
     let mut table = sregs.cr3 & PTE_ADDR;
-    for &(shift, name) in levels {
+    for &(shift, name, may_be_large) in levels {
         let at = table + ((addr >> shift) & 0x1ff) * 8;
         let Ok(entry) = mem.read_obj::<u64>(GuestAddress(at)) else {
             let _ = write!(text, " {name} at {at:#x}, outside guest memory");
@@ -272,7 +274,7 @@ fn paging_walk(mem: &GuestMemory, sregs: &kvm_sregs, addr: u64) -> String {
             text.push_str(" (not present)");
             return text;
         }
-        if matches!(name, "pdpte" | "pde") && entry & PTE_LARGE != 0 {
+        if may_be_large && entry & PTE_LARGE != 0 {
             text.push_str(" (large page)");
             return text;
         }
