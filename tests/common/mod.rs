@@ -160,13 +160,22 @@ fn unprivileged() -> Result<&'static Identity, String> {
         .map_err(Clone::clone)
 }
 
+/// The unprivileged user of this test run: [`TEST_USER`], or `BERTH_TEST_USER` where two
+/// checkouts run their suites side by side on one machine (each fixture's clean-up checks that
+/// its user runs nothing else, so two runs need two users, each with a subordinate id range).
+pub fn test_user() -> String {
+    std::env::var("BERTH_TEST_USER")
+        .ok()
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(|| TEST_USER.to_string())
+}
+
 fn check_unprivileged() -> Result<Identity, String> {
     let user = if is_root() {
-        User::from_name(TEST_USER)
-            .map_err(|e| format!("looking up {TEST_USER}: {e}"))?
-            .ok_or_else(|| {
-                format!("no user {TEST_USER}: run scripts/setup-host as root to create it")
-            })?
+        let name = test_user();
+        User::from_name(&name)
+            .map_err(|e| format!("looking up {name}: {e}"))?
+            .ok_or_else(|| format!("no user {name}: run scripts/setup-host as root to create it"))?
     } else {
         User::from_uid(Uid::effective())
             .map_err(|e| format!("looking up uid {}: {e}", Uid::effective()))?
