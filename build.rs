@@ -11,6 +11,10 @@
 //! `src/monitor/` and `src/clock.rs` compiled again), built here with its own cargo for
 //! `<arch>-unknown-linux-musl` (`rustup target add x86_64-unknown-linux-musl`; scripts/lib.sh
 //! adds it), else as static glibc with a warning.
+//!
+//! It also compiles `berth-dmz` (src/container/dmz.c), the few-KiB static program berth runs
+//! inside a container from a sealed memfd (see src/container/dmz.rs), with the C compiler
+//! that links Rust programs here anyway.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -59,6 +63,52 @@ fn main() {
         )
     };
     install(&built, &profile_dir.join("berth-monitor"));
+    build_dmz(&manifest_dir, &out_dir);
+}
+
+/// Compiles src/container/dmz.c into `OUT_DIR/berth-dmz`: freestanding (raw system calls, no
+/// libc), static, stripped.
+fn build_dmz(manifest_dir: &Path, out_dir: &Path) {
+    let source = manifest_dir.join("src/container/dmz.c");
+    println!("cargo:rerun-if-changed=src/container/dmz.c");
+    println!("cargo:rerun-if-env-changed=CC");
+    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+    let out = out_dir.join("berth-dmz");
+    let status = Command::new(&cc)
+        .args([
+            "-static",
+            "-nostdlib",
+            "-nostartfiles",
+            "-ffreestanding",
+            "-fno-builtin",
+            "-fno-stack-protector",
+            "-fno-pie",
+            "-no-pie",
+            "-fno-asynchronous-unwind-tables",
+            "-O2",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            "-Wl,--build-id=none",
+            "-Wl,--gc-sections",
+            "-s",
+            "-o",
+        ])
+        .arg(&out)
+        .arg(&source)
+        .stdout(std::io::stderr())
+        .status()
+        .unwrap_or_else(|e| {
+            panic!(
+                "running {cc} to build berth-dmz: {e}; install a C compiler (apt-get install gcc)"
+            )
+        });
+    if !status.success() {
+        panic!(
+            "building berth-dmz ({}) with {cc} failed ({status}); see its output above",
+            source.display()
+        );
+    }
 }
 
 fn env(name: &str) -> String {

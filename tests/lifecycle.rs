@@ -200,6 +200,48 @@ fn stop_sends_the_stop_signal_then_sigkill_after_the_timeout() {
     berth.run_ok(&["rm", "polite", "stubborn", "slow"]);
 }
 
+/// With `--init` the command is the init's child: its end is the container's, and signals
+/// sent to the container reach it (the init of a detached container once left it a zombie
+/// and dropped every signal).
+#[test]
+fn init_in_a_detached_container_passes_on_the_end_and_signals() {
+    let Some(berth) = Berth::new() else { return };
+    run_detached(
+        &berth,
+        &[
+            "--init",
+            "--name",
+            "short",
+            IMAGE,
+            "sh",
+            "-c",
+            "sleep 0.3; exit 4",
+        ],
+    );
+    assert_eq!(berth.run_ok(&["wait", "short"]).trim(), "4");
+    assert_eq!(inspect(&berth, "short")["State"]["Status"], "exited");
+
+    let trap = "trap 'echo got-term; exit 3' TERM; echo ready; while :; do sleep 0.1; done";
+    run_detached(
+        &berth,
+        &["--init", "--name", "trapper", IMAGE, "sh", "-c", trap],
+    );
+    wait_for_log(&berth, "trapper", "ready");
+    berth.run_ok(&["kill", "-s", "TERM", "trapper"]);
+    assert_eq!(berth.run_ok(&["wait", "trapper"]).trim(), "3");
+    wait_for_log(&berth, "trapper", "got-term");
+
+    // stop's SIGTERM reaches the trap: the trap's status, not SIGKILL's 137.
+    run_detached(
+        &berth,
+        &["--init", "--name", "stopped", IMAGE, "sh", "-c", trap],
+    );
+    wait_for_log(&berth, "stopped", "ready");
+    berth.run_ok(&["stop", "-t", "60", "stopped"]);
+    assert_eq!(inspect(&berth, "stopped")["State"]["ExitCode"], 3);
+    berth.run_ok(&["rm", "short", "trapper", "stopped"]);
+}
+
 #[test]
 fn kill_sends_a_signal_and_requires_a_running_container() {
     let Some(berth) = Berth::new() else { return };

@@ -19,6 +19,7 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::unistd::Pid;
 use oci_spec::runtime::{LinuxSeccomp, Process};
 
+use super::dmz;
 use super::idmap::IdMapping;
 use super::process::{self, End, Started};
 use super::pty;
@@ -91,6 +92,15 @@ fn read_etc(name: &str) -> Option<String> {
 
 /// In the joiner, inside the container: the new process, or a message for berth.
 fn enter(req: &ExecRequest, namespaces: &[(OwnedFd, libc::c_int)]) -> Result<(), String> {
+    // Inside the container's namespaces this process and its child are still berth: not
+    // dumpable, no process of the container can open their /proc/PID/exe or ptrace them.
+    // SAFETY: prctl with integer arguments only.
+    if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) } != 0 {
+        return Err(format!(
+            "making the process not dumpable: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
     for (fd, flag) in namespaces {
         // SAFETY: setns on a namespace descriptor we own, in a single-threaded child.
         if unsafe { libc::setns(fd.as_raw_fd(), *flag) } != 0 {
@@ -288,5 +298,6 @@ fn run_process(
         old_mask,
         err,
         !req.detach,
+        dmz::Mode::Exec,
     )
 }

@@ -1,6 +1,7 @@
 //! The container backend: runs an OCI bundle in user, mount, pid, uts, ipc, cgroup (and
 //! network) namespaces. It reads nothing but the bundle's config.json.
 
+pub mod dmz;
 pub mod enter;
 pub mod exec;
 pub mod idmap;

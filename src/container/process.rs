@@ -3,13 +3,13 @@
 //! - stage 1, in the new user and mount namespaces: mounts the rootfs (running fuse-overlayfs
 //!   if asked, outside the container's pid namespace), unshares the rest, waits for stage 2,
 //!   then unmounts and cleans up;
-//! - stage 2, PID 1 of the new pid namespace: mounts, pivot_root, identity, caps, seccomp, exec
-//!   (or, with `--init`, a reaper that runs the command as its child).
+//! - stage 2, PID 1 of the new pid namespace: mounts, pivot_root, identity, caps, seccomp, then
+//!   exec of the sealed in-container helper (`dmz`), which execs the command (or, with
+//!   `--init`, stays as its init).
 
 use std::ffi::CString;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
@@ -22,6 +22,7 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{Gid, Pid, Uid};
 use oci_spec::runtime::{LinuxNamespaceType, Mount, Spec};
 
+use super::dmz;
 use super::idmap::{IdMapping, IdMode};
 use super::mounts;
 use super::pty::{self, RawMode};
@@ -885,21 +886,21 @@ fn stage2(ctx: Stage, rootfs: &Path, new_net: bool, err: OwnedFd) -> ! {
             fail(&err, 125, "the container's network could not be set up");
         }
     }
-    let annotations = ctx.spec.annotations().clone().unwrap_or_default();
-    if annotations
-        .get(INIT_ANNOTATION)
-        .is_some_and(|v| v == "true")
-    {
-        match userns::clone_fork(CloneFlags::empty()) {
-            Ok(Forked::Parent(child)) => {
-                drop(err);
-                reaper(child)
-            }
-            Ok(Forked::Child) => {}
-            Err(e) => fail(&err, 125, &e.to_string()),
-        }
-    }
-    exec_process(ctx, err)
+    let init = ctx
+        .spec
+        .annotations()
+        .as_ref()
+        .and_then(|a| a.get(INIT_ANNOTATION))
+        .is_some_and(|v| v == "true");
+    exec_process(
+        ctx,
+        err,
+        if init {
+            dmz::Mode::Init
+        } else {
+            dmz::Mode::Exec
+        },
+    )
 }
 
 fn setup_container(ctx: &Stage, rootfs: &Path, new_net: bool) -> Result<(), String> {
@@ -1023,34 +1024,7 @@ fn loopback_up() -> Result<(), String> {
     Ok(())
 }
 
-/// PID 1 with `--init`: passes signals to the command, reaps every orphan, and exits with
-/// the command's status.
-fn reaper(child: Pid) -> ! {
-    let mut set = forwarded_set();
-    set.remove(Signal::SIGWINCH);
-    set.add(Signal::SIGWINCH);
-    loop {
-        let sig = set.wait();
-        if let Ok(sig) = sig {
-            if sig != Signal::SIGCHLD {
-                let _ = kill(child, sig);
-                continue;
-            }
-        }
-        loop {
-            match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::Exited(pid, code)) if pid == child => child_exit(code),
-                Ok(WaitStatus::Signaled(pid, sig, _)) if pid == child => {
-                    child_exit(128 + sig as i32)
-                }
-                Ok(WaitStatus::StillAlive) | Err(_) => break,
-                Ok(_) => continue,
-            }
-        }
-    }
-}
-
-fn exec_process(ctx: Stage, err: OwnedFd) -> ! {
+fn exec_process(ctx: Stage, err: OwnedFd, mode: dmz::Mode) -> ! {
     let process = ctx.spec.process().as_ref().expect("checked by run()");
     become_process(
         process,
@@ -1059,12 +1033,19 @@ fn exec_process(ctx: Stage, err: OwnedFd) -> ! {
         ctx.old_mask,
         err,
         true,
+        mode,
     )
 }
 
 /// Becomes the spec's `process`: identity (capabilities, no_new_privs, user), working
-/// directory, seccomp filter, default signal handling, then exec; reports a failure on `err`
-/// with Docker's code. Shared by a container's first process and `berth exec`.
+/// directory, seccomp filter, default signal handling, then exec through the sealed helper
+/// (`dmz`, which with [`dmz::Mode::Init`] stays as the command's init); reports a failure on
+/// `err` with Docker's code. Shared by a container's first process and `berth exec`.
+///
+/// berth's own binary is never executed here, and nothing of the caller's reaches the
+/// container: every descriptor but stdio is closed before the working directory is chosen,
+/// and the process is not dumpable, so that no process of the container can open its
+/// /proc/PID/exe (berth's binary) or ptrace it before the exec.
 pub(super) fn become_process(
     process: &oci_spec::runtime::Process,
     ids: &IdMapping,
@@ -1072,7 +1053,23 @@ pub(super) fn become_process(
     old_mask: SigSet,
     err: OwnedFd,
     death_signal: bool,
+    mode: dmz::Mode,
 ) -> ! {
+    // SAFETY: prctl with integer arguments only.
+    if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) } != 0 {
+        fail(
+            &err,
+            125,
+            &format!("making the process not dumpable: {}", nix::Error::last()),
+        );
+    }
+    let helper = match dmz::sealed() {
+        Ok(fd) => fd,
+        Err(e) => fail(&err, 125, &e),
+    };
+    if let Err(e) = dmz::close_inherited(&[err.as_raw_fd(), helper.as_raw_fd()]) {
+        fail(&err, 125, &e);
+    }
     if let Err(e) = set_identity(process, ids) {
         fail(&err, 125, &e);
     }
@@ -1122,51 +1119,15 @@ pub(super) fn become_process(
             "no command: give one after the image name, or set Cmd/Entrypoint in the image",
         );
     };
-    let name = arg0.to_string_lossy().to_string();
-    let path_env = env
-        .iter()
-        .find_map(|e| e.strip_prefix("PATH="))
-        .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
-        .to_string();
-    let candidates: Vec<PathBuf> = if name.contains('/') {
-        vec![PathBuf::from(&name)]
-    } else {
-        path_env
-            .split(':')
-            .filter(|d| !d.is_empty())
-            .map(|d| Path::new(d).join(&name))
-            .collect()
-    };
-    // The most telling error wins: anything but "not found" means the file is there.
-    let mut worst: Option<nix::Error> = None;
-    for c in &candidates {
-        let Ok(cpath) = CString::new(c.as_os_str().as_bytes()) else {
-            continue;
-        };
-        let e = nix::unistd::execve(&cpath, &args, &envc).unwrap_err();
-        if e != nix::Error::ENOENT && e != nix::Error::ENOTDIR && worst.is_none() {
-            worst = Some(e);
-        }
-    }
-    if let Some(e) = worst {
-        fail(
-            &err,
-            126,
-            &format!("exec: \"{name}\": {}", e.desc().to_lowercase()),
-        )
-    } else if name.contains('/') {
-        fail(
-            &err,
-            127,
-            &format!("exec: \"{name}\": no such file or directory"),
-        )
-    } else {
-        fail(
-            &err,
-            127,
-            &format!("exec: \"{name}\": executable file not found in $PATH"),
-        )
-    }
+    let e = dmz::exec(&helper, mode, err.as_raw_fd(), &args, &envc);
+    fail(
+        &err,
+        125,
+        &format!(
+            "cannot run berth's in-container helper for \"{}\": {e}",
+            arg0.to_string_lossy()
+        ),
+    )
 }
 
 /// Capabilities, no_new_privs and the user, in the order that keeps the wanted capabilities.

@@ -511,9 +511,16 @@ impl Berth {
 
     /// `berth ARGS` as a Command, ready to adjust and spawn.
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = self
-            .identity
-            .command(berth_bin(), self.global_args.iter().map(String::as_str));
+        self.command_of(Path::new(berth_bin()), args)
+    }
+
+    /// `PROGRAM ARGS` as [`Berth::command`] runs berth: PROGRAM is another berth binary (a
+    /// copy the user owns, say) with this fixture's state, user and environment.
+    pub fn command_of(&self, program: &Path, args: &[&str]) -> Command {
+        let mut cmd = self.identity.command(
+            &program.to_string_lossy(),
+            self.global_args.iter().map(String::as_str),
+        );
         cmd.args(args)
             .env("BERTH_ROOT", &self.root)
             .env("XDG_RUNTIME_DIR", &self.runtime_dir)
@@ -613,7 +620,7 @@ impl Berth {
         path
     }
 
-    fn give(&self, path: &Path) {
+    pub fn give(&self, path: &Path) {
         let uid = Some(Uid::from_raw(self.identity.uid));
         let gid = Some(Gid::from_raw(self.identity.gid));
         nix::unistd::chown(path, uid, gid)
@@ -729,8 +736,8 @@ fn remove_tree(path: &Path, identity: &Identity) {
     }
 }
 
-/// Waits for `cmd` with [`COMMAND_TIMEOUT`], feeding `input`; kills it on timeout.
-fn finish(mut cmd: Command, input: Option<&[u8]>, args: &[&str]) -> Output {
+/// Runs `cmd` (berth with `args`) to its end within the command timeout, output captured.
+pub fn finish(mut cmd: Command, input: Option<&[u8]>, args: &[&str]) -> Output {
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     if input.is_some() {
         cmd.stdin(Stdio::piped());
