@@ -16,4 +16,6 @@ pub mod spec;
 pub mod state;
 pub mod system;
 pub mod term;
+#[cfg(test)]
+mod testing;
 pub mod vm;

@@ -304,8 +304,8 @@ mod tests {
     #[test]
     fn charts_come_out_as_svg_and_png_with_the_systems_named() {
         if find_font().is_none() {
-            eprintln!(
-                "skipped: no TrueType font on this machine (apt-get install fonts-dejavu-core)"
+            crate::testing::skip(
+                "no TrueType font on this machine (apt-get install fonts-dejavu-core)",
             );
             return;
         }

@@ -128,7 +128,7 @@ mod tests {
     #[test]
     fn layer_disk_keeps_owners_whiteouts_and_opaque_dirs() {
         if nix::unistd::geteuid().as_raw() != 0 || crate::rootfs::which("mkfs.erofs").is_none() {
-            eprintln!("SKIPPED: needs root (to create a whiteout and chown) and mkfs.erofs");
+            crate::testing::skip("needs root (to create a whiteout and chown) and mkfs.erofs");
             return;
         }
         let tmp = tempfile::tempdir().unwrap();

@@ -240,7 +240,7 @@ mod tests {
             .arg(&path)
             .output()
         else {
-            eprintln!("skipping: cpio is not installed");
+            crate::testing::skip("cpio is not installed (apt-get install cpio)");
             return;
         };
         assert!(

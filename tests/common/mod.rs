@@ -117,6 +117,13 @@ pub fn kvm_nested(
     Ok(out)
 }
 
+/// Whether /dev/kvm is hardware KVM, which boots a Linux guest: present, and not PVM (the
+/// `kvm_pvm` module, software nested virtualization, on which a Linux guest never reaches
+/// userspace).
+pub fn hardware_kvm() -> bool {
+    Path::new("/dev/kvm").exists() && !Path::new("/sys/module/kvm_pvm").exists()
+}
+
 /// True when `CI=true` (or `1`): prerequisites must be there, nothing skips.
 pub fn ci() -> bool {
     matches!(std::env::var("CI").as_deref(), Ok("true") | Ok("1"))
