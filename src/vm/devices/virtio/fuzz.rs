@@ -342,8 +342,15 @@ fn tempfile_in_memory() -> Option<std::fs::File> {
 mod tests {
     use super::*;
 
-    /// xorshift64*: deterministic inputs, so a failure reproduces.
+    /// xorshift64*: deterministic inputs, so a failure reproduces. `BERTH_FUZZ_ROUNDS`
+    /// multiplies the count, for a long run (`BERTH_FUZZ_ROUNDS=500 cargo test --release
+    /// --lib fuzz`).
     fn inputs(seed: u64, count: usize) -> impl Iterator<Item = Vec<u8>> {
+        let rounds: usize = std::env::var("BERTH_FUZZ_ROUNDS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1);
+        let count = count * rounds;
         let mut s = seed;
         let mut next = move || {
             s ^= s >> 12;
