@@ -302,7 +302,25 @@ fn the_callers_descriptors_never_reach_the_container() {
         "run -d leaked descriptor 7:\n{logs}"
     );
 
-    berth.run_ok(&["run", "-d", "--name", "target", IMAGE, "sleep", "1000"]);
+    // The container's monitor, network helpers and the like hold none of the caller's files.
+    let args = ["run", "-d", "--name", "target", IMAGE, "sleep", "1000"];
+    let out = finish(with_fd_7(berth.command(&args), &dir), None, &args);
+    assert_exit(&args, &out, 0);
+    for p in berth.own_processes() {
+        let fds = fs::read_dir(format!("/proc/{}/fd", p.pid))
+            .into_iter()
+            .flatten();
+        for fd in fds.flatten() {
+            let target = fs::read_link(fd.path()).unwrap_or_default();
+            assert!(
+                !target.starts_with(&dir),
+                "berth's process {} ({}) holds the caller's {}",
+                p.pid,
+                p.cmdline,
+                target.display()
+            );
+        }
+    }
     let args = ["exec", "target", "sh", "-c", peek];
     let out = finish(with_fd_7(berth.command(&args), &dir), None, &args);
     assert_exit(&args, &out, 0);

@@ -136,6 +136,37 @@ pub fn close_inherited(keep: &[RawFd]) -> Result<(), String> {
     Ok(())
 }
 
+/// Marks every descriptor above 2 that berth inherited close-on-exec, once at its start
+/// (a single system call): the helpers it runs (the monitor, network helpers, fuse-overlayfs,
+/// passt) then hold none of the caller's files, pipes or terminals — no `ssh host berth run
+/// -d …` kept open by a monitor holding its pipe. Sockets passed by socket activation
+/// (`LISTEN_FDS` for this process) are left as they are.
+pub fn cloexec_inherited() {
+    let activated = std::env::var("LISTEN_PID")
+        .ok()
+        .and_then(|p| p.parse::<u32>().ok())
+        .is_some_and(|p| p == std::process::id());
+    let passed: libc::c_uint = if activated {
+        std::env::var("LISTEN_FDS")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    } else {
+        0
+    };
+    const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+    // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only sets a flag on this process's
+    // descriptors; no memory is passed. Failure (before Linux 5.11) leaves them as they were.
+    unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3 + passed,
+            libc::c_uint::MAX,
+            CLOSE_RANGE_CLOEXEC,
+        )
+    };
+}
+
 fn close_range(first: libc::c_uint, last: libc::c_uint) -> Result<(), String> {
     // SAFETY: close_range only closes descriptors of this process; no memory is passed.
     let r = unsafe { libc::syscall(libc::SYS_close_range, first, last, 0 as libc::c_uint) };
