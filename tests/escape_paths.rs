@@ -31,7 +31,11 @@ struct Attack {
 
 impl Attack {
     fn new() -> Option<Attack> {
-        let berth = Berth::new()?;
+        Attack::with(Berth::options())
+    }
+
+    fn with(options: common::Options) -> Option<Attack> {
+        let berth = options.start()?;
         let dir = berth.base.join("canary");
         for d in [dir.clone(), dir.join("secret"), dir.join("etc")] {
             fs::create_dir(&d).unwrap_or_else(|e| panic!("{}: {e}", d.display()));
@@ -195,5 +199,38 @@ fn user_lookup_reads_the_images_passwd_not_the_hosts() {
     let out = attack.berth.cmd(&args);
     assert!(out.status.success(), "{}", describe(&args, &out));
     assert_eq!(stdout(&out), "1000\n", "the image's /etc/passwd names user");
+    attack.assert_untouched();
+}
+
+#[test]
+fn commit_compares_the_containers_files_with_the_image_not_the_host() {
+    // The copy driver's commit compares the container's tree with the image's layers: a
+    // container that replaces /v (-> the canary directory) with a directory holding a copy of
+    // the canary must get that file into the image, not have it compared with the host's file
+    // through the layer's symlink and dropped as "unchanged" (an oracle for host files).
+    let Some(attack) = Attack::with(Berth::options().env("BERTH_STORAGE_DRIVER", "copy")) else {
+        return;
+    };
+    let script = format!("rm /v && mkdir -p /v/secret && printf %s {CANARY} > /v/secret/canary");
+    attack
+        .berth
+        .run_ok(&["run", "--name", "guess", HOSTILE, "sh", "-c", &script]);
+    attack
+        .berth
+        .run_ok(&["commit", "guess", "localhost/guessed:1"]);
+    let args = [
+        "run",
+        "--rm",
+        "localhost/guessed:1",
+        "cat",
+        "/v/secret/canary",
+    ];
+    let out = attack.berth.cmd(&args);
+    assert!(
+        out.status.success() && stdout(&out) == CANARY,
+        "the committed image lost the container's /v/secret/canary (compared with the host's): {}",
+        describe(&args, &out)
+    );
+    attack.berth.run_ok(&["rm", "guess"]);
     attack.assert_untouched();
 }

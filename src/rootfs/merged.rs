@@ -102,9 +102,8 @@ pub(crate) fn is_opaque(fd: &OwnedFd) -> bool {
     n == 1 && buf[0] == b'y'
 }
 
-/// The topmost entry at `rel` (symlink-free) in the merged view: its layer's index and the
-/// entry, or None where the merged view has nothing (a whiteout or an opaque directory hides it).
-fn lookup(lowers: &[PathBuf], rel: &Path) -> io::Result<Option<(OwnedFd, Metadata)>> {
+/// The topmost entry at `rel` (symlink-free) in the merged view, or None where the merged view has nothing (a whiteout or an opaque directory hides it).
+pub(crate) fn lookup(lowers: &[PathBuf], rel: &Path) -> io::Result<Option<(OwnedFd, Metadata)>> {
     for layer in lowers.iter().rev() {
         match in_layer(layer, rel)? {
             LayerHit::Entry { meta, .. } if is_whiteout(&meta) => return Ok(None),
