@@ -1,7 +1,8 @@
 //! Paths taken from a hostile image never resolve on the host (issue 16, item 2): an image's
 //! symlinks (`/v -> /abs/host/dir`, `/h -> ../../../..`, `/etc -> /abs/host/etc`) mean the
 //! image's own root when berth fills a new volume or looks up `-u NAME`, so a file in the
-//! user's 0700 directory is never copied into a volume nor read as the image's /etc/passwd.
+//! user's 0700 directory is never copied into a volume nor read as the image's /etc/passwd,
+//! and berth's /dev links are made in the image's tree, not in a host directory.
 //! Run through the real binary as the unprivileged test user, against a canary directory of
 //! that user.
 
@@ -37,7 +38,12 @@ impl Attack {
     fn with(options: common::Options) -> Option<Attack> {
         let berth = options.start()?;
         let dir = berth.base.join("canary");
-        for d in [dir.clone(), dir.join("secret"), dir.join("etc")] {
+        for d in [
+            dir.clone(),
+            dir.join("secret"),
+            dir.join("etc"),
+            dir.join("dev"),
+        ] {
             fs::create_dir(&d).unwrap_or_else(|e| panic!("{}: {e}", d.display()));
         }
         fs::write(dir.join("secret/canary"), CANARY).expect("writing the canary");
@@ -62,6 +68,7 @@ impl Attack {
             dirs.push(prefix.to_string_lossy().into_owned());
         }
         dirs.push(format!("{rel}/etc"));
+        dirs.push(format!("{rel}/dev"));
         let passwd_path = format!("{rel}/etc/passwd");
         let group_path = format!("{rel}/etc/group");
         let up = "../".repeat(24);
@@ -73,6 +80,8 @@ impl Attack {
         entries.push(Entry::Symlink("v", &dir_str));
         entries.push(Entry::Symlink("h", up.trim_end_matches('/')));
         entries.push(Entry::Symlink("etc", &etc_target));
+        let dev_target = format!("{dir_str}/dev");
+        entries.push(Entry::Symlink("dev", &dev_target));
         let archive = archive_with_layer(HOSTILE, &entries).expect("building the hostile image");
         let path = berth.base.join("hostile.tar");
         fs::write(&path, archive).expect("writing the hostile image");
@@ -86,7 +95,18 @@ impl Attack {
         format!("/h{}/{rest}", self.dir.display())
     }
 
+    /// The canary is as it was, and nothing was made in the host's `DIR/dev` (the image's /dev
+    /// points there: berth's /dev links belong in the image's tree).
     fn assert_untouched(&self) {
+        let made: Vec<_> = fs::read_dir(self.dir.join("dev"))
+            .expect("reading the canary's dev")
+            .map(|e| e.expect("dev entry").file_name())
+            .collect();
+        assert!(
+            made.is_empty(),
+            "berth wrote into the host's {}/dev: {made:?}",
+            self.dir.display()
+        );
         assert_eq!(
             fs::read_to_string(self.dir.join("secret/canary")).expect("the canary is still there"),
             CANARY
