@@ -85,6 +85,15 @@ pub enum UnpackError {
         #[source]
         source: io::Error,
     },
+    /// The disk (or the user's quota) holding the layer store is full.
+    #[error("no space left on the file system holding {}: free space there, or move berth's store to a larger disk (set BERTH_ROOT or XDG_DATA_HOME)", dir.display())]
+    NoSpace {
+        /// Where the layer was being unpacked.
+        dir: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
     /// The file system refused the opaque-directory xattr.
     #[error("could not mark {} opaque: its file system does not support `user.` extended attributes; put berth's data directory on ext4, xfs, btrfs or tmpfs (Linux 6.6+)", path.display())]
     Opaque {
@@ -123,6 +132,32 @@ pub fn is_whiteout(meta: &fs::Metadata) -> bool {
 /// On error the content of `dest` is undefined and must be discarded; nothing
 /// outside `dest` is ever written.
 pub fn unpack_layer(layer: &LayerRef, dest: &Path) -> Result<UnpackReport, UnpackError> {
+    unpack_into(layer, dest).map_err(|e| e.or_no_space(dest))
+}
+
+impl UnpackError {
+    /// A full disk is reported as one, whichever step met it (a write fails with ENOSPC, but a
+    /// decompressing copy would otherwise call it an unreadable blob).
+    fn or_no_space(self, dest: &Path) -> UnpackError {
+        let full = |e: &io::Error| matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT));
+        match self {
+            UnpackError::Io { source, .. }
+            | UnpackError::Read { source, .. }
+            | UnpackError::Whiteout { source, .. }
+            | UnpackError::Opaque { source, .. }
+                if full(&source) =>
+            {
+                UnpackError::NoSpace {
+                    dir: dest.to_path_buf(),
+                    source,
+                }
+            }
+            other => other,
+        }
+    }
+}
+
+fn unpack_into(layer: &LayerRef, dest: &Path) -> Result<UnpackReport, UnpackError> {
     let blob = &layer.blob_path;
     let read_err = |source| UnpackError::Read {
         path: blob.clone(),
