@@ -77,16 +77,21 @@ pub fn open_at(
         .flags(flags | OFlag::O_CLOEXEC)
         .mode(mode)
         .resolve(how.flags());
+    let mut tries = 0;
     loop {
         match nix::fcntl::openat2(dir.as_raw_fd(), &rel, open_how) {
             // SAFETY: openat2 returned a new descriptor that nothing else owns.
             Ok(fd) => return Ok(unsafe { OwnedFd::from_raw_fd(fd) }),
-            // The kernel asks for a retry when a rename raced the resolution.
-            Err(nix::Error::EAGAIN) | Err(nix::Error::EINTR) => continue,
+            // The kernel asks for a retry when a rename raced a `..` in the resolution; a
+            // tree renamed without end does not keep us here.
+            Err(nix::Error::EAGAIN) | Err(nix::Error::EINTR) if tries < RETRIES => tries += 1,
             Err(e) => return Err(e.into()),
         }
     }
 }
+
+/// Resolutions retried after the kernel saw a concurrent rename.
+const RETRIES: u32 = 64;
 
 /// Opens `path` inside `root` (symlinks resolved as if `root` were `/`) with `flags`.
 pub fn open_in_root(root: BorrowedFd, path: &Path, flags: OFlag) -> io::Result<OwnedFd> {
@@ -97,23 +102,6 @@ pub fn open_in_root(root: BorrowedFd, path: &Path, flags: OFlag) -> io::Result<O
 /// re-opening an `O_PATH` descriptor to read it).
 pub fn fd_path(fd: BorrowedFd) -> PathBuf {
     PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
-}
-
-/// Reads the regular file at `path` inside the directory `root`, at most `limit` bytes.
-pub fn read_in_root(root: &Path, path: &Path, limit: u64) -> io::Result<Vec<u8>> {
-    use std::io::Read;
-    let dir = open_root(root)?;
-    let fd = open_in_root(dir.as_fd(), path, OFlag::O_RDONLY | OFlag::O_NOCTTY)?;
-    let file = std::fs::File::from(fd);
-    if !file.metadata()?.is_file() {
-        return Err(io::Error::other(format!(
-            "{} is not a regular file",
-            path.display()
-        )));
-    }
-    let mut out = Vec::new();
-    file.take(limit).read_to_end(&mut out)?;
-    Ok(out)
 }
 
 /// Creates the directory `path` inside `root` and every missing parent, one component at a
@@ -265,7 +253,21 @@ pub const MAX_LINKS: usize = 40;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Read;
     use std::os::unix::fs::symlink;
+
+    /// Reads the regular file at `path` inside `root`, at most `limit` bytes.
+    fn read_in_root(root: &Path, path: &Path, limit: u64) -> io::Result<Vec<u8>> {
+        let dir = open_root(root)?;
+        let fd = open_in_root(dir.as_fd(), path, OFlag::O_RDONLY | OFlag::O_NOCTTY)?;
+        let file = std::fs::File::from(fd);
+        if !file.metadata()?.is_file() {
+            return Err(io::Error::from_raw_os_error(libc::EISDIR));
+        }
+        let mut out = Vec::new();
+        file.take(limit).read_to_end(&mut out)?;
+        Ok(out)
+    }
 
     fn tree() -> (PathBuf, PathBuf) {
         let base = std::env::temp_dir().join(format!(

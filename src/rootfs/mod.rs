@@ -289,20 +289,25 @@ pub fn fill_from_layers(
     ids: &IdMapping,
 ) -> Result<(), RootfsError> {
     // Where the container will see the volume: the image's symlinks on the way followed
-    // inside the image, as the mount itself is.
-    let rel = merged::resolve(lowers, rel).map_err(io("resolving in the image", rel))?;
-    let present = lowers.iter().any(|l| {
-        matches!(
-            merged::in_layer(l, &rel),
-            Ok(merged::LayerHit::Entry { .. })
-        )
-    });
-    if !present {
-        return Ok(());
+    // inside the image, as the mount itself is. Answered here when the user can read the
+    // layers on the way (no user namespace to start when the image has nothing there); an
+    // image directory only its root may enter is read inside the user namespace.
+    if let Ok(rel) = merged::resolve(lowers, rel) {
+        let present = lowers.iter().any(|l| {
+            matches!(
+                merged::in_layer(l, &rel),
+                Ok(merged::LayerHit::Entry { .. })
+            )
+        });
+        if !present {
+            return Ok(());
+        }
     }
-    let (lowers, target) = (lowers.to_vec(), target.to_path_buf());
+    let (lowers, rel, target) = (lowers.to_vec(), rel.to_path_buf(), target.to_path_buf());
     run_in_userns(ids, move || {
-        copy::stack_path(&lowers, &rel, &target)
+        let inside = merged::resolve(&lowers, &rel)
+            .map_err(|e| format!("resolving {} in the image: {e}", rel.display()))?;
+        copy::stack_path(&lowers, &inside, &target)
             .map_err(|e| format!("copying the image's {} into the volume: {e}", rel.display()))
     })?;
     Ok(())

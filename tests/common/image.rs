@@ -135,6 +135,8 @@ fn build() -> Result<TestImages, String> {
 pub enum Entry<'a> {
     /// A directory, 0755 root's (or `tmp`-like 01777 when the name ends in `tmp`).
     Dir(&'a str),
+    /// A directory only uid 1000 may enter (0700), which the host user cannot.
+    Private(&'a str),
     /// A regular file, 0644 root's.
     File(&'a str, &'a [u8]),
     /// A symbolic link and its target, written as given.
@@ -152,6 +154,7 @@ pub fn archive_with_layer(name: &str, entries: &[Entry]) -> Result<Vec<u8>, Stri
         match entry {
             Entry::Dir(p) if p.ends_with("tmp") => layer3.dir(p, 0o1777, 0, 0)?,
             Entry::Dir(p) => layer3.dir(p, 0o755, 0, 0)?,
+            Entry::Private(p) => layer3.dir(p, 0o700, 1000, 1000)?,
             Entry::File(p, data) => layer3.file(p, 0o644, 0, 0, data)?,
             Entry::Symlink(p, target) => layer3.symlink(p, target)?,
         }
