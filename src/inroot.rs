@@ -171,6 +171,55 @@ fn walk_creating(root: BorrowedFd, path: &Path, mode: u32) -> io::Result<(OwnedF
     Ok((dir, resolved))
 }
 
+/// Resolves `path` inside `root` as the kernel would with `root` as `/`, without opening or
+/// creating anything at the end: the answer is relative, symlink-free and without `..`; names
+/// that do not exist (yet) are taken as written. Each step looks at one name below the
+/// symlink-free part resolved so far, following nothing on the host.
+pub fn resolve_in_root(root: BorrowedFd, path: &Path) -> io::Result<PathBuf> {
+    let mut pending: Vec<std::ffi::OsString> = Vec::new();
+    push_components(&mut pending, &relative(path));
+    let mut resolved = PathBuf::new();
+    let mut links = 0;
+    while let Some(name) = pending.pop() {
+        if name == ".." {
+            resolved.pop();
+            continue;
+        }
+        let candidate = resolved.join(&name);
+        let nofollow = OFlag::O_PATH | OFlag::O_NOFOLLOW;
+        match open_at(
+            root,
+            &candidate,
+            Resolve::NoSymlinks,
+            nofollow,
+            Mode::empty(),
+        ) {
+            Ok(fd) => {
+                if !std::fs::File::from(fd.try_clone()?)
+                    .metadata()?
+                    .is_symlink()
+                {
+                    resolved = candidate;
+                    continue;
+                }
+                links += 1;
+                if links > MAX_LINKS {
+                    return Err(io::Error::from_raw_os_error(libc::ELOOP));
+                }
+                // readlinkat with an empty name reads the link the O_PATH descriptor holds.
+                let target = nix::fcntl::readlinkat(Some(fd.as_raw_fd()), "")?;
+                if Path::new(&target).is_absolute() {
+                    resolved.clear();
+                }
+                push_components(&mut pending, Path::new(&target));
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => resolved = candidate,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(resolved)
+}
+
 /// Pushes `path`'s names (and `..`) so that popping yields them in order.
 fn push_components(pending: &mut Vec<std::ffi::OsString>, path: &Path) {
     for c in path.components().rev() {
@@ -352,6 +401,38 @@ mod tests {
             Mode::empty()
         )
         .is_err());
+        std::fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[test]
+    fn resolving_names_the_path_inside_the_root_without_making_it() {
+        let (base, root) = tree();
+        symlink(base.join("outside"), root.join("abs")).unwrap();
+        symlink("../../../..", root.join("etc/up")).unwrap();
+        symlink("loop", root.join("loop")).unwrap();
+        let dir = open_root(&root).unwrap();
+        let host = base.join("outside/x");
+        assert_eq!(
+            resolve_in_root(dir.as_fd(), Path::new("/abs/x")).unwrap(),
+            host.strip_prefix("/").unwrap()
+        );
+        assert_eq!(
+            resolve_in_root(dir.as_fd(), Path::new("etc/up/etc/missing/../secret")).unwrap(),
+            Path::new("etc/secret")
+        );
+        assert_eq!(
+            resolve_in_root(dir.as_fd(), Path::new("/loop"))
+                .unwrap_err()
+                .raw_os_error(),
+            Some(libc::ELOOP)
+        );
+        assert_eq!(
+            resolve_in_root(dir.as_fd(), Path::new("etc/secret/x"))
+                .unwrap_err()
+                .raw_os_error(),
+            Some(libc::ENOTDIR)
+        );
+        assert!(!base.join("outside/x").exists());
         std::fs::remove_dir_all(&base).unwrap();
     }
 
