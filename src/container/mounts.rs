@@ -17,46 +17,28 @@ use crate::inroot::{self, fd_path};
 pub type MountResult<T> = Result<T, String>;
 
 /// Resolves `path` (absolute inside the container) under `root`, following symlinks as if
-/// `root` were `/`, so the result never leaves `root` at the time of the call. A lexical walk,
-/// racy against a concurrent rename and following a symlink created after it: on the host,
-/// open paths through [`crate::inroot`] instead (mounts here do).
+/// `root` were `/` ([`inroot::resolve_in_root`]), so the result never leaves `root` at the
+/// time of the call. A path, not a descriptor: a symlink made after the call is followed by
+/// whoever uses it, so on the host open paths through [`crate::inroot`] instead (mounts here
+/// do). Where the path cannot be resolved (a symlink loop), its lexical form under `root`.
 pub fn secure_join(root: &Path, path: &Path) -> PathBuf {
-    let mut resolved = PathBuf::new();
-    let mut pending: Vec<std::ffi::OsString> = path
-        .components()
-        .rev()
-        .filter_map(|c| match c {
-            Component::Normal(n) => Some(n.to_os_string()),
-            Component::ParentDir => Some("..".into()),
-            _ => None,
-        })
-        .collect();
-    let mut links = 0;
-    while let Some(part) = pending.pop() {
-        if part == ".." {
-            resolved.pop();
-            continue;
-        }
-        let candidate = root.join(&resolved).join(&part);
-        match std::fs::symlink_metadata(&candidate) {
-            Ok(m) if m.file_type().is_symlink() && links < 255 => {
-                links += 1;
-                let target = std::fs::read_link(&candidate).unwrap_or_default();
-                if target.is_absolute() {
-                    resolved = PathBuf::new();
-                }
-                for c in target.components().rev() {
-                    match c {
-                        Component::Normal(n) => pending.push(n.to_os_string()),
-                        Component::ParentDir => pending.push("..".into()),
-                        _ => {}
+    let resolved = inroot::open_root(root).and_then(|fd| inroot::resolve_in_root(fd.as_fd(), path));
+    match resolved {
+        Ok(rel) => root.join(rel),
+        Err(_) => {
+            let mut rel = PathBuf::new();
+            for c in path.components() {
+                match c {
+                    Component::Normal(n) => rel.push(n),
+                    Component::ParentDir => {
+                        rel.pop();
                     }
+                    _ => {}
                 }
             }
-            _ => resolved.push(part),
+            root.join(rel)
         }
     }
-    root.join(resolved)
 }
 
 /// OCI mount options split into mount flags, propagation flags and filesystem data.
