@@ -8,6 +8,7 @@ pub mod clock;
 pub mod container;
 pub mod engine;
 pub mod image;
+pub mod inroot;
 pub mod monitor;
 pub mod net;
 pub mod paths;

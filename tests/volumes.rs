@@ -10,6 +10,7 @@ use serde_json::Value;
 use common::{assert_exit, describe, stderr, stdout, Berth, IMAGE};
 
 const SERVER: &str = "while :; do sleep 0.1; done";
+const PRIVATE_IMAGE: &str = "localhost/berth-private:latest";
 
 fn volume_names(berth: &Berth) -> Vec<String> {
     berth
@@ -354,4 +355,35 @@ fn volume_commands() {
         2
     );
     assert!(volume_names(&berth).is_empty());
+}
+
+#[test]
+fn a_volume_under_a_directory_the_host_user_cannot_enter() {
+    let Some(berth) = Berth::new() else { return };
+    // /private is 0700 and uid 1000's in the image (a subordinate id on the host): berth
+    // resolves the volume's path inside the image, in the user namespace where it may look.
+    let archive = common::image::archive_with_layer(
+        PRIVATE_IMAGE,
+        &[
+            common::image::Entry::Private("private"),
+            common::image::Entry::Dir("private/cache"),
+            common::image::Entry::File("private/cache/seed", b"from the image\n"),
+        ],
+    )
+    .expect("building the image");
+    let path = berth.host_path("private.tar");
+    std::fs::write(&path, archive).expect("writing the image");
+    berth.load(&path);
+    let out = berth.container_ok(&[
+        "-v",
+        "private:/private/cache",
+        PRIVATE_IMAGE,
+        "cat",
+        "/private/cache/seed",
+    ]);
+    assert_eq!(
+        out, "from the image\n",
+        "the volume is filled from the image"
+    );
+    berth.run_ok(&["volume", "rm", "private"]);
 }

@@ -937,6 +937,13 @@ fn rlimit_resource(name: &str) -> Option<nix::sys::resource::Resource> {
         "Cpu" => nix::sys::resource::Resource::RLIMIT_CPU,
         "As" => nix::sys::resource::Resource::RLIMIT_AS,
         "Data" => nix::sys::resource::Resource::RLIMIT_DATA,
+        "Locks" => nix::sys::resource::Resource::RLIMIT_LOCKS,
+        "Msgqueue" => nix::sys::resource::Resource::RLIMIT_MSGQUEUE,
+        "Nice" => nix::sys::resource::Resource::RLIMIT_NICE,
+        "Rss" => nix::sys::resource::Resource::RLIMIT_RSS,
+        "Rtprio" => nix::sys::resource::Resource::RLIMIT_RTPRIO,
+        "Rttime" => nix::sys::resource::Resource::RLIMIT_RTTIME,
+        "Sigpending" => nix::sys::resource::Resource::RLIMIT_SIGPENDING,
         _ => return None,
     })
 }

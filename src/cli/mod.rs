@@ -137,7 +137,15 @@ struct ExitedArgs {
 
 /// Runs the CLI and returns the process exit status.
 pub fn main() -> i32 {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            // --help and --version succeed; a bad flag or value is a usage error, which Docker
+            // reports as 125 (not clap's 2, which scripts would take for the command's own).
+            return if e.use_stderr() { 125 } else { 0 };
+        }
+    };
     let opts = EngineOptions {
         storage_driver: cli.storage_driver,
     };

@@ -9,6 +9,7 @@ use clap::Args;
 use berth::engine::{Engine, MountRequest, RunFlags, VmNetwork, VmRequest};
 use berth::monitor::proto::Request;
 use berth::net::{NetworkOptions, NetworkRequest, PortSpec};
+use berth::spec::ulimit::Ulimit;
 use berth::spec::{NetworkMode, RunRequest, SeccompMode};
 use berth::state::LogConfig;
 
@@ -70,6 +71,11 @@ pub struct RunArgs {
     /// Log options: max-size=SIZE (10m), max-file=N (2).
     #[arg(long, value_name = "OPT")]
     log_opt: Vec<String>,
+    /// A resource limit of the process, as Docker writes it: NAME=SOFT[:HARD] (nofile, nproc,
+    /// core, cpu, data, fsize, locks, memlock, msgqueue, nice, rss, rtprio, rttime, sigpending,
+    /// stack; -1 for unlimited), e.g. --ulimit nofile=1024:2048.
+    #[arg(long, value_name = "NAME=SOFT[:HARD]")]
+    ulimit: Vec<String>,
     /// Seconds `berth stop` waits before SIGKILL (default 10).
     #[arg(long, value_name = "SECS")]
     stop_timeout: Option<u32>,
@@ -194,6 +200,11 @@ fn request(a: &RunArgs) -> anyhow::Result<RunRequest> {
         privileged: a.privileged,
         network,
         tty: a.tty,
+        ulimits: a
+            .ulimit
+            .iter()
+            .map(|u| Ulimit::parse(u))
+            .collect::<Result<_, _>>()?,
     })
 }
 

@@ -2,55 +2,43 @@
 //! device nodes, pivot_root, masked and read-only paths. Every path from the image is
 //! resolved inside the rootfs (a hostile symlink cannot point a mount at the host).
 
-use std::os::unix::fs::{symlink, FileTypeExt};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::FileTypeExt;
 use std::path::{Component, Path, PathBuf};
 
+use nix::fcntl::{AtFlags, OFlag};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sys::statvfs::{statvfs, FsFlags};
 use oci_spec::runtime::{LinuxDevice, Mount};
+
+use crate::inroot::{self, fd_path};
 
 /// A failed mount step, with the path involved; the message goes to the user as is.
 pub type MountResult<T> = Result<T, String>;
 
 /// Resolves `path` (absolute inside the container) under `root`, following symlinks as if
-/// `root` were `/`, so the result never leaves `root`.
+/// `root` were `/` ([`inroot::resolve_in_root`]), so the result never leaves `root` at the
+/// time of the call. A path, not a descriptor: a symlink made after the call is followed by
+/// whoever uses it, so on the host open paths through [`crate::inroot`] instead (mounts here
+/// do). Where the path cannot be resolved (a symlink loop), its lexical form under `root`.
 pub fn secure_join(root: &Path, path: &Path) -> PathBuf {
-    let mut resolved = PathBuf::new();
-    let mut pending: Vec<std::ffi::OsString> = path
-        .components()
-        .rev()
-        .filter_map(|c| match c {
-            Component::Normal(n) => Some(n.to_os_string()),
-            Component::ParentDir => Some("..".into()),
-            _ => None,
-        })
-        .collect();
-    let mut links = 0;
-    while let Some(part) = pending.pop() {
-        if part == ".." {
-            resolved.pop();
-            continue;
-        }
-        let candidate = root.join(&resolved).join(&part);
-        match std::fs::symlink_metadata(&candidate) {
-            Ok(m) if m.file_type().is_symlink() && links < 255 => {
-                links += 1;
-                let target = std::fs::read_link(&candidate).unwrap_or_default();
-                if target.is_absolute() {
-                    resolved = PathBuf::new();
-                }
-                for c in target.components().rev() {
-                    match c {
-                        Component::Normal(n) => pending.push(n.to_os_string()),
-                        Component::ParentDir => pending.push("..".into()),
-                        _ => {}
+    let resolved = inroot::open_root(root).and_then(|fd| inroot::resolve_in_root(fd.as_fd(), path));
+    match resolved {
+        Ok(rel) => root.join(rel),
+        Err(_) => {
+            let mut rel = PathBuf::new();
+            for c in path.components() {
+                match c {
+                    Component::Normal(n) => rel.push(n),
+                    Component::ParentDir => {
+                        rel.pop();
                     }
+                    _ => {}
                 }
             }
-            _ => resolved.push(part),
+            root.join(rel)
         }
     }
-    root.join(resolved)
 }
 
 /// OCI mount options split into mount flags, propagation flags and filesystem data.
@@ -156,25 +144,31 @@ pub fn remount_bind(path: &Path, flags: MsFlags) -> MountResult<()> {
         .map_err(|e| format!("remounting {} read-only: {e}", path.display()))
 }
 
-fn ensure_dir(p: &Path) -> MountResult<()> {
-    std::fs::create_dir_all(p).map_err(|e| format!("creating mount point {}: {e}", p.display()))
+/// The mount point for `dest` (absolute in the container) inside `rootfs`, created where
+/// missing (a directory, or an empty file for a file bind) and resolved inside the rootfs by
+/// [`crate::inroot`]; the descriptor is `O_PATH`, mounted on through [`fd_path`].
+fn mount_point(root: BorrowedFd, dest: &Path, dir: bool) -> MountResult<OwnedFd> {
+    let made = if dir {
+        inroot::create_dirs_in_root(root, dest, 0o755)
+    } else {
+        inroot::create_file_in_root(root, dest, 0o644)
+    };
+    made.map_err(|e| format!("creating mount point {}: {e}", dest.display()))
 }
 
-fn ensure_file(p: &Path) -> MountResult<()> {
-    if std::fs::symlink_metadata(p).is_ok() {
-        return Ok(());
-    }
-    if let Some(parent) = p.parent() {
-        ensure_dir(parent)?;
-    }
-    std::fs::File::create(p)
-        .map(drop)
-        .map_err(|e| format!("creating mount point {}: {e}", p.display()))
+/// `dest` inside `rootfs` again, after a mount: the descriptor now reaches the new mount.
+fn mounted(root: BorrowedFd, dest: &Path) -> MountResult<OwnedFd> {
+    inroot::open_in_root(root, dest, OFlag::O_PATH)
+        .map_err(|e| format!("opening the new mount at {}: {e}", dest.display()))
+}
+
+fn open_rootfs(rootfs: &Path) -> MountResult<OwnedFd> {
+    inroot::open_root(rootfs).map_err(|e| format!("opening the rootfs {}: {e}", rootfs.display()))
 }
 
 /// Applies one OCI mount below `rootfs`.
 pub fn mount_entry(rootfs: &Path, m: &Mount) -> MountResult<()> {
-    let dest = secure_join(rootfs, m.destination());
+    let root = open_rootfs(rootfs)?;
     let typ = m.typ().as_deref().unwrap_or("bind");
     let opts = parse_options(m.options().as_deref().unwrap_or(&[]));
     let source = m.source().clone().unwrap_or_else(|| PathBuf::from(typ));
@@ -182,11 +176,8 @@ pub fn mount_entry(rootfs: &Path, m: &Mount) -> MountResult<()> {
     if is_bind {
         let meta = std::fs::metadata(&source)
             .map_err(|e| format!("bind source {}: {e}", source.display()))?;
-        if meta.is_dir() {
-            ensure_dir(&dest)?;
-        } else {
-            ensure_file(&dest)?;
-        }
+        let point = mount_point(root.as_fd(), m.destination(), meta.is_dir())?;
+        let dest = fd_path(point.as_fd());
         let rec = opts.flags & MsFlags::MS_REC;
         mount(
             Some(&source),
@@ -204,10 +195,12 @@ pub fn mount_entry(rootfs: &Path, m: &Mount) -> MountResult<()> {
         })?;
         let extra = opts.flags & !(MsFlags::MS_BIND | MsFlags::MS_REC);
         if !extra.is_empty() {
-            remount_bind(&dest, extra)?;
+            let now = mounted(root.as_fd(), m.destination())?;
+            remount_bind(&fd_path(now.as_fd()), extra)?;
         }
     } else {
-        ensure_dir(&dest)?;
+        let point = mount_point(root.as_fd(), m.destination(), true)?;
+        let dest = fd_path(point.as_fd());
         let data = opts.data.join(",");
         let res = mount(
             Some(&source),
@@ -228,8 +221,9 @@ pub fn mount_entry(rootfs: &Path, m: &Mount) -> MountResult<()> {
                     None::<&str>,
                 )
                 .map_err(|e| format!("binding /sys: {e}"))?;
+                let now = mounted(root.as_fd(), m.destination())?;
                 remount_bind(
-                    &dest,
+                    &fd_path(now.as_fd()),
                     MsFlags::MS_RDONLY
                         | MsFlags::MS_NOSUID
                         | MsFlags::MS_NODEV
@@ -245,9 +239,10 @@ pub fn mount_entry(rootfs: &Path, m: &Mount) -> MountResult<()> {
         }
     }
     if !opts.propagation.is_empty() {
+        let now = mounted(root.as_fd(), m.destination())?;
         mount(
             None::<&str>,
-            &dest,
+            &fd_path(now.as_fd()),
             None::<&str>,
             opts.propagation,
             None::<&str>,
@@ -259,17 +254,17 @@ pub fn mount_entry(rootfs: &Path, m: &Mount) -> MountResult<()> {
 
 /// Device nodes: rootless containers cannot mknod, so each node is bind-mounted from the host.
 pub fn bind_devices(rootfs: &Path, devices: &[LinuxDevice]) -> MountResult<()> {
+    let root = open_rootfs(rootfs)?;
     for d in devices {
-        let dest = secure_join(rootfs, d.path());
         let host = d.path();
         match std::fs::metadata(host) {
             Ok(m) if m.file_type().is_char_device() || m.file_type().is_block_device() => {}
             _ => continue,
         }
-        ensure_file(&dest)?;
+        let point = mount_point(root.as_fd(), d.path(), false)?;
         mount(
             Some(host),
-            &dest,
+            &fd_path(point.as_fd()),
             None::<&str>,
             MsFlags::MS_BIND,
             None::<&str>,
@@ -279,8 +274,17 @@ pub fn bind_devices(rootfs: &Path, devices: &[LinuxDevice]) -> MountResult<()> {
     Ok(())
 }
 
-/// The links every /dev has.
+/// The links every /dev has, made in the rootfs's /dev (resolved inside the rootfs: an image
+/// whose /dev is a symlink gets them where the link points in its own tree).
 pub fn dev_symlinks(rootfs: &Path) -> MountResult<()> {
+    let root = open_rootfs(rootfs)?;
+    let Ok(dev) = inroot::open_in_root(
+        root.as_fd(),
+        Path::new("/dev"),
+        OFlag::O_PATH | OFlag::O_DIRECTORY,
+    ) else {
+        return Ok(());
+    };
     for (link, target) in [
         ("dev/fd", "/proc/self/fd"),
         ("dev/stdin", "/proc/self/fd/0"),
@@ -289,9 +293,13 @@ pub fn dev_symlinks(rootfs: &Path) -> MountResult<()> {
         ("dev/ptmx", "pts/ptmx"),
         ("dev/core", "/proc/kcore"),
     ] {
-        let p = rootfs.join(link);
-        if std::fs::symlink_metadata(&p).is_err() {
-            symlink(target, &p).map_err(|e| format!("creating /{link}: {e}"))?;
+        let name = link.trim_start_matches("dev/");
+        let exists =
+            nix::sys::stat::fstatat(Some(dev.as_raw_fd()), name, AtFlags::AT_SYMLINK_NOFOLLOW)
+                .is_ok();
+        if !exists {
+            nix::unistd::symlinkat(target, Some(dev.as_raw_fd()), name)
+                .map_err(|e| format!("creating /{link}: {e}"))?;
         }
     }
     Ok(())
@@ -388,6 +396,7 @@ mod tests {
 
     #[test]
     fn secure_join_never_leaves_root() {
+        use std::os::unix::fs::symlink;
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
         std::fs::create_dir_all(root.join("usr/lib")).unwrap();

@@ -49,6 +49,11 @@ impl MountRequest {
         if !target.starts_with('/') {
             return Err(bad("the container path must be absolute"));
         }
+        if is_root(target) {
+            return Err(bad(
+                "the container path can't be '/': mount it on a directory, e.g. -v DIR:/data",
+            ));
+        }
         let mut read_only = false;
         let mut nocopy = false;
         for o in opts.split(',').filter(|o| !o.is_empty()) {
@@ -108,6 +113,11 @@ impl MountRequest {
         let target = target.ok_or_else(|| bad("target= is required".into()))?;
         if !target.starts_with('/') {
             return Err(bad("the target must be an absolute path".into()));
+        }
+        if is_root(target) {
+            return Err(bad(
+                "the target can't be '/': mount it on a directory, e.g. target=/data".into(),
+            ));
         }
         let source = match kind {
             "bind" => {
@@ -172,6 +182,20 @@ impl MountRequest {
             read_only: false,
         })
     }
+}
+
+/// Whether a container path names `/` itself (`/`, `//`, `/.`, `/x/..`): Docker refuses a
+/// mount there, and the container's root cannot be replaced by a bind.
+fn is_root(target: &str) -> bool {
+    let mut depth = 0usize;
+    for c in Path::new(target).components() {
+        match c {
+            std::path::Component::Normal(_) => depth += 1,
+            std::path::Component::ParentDir => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    depth == 0
 }
 
 /// The mounts of a new container, resolved.
@@ -458,6 +482,11 @@ mod tests {
         assert!(MountRequest::parse_volume("data:relative").is_err());
         assert!(MountRequest::parse_volume("./here:/x").is_err());
         assert!(MountRequest::parse_volume("a:/b:bogus").is_err());
+        for root in ["/srv:/", "/srv://", "/srv:/.", "data:/x/..", "/"] {
+            let e = MountRequest::parse_volume(root).unwrap_err();
+            assert!(e.to_string().contains("can't be '/'"), "{root}: {e}");
+        }
+        assert!(MountRequest::parse_mount("type=bind,src=/,target=/").is_err());
     }
 
     #[test]

@@ -10,10 +10,11 @@
 //!
 //! `tar::Archive::unpack` is not used on purpose: it follows symlinks on the host.
 
-use std::collections::{BTreeMap, VecDeque};
-use std::ffi::{CString, OsStr, OsString};
+use std::collections::BTreeMap;
+use std::ffi::{CString, OsStr};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, Read};
+use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
@@ -32,8 +33,6 @@ pub const OPAQUE_XATTR: &str = "user.overlay.opaque";
 const TRUSTED_OPAQUE_XATTR: &str = "trusted.overlay.opaque";
 const WHITEOUT_PREFIX: &[u8] = b".wh.";
 const OPAQUE_WHITEOUT: &[u8] = b".wh..wh..opq";
-/// Symlinks followed while resolving one path, as the kernel's MAXSYMLINKS.
-const MAX_SYMLINK_HOPS: usize = 40;
 
 /// What applying a layer could not do.
 #[derive(Debug, Error)]
@@ -85,6 +84,15 @@ pub enum UnpackError {
         #[source]
         source: io::Error,
     },
+    /// The disk (or the user's quota) holding the layer store is full.
+    #[error("no space left on the file system holding {}: free space there, or move berth's store to a larger disk (set BERTH_ROOT or XDG_DATA_HOME)", dir.display())]
+    NoSpace {
+        /// Where the layer was being unpacked.
+        dir: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
     /// The file system refused the opaque-directory xattr.
     #[error("could not mark {} opaque: its file system does not support `user.` extended attributes; put berth's data directory on ext4, xfs, btrfs or tmpfs (Linux 6.6+)", path.display())]
     Opaque {
@@ -123,6 +131,32 @@ pub fn is_whiteout(meta: &fs::Metadata) -> bool {
 /// On error the content of `dest` is undefined and must be discarded; nothing
 /// outside `dest` is ever written.
 pub fn unpack_layer(layer: &LayerRef, dest: &Path) -> Result<UnpackReport, UnpackError> {
+    unpack_into(layer, dest).map_err(|e| e.or_no_space(dest))
+}
+
+impl UnpackError {
+    /// A full disk is reported as one, whichever step met it (a write fails with ENOSPC, but a
+    /// decompressing copy would otherwise call it an unreadable blob).
+    fn or_no_space(self, dest: &Path) -> UnpackError {
+        let full = |e: &io::Error| matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT));
+        match self {
+            UnpackError::Io { source, .. }
+            | UnpackError::Read { source, .. }
+            | UnpackError::Whiteout { source, .. }
+            | UnpackError::Opaque { source, .. }
+                if full(&source) =>
+            {
+                UnpackError::NoSpace {
+                    dir: dest.to_path_buf(),
+                    source,
+                }
+            }
+            other => other,
+        }
+    }
+}
+
+fn unpack_into(layer: &LayerRef, dest: &Path) -> Result<UnpackReport, UnpackError> {
     let blob = &layer.blob_path;
     let read_err = |source| UnpackError::Read {
         path: blob.clone(),
@@ -134,6 +168,7 @@ pub fn unpack_layer(layer: &LayerRef, dest: &Path) -> Result<UnpackReport, Unpac
     let decoder = compression.decoder(buffered).map_err(read_err)?;
     let mut archive = tar::Archive::new(HashingReader::new(decoder));
     let mut unpacker = Unpacker {
+        root: crate::inroot::open_root(dest).map_err(io_err("open", dest))?,
         dest: dest.to_path_buf(),
         report: UnpackReport::default(),
         dirs: BTreeMap::new(),
@@ -237,6 +272,8 @@ fn parse_pax_time(s: &str) -> Option<TimeSpec> {
 }
 
 struct Unpacker {
+    /// `dest`, opened: entry paths resolve inside it through [`crate::inroot`].
+    root: std::os::fd::OwnedFd,
     dest: PathBuf,
     report: UnpackReport,
     /// Directories whose mode and times are applied last, children first.
@@ -462,48 +499,24 @@ impl Unpacker {
         }
     }
 
-    /// Resolves `rel` inside `dest` as if `dest` were `/`: symlinks in it are
-    /// followed, absolute ones from `dest`, and `..` never climbs above `dest`.
+    /// Resolves `rel` inside `dest` as if `dest` were `/` (the project's one resolver,
+    /// [`crate::inroot::resolve_in_root`]): symlinks in it are followed, absolute ones from
+    /// `dest`, and `..` never climbs above `dest`.
     fn secure_join(&self, rel: &Path, shown: &str) -> Result<PathBuf, UnpackError> {
-        let mut queue: VecDeque<OsString> = components(rel).collect();
-        let mut current = PathBuf::new();
-        let mut hops = 0;
-        while let Some(c) = queue.pop_front() {
-            if c == ".." {
-                current.pop();
-                continue;
+        let hostile = |reason: &str| UnpackError::Hostile {
+            entry: shown.to_string(),
+            reason: reason.into(),
+        };
+        match crate::inroot::resolve_in_root(self.root.as_fd(), rel) {
+            Ok(resolved) => Ok(self.dest.join(resolved)),
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+                Err(hostile("its path passes through too many symlinks"))
             }
-            let candidate = current.join(&c);
-            let full = self.dest.join(&candidate);
-            match fs::symlink_metadata(&full) {
-                Ok(m) if m.file_type().is_symlink() => {
-                    hops += 1;
-                    if hops > MAX_SYMLINK_HOPS {
-                        return Err(UnpackError::Hostile {
-                            entry: shown.to_string(),
-                            reason: "its path passes through too many symlinks".into(),
-                        });
-                    }
-                    let target = fs::read_link(&full).map_err(io_err("read symlink", &full))?;
-                    if target.is_absolute() {
-                        current = PathBuf::new();
-                    }
-                    for t in components(&target).collect::<Vec<_>>().into_iter().rev() {
-                        queue.push_front(t);
-                    }
-                }
-                Ok(_) => current = candidate,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => current = candidate,
-                Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => {
-                    return Err(UnpackError::Hostile {
-                        entry: shown.to_string(),
-                        reason: "a parent of it is not a directory".into(),
-                    })
-                }
-                Err(e) => return Err(io_err("inspect", &full)(e)),
+            Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => {
+                Err(hostile("a parent of it is not a directory"))
             }
+            Err(e) => Err(io_err("inspect", &self.dest.join(rel))(e)),
         }
-        Ok(self.dest.join(current))
     }
 
     /// Creates the missing directories of `dir` (already resolved, so free of symlinks).
@@ -561,15 +574,6 @@ impl Unpacker {
         }
         Ok(())
     }
-}
-
-/// The path's names and `..`s, without root or `.` parts.
-fn components(path: &Path) -> impl Iterator<Item = OsString> + '_ {
-    path.components().filter_map(|c| match c {
-        Component::Normal(n) => Some(n.to_os_string()),
-        Component::ParentDir => Some(OsString::from("..")),
-        _ => None,
-    })
 }
 
 /// Lexical normalisation of an archive entry path: a leading `/` is

@@ -98,29 +98,36 @@ fn copy_dir(src: &Path, dst: &Path) -> std::io::Result<()> {
 
 /// Copies what the image (`lowers`, bottom first) has at `rel` into the existing directory
 /// `target`, with whiteouts and opaque directories applied, and gives `target` the owner and
-/// mode of the image's directory there. Runs inside the user namespace.
+/// mode of the image's directory there. `rel` comes from [`super::merged::resolve`]: inside
+/// each layer nothing on the way is followed, so a layer's symlink never leads to the host.
+/// Runs inside the user namespace.
 pub fn stack_path(lowers: &[std::path::PathBuf], rel: &Path, target: &Path) -> std::io::Result<()> {
+    use super::merged::{in_layer, is_opaque, LayerHit};
+    use std::os::fd::AsFd;
     let mut top: Option<std::fs::Metadata> = None;
     for layer in lowers {
-        if hidden_below(layer, rel) {
-            clear_dir(target)?;
-            top = None;
-        }
-        let p = layer.join(rel);
-        match std::fs::symlink_metadata(&p) {
-            Ok(m) if m.is_dir() => {
-                if is_opaque(&p) {
+        match in_layer(layer, rel)? {
+            LayerHit::Entry {
+                fd,
+                meta,
+                opaque_above,
+            } if meta.is_dir() => {
+                if opaque_above || is_opaque(&fd) {
                     clear_dir(target)?;
                 }
-                copy_dir(&p, target)?;
-                top = Some(m);
+                // The directory the descriptor holds, whatever the names on the way are now.
+                copy_dir(&crate::inroot::fd_path(fd.as_fd()), target)?;
+                top = Some(meta);
             }
-            // A whiteout, or a file where the volume goes: what was below is gone.
-            Ok(_) => {
+            // A whiteout, or a file where the volume goes, or a non-directory on the way:
+            // what was below is gone.
+            LayerHit::Entry { .. } | LayerHit::Hidden | LayerHit::Absent { opaque_above: true } => {
                 clear_dir(target)?;
                 top = None;
             }
-            Err(_) => {}
+            LayerHit::Absent {
+                opaque_above: false,
+            } => {}
         }
     }
     if let Some(m) = top {
@@ -132,25 +139,6 @@ pub fn stack_path(lowers: &[std::path::PathBuf], rel: &Path, target: &Path) -> s
         std::fs::set_permissions(target, std::fs::Permissions::from_mode(m.mode() & 0o7777))?;
     }
     Ok(())
-}
-
-/// Whether a whiteout or an opaque directory in `layer` hides `rel` as lower layers had it.
-fn hidden_below(layer: &Path, rel: &Path) -> bool {
-    let mut at = layer.to_path_buf();
-    let mut parts = rel.components().peekable();
-    while let Some(c) = parts.next() {
-        if parts.peek().is_none() {
-            return false;
-        }
-        at.push(c);
-        match std::fs::symlink_metadata(&at) {
-            Ok(m) if is_whiteout(&m) => return true,
-            Ok(m) if m.is_dir() && is_opaque(&at) => return true,
-            Ok(_) => {}
-            Err(_) => return false,
-        }
-    }
-    false
 }
 
 fn clear_dir(dir: &Path) -> std::io::Result<()> {

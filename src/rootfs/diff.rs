@@ -7,38 +7,24 @@
 use std::collections::BTreeSet;
 use std::fs::{self, Metadata};
 use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 pub use berth_agent::archive::upper_layer;
-use berth_agent::archive::{opaque, sorted_entries, whiteout_name, Layer};
+use berth_agent::archive::{sorted_entries, whiteout_name, Layer};
 
-use crate::image::is_whiteout;
+use super::merged::LayerHit;
+use crate::inroot::fd_path;
 
-/// What the image (`lowers`, bottom first) has at `rel`: the topmost layer's entry, unless a
-/// whiteout or an opaque directory above hides it.
-fn image_entry(lowers: &[PathBuf], rel: &Path) -> Option<(PathBuf, Metadata)> {
-    for layer in lowers.iter().rev() {
-        let p = layer.join(rel);
-        match fs::symlink_metadata(&p) {
-            Ok(m) if is_whiteout(&m) => return None,
-            Ok(m) => return Some((p, m)),
-            Err(_) => {
-                // An opaque parent in this layer hides the layers below.
-                let parent_opaque = rel
-                    .parent()
-                    .filter(|q| !q.as_os_str().is_empty())
-                    .is_some_and(|q| opaque(&layer.join(q)));
-                if parent_opaque {
-                    return None;
-                }
-            }
-        }
-    }
-    None
+/// What the image (`lowers`, bottom first) has at `rel`: the topmost layer's entry (opened
+/// `O_PATH`, found without following any symlink of a layer), unless a whiteout, an opaque
+/// directory or a non-directory above hides it.
+fn image_entry(lowers: &[PathBuf], rel: &Path) -> Option<(OwnedFd, Metadata)> {
+    super::merged::lookup(lowers, rel).ok().flatten()
 }
 
-fn same_file(a: &Path, am: &Metadata, b: &Path, bm: &Metadata) -> bool {
+fn same_file(a: &Path, am: &Metadata, b: &OwnedFd, bm: &Metadata) -> bool {
     if am.file_type() != bm.file_type()
         || am.mode() != bm.mode()
         || am.uid() != bm.uid()
@@ -47,7 +33,9 @@ fn same_file(a: &Path, am: &Metadata, b: &Path, bm: &Metadata) -> bool {
         return false;
     }
     if am.file_type().is_symlink() {
-        return fs::read_link(a).ok() == fs::read_link(b).ok();
+        // readlinkat with an empty name reads the link the O_PATH descriptor holds.
+        let theirs = nix::fcntl::readlinkat(Some(b.as_raw_fd()), "").ok();
+        return fs::read_link(a).ok().map(|p| p.into_os_string()) == theirs;
     }
     if am.is_dir() {
         return true;
@@ -55,7 +43,7 @@ fn same_file(a: &Path, am: &Metadata, b: &Path, bm: &Metadata) -> bool {
     if am.len() != bm.len() {
         return false;
     }
-    let (Ok(mut fa), Ok(mut fb)) = (fs::File::open(a), fs::File::open(b)) else {
+    let (Ok(mut fa), Ok(mut fb)) = (fs::File::open(a), fs::File::open(fd_path(b.as_fd()))) else {
         return false;
     };
     let (mut ba, mut bb) = (vec![0u8; 64 * 1024], vec![0u8; 64 * 1024]);
@@ -103,7 +91,13 @@ fn walk_full<W: Write>(
     // What the image had here and the container removed.
     let mut gone = BTreeSet::new();
     for l in lowers {
-        let Ok(rd) = fs::read_dir(l.join(rel)) else {
+        let Ok(LayerHit::Entry { fd, meta, .. }) = super::merged::in_layer(l, rel) else {
+            continue;
+        };
+        if !meta.is_dir() {
+            continue;
+        }
+        let Ok(rd) = fs::read_dir(fd_path(fd.as_fd())) else {
             continue;
         };
         for e in rd.flatten() {

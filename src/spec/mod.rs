@@ -3,6 +3,7 @@
 
 pub mod caps;
 pub mod seccomp;
+pub mod ulimit;
 pub mod user;
 
 use std::collections::HashMap;
@@ -125,6 +126,8 @@ pub struct RunRequest {
     pub privileged: bool,
     pub network: NetworkMode,
     pub tty: bool,
+    /// `--ulimit`: the process's resource limits, in the order given.
+    pub ulimits: Vec<ulimit::Ulimit>,
 }
 
 /// Host-side files and facts the spec refers to.
@@ -332,7 +335,7 @@ pub fn build(
         .build()
         .map_err(|e| SpecError::Build(e.to_string()))?;
 
-    let process = ProcessBuilder::default()
+    let mut process = ProcessBuilder::default()
         .terminal(req.tty)
         .args(args)
         .env(env)
@@ -350,6 +353,9 @@ pub fn build(
         .no_new_privileges(!req.privileged)
         .build()
         .map_err(|e| SpecError::Build(e.to_string()))?;
+    if !req.ulimits.is_empty() {
+        process.set_rlimits(Some(ulimit::rlimits(&req.ulimits)));
+    }
 
     let mounts = default_mounts(req, ctx)?;
 

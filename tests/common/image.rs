@@ -131,6 +131,45 @@ fn build() -> Result<TestImages, String> {
     })
 }
 
+/// One entry of an extra layer for [`archive_with_layer`].
+pub enum Entry<'a> {
+    /// A directory, 0755 root's (or `tmp`-like 01777 when the name ends in `tmp`).
+    Dir(&'a str),
+    /// A directory only uid 1000 may enter (0700), which the host user cannot.
+    Private(&'a str),
+    /// A regular file, 0644 root's.
+    File(&'a str, &'a [u8]),
+    /// A symbolic link and its target, written as given.
+    Symlink(&'a str, &'a str),
+}
+
+/// An oci-archive of `name`: [`IMAGE`]'s two layers and config with a third layer of
+/// `entries` on top (a hostile image, for example).
+pub fn archive_with_layer(name: &str, entries: &[Entry]) -> Result<Vec<u8>, String> {
+    let busybox = fs::read(BUSYBOX).map_err(|e| format!("{BUSYBOX}: {e}"))?;
+    let layer1 = base_layer(&busybox, &applets()?)?;
+    let layer2 = whiteout_layer()?;
+    let mut layer3 = Layer::new();
+    for entry in entries {
+        match entry {
+            Entry::Dir(p) if p.ends_with("tmp") => layer3.dir(p, 0o1777, 0, 0)?,
+            Entry::Dir(p) => layer3.dir(p, 0o755, 0, 0)?,
+            Entry::Private(p) => layer3.dir(p, 0o700, 1000, 1000)?,
+            Entry::File(p, data) => layer3.file(p, 0o644, 0, 0, data)?,
+            Entry::Symlink(p, target) => layer3.symlink(p, target)?,
+        }
+    }
+    let layer3 = layer3.finish()?;
+    let diff_ids = [sha256(&layer1), sha256(&layer2), sha256(&layer3)];
+    let config = config(&diff_ids, json!({ "Env": [PATH_ENV], "Cmd": ["sh"] }));
+    let layers = [
+        Blob::new("application/vnd.oci.image.layer.v1.tar", layer1),
+        Blob::new("application/vnd.oci.image.layer.v1.tar", layer2),
+        Blob::new("application/vnd.oci.image.layer.v1.tar", layer3),
+    ];
+    oci_archive(name, &config, &layers)
+}
+
 /// A static binary has no PT_INTERP; its path sits near the start of the file.
 fn is_dynamic(elf: &[u8]) -> bool {
     let head = &elf[..elf.len().min(4096)];
@@ -210,12 +249,22 @@ fn whiteout_layer() -> Result<Vec<u8>, String> {
     layer.finish()
 }
 
-fn config(diff_ids: &[String; 2], container_config: Value) -> Vec<u8> {
+fn config(diff_ids: &[String], container_config: Value) -> Vec<u8> {
     let arch = match std::env::consts::ARCH {
         "x86_64" => "amd64",
         "aarch64" => "arm64",
         other => other,
     };
+    let history: Vec<Value> = ["busybox", "whiteouts", "extra layer"]
+        .iter()
+        .take(diff_ids.len())
+        .map(|what| {
+            json!({
+                "created": "2023-11-14T22:13:20Z",
+                "created_by": format!("berth tests: {what}"),
+            })
+        })
+        .collect();
     let config = json!({
         "created": "2023-11-14T22:13:20Z",
         "architecture": arch,
@@ -225,10 +274,7 @@ fn config(diff_ids: &[String; 2], container_config: Value) -> Vec<u8> {
             "type": "layers",
             "diff_ids": diff_ids.iter().map(|d| format!("sha256:{d}")).collect::<Vec<_>>(),
         },
-        "history": [
-            { "created": "2023-11-14T22:13:20Z", "created_by": "berth tests: busybox" },
-            { "created": "2023-11-14T22:13:20Z", "created_by": "berth tests: whiteouts" },
-        ],
+        "history": history,
     });
     serde_json::to_vec(&config).expect("serialising a JSON value cannot fail")
 }
