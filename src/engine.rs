@@ -590,29 +590,28 @@ impl Engine {
         Ok((config, users))
     }
 
-    /// `berth network rm [-f] NAME`: refuses a network that running containers use, unless
-    /// `force`, which stops them first (their network goes with them).
-    pub fn network_remove(&self, name: &str, force: bool) -> Result<String, EngineError> {
+    /// `berth network rm [-f] NAME`, as Docker means it: a network that running containers
+    /// use is never removed (they are neither stopped nor removed: their data stays); `force`
+    /// only makes a network that does not exist no error (`Ok(None)`).
+    pub fn network_remove(&self, name: &str, force: bool) -> Result<Option<String>, EngineError> {
         let store = NetworkStore::new(&self.dirs);
-        let config = store.get(name)?;
+        let config = match store.get(name) {
+            Ok(c) => c,
+            Err(_) if force => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
         let users = self.network_users(&config.name);
         if !users.is_empty() {
-            if !force {
-                let names: Vec<&str> = users.iter().map(|c| c.name.as_str()).collect();
-                return Err(NetError::Store(format!(
-                    "network {} is in use by {}: stop them first, or use `berth network rm -f {}`",
-                    config.name,
-                    names.join(", "),
-                    config.name
-                ))
-                .into());
-            }
-            for c in &users {
-                self.remove(&c.id, true, false)?;
-            }
+            let names: Vec<&str> = users.iter().map(|c| c.name.as_str()).collect();
+            let names = names.join(" ");
+            return Err(NetError::Store(format!(
+                "network {} is in use by running containers ({names}): stop them first with `berth stop {names}` (or remove them with `berth rm -f {names}`), then remove the network",
+                config.name,
+            ))
+            .into());
         }
         store.remove(&config.name)?;
-        Ok(config.name)
+        Ok(Some(config.name))
     }
 
     /// `berth network prune`: removes the networks no running container uses.

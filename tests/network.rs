@@ -794,6 +794,68 @@ fn network_commands_create_list_inspect_and_remove() {
     );
 }
 
+/// `network rm -f` means Docker's "no error for a network that does not exist": a network in
+/// use stays, and so do its containers and what they wrote; each error is printed once.
+#[test]
+fn network_rm_force_never_touches_the_containers_on_it() {
+    let Some(berth) = bridge_berth() else { return };
+    berth.run_ok(&["network", "create", "busy"]);
+    berth.run_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "keeper",
+        "--network",
+        "busy",
+        IMAGE,
+        "sh",
+        "-c",
+        "echo precious > /precious; exec sleep 300",
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = berth.cmd(&["exec", "keeper", "cat", "/precious"]);
+        if stdout(&out) == "precious\n" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the container never wrote /precious: {}",
+            describe(&["exec", "keeper", "cat", "/precious"], &out)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for args in [
+        &["network", "rm", "busy"][..],
+        &["network", "rm", "-f", "busy"],
+    ] {
+        let out = berth.cmd(args);
+        assert_exit(args, &out, 1);
+        let err = stderr(&out);
+        assert_eq!(err.matches("in use").count(), 1, "printed once: {err}");
+        assert!(err.contains("berth stop keeper"), "{err}");
+    }
+    // The container still runs, with what it wrote; the network is still there.
+    assert_eq!(
+        berth.run_ok(&["exec", "keeper", "cat", "/precious"]),
+        "precious\n"
+    );
+    assert_eq!(berth.run_ok(&["network", "ls", "-q"]), "busy\n");
+    // -f: a network that does not exist is no error; without it, one message.
+    assert_eq!(berth.run_ok(&["network", "rm", "-f", "ghost"]), "");
+    let args = ["network", "rm", "ghost"];
+    let out = berth.cmd(&args);
+    assert_exit(&args, &out, 1);
+    assert_eq!(
+        stderr(&out).matches("no such network").count(),
+        1,
+        "{}",
+        stderr(&out)
+    );
+    berth.run_ok(&["rm", "-f", "keeper"]);
+    assert_eq!(berth.run_ok(&["network", "rm", "busy"]), "busy\n");
+}
+
 #[test]
 fn a_killed_berth_leaves_no_network_helper_running() {
     let Some(berth) = bridge_berth() else { return };

@@ -43,7 +43,8 @@ pub struct InspectArgs {
 
 #[derive(Args)]
 pub struct RmArgs {
-    /// Stop the containers that use the network first.
+    /// Do not fail when a network does not exist (as Docker's `-f`). A network that running
+    /// containers use is never removed, not even with -f: stop or remove them first.
     #[arg(short, long)]
     force: bool,
     #[arg(required = true)]
@@ -109,15 +110,18 @@ pub fn network(engine: &Engine, cmd: NetworkCommand) -> anyhow::Result<()> {
             let mut failed = None;
             for name in &a.networks {
                 match engine.network_remove(name, a.force) {
-                    Ok(n) => println!("{n}"),
+                    Ok(Some(n)) => println!("{n}"),
+                    Ok(None) => {}
+                    // One network: its error is berth's, reported once by the caller.
+                    Err(e) if a.networks.len() == 1 => return Err(e.into()),
                     Err(e) => {
-                        eprintln!("berth: {e}");
-                        failed = Some(e);
+                        super::report(anyhow::Error::new(e), 1);
+                        failed = Some(());
                     }
                 }
             }
-            if let Some(e) = failed {
-                return Err(e.into());
+            if failed.is_some() {
+                anyhow::bail!("some networks were not removed (see above)");
             }
         }
         NetworkCommand::Prune => {
