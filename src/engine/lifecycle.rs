@@ -268,6 +268,8 @@ impl super::Engine {
         let mut network = self.prepare_network(&rec)?;
         rec.ports = network.published.clone();
         rec.network = network.name.clone();
+        rec.endpoint = None;
+        let endpoint = network.endpoint_slot();
         let me = std::process::id() as i32;
         rec.status = Status::Running;
         rec.monitor_pid = Some(me);
@@ -293,6 +295,7 @@ impl super::Engine {
             Some(&mut network.attachment),
             |started| {
                 rec.pid = Some(started.init.as_raw());
+                rec.endpoint = endpoint.lock().ok().and_then(|e| e.clone());
                 let _ = self.containers.save(&rec);
             },
         )?;
@@ -524,6 +527,7 @@ impl super::Engine {
             )?;
             rec.ports = network.published.clone();
             rec.network = network.name.clone();
+            rec.endpoint = network.endpoint_slot().lock().ok().and_then(|e| e.clone());
             // No destructor runs past the exec below: the helpers are recorded for `__exited`.
             let helpers = network.keep_running()?;
             let helpers_path = self.helpers_path(id);
