@@ -461,3 +461,41 @@ fn podman_loads_what_berth_saves_and_berth_loads_what_podman_saves() {
         assert_eq!(text, "added by layer 2\n");
     }
 }
+
+/// `images --format` prints what the template says (Docker's fields, `table` and `json`), an
+/// unknown field is an error, and `image inspect -f` takes a template as `inspect -f` does.
+#[test]
+fn images_and_image_inspect_follow_the_format() {
+    let Some(berth) = Berth::new() else { return };
+    let out = berth.run_ok(&["images", "--format", "{{.Repository}}:{{.Tag}}"]);
+    assert_eq!(out, format!("{IMAGE}\n"));
+    let out = berth.run_ok(&["images", "--format", "table {{.Repository}}\t{{.ID}}"]);
+    let hex = test_images().id.trim_start_matches("sha256:").to_string();
+    assert_eq!(
+        lines(&out),
+        [
+            "REPOSITORY             IMAGE ID".to_string(),
+            format!("localhost/berth-test   {}", &hex[..12]),
+        ]
+    );
+    let out = berth.run_ok(&["images", "--format", "json"]);
+    let row: Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(row["Repository"], "localhost/berth-test");
+    assert_eq!(row["Tag"], "latest");
+    for args in [
+        &["images", "--format", "{{.Nope}}"][..],
+        &["image", "inspect", "-f", "{{.Nope}}", IMAGE],
+    ] {
+        let out = berth.cmd(args);
+        assert_eq!(code(&out), 1, "{}", describe(args, &out));
+        assert!(stderr(&out).contains("Nope"), "{}", describe(args, &out));
+        assert!(
+            !stdout(&out).contains("REPOSITORY"),
+            "{}",
+            describe(args, &out)
+        );
+    }
+    let id = berth.run_ok(&["image", "inspect", "-f", "{{.Id}}", IMAGE]);
+    assert_eq!(id, format!("{}\n", test_images().id));
+    assert_eq!(berth.run_ok(&["inspect", "-f", "{{.Id}}", IMAGE]), id);
+}

@@ -11,7 +11,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
 
-use common::{assert_exit, code, describe, skip, stderr, stdout, Berth, IMAGE};
+use common::{assert_exit, code, describe, lines, skip, stderr, stdout, Berth, IMAGE};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -377,6 +377,33 @@ fn ps_filters_and_formats() {
 
     let table = berth.run_ok(&["ps", "--format", "table"]);
     assert!(table.starts_with("CONTAINER ID"), "{table}");
+    // Docker's `table TEMPLATE`: a header, then aligned columns.
+    let table = berth.run_ok(&["ps", "-a", "--format", "table {{.Names}}\t{{.State}}"]);
+    let rows = lines(&table);
+    assert_eq!(rows[0], "NAMES   STATE", "{table}");
+    assert!(rows.contains(&"gamma   exited".to_string()), "{table}");
+    let args = ["ps", "-a", "--format", "{{.Nope}}"];
+    let out = berth.cmd(&args);
+    assert_exit(&args, &out, 1);
+    assert!(
+        stderr(&out).contains("Nope") && stdout(&out).is_empty(),
+        "{}",
+        describe(&args, &out)
+    );
+    // The same templates for volumes.
+    berth.run_ok(&["volume", "create", "fmtvol"]);
+    assert_eq!(
+        berth.run_ok(&["volume", "ls", "--format", "{{.Name}}:{{.Driver}}"]),
+        "fmtvol:local\n"
+    );
+    assert_eq!(
+        berth.run_ok(&["volume", "ls", "--format", "table {{.Name}}"]),
+        "VOLUME NAME\nfmtvol\n"
+    );
+    let args = ["volume", "ls", "--format", "{{.Mountpoint}}"];
+    let out = berth.cmd(&args);
+    assert_exit(&args, &out, 1);
+    berth.run_ok(&["volume", "rm", "fmtvol"]);
     let args = ["ps", "--filter", "colour=blue"];
     let out = berth.cmd(&args);
     assert_exit(&args, &out, 1);
