@@ -37,7 +37,7 @@ pub use commit::CommitOptions;
 pub use copy::{CopyEnd, CopyOptions};
 pub use exec::{cgroup_note, ContainerProcess, ExecOptions, Stats};
 pub use inspect::state_of;
-pub use lifecycle::{parse_signal, ExitedArgs, StartedContainer, DEFAULT_STOP_TIMEOUT};
+pub use lifecycle::{parse_signal, ExitedArgs, KillNotice, StartedContainer, DEFAULT_STOP_TIMEOUT};
 pub use logs::LogsOptions;
 pub use volumes::{MountRequest, MountSource, VolumeInspect};
 

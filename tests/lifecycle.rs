@@ -169,17 +169,25 @@ fn stop_sends_the_stop_signal_then_sigkill_after_the_timeout() {
     let trap = "trap 'echo got-term; exit 3' TERM; echo ready; while :; do sleep 0.1; done";
     run_detached(&berth, &["--name", "polite", IMAGE, "sh", "-c", trap]);
     wait_for_log(&berth, "polite", "ready");
-    assert_eq!(
-        berth.run_ok(&["stop", "-t", "30", "polite"]).trim(),
-        "polite"
-    );
+    let args = ["stop", "-t", "30", "polite"];
+    let out = berth.cmd(&args);
+    assert_exit(&args, &out, 0);
+    assert_eq!(stdout(&out), "polite\n");
+    assert_eq!(stderr(&out), "", "no SIGKILL, nothing said");
     assert_eq!(inspect(&berth, "polite")["State"]["ExitCode"], 3);
     wait_for_log(&berth, "polite", "got-term");
 
     // Ignores SIGTERM (PID 1 without a handler): SIGKILL once the timeout has passed.
     run_detached(&berth, &["--name", "stubborn", IMAGE, "sh", "-c", SERVER]);
     wait_for_log(&berth, "stubborn", "ready");
-    berth.run_ok(&["stop", "-t", "1", "stubborn"]);
+    // ... and says so, once the timeout has passed (as podman does).
+    let args = ["stop", "-t", "1", "stubborn"];
+    let out = berth.cmd(&args);
+    assert_exit(&args, &out, 0);
+    assert_eq!(
+        stderr(&out),
+        "berth: stubborn did not stop within 1 seconds of SIGTERM: resorting to SIGKILL\n"
+    );
     let state = inspect(&berth, "stubborn");
     assert_eq!(state["State"]["Status"], "exited");
     assert_eq!(state["State"]["ExitCode"], 137, "killed by SIGKILL");
@@ -193,7 +201,13 @@ fn stop_sends_the_stop_signal_then_sigkill_after_the_timeout() {
     assert_eq!(inspect(&berth, "slow")["State"]["ExitCode"], 4);
     berth.run_ok(&["start", "slow"]);
     wait_for_log(&berth, "slow", "finished");
-    berth.run_ok(&["stop", "-t", "0", "slow"]);
+    let args = ["stop", "-t", "0", "slow"];
+    let out = berth.cmd(&args);
+    assert_eq!(
+        stderr(&out),
+        "",
+        "-t 0 asks for SIGKILL: nothing to warn of"
+    );
     assert_eq!(inspect(&berth, "slow")["State"]["ExitCode"], 137);
     // Stopping a stopped container is fine.
     berth.run_ok(&["stop", "slow"]);

@@ -241,16 +241,24 @@ pub fn start(engine: &Engine, args: StartArgs) -> i32 {
     }
 }
 
+/// Said on stderr when the stop signal did not end a container in time (as podman does).
+fn killing(n: &berth::engine::KillNotice) {
+    eprintln!(
+        "berth: {} did not stop within {} seconds of {}: resorting to SIGKILL",
+        n.name, n.secs, n.signal
+    );
+}
+
 pub fn stop(engine: &Engine, args: StopArgs) -> anyhow::Result<()> {
     each(&args.containers, |c| {
-        engine.stop(c, args.time)?;
+        engine.stop_noting(c, args.time, &mut killing)?;
         Ok(())
     })
 }
 
 pub fn restart(engine: &Engine, args: StopArgs) -> anyhow::Result<()> {
     each(&args.containers, |c| {
-        engine.restart(c, args.time)?;
+        engine.restart(c, args.time, &mut killing)?;
         Ok(())
     })
 }
