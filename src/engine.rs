@@ -74,6 +74,15 @@ pub enum EngineError {
     Monitor(String),
     #[error("container {0} is not running: start it with `berth start {0}`")]
     NotRunning(String),
+    /// An image neither stored here nor pulled: the local name it likely misspells, and,
+    /// apart, why the pull failed.
+    #[error("no such image locally: {image}{}; pulling it failed: {pull}", suggestion.as_ref().map(|s| format!(" (did you mean {s}?)")).unwrap_or_default())]
+    NoSuchImage {
+        image: String,
+        suggestion: Option<String>,
+        #[source]
+        pull: Box<RegistryError>,
+    },
     #[error("{0}")]
     Usage(String),
 }
@@ -421,7 +430,24 @@ impl Engine {
             other => return Ok(other?),
         }
         eprintln!("Unable to find image '{}' locally", r.familiar());
-        registry::pull(&self.images, &config, &r, &PullOptions::default())?;
+        if let Err(pull) = registry::pull(&self.images, &config, &r, &PullOptions::default()) {
+            let local: Vec<String> = self
+                .images
+                .list()
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|i| i.repository != "<none>" && i.tag != "<none>")
+                .map(|i| format!("{}:{}", i.repository, i.tag))
+                .collect();
+            let suggestion =
+                crate::image::reference::closest(image, local.iter().map(String::as_str))
+                    .map(str::to_string);
+            return Err(EngineError::NoSuchImage {
+                image: image.to_string(),
+                suggestion,
+                pull: Box::new(pull),
+            });
+        }
         Ok(self.images.resolve(&canonical)?)
     }
 

@@ -499,3 +499,45 @@ fn images_and_image_inspect_follow_the_format() {
     assert_eq!(id, format!("{}\n", test_images().id));
     assert_eq!(berth.run_ok(&["inspect", "-f", "{{.Id}}", IMAGE]), id);
 }
+
+/// A typo in a local image's name says which name was likely meant, and apart and truly why
+/// the pull failed (here: nothing listens at the registry's port), without TLS advice.
+#[test]
+fn a_misspelt_local_image_names_the_one_meant() {
+    let Some(berth) = Berth::new() else { return };
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let local = format!("localhost:{port}/bars/debian:12");
+    berth.run_ok(&["tag", IMAGE, &local]);
+    let typo = format!("localhost:{port}/bars/debain:12");
+    let args = ["run", "--rm", &typo, "true"];
+    let out = berth.cmd(&args);
+    assert_eq!(code(&out), 125, "{}", describe(&args, &out));
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!(
+            "no such image locally: {typo} (did you mean {local}?)"
+        )),
+        "{}",
+        describe(&args, &out)
+    );
+    assert!(err.contains("connection refused"), "{err}");
+    assert!(!err.contains("TLS") && !err.contains("insecure"), "{err}");
+    // Nothing close: no suggestion, the pull's failure still told.
+    let args = ["run", "--rm", &format!("localhost:{port}/zzz"), "true"];
+    let out = berth.cmd(&args);
+    assert_eq!(code(&out), 125, "{}", describe(&args, &out));
+    assert!(
+        !stderr(&out).contains("did you mean"),
+        "{}",
+        describe(&args, &out)
+    );
+    assert!(
+        stderr(&out).contains("connection refused"),
+        "{}",
+        describe(&args, &out)
+    );
+}
