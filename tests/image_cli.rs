@@ -541,3 +541,37 @@ fn a_misspelt_local_image_names_the_one_meant() {
         describe(&args, &out)
     );
 }
+
+/// SIZE is one thing in every store: the image's layers uncompressed (Docker's), whether the
+/// image came gzip-compressed (the fixture, an oci-archive) or uncompressed (a docker-archive).
+#[test]
+fn size_is_the_same_after_save_and_load() {
+    let Some(berth) = Berth::new() else { return };
+    let size = |b: &Berth| {
+        let listed = b.run_ok(&["images", "--format", "{{.Size}}"]);
+        let inspected = b.run_ok(&["image", "inspect", "-f", "{{.Size}}", IMAGE]);
+        (listed, inspected.trim().parse::<u64>().unwrap())
+    };
+    let original = size(&berth);
+    for format in ["docker-archive", "oci-archive"] {
+        let archive = save(&berth, Some(format), &format!("size-{format}.tar"));
+        if format == "docker-archive" {
+            // Its layers are the uncompressed tars: their sizes add up to SIZE.
+            let mut tar = tar::Archive::new(fs::File::open(&archive).unwrap());
+            let layers: u64 = tar
+                .entries()
+                .unwrap()
+                .map(|e| e.unwrap())
+                .filter(|e| e.path().unwrap().to_string_lossy().ends_with(".tar"))
+                .map(|e| e.size())
+                .sum();
+            assert_eq!(original.1, layers, "SIZE is the layers uncompressed");
+        }
+        let Some(fresh) = Berth::options().no_image().start() else {
+            return;
+        };
+        let copy = hand_over(&fresh, &archive, "size.tar");
+        fresh.load(&copy);
+        assert_eq!(size(&fresh), original, "{format}");
+    }
+}
