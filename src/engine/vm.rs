@@ -319,6 +319,16 @@ impl super::Engine {
         let mut forwarder = None;
         let mut membership = None;
         let mut sandbox_network = None;
+        // Where the guest's NIC is, for `inspect` (its MAC follows its address).
+        let endpoint = |network_id: String, ip, prefix_len, gateway| net::Endpoint {
+            network_id,
+            ip,
+            prefix_len,
+            gateway,
+            mac: net::mac_for(ip),
+            aliases: opts.aliases.clone(),
+        };
+        let mut vm_endpoint = None;
         match &machine.network {
             VmNetwork::Named(name) => {
                 let config = NetworkStore::new(&self.dirs).get(name)?;
@@ -360,9 +370,17 @@ impl super::Engine {
                     },
                     hosts: etc_dir.join("hosts"),
                 });
+                vm_endpoint = Some(endpoint(
+                    config.id.clone(),
+                    member.ip,
+                    config.prefix,
+                    config.gateway,
+                ));
                 membership = Some(member);
             }
             VmNetwork::Passt => {
+                use crate::vm::passt::{GATEWAY, GUEST, PREFIX_LEN};
+                vm_endpoint = Some(endpoint(String::new(), GUEST, PREFIX_LEN, GATEWAY));
                 // passt binds the host ports itself.
                 let ports = net::ports::release(std::mem::take(&mut bound));
                 sandbox_network = Some(sandbox::SandboxNetwork::Passt(
@@ -406,6 +424,7 @@ impl super::Engine {
         })?;
         rec.ports = published;
         rec.network = network_name(&machine.network);
+        rec.endpoint = vm_endpoint;
         self.containers.save(&rec)?;
 
         let outcome = sandbox::run(

@@ -281,8 +281,17 @@ pub struct Endpoint {
 /// administered, unicast) and the four bytes of its IPv4 address, unique on a network as the
 /// address is.
 pub fn mac_for(ip: Ipv4Addr) -> String {
+    mac_octets(ip)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// [`mac_for`] as bytes (for a microVM's NIC).
+pub fn mac_octets(ip: Ipv4Addr) -> [u8; 6] {
     let [a, b, c, d] = ip.octets();
-    format!("02:42:{a:02x}:{b:02x}:{c:02x}:{d:02x}")
+    [0x02, 0x42, a, b, c, d]
 }
 
 /// The endpoint of a container once [`Attachment`] has connected it; shared, because the
