@@ -37,7 +37,7 @@ pub use commit::CommitOptions;
 pub use copy::{CopyEnd, CopyOptions};
 pub use exec::{cgroup_note, ContainerProcess, ExecOptions, Stats};
 pub use inspect::state_of;
-pub use lifecycle::{parse_signal, ExitedArgs, StartedContainer, DEFAULT_STOP_TIMEOUT};
+pub use lifecycle::{parse_signal, ExitedArgs, KillNotice, StartedContainer, DEFAULT_STOP_TIMEOUT};
 pub use logs::LogsOptions;
 pub use volumes::{MountRequest, MountSource, VolumeInspect};
 
@@ -74,6 +74,15 @@ pub enum EngineError {
     Monitor(String),
     #[error("container {0} is not running: start it with `berth start {0}`")]
     NotRunning(String),
+    /// An image neither stored here nor pulled: the local name it likely misspells, and,
+    /// apart, why the pull failed.
+    #[error("no such image locally: {image}{}; pulling it failed: {pull}", suggestion.as_ref().map(|s| format!(" (did you mean {s}?)")).unwrap_or_default())]
+    NoSuchImage {
+        image: String,
+        suggestion: Option<String>,
+        #[source]
+        pull: Box<RegistryError>,
+    },
     #[error("{0}")]
     Usage(String),
 }
@@ -421,7 +430,24 @@ impl Engine {
             other => return Ok(other?),
         }
         eprintln!("Unable to find image '{}' locally", r.familiar());
-        registry::pull(&self.images, &config, &r, &PullOptions::default())?;
+        if let Err(pull) = registry::pull(&self.images, &config, &r, &PullOptions::default()) {
+            let local: Vec<String> = self
+                .images
+                .list()
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|i| i.repository != "<none>" && i.tag != "<none>")
+                .map(|i| format!("{}:{}", i.repository, i.tag))
+                .collect();
+            let suggestion =
+                crate::image::reference::closest(image, local.iter().map(String::as_str))
+                    .map(str::to_string);
+            return Err(EngineError::NoSuchImage {
+                image: image.to_string(),
+                suggestion,
+                pull: Box::new(pull),
+            });
+        }
         Ok(self.images.resolve(&canonical)?)
     }
 
@@ -590,29 +616,28 @@ impl Engine {
         Ok((config, users))
     }
 
-    /// `berth network rm [-f] NAME`: refuses a network that running containers use, unless
-    /// `force`, which stops them first (their network goes with them).
-    pub fn network_remove(&self, name: &str, force: bool) -> Result<String, EngineError> {
+    /// `berth network rm [-f] NAME`, as Docker means it: a network that running containers
+    /// use is never removed (they are neither stopped nor removed: their data stays); `force`
+    /// only makes a network that does not exist no error (`Ok(None)`).
+    pub fn network_remove(&self, name: &str, force: bool) -> Result<Option<String>, EngineError> {
         let store = NetworkStore::new(&self.dirs);
-        let config = store.get(name)?;
+        let config = match store.get(name) {
+            Ok(c) => c,
+            Err(_) if force => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
         let users = self.network_users(&config.name);
         if !users.is_empty() {
-            if !force {
-                let names: Vec<&str> = users.iter().map(|c| c.name.as_str()).collect();
-                return Err(NetError::Store(format!(
-                    "network {} is in use by {}: stop them first, or use `berth network rm -f {}`",
-                    config.name,
-                    names.join(", "),
-                    config.name
-                ))
-                .into());
-            }
-            for c in &users {
-                self.remove(&c.id, true, false)?;
-            }
+            let names: Vec<&str> = users.iter().map(|c| c.name.as_str()).collect();
+            let names = names.join(" ");
+            return Err(NetError::Store(format!(
+                "network {} is in use by running containers ({names}): stop them first with `berth stop {names}` (or remove them with `berth rm -f {names}`), then remove the network",
+                config.name,
+            ))
+            .into());
         }
         store.remove(&config.name)?;
-        Ok(config.name)
+        Ok(Some(config.name))
     }
 
     /// `berth network prune`: removes the networks no running container uses.

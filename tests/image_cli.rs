@@ -461,3 +461,117 @@ fn podman_loads_what_berth_saves_and_berth_loads_what_podman_saves() {
         assert_eq!(text, "added by layer 2\n");
     }
 }
+
+/// `images --format` prints what the template says (Docker's fields, `table` and `json`), an
+/// unknown field is an error, and `image inspect -f` takes a template as `inspect -f` does.
+#[test]
+fn images_and_image_inspect_follow_the_format() {
+    let Some(berth) = Berth::new() else { return };
+    let out = berth.run_ok(&["images", "--format", "{{.Repository}}:{{.Tag}}"]);
+    assert_eq!(out, format!("{IMAGE}\n"));
+    let out = berth.run_ok(&["images", "--format", "table {{.Repository}}\t{{.ID}}"]);
+    let hex = test_images().id.trim_start_matches("sha256:").to_string();
+    assert_eq!(
+        lines(&out),
+        [
+            "REPOSITORY             IMAGE ID".to_string(),
+            format!("localhost/berth-test   {}", &hex[..12]),
+        ]
+    );
+    let out = berth.run_ok(&["images", "--format", "json"]);
+    let row: Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(row["Repository"], "localhost/berth-test");
+    assert_eq!(row["Tag"], "latest");
+    for args in [
+        &["images", "--format", "{{.Nope}}"][..],
+        &["image", "inspect", "-f", "{{.Nope}}", IMAGE],
+    ] {
+        let out = berth.cmd(args);
+        assert_eq!(code(&out), 1, "{}", describe(args, &out));
+        assert!(stderr(&out).contains("Nope"), "{}", describe(args, &out));
+        assert!(
+            !stdout(&out).contains("REPOSITORY"),
+            "{}",
+            describe(args, &out)
+        );
+    }
+    let id = berth.run_ok(&["image", "inspect", "-f", "{{.Id}}", IMAGE]);
+    assert_eq!(id, format!("{}\n", test_images().id));
+    assert_eq!(berth.run_ok(&["inspect", "-f", "{{.Id}}", IMAGE]), id);
+}
+
+/// A typo in a local image's name says which name was likely meant, and apart and truly why
+/// the pull failed (here: nothing listens at the registry's port), without TLS advice.
+#[test]
+fn a_misspelt_local_image_names_the_one_meant() {
+    let Some(berth) = Berth::new() else { return };
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let local = format!("localhost:{port}/bars/debian:12");
+    berth.run_ok(&["tag", IMAGE, &local]);
+    let typo = format!("localhost:{port}/bars/debain:12");
+    let args = ["run", "--rm", &typo, "true"];
+    let out = berth.cmd(&args);
+    assert_eq!(code(&out), 125, "{}", describe(&args, &out));
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!(
+            "no such image locally: {typo} (did you mean {local}?)"
+        )),
+        "{}",
+        describe(&args, &out)
+    );
+    assert!(err.contains("connection refused"), "{err}");
+    assert!(!err.contains("TLS") && !err.contains("insecure"), "{err}");
+    // Nothing close: no suggestion, the pull's failure still told.
+    let args = ["run", "--rm", &format!("localhost:{port}/zzz"), "true"];
+    let out = berth.cmd(&args);
+    assert_eq!(code(&out), 125, "{}", describe(&args, &out));
+    assert!(
+        !stderr(&out).contains("did you mean"),
+        "{}",
+        describe(&args, &out)
+    );
+    assert!(
+        stderr(&out).contains("connection refused"),
+        "{}",
+        describe(&args, &out)
+    );
+}
+
+/// SIZE is one thing in every store: the image's layers uncompressed (Docker's), whether the
+/// image came gzip-compressed (the fixture, an oci-archive) or uncompressed (a docker-archive).
+#[test]
+fn size_is_the_same_after_save_and_load() {
+    let Some(berth) = Berth::new() else { return };
+    let size = |b: &Berth| {
+        let listed = b.run_ok(&["images", "--format", "{{.Size}}"]);
+        let inspected = b.run_ok(&["image", "inspect", "-f", "{{.Size}}", IMAGE]);
+        (listed, inspected.trim().parse::<u64>().unwrap())
+    };
+    let original = size(&berth);
+    for format in ["docker-archive", "oci-archive"] {
+        let archive = save(&berth, Some(format), &format!("size-{format}.tar"));
+        if format == "docker-archive" {
+            // Its layers are the uncompressed tars: their sizes add up to SIZE.
+            let mut tar = tar::Archive::new(fs::File::open(&archive).unwrap());
+            let layers: u64 = tar
+                .entries()
+                .unwrap()
+                .map(|e| e.unwrap())
+                .filter(|e| e.path().unwrap().to_string_lossy().ends_with(".tar"))
+                .map(|e| e.size())
+                .sum();
+            assert_eq!(original.1, layers, "SIZE is the layers uncompressed");
+        }
+        let Some(fresh) = Berth::options().no_image().start() else {
+            return;
+        };
+        let copy = hand_over(&fresh, &archive, "size.tar");
+        fresh.load(&copy);
+        assert_eq!(size(&fresh), original, "{format}");
+    }
+}

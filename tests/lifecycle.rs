@@ -11,7 +11,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
 
-use common::{assert_exit, code, describe, skip, stderr, stdout, Berth, IMAGE};
+use common::{assert_exit, code, describe, lines, skip, stderr, stdout, Berth, IMAGE};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -169,17 +169,25 @@ fn stop_sends_the_stop_signal_then_sigkill_after_the_timeout() {
     let trap = "trap 'echo got-term; exit 3' TERM; echo ready; while :; do sleep 0.1; done";
     run_detached(&berth, &["--name", "polite", IMAGE, "sh", "-c", trap]);
     wait_for_log(&berth, "polite", "ready");
-    assert_eq!(
-        berth.run_ok(&["stop", "-t", "30", "polite"]).trim(),
-        "polite"
-    );
+    let args = ["stop", "-t", "30", "polite"];
+    let out = berth.cmd(&args);
+    assert_exit(&args, &out, 0);
+    assert_eq!(stdout(&out), "polite\n");
+    assert_eq!(stderr(&out), "", "no SIGKILL, nothing said");
     assert_eq!(inspect(&berth, "polite")["State"]["ExitCode"], 3);
     wait_for_log(&berth, "polite", "got-term");
 
     // Ignores SIGTERM (PID 1 without a handler): SIGKILL once the timeout has passed.
     run_detached(&berth, &["--name", "stubborn", IMAGE, "sh", "-c", SERVER]);
     wait_for_log(&berth, "stubborn", "ready");
-    berth.run_ok(&["stop", "-t", "1", "stubborn"]);
+    // ... and says so, once the timeout has passed (as podman does).
+    let args = ["stop", "-t", "1", "stubborn"];
+    let out = berth.cmd(&args);
+    assert_exit(&args, &out, 0);
+    assert_eq!(
+        stderr(&out),
+        "berth: stubborn did not stop within 1 seconds of SIGTERM: resorting to SIGKILL\n"
+    );
     let state = inspect(&berth, "stubborn");
     assert_eq!(state["State"]["Status"], "exited");
     assert_eq!(state["State"]["ExitCode"], 137, "killed by SIGKILL");
@@ -193,7 +201,13 @@ fn stop_sends_the_stop_signal_then_sigkill_after_the_timeout() {
     assert_eq!(inspect(&berth, "slow")["State"]["ExitCode"], 4);
     berth.run_ok(&["start", "slow"]);
     wait_for_log(&berth, "slow", "finished");
-    berth.run_ok(&["stop", "-t", "0", "slow"]);
+    let args = ["stop", "-t", "0", "slow"];
+    let out = berth.cmd(&args);
+    assert_eq!(
+        stderr(&out),
+        "",
+        "-t 0 asks for SIGKILL: nothing to warn of"
+    );
     assert_eq!(inspect(&berth, "slow")["State"]["ExitCode"], 137);
     // Stopping a stopped container is fine.
     berth.run_ok(&["stop", "slow"]);
@@ -419,6 +433,33 @@ fn ps_filters_and_formats() {
 
     let table = berth.run_ok(&["ps", "--format", "table"]);
     assert!(table.starts_with("CONTAINER ID"), "{table}");
+    // Docker's `table TEMPLATE`: a header, then aligned columns.
+    let table = berth.run_ok(&["ps", "-a", "--format", "table {{.Names}}\t{{.State}}"]);
+    let rows = lines(&table);
+    assert_eq!(rows[0], "NAMES   STATE", "{table}");
+    assert!(rows.contains(&"gamma   exited".to_string()), "{table}");
+    let args = ["ps", "-a", "--format", "{{.Nope}}"];
+    let out = berth.cmd(&args);
+    assert_exit(&args, &out, 1);
+    assert!(
+        stderr(&out).contains("Nope") && stdout(&out).is_empty(),
+        "{}",
+        describe(&args, &out)
+    );
+    // The same templates for volumes.
+    berth.run_ok(&["volume", "create", "fmtvol"]);
+    assert_eq!(
+        berth.run_ok(&["volume", "ls", "--format", "{{.Name}}:{{.Driver}}"]),
+        "fmtvol:local\n"
+    );
+    assert_eq!(
+        berth.run_ok(&["volume", "ls", "--format", "table {{.Name}}"]),
+        "VOLUME NAME\nfmtvol\n"
+    );
+    let args = ["volume", "ls", "--format", "{{.Mountpoint}}"];
+    let out = berth.cmd(&args);
+    assert_exit(&args, &out, 1);
+    berth.run_ok(&["volume", "rm", "fmtvol"]);
     let args = ["ps", "--filter", "colour=blue"];
     let out = berth.cmd(&args);
     assert_exit(&args, &out, 1);

@@ -781,6 +781,30 @@ fn network_commands_create_list_inspect_and_remove() {
     assert!(stderr(&out).contains("already exists"), "{}", stderr(&out));
     let inspect = berth.run_ok(&["network", "inspect", "two"]);
     assert!(inspect.contains("\"gateway\": \"10.123.0.1\""), "{inspect}");
+    let args = [
+        "network",
+        "ls",
+        "--format",
+        "table {{.Name}}\t{{.Subnet}}\t{{.Gateway}}",
+    ];
+    assert_eq!(
+        lines(&berth.run_ok(&args)),
+        [
+            "NAME   SUBNET          GATEWAY",
+            "one    10.89.1.0/24    10.89.1.1",
+            "two    10.123.0.0/24   10.123.0.1",
+        ]
+    );
+    let json = berth.run_ok(&["network", "ls", "--format", "json"]);
+    let names: Vec<String> = json
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["Name"].to_string())
+        .collect();
+    assert_eq!(names, ["\"one\"", "\"two\""]);
+    let args = ["network", "ls", "--format", "{{.Containers}}"];
+    let out = berth.cmd(&args);
+    assert_exit(&args, &out, 1);
+    assert!(stderr(&out).contains("Containers"), "{}", stderr(&out));
     assert_eq!(berth.run_ok(&["network", "rm", "one"]), "one\n");
     assert_eq!(berth.run_ok(&["network", "prune"]), "two\n");
     assert_eq!(berth.run_ok(&["network", "ls", "-q"]), "");
@@ -792,6 +816,162 @@ fn network_commands_create_list_inspect_and_remove() {
         "{}",
         stderr(&out)
     );
+}
+
+/// `network rm -f` means Docker's "no error for a network that does not exist": a network in
+/// use stays, and so do its containers and what they wrote; each error is printed once.
+#[test]
+fn network_rm_force_never_touches_the_containers_on_it() {
+    let Some(berth) = bridge_berth() else { return };
+    berth.run_ok(&["network", "create", "busy"]);
+    berth.run_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "keeper",
+        "--network",
+        "busy",
+        IMAGE,
+        "sh",
+        "-c",
+        "echo precious > /precious; exec sleep 300",
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = berth.cmd(&["exec", "keeper", "cat", "/precious"]);
+        if stdout(&out) == "precious\n" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the container never wrote /precious: {}",
+            describe(&["exec", "keeper", "cat", "/precious"], &out)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for args in [
+        &["network", "rm", "busy"][..],
+        &["network", "rm", "-f", "busy"],
+    ] {
+        let out = berth.cmd(args);
+        assert_exit(args, &out, 1);
+        let err = stderr(&out);
+        assert_eq!(err.matches("in use").count(), 1, "printed once: {err}");
+        assert!(err.contains("berth stop keeper"), "{err}");
+    }
+    // The container still runs, with what it wrote; the network is still there.
+    assert_eq!(
+        berth.run_ok(&["exec", "keeper", "cat", "/precious"]),
+        "precious\n"
+    );
+    assert_eq!(berth.run_ok(&["network", "ls", "-q"]), "busy\n");
+    // -f: a network that does not exist is no error; without it, one message.
+    assert_eq!(berth.run_ok(&["network", "rm", "-f", "ghost"]), "");
+    let args = ["network", "rm", "ghost"];
+    let out = berth.cmd(&args);
+    assert_exit(&args, &out, 1);
+    assert_eq!(
+        stderr(&out).matches("no such network").count(),
+        1,
+        "{}",
+        stderr(&out)
+    );
+    berth.run_ok(&["rm", "-f", "keeper"]);
+    assert_eq!(berth.run_ok(&["network", "rm", "busy"]), "busy\n");
+}
+
+/// The IPv4 address/prefix, hardware address and default gateway of a running container's
+/// connected interface, as `ip` inside it tells them.
+fn address_inside(berth: &Berth, name: &str) -> (String, String, String) {
+    let script = "ip -4 -o addr show scope global; ip -o link; ip -4 route show default";
+    let out = berth.run_ok(&["exec", name, "sh", "-c", script]);
+    let addr_line = out
+        .lines()
+        .find(|l| l.contains(" inet "))
+        .unwrap_or_else(|| panic!("no address in {out}"));
+    let ifname = addr_line.split_whitespace().nth(1).unwrap().to_string();
+    let cidr = addr_line
+        .split_whitespace()
+        .skip_while(|w| *w != "inet")
+        .nth(1)
+        .unwrap()
+        .to_string();
+    let mac = out
+        .lines()
+        .find(|l| l.contains(&format!(" {ifname}:")) || l.contains(&format!(" {ifname}@")))
+        .and_then(|l| {
+            l.split_whitespace()
+                .skip_while(|w| *w != "link/ether")
+                .nth(1)
+        })
+        .unwrap_or_else(|| panic!("no hardware address of {ifname} in {out}"))
+        .to_string();
+    let gateway = out
+        .lines()
+        .find(|l| l.starts_with("default via "))
+        .and_then(|l| l.split_whitespace().nth(2))
+        .unwrap_or_else(|| panic!("no default route in {out}"))
+        .to_string();
+    (cidr, mac, gateway)
+}
+
+/// `inspect` tells the address, prefix, gateway and hardware address the container really has,
+/// in Docker's places (so `{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}` works),
+/// and forgets them once it stops.
+#[test]
+fn inspect_shows_the_address_the_container_has() {
+    let Some(berth) = bridge_berth() else { return };
+    berth.run_ok(&["network", "create", "addrs"]);
+    // "" is the default network: no --network at all.
+    let mut networks = vec!["", "addrs"];
+    networks.extend(BACKENDS.iter().filter(|b| have(b)));
+    for asked in networks {
+        let name = format!("where-{}", if asked.is_empty() { "default" } else { asked });
+        let mut args = vec!["run", "-d", "--name", &name, "--network-alias", "nick"];
+        if !asked.is_empty() {
+            args.extend(["--network", asked]);
+        }
+        args.extend([IMAGE, "sleep", "300"]);
+        berth.run_ok(&args);
+        let mode = berth.run_ok(&["inspect", "-f", "{{.HostConfig.NetworkMode}}", &name]);
+        let network = mode.trim();
+        assert!(asked.is_empty() || asked == network, "{asked}: {network}");
+        let (cidr, mac, gateway) = address_inside(&berth, &name);
+        let (ip, prefix) = cidr.split_once('/').unwrap();
+        let f = |template: &str| berth.run_ok(&["inspect", "-f", template, &name]);
+        assert_eq!(
+            f("{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}"),
+            format!("{ip}\n"),
+            "{network}"
+        );
+        let all = format!("{ip} {prefix} {gateway} {mac}\n");
+        assert_eq!(
+            f("{{.NetworkSettings.IPAddress}} {{.NetworkSettings.IPPrefixLen}} {{.NetworkSettings.Gateway}} {{.NetworkSettings.MacAddress}}"),
+            all,
+            "{network}"
+        );
+        let v: serde_json::Value =
+            serde_json::from_str(&berth.run_ok(&["inspect", &name])).unwrap();
+        let n = &v[0]["NetworkSettings"]["Networks"][network];
+        assert_eq!(n["IPAddress"], ip, "{network}: {n}");
+        assert_eq!(n["IPPrefixLen"].to_string(), prefix, "{network}: {n}");
+        assert_eq!(n["Gateway"], gateway.as_str(), "{network}: {n}");
+        assert_eq!(n["MacAddress"], mac.as_str(), "{network}: {n}");
+        assert_eq!(n["Aliases"], serde_json::json!(["nick"]), "{network}: {n}");
+        if network == "addrs" {
+            let id = berth.run_ok(&["network", "ls", "--format", "{{.Name}} {{.ID}}"]);
+            let short = id.trim().strip_prefix("addrs ").unwrap().to_string();
+            let full = n["NetworkID"].as_str().unwrap();
+            assert!(full.len() == 64 && full.starts_with(&short), "{n} vs {id}");
+        }
+        berth.run_ok(&["stop", "-t", "0", &name]);
+        assert_eq!(
+            f("{{range .NetworkSettings.Networks}}[{{.IPAddress}}]{{end}}"),
+            "[]\n",
+            "{network}: a stopped container has no address"
+        );
+        berth.run_ok(&["rm", &name]);
+    }
 }
 
 #[test]

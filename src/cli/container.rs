@@ -87,7 +87,8 @@ pub struct PsArgs {
     /// Filter: id=, name=, status=, ancestor=, exited=, volume=, isolation= (repeatable).
     #[arg(short, long, value_name = "KEY=VALUE")]
     filter: Vec<String>,
-    /// table (default), json (one object per line), or a Go template ({{.ID}} {{.Names}}).
+    /// table (default), json (one object per line), a Go template ({{.ID}} {{.Names}}), or
+    /// `table TEMPLATE` (with a header, in columns).
     #[arg(long)]
     format: Option<String>,
     /// Full ids and commands.
@@ -240,16 +241,24 @@ pub fn start(engine: &Engine, args: StartArgs) -> i32 {
     }
 }
 
+/// Said on stderr when the stop signal did not end a container in time (as podman does).
+fn killing(n: &berth::engine::KillNotice) {
+    eprintln!(
+        "berth: {} did not stop within {} seconds of {}: resorting to SIGKILL",
+        n.name, n.secs, n.signal
+    );
+}
+
 pub fn stop(engine: &Engine, args: StopArgs) -> anyhow::Result<()> {
     each(&args.containers, |c| {
-        engine.stop(c, args.time)?;
+        engine.stop_noting(c, args.time, &mut killing)?;
         Ok(())
     })
 }
 
 pub fn restart(engine: &Engine, args: StopArgs) -> anyhow::Result<()> {
     each(&args.containers, |c| {
-        engine.restart(c, args.time)?;
+        engine.restart(c, args.time, &mut killing)?;
         Ok(())
     })
 }
@@ -334,6 +343,21 @@ fn status_text(r: &ContainerRecord) -> String {
         Status::Dead => "Dead".into(),
     }
 }
+
+/// The fields of a `ps` row, with their column headers.
+const PS_FIELDS: &[(&str, &str)] = &[
+    ("ID", "CONTAINER ID"),
+    ("Image", "IMAGE"),
+    ("Command", "COMMAND"),
+    ("CreatedAt", "CREATED AT"),
+    ("RunningFor", "CREATED"),
+    ("Status", "STATUS"),
+    ("State", "STATE"),
+    ("Names", "NAMES"),
+    ("Mounts", "MOUNTS"),
+    ("Ports", "PORTS"),
+    ("Isolation", "ISOLATION"),
+];
 
 /// One container as `ps --format json` shows it.
 fn ps_row(r: &ContainerRecord, no_trunc: bool) -> Value {
@@ -483,30 +507,12 @@ pub fn ps(engine: &Engine, args: PsArgs) -> anyhow::Result<()> {
             }
             super::image::print_table(&rows);
         }
-        Some("json") => {
-            for r in &shown {
-                println!("{}", ps_row(r, args.no_trunc));
-            }
-        }
-        Some(template) => {
-            let (header, template) = match template.strip_prefix("table ") {
-                Some(t) => (true, t),
-                None => (false, template),
-            };
-            if header {
-                let names = template
-                    .split("{{")
-                    .skip(1)
-                    .filter_map(|p| p.split("}}").next())
-                    .map(|f| f.trim().trim_start_matches('.').to_uppercase())
-                    .collect::<Vec<_>>()
-                    .join("\t");
-                println!("{names}");
-            }
-            for r in &shown {
-                let line = super::format::render(template, &ps_row(r, args.no_trunc))
-                    .map_err(anyhow::Error::msg)?;
-                println!("{line}");
+        other => {
+            let rows: Vec<Value> = shown.iter().map(|r| ps_row(r, args.no_trunc)).collect();
+            if let Some(text) =
+                super::format::listing(other, &rows, PS_FIELDS).map_err(anyhow::Error::msg)?
+            {
+                print!("{text}");
             }
         }
     }

@@ -29,9 +29,10 @@ pub struct ImagesArgs {
     /// Show full ids.
     #[arg(long)]
     no_trunc: bool,
-    /// Output format: table or json.
-    #[arg(long, default_value = "table")]
-    format: String,
+    /// table (default), json (one object per line), a Go template ({{.Repository}}:{{.Tag}}),
+    /// or `table TEMPLATE` (with a header, in columns).
+    #[arg(long)]
+    format: Option<String>,
     /// Show the manifest digests.
     #[arg(long)]
     digests: bool,
@@ -60,6 +61,9 @@ pub struct RmiArgs {
 
 #[derive(Args)]
 pub struct InspectArgs {
+    /// A Go template over each image ({{.Id}} {{.Config.Cmd}}), or json (the default).
+    #[arg(short, long)]
+    format: Option<String>,
     /// Images to inspect (names or ids).
     #[arg(required = true, value_name = "IMAGE")]
     images: Vec<String>,
@@ -221,21 +225,19 @@ pub fn human_size(bytes: u64) -> String {
     }
 }
 
+/// The fields of an `images` row, with their column headers.
+const IMAGE_FIELDS: &[(&str, &str)] = &[
+    ("Repository", "REPOSITORY"),
+    ("Tag", "TAG"),
+    ("ID", "IMAGE ID"),
+    ("Digest", "DIGEST"),
+    ("CreatedAt", "CREATED AT"),
+    ("CreatedSince", "CREATED"),
+    ("Size", "SIZE"),
+];
+
 pub fn images(engine: &Engine, args: ImagesArgs) -> anyhow::Result<()> {
     let list = engine.images()?;
-    if args.format == "json" {
-        let rows: Vec<_> = list
-            .iter()
-            .map(|i| {
-                serde_json::json!({
-                    "Repository": i.repository, "Tag": i.tag, "ID": i.id,
-                    "Digest": i.digest, "CreatedAt": i.created, "Size": i.size,
-                })
-            })
-            .collect();
-        println!("{}", serde_json::to_string_pretty(&rows)?);
-        return Ok(());
-    }
     let short = |id: &str| {
         let hex = id.trim_start_matches("sha256:");
         if args.no_trunc {
@@ -244,6 +246,24 @@ pub fn images(engine: &Engine, args: ImagesArgs) -> anyhow::Result<()> {
             hex[..12.min(hex.len())].to_string()
         }
     };
+    let rows: Vec<serde_json::Value> = list
+        .iter()
+        .map(|i| {
+            serde_json::json!({
+                "Repository": i.repository, "Tag": i.tag, "ID": short(&i.id),
+                "Digest": i.digest, "CreatedAt": i.created,
+                "CreatedSince": ago(i.created.as_deref()), "Size": human_size(i.size),
+            })
+        })
+        .collect();
+    if !args.quiet {
+        if let Some(text) = super::format::listing(args.format.as_deref(), &rows, IMAGE_FIELDS)
+            .map_err(anyhow::Error::msg)?
+        {
+            print!("{text}");
+            return Ok(());
+        }
+    }
     if args.quiet {
         let mut seen = std::collections::BTreeSet::new();
         for i in &list {
@@ -405,7 +425,18 @@ pub fn inspect(engine: &Engine, args: InspectArgs) -> anyhow::Result<()> {
             }
         }
     }
-    println!("{}", to_docker_json(&found)?);
+    match args.format.as_deref() {
+        None | Some("json") => println!("{}", to_docker_json(&found)?),
+        Some(template) => {
+            for image in &found {
+                let v = serde_json::to_value(image)?;
+                println!(
+                    "{}",
+                    super::format::render(template, &v).map_err(anyhow::Error::msg)?
+                );
+            }
+        }
+    }
     failed.map_or(Ok(()), Err)
 }
 

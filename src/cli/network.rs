@@ -33,7 +33,21 @@ pub struct LsArgs {
     /// Only names.
     #[arg(short, long)]
     quiet: bool,
+    /// table (default), json (one object per line), a Go template ({{.Name}} {{.Subnet}}),
+    /// or `table TEMPLATE` (with a header, in columns).
+    #[arg(long)]
+    format: Option<String>,
 }
+
+/// The fields of a `network ls` row, with their column headers.
+const NETWORK_FIELDS: &[(&str, &str)] = &[
+    ("ID", "NETWORK ID"),
+    ("Name", "NAME"),
+    ("Driver", "DRIVER"),
+    ("Subnet", "SUBNET"),
+    ("Gateway", "GATEWAY"),
+    ("CreatedAt", "CREATED AT"),
+];
 
 #[derive(Args)]
 pub struct InspectArgs {
@@ -43,7 +57,8 @@ pub struct InspectArgs {
 
 #[derive(Args)]
 pub struct RmArgs {
-    /// Stop the containers that use the network first.
+    /// Do not fail when a network does not exist (as Docker's `-f`). A network that running
+    /// containers use is never removed, not even with -f: stop or remove them first.
     #[arg(short, long)]
     force: bool,
     #[arg(required = true)]
@@ -65,6 +80,26 @@ pub fn network(engine: &Engine, cmd: NetworkCommand) -> anyhow::Result<()> {
             println!("{}", n.name);
         }
         NetworkCommand::Ls(a) => {
+            let json_rows: Vec<serde_json::Value> = engine
+                .networks()
+                .iter()
+                .map(|n| {
+                    serde_json::json!({
+                        "ID": n.id[..12].to_string(), "Name": n.name, "Driver": n.driver,
+                        "Subnet": n.cidr(), "Gateway": n.gateway.to_string(),
+                        "CreatedAt": berth::clock::rfc3339(n.created as i128 * 1_000_000_000),
+                    })
+                })
+                .collect();
+            if !a.quiet {
+                if let Some(text) =
+                    super::format::listing(a.format.as_deref(), &json_rows, NETWORK_FIELDS)
+                        .map_err(anyhow::Error::msg)?
+                {
+                    print!("{text}");
+                    return Ok(());
+                }
+            }
             let mut rows = vec![[
                 "NETWORK ID".to_string(),
                 "NAME".into(),
@@ -109,15 +144,18 @@ pub fn network(engine: &Engine, cmd: NetworkCommand) -> anyhow::Result<()> {
             let mut failed = None;
             for name in &a.networks {
                 match engine.network_remove(name, a.force) {
-                    Ok(n) => println!("{n}"),
+                    Ok(Some(n)) => println!("{n}"),
+                    Ok(None) => {}
+                    // One network: its error is berth's, reported once by the caller.
+                    Err(e) if a.networks.len() == 1 => return Err(e.into()),
                     Err(e) => {
-                        eprintln!("berth: {e}");
-                        failed = Some(e);
+                        super::report(anyhow::Error::new(e), 1);
+                        failed = Some(());
                     }
                 }
             }
-            if let Some(e) = failed {
-                return Err(e.into());
+            if failed.is_some() {
+                anyhow::bail!("some networks were not removed (see above)");
             }
         }
         NetworkCommand::Prune => {

@@ -39,10 +39,20 @@ pub struct LsArgs {
     /// Filter: name=SUBSTRING, dangling=true|false (repeatable).
     #[arg(short, long, value_name = "KEY=VALUE")]
     filter: Vec<String>,
-    /// table (default) or json.
+    /// table (default), json (one object per line), a Go template ({{.Name}}), or
+    /// `table TEMPLATE` (with a header, in columns).
     #[arg(long)]
     format: Option<String>,
 }
+
+/// The fields of a `volume ls` row, with their column headers.
+const VOLUME_FIELDS: &[(&str, &str)] = &[
+    ("Driver", "DRIVER"),
+    ("Name", "VOLUME NAME"),
+    ("Labels", "LABELS"),
+    ("Scope", "SCOPE"),
+    ("Anonymous", "ANONYMOUS"),
+];
 
 #[derive(Args)]
 pub struct InspectArgs {
@@ -112,13 +122,16 @@ pub fn volume(engine: &Engine, cmd: VolumeCommand) -> anyhow::Result<()> {
                 for v in &shown {
                     println!("{}", v.name);
                 }
-            } else if a.format.as_deref() == Some("json") {
-                for v in &shown {
-                    println!(
-                        "{}",
-                        serde_json::json!({"Driver": "local", "Name": v.name, "Labels": v.labels, "Scope": "local", "Anonymous": v.anonymous})
-                    );
-                }
+                return Ok(());
+            }
+            let rows: Vec<serde_json::Value> = shown
+                .iter()
+                .map(|v| serde_json::json!({"Driver": "local", "Name": v.name, "Labels": v.labels, "Scope": "local", "Anonymous": v.anonymous}))
+                .collect();
+            if let Some(text) = super::format::listing(a.format.as_deref(), &rows, VOLUME_FIELDS)
+                .map_err(anyhow::Error::msg)?
+            {
+                print!("{text}");
             } else {
                 let mut rows = vec![["DRIVER".to_string(), "VOLUME NAME".to_string()]];
                 rows.extend(shown.iter().map(|v| ["local".to_string(), v.name.clone()]));

@@ -21,7 +21,14 @@ impl super::Engine {
         let rec = self.container(key)?;
         let dir = self.containers.dir(&rec.id);
         let spec = crate::container::process::load_spec(&dir).ok();
-        Ok(describe(&rec, spec.as_ref(), &dir))
+        // A user-defined network's id, known while the network exists (also when the
+        // container does not run).
+        let network_id = crate::net::NetworkStore::new(&self.dirs)
+            .list()
+            .into_iter()
+            .find(|n| n.name == rec.network)
+            .map(|n| n.id);
+        Ok(describe(&rec, spec.as_ref(), &dir, network_id))
     }
 }
 
@@ -37,6 +44,7 @@ fn describe(
     rec: &ContainerRecord,
     spec: Option<&oci_spec::runtime::Spec>,
     dir: &std::path::Path,
+    network_id: Option<String>,
 ) -> Value {
     let status = state_of(rec);
     let process = spec.and_then(|s| s.process().as_ref());
@@ -139,8 +147,33 @@ fn describe(
     };
     let running = status == Status::Running;
     let pid = if running { rec.pid.unwrap_or(0) } else { 0 };
+    // Where it is connected, while it runs (Docker empties these once a container stops).
+    let endpoint = rec.endpoint.as_ref().filter(|_| running);
+    let ip = endpoint.map_or(String::new(), |e| e.ip.to_string());
+    let gateway = endpoint.map_or(String::new(), |e| e.gateway.to_string());
+    let mac = endpoint.map_or(String::new(), |e| e.mac.clone());
+    let prefix_len = endpoint.map_or(0, |e| e.prefix_len);
+    let aliases = rec
+        .network_options
+        .as_ref()
+        .map(|o| o.aliases.clone())
+        .filter(|a| !a.is_empty());
     let mut networks = Map::new();
-    networks.insert(network_mode.into(), json!({}));
+    networks.insert(
+        network_mode.into(),
+        json!({
+            "NetworkID": endpoint
+                .map(|e| e.network_id.clone())
+                .filter(|id| !id.is_empty())
+                .or(network_id)
+                .unwrap_or_default(),
+            "IPAddress": ip,
+            "IPPrefixLen": prefix_len,
+            "Gateway": gateway,
+            "MacAddress": mac,
+            "Aliases": aliases,
+        }),
+    );
     // Docker's shape: "8080/tcp": [{"HostIp": "127.0.0.1", "HostPort": "32768"}].
     let mut ports = Map::new();
     for p in &rec.ports {
@@ -215,6 +248,10 @@ fn describe(
             "StopTimeout": rec.stop_timeout.unwrap_or(super::DEFAULT_STOP_TIMEOUT),
         },
         "NetworkSettings": {
+            "IPAddress": ip,
+            "IPPrefixLen": prefix_len,
+            "Gateway": gateway,
+            "MacAddress": mac,
             "Networks": networks,
             "Ports": ports,
             "SandboxKey": if running && network_mode != "host" {

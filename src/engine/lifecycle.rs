@@ -52,6 +52,35 @@ pub(super) fn now() -> String {
 
 /// Sends `line` and waits for the frame that ends the request: the exit status for `wait`
 /// and `stop`, OK for `kill`. `None` when the monitor went away without an answer.
+/// `berth stop` ran out of patience: the stop signal did not end container `name` within
+/// `secs` seconds, and SIGKILL follows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KillNotice {
+    pub name: String,
+    /// The stop signal sent first (`SIGTERM`, or the image's StopSignal).
+    pub signal: &'static str,
+    pub secs: u32,
+}
+
+/// Whether `stream` has something to read (or was closed) within `timeout`.
+fn readable_within(stream: &UnixStream, timeout: Duration) -> bool {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let ms = PollTimeout::try_from(left.as_millis().min(i32::MAX as u128) as i32)
+            .unwrap_or(PollTimeout::MAX);
+        let mut fds = [PollFd::new(stream.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, ms) {
+            Ok(0) => return false,
+            Ok(_) => return true,
+            Err(nix::errno::Errno::EINTR) if !left.is_zero() => continue,
+            Err(_) => return true,
+        }
+    }
+}
+
 fn await_answer(stream: &mut UnixStream) -> Result<Option<i32>, EngineError> {
     loop {
         match proto::read_frame(stream) {
@@ -268,6 +297,8 @@ impl super::Engine {
         let mut network = self.prepare_network(&rec)?;
         rec.ports = network.published.clone();
         rec.network = network.name.clone();
+        rec.endpoint = None;
+        let endpoint = network.endpoint_slot();
         let me = std::process::id() as i32;
         rec.status = Status::Running;
         rec.monitor_pid = Some(me);
@@ -293,6 +324,7 @@ impl super::Engine {
             Some(&mut network.attachment),
             |started| {
                 rec.pid = Some(started.init.as_raw());
+                rec.endpoint = endpoint.lock().ok().and_then(|e| e.clone());
                 let _ = self.containers.save(&rec);
             },
         )?;
@@ -524,6 +556,7 @@ impl super::Engine {
             )?;
             rec.ports = network.published.clone();
             rec.network = network.name.clone();
+            rec.endpoint = network.endpoint_slot().lock().ok().and_then(|e| e.clone());
             // No destructor runs past the exec below: the helpers are recorded for `__exited`.
             let helpers = network.keep_running()?;
             let helpers_path = self.helpers_path(id);
@@ -662,8 +695,20 @@ impl super::Engine {
     /// connection unanswered) has no answer to give: then this waits until the record shows
     /// the run `rec` describes is over, and returns `None`.
     fn ask(&self, rec: &ContainerRecord, req: Request) -> Result<Option<i32>, EngineError> {
+        self.ask_with(rec, req, &mut |_| {})
+    }
+
+    /// As [`Self::ask`], with `waiting` called once the request is sent, before the answer is
+    /// read.
+    fn ask_with(
+        &self,
+        rec: &ContainerRecord,
+        req: Request,
+        waiting: &mut dyn FnMut(&UnixStream),
+    ) -> Result<Option<i32>, EngineError> {
         let asked = self.request(rec, req);
         if let Ok(mut s) = asked {
+            waiting(&s);
             if let Some(code) = await_answer(&mut s)? {
                 return Ok(Some(code));
             }
@@ -733,6 +778,17 @@ impl super::Engine {
     /// `berth stop`: the stop signal, SIGKILL after `timeout` seconds; returns the id once
     /// the container has ended. Stopping a stopped container changes nothing.
     pub fn stop(&self, key: &str, timeout: Option<u32>) -> Result<String, EngineError> {
+        self.stop_noting(key, timeout, &mut |_| {})
+    }
+
+    /// As [`Self::stop`], telling `notice` when the timeout expires and SIGKILL follows (only
+    /// then: not for a container the stop signal ended, nor for a timeout of 0).
+    pub fn stop_noting(
+        &self,
+        key: &str,
+        timeout: Option<u32>,
+        notice: &mut dyn FnMut(&KillNotice),
+    ) -> Result<String, EngineError> {
         let rec = self.container(key)?;
         let secs = timeout.or(rec.stop_timeout).unwrap_or(DEFAULT_STOP_TIMEOUT);
         if !matches!(rec.status, Status::Running | Status::Restarting)
@@ -740,18 +796,31 @@ impl super::Engine {
         {
             return Ok(rec.id);
         }
-        if Self::has_monitor(&rec) {
-            // The monitor answers after recording the end; a racing restart is cancelled.
-            self.ask(&rec, Request::Stop { secs })?;
-            return Ok(rec.id);
-        }
         let sig = rec
             .stop_signal
             .and_then(|n| Signal::try_from(n).ok())
             .unwrap_or(Signal::SIGTERM);
+        let killing = KillNotice {
+            name: rec.name.clone(),
+            signal: sig.as_str(),
+            secs,
+        };
+        if Self::has_monitor(&rec) {
+            // The monitor answers after recording the end; a racing restart is cancelled. Its
+            // timer sends SIGKILL when no answer has come within `secs`.
+            self.ask_with(&rec, Request::Stop { secs }, &mut |stream| {
+                if secs > 0 && !readable_within(stream, Duration::from_secs(secs as u64)) {
+                    notice(&killing);
+                }
+            })?;
+            return Ok(rec.id);
+        }
         let _ = Self::signal_init(&rec, sig);
         let deadline = Instant::now() + Duration::from_secs(secs as u64);
         if self.wait_foreground(&rec.id, Some(deadline)).is_none() {
+            if secs > 0 {
+                notice(&killing);
+            }
             let _ = Self::signal_init(&rec, Signal::SIGKILL);
             self.wait_foreground(&rec.id, None);
         }
@@ -802,9 +871,15 @@ impl super::Engine {
         Ok(rec.exit_code.unwrap_or(0))
     }
 
-    /// `berth restart`: stop (if running), then start.
-    pub fn restart(&self, key: &str, timeout: Option<u32>) -> Result<String, EngineError> {
-        let id = self.stop(key, timeout)?;
+    /// `berth restart`: stop (if running, telling `notice` as [`Self::stop_noting`]), then
+    /// start.
+    pub fn restart(
+        &self,
+        key: &str,
+        timeout: Option<u32>,
+        notice: &mut dyn FnMut(&KillNotice),
+    ) -> Result<String, EngineError> {
+        let id = self.stop_noting(key, timeout, notice)?;
         self.start(&id, None)?;
         Ok(id)
     }

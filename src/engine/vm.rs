@@ -83,6 +83,110 @@ fn network_name(network: &VmNetwork) -> String {
     }
 }
 
+/// The erofs disks of the layers `lowers` (bottom first), as [`rootfs::erofs::layer_disks`]
+/// makes them, with progress on stderr for those the cache lacks (a large image's first
+/// `--vm` run builds them for minutes): a bar on a terminal, a plain line per disk otherwise.
+/// Nothing is shown when every disk is cached.
+fn layer_disks_shown(
+    lowers: &[PathBuf],
+    cache: &std::path::Path,
+    ids: &container::IdMapping,
+) -> Result<Vec<PathBuf>, EngineError> {
+    // erofs names a layer's disk after the layer's directory: `<dir name>.erofs`.
+    let missing: Vec<&PathBuf> = lowers
+        .iter()
+        .filter(|d| {
+            let name = d.file_name().map(|n| n.to_string_lossy().into_owned());
+            name.is_none_or(|n| !cache.join(format!("{n}.erofs")).exists())
+        })
+        .collect();
+    if !missing.is_empty() {
+        let shown = LayerDiskProgress::new(missing.len());
+        for (i, dir) in missing.iter().enumerate() {
+            shown.start(i, dir);
+            rootfs::erofs::layer_disks(std::slice::from_ref(dir), cache, ids)?;
+        }
+        shown.finish();
+    }
+    Ok(rootfs::erofs::layer_disks(lowers, cache, ids)?)
+}
+
+/// What building layer disks shows on stderr.
+struct LayerDiskProgress {
+    total: usize,
+    bar: Option<indicatif::ProgressBar>,
+    started: std::time::Instant,
+}
+
+impl LayerDiskProgress {
+    fn new(total: usize) -> LayerDiskProgress {
+        use std::io::IsTerminal;
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = indicatif::ProgressBar::new(total as u64);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "Building microVM layer disks [{bar:30}] {pos}/{len} {msg} ({elapsed})",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                .progress_chars("=> "),
+            );
+            // mkfs.erofs of one large layer takes minutes: the clock keeps moving meanwhile.
+            bar.enable_steady_tick(std::time::Duration::from_millis(200));
+            bar
+        });
+        LayerDiskProgress {
+            total,
+            bar,
+            started: std::time::Instant::now(),
+        }
+    }
+
+    fn start(&self, i: usize, dir: &std::path::Path) {
+        let layer = short_layer(dir);
+        match &self.bar {
+            Some(bar) => {
+                bar.set_position(i as u64);
+                bar.set_message(layer);
+            }
+            None => eprintln!("{}", start_line(i, self.total, &layer)),
+        }
+    }
+
+    fn finish(self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+        eprintln!("{}", done_line(self.total, self.started.elapsed()));
+    }
+}
+
+/// A layer's short name: the first 12 characters of its directory's (the diff id's hex).
+fn short_layer(dir: &std::path::Path) -> String {
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    name.trim_start_matches("sha256:")
+        .chars()
+        .take(12)
+        .collect()
+}
+
+fn start_line(i: usize, total: usize, layer: &str) -> String {
+    format!(
+        "Building microVM layer disk {}/{total} (layer {layer}); later runs reuse it",
+        i + 1
+    )
+}
+
+fn done_line(total: usize, took: std::time::Duration) -> String {
+    let noun = if total == 1 { "disk" } else { "disks" };
+    format!(
+        "Built {total} microVM layer {noun} in {:.1}s",
+        took.as_secs_f64()
+    )
+}
+
 impl super::Engine {
     /// The machine of the new `--vm` sandbox `id`: the guest kernel and initramfs, the layers
     /// as erofs disks, the volumes and host directories as virtio-9p shares, and the bundle
@@ -101,7 +205,7 @@ impl super::Engine {
         let agent = guest::agent(&self.dirs.data)?;
         let vm_cache = self.dirs.cache.join("vm");
         let initramfs = guest::initramfs(&agent, &vm_cache)?;
-        let layers = rootfs::erofs::layer_disks(lowers, &vm_cache.join("layers"), &self.ids)?;
+        let layers = layer_disks_shown(lowers, &vm_cache.join("layers"), &self.ids)?;
         // Volumes and host directories reach the guest as virtio-9p shares, which the agent
         // mounts where the spec says (a `9p` mount whose source is the share's tag).
         let mounts = self.resolve_mounts(&flags.mounts, &flags.volumes_from, lowers)?;
@@ -215,6 +319,16 @@ impl super::Engine {
         let mut forwarder = None;
         let mut membership = None;
         let mut sandbox_network = None;
+        // Where the guest's NIC is, for `inspect` (its MAC follows its address).
+        let endpoint = |network_id: String, ip, prefix_len, gateway| net::Endpoint {
+            network_id,
+            ip,
+            prefix_len,
+            gateway,
+            mac: net::mac_for(ip),
+            aliases: opts.aliases.clone(),
+        };
+        let mut vm_endpoint = None;
         match &machine.network {
             VmNetwork::Named(name) => {
                 let config = NetworkStore::new(&self.dirs).get(name)?;
@@ -256,9 +370,17 @@ impl super::Engine {
                     },
                     hosts: etc_dir.join("hosts"),
                 });
+                vm_endpoint = Some(endpoint(
+                    config.id.clone(),
+                    member.ip,
+                    config.prefix,
+                    config.gateway,
+                ));
                 membership = Some(member);
             }
             VmNetwork::Passt => {
+                use crate::vm::passt::{GATEWAY, GUEST, PREFIX_LEN};
+                vm_endpoint = Some(endpoint(String::new(), GUEST, PREFIX_LEN, GATEWAY));
                 // passt binds the host ports itself.
                 let ports = net::ports::release(std::mem::take(&mut bound));
                 sandbox_network = Some(sandbox::SandboxNetwork::Passt(
@@ -302,6 +424,7 @@ impl super::Engine {
         })?;
         rec.ports = published;
         rec.network = network_name(&machine.network);
+        rec.endpoint = vm_endpoint;
         self.containers.save(&rec)?;
 
         let outcome = sandbox::run(
@@ -529,7 +652,7 @@ impl super::Engine {
             ))
         })?;
         let lowers = self.layers.ensure(&image.layers, &self.ids)?;
-        machine.layers = rootfs::erofs::layer_disks(&lowers, &vm_cache.join("layers"), &self.ids)?;
+        machine.layers = layer_disks_shown(&lowers, &vm_cache.join("layers"), &self.ids)?;
         Ok(true)
     }
 
@@ -576,5 +699,48 @@ impl super::Engine {
         let spec = std::fs::read(dir.join("config.json"))
             .map_err(io("reading the runtime spec in", &dir))?;
         Ok(crate::vm::exec::builtin(stream, spec, job, input, output)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layer_disk_progress_says_which_disk_of_how_many() {
+        let dir = std::path::Path::new("/x/layers/0123456789abcdef0123");
+        assert_eq!(short_layer(dir), "0123456789ab");
+        assert_eq!(
+            start_line(1, 3, "0123456789ab"),
+            "Building microVM layer disk 2/3 (layer 0123456789ab); later runs reuse it"
+        );
+        assert_eq!(
+            done_line(1, std::time::Duration::from_millis(1250)),
+            "Built 1 microVM layer disk in 1.2s"
+        );
+        assert_eq!(
+            done_line(3, std::time::Duration::from_secs(90)),
+            "Built 3 microVM layer disks in 90.0s"
+        );
+    }
+
+    #[test]
+    fn cached_layer_disks_are_told_by_erofs_names() {
+        // Every disk cached under erofs's name for it: the paths come back and nothing is
+        // built (mkfs.erofs on these missing directories would fail), so the progress's rule
+        // for "cached" is erofs's own.
+        let tmp = tempfile::tempdir().unwrap();
+        let cache = tmp.path().join("cache");
+        std::fs::create_dir_all(&cache).unwrap();
+        let lowers: Vec<PathBuf> = ["aaa", "bbb"].iter().map(|n| tmp.path().join(n)).collect();
+        for n in ["aaa", "bbb"] {
+            std::fs::write(cache.join(format!("{n}.erofs")), b"").unwrap();
+        }
+        let ids = container::IdMapping::for_current_user();
+        let disks = layer_disks_shown(&lowers, &cache, &ids).unwrap();
+        assert_eq!(
+            disks,
+            vec![cache.join("aaa.erofs"), cache.join("bbb.erofs")]
+        );
     }
 }

@@ -568,6 +568,7 @@ fn import_oci_manifest(
         names,
         created: config.created().clone(),
         size,
+        layers_size: None,
     })
 }
 
@@ -737,6 +738,7 @@ fn import_docker_image(
         names,
         created: config.created().clone(),
         size,
+        layers_size: None,
     })
 }
 

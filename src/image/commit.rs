@@ -118,6 +118,7 @@ impl ImageStore {
             names,
             created: config.created().clone(),
             size,
+            layers_size: None,
         }])?;
         Ok(config_digest)
     }

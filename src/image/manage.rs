@@ -406,7 +406,7 @@ impl ImageStore {
             architecture: config.architecture().to_string(),
             variant: config.variant().clone(),
             os: config.os().to_string(),
-            size: rec.size,
+            size: self.layers_size(&rec),
             root_fs: InspectRootFs {
                 kind: config.rootfs().typ().clone(),
                 layers: config.rootfs().diff_ids().clone(),

@@ -308,6 +308,61 @@ fn valid_domain(domain: &str) -> bool {
     })
 }
 
+/// The edit distance between `a` and `b`: insertions, deletions, substitutions and swaps of
+/// two neighbouring characters (a typo's usual forms) count one each.
+pub fn edit_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
+    let b: Vec<char> = b.chars().collect();
+    // d[i][j]: the distance between a[..i] and b[..j].
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut best = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                best = best.min(d[i - 2][j - 2] + 1);
+            }
+            d[i][j] = best;
+        }
+    }
+    d[a.len()][b.len()]
+}
+
+/// The name among `known` (familiar `NAME:TAG` forms) that `wanted` most likely misspells:
+/// the closest by [`edit_distance`] (the tag compared only where `wanted` gives one), if
+/// close enough to be a typo (at most 2 edits, fewer for short names). None for an exact match.
+pub fn closest<'a>(wanted: &str, known: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    let r = parse(wanted).ok()?;
+    let name = r.familiar_name();
+    // `parse` fills in `latest`: only a tag written out counts.
+    let written = wanted
+        .split('@')
+        .next()
+        .is_some_and(|w| w.rsplit('/').next().is_some_and(|last| last.contains(':')));
+    let tag = r.tag.clone().filter(|_| written);
+    let limit = (name.chars().count() / 4).clamp(1, 2);
+    known
+        .into_iter()
+        .filter_map(|k| {
+            let kr = parse(k).ok()?;
+            let mut d = edit_distance(&name, &kr.familiar_name());
+            if let (Some(t), Some(kt)) = (&tag, &kr.tag) {
+                d += edit_distance(t, kt);
+            }
+            (d > 0 && d <= limit).then_some((d, k))
+        })
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -405,5 +460,28 @@ mod tests {
         }
         // An uppercase first component is a registry, as in Docker.
         assert_eq!(parse("Example/x").unwrap().registry, "Example");
+    }
+
+    #[test]
+    fn typos_find_the_local_name_meant() {
+        assert_eq!(edit_distance("debain", "debian"), 1, "a swap is one edit");
+        assert_eq!(edit_distance("", "abc"), 3);
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+        let known = [
+            "bars/debian:12",
+            "busybox:latest",
+            "localhost/berth-test:latest",
+        ];
+        assert_eq!(closest("bars/debain:12", known), Some("bars/debian:12"));
+        assert_eq!(closest("bars/debain", known), Some("bars/debian:12"));
+        assert_eq!(closest("bars/debian:13", known), Some("bars/debian:12"));
+        assert_eq!(closest("busybix", known), Some("busybox:latest"));
+        assert_eq!(
+            closest("localhost/berth-tset", known),
+            Some("localhost/berth-test:latest")
+        );
+        assert_eq!(closest("alpine", known), None, "nothing close");
+        assert_eq!(closest("bars/debian:12", known), None, "not a typo");
+        assert_eq!(closest("nginx", known), None);
     }
 }

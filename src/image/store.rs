@@ -238,8 +238,13 @@ pub(crate) struct ImageRecord {
     pub names: Vec<String>,
     /// The config's `created`.
     pub created: Option<String>,
-    /// Compressed layers plus config.
+    /// Compressed layers plus config: the space the image's blobs take.
     pub size: u64,
+    /// The uncompressed size of its layers (Docker's SIZE, the same whichever way the image
+    /// came: pulled compressed, loaded from an uncompressed docker-archive, committed); None
+    /// until measured ([`ImageStore::layers_size`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layers_size: Option<u64>,
 }
 
 const INDEX_VERSION: u32 = 1;
@@ -278,13 +283,14 @@ impl ImageStore {
         records.sort_by(|a, b| b.created.cmp(&a.created).then_with(|| a.id.cmp(&b.id)));
         let mut rows = Vec::new();
         for rec in records {
+            let size = self.layers_size(&rec);
             let row = |repository: String, tag: String| ImageSummary {
                 repository,
                 tag,
                 id: rec.id.clone(),
                 digest: rec.manifest_digest.clone(),
                 created: rec.created.clone(),
-                size: rec.size,
+                size,
             };
             let named: Vec<_> = rec
                 .names
@@ -545,12 +551,62 @@ impl ImageStore {
                         }
                         existing.manifest_digest = new.manifest_digest;
                         existing.size = new.size;
+                        existing.layers_size = existing.layers_size.or(new.layers_size);
                     }
                     None => index.images.push(new),
                 }
             }
             Ok(())
-        })
+        })?;
+        // Measured now, while the layers are fresh in the page cache, rather than at the
+        // next `berth images`.
+        if let Ok(index) = self.read_index() {
+            for rec in index.images.iter().filter(|r| r.layers_size.is_none()) {
+                self.layers_size(rec);
+            }
+        }
+        Ok(())
+    }
+
+    /// The uncompressed size of `rec`'s layers (each distinct layer once), measured by
+    /// decompressing them the first time and kept in the index; the blobs' own size where
+    /// they cannot be read (a damaged store says so elsewhere).
+    pub(crate) fn layers_size(&self, rec: &ImageRecord) -> u64 {
+        if let Some(size) = rec.layers_size {
+            return size;
+        }
+        let Ok(measured) = self.measure_layers(rec) else {
+            return rec.size;
+        };
+        let _ = self.update_index(|index| {
+            if let Some(r) = index.images.iter_mut().find(|r| r.id == rec.id) {
+                r.layers_size = Some(measured);
+            }
+            Ok(())
+        });
+        measured
+    }
+
+    fn measure_layers(&self, rec: &ImageRecord) -> Result<u64, ImageError> {
+        let resolved = self.resolve_record(rec, rec.id.clone())?;
+        let mut seen = std::collections::BTreeSet::new();
+        let mut total = 0;
+        for layer in resolved.layers {
+            if !seen.insert(layer.diff_id.clone()) {
+                continue;
+            }
+            let path = &layer.blob_path;
+            let mut reader =
+                io::BufReader::new(File::open(path).map_err(ImageError::io("read", path))?);
+            let compression = super::compression::Compression::sniff(&mut reader)
+                .map_err(ImageError::io("read", path))?;
+            let mut plain = compression
+                .decoder(reader)
+                .map_err(ImageError::io("decompress layer", path))?;
+            total += io::copy(&mut plain, &mut io::sink())
+                .map_err(ImageError::io("decompress layer", path))?;
+        }
+        Ok(total)
     }
 
     /// Reads the index under the store lock, lets `change` edit it, and
@@ -888,6 +944,7 @@ mod tests {
             names: names.iter().map(|s| s.to_string()).collect(),
             created: None,
             size: 1,
+            layers_size: None,
         }
     }
 

@@ -17,8 +17,9 @@ pub mod ports;
 pub mod slirp4netns;
 pub mod store;
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 pub use ports::{PortSpec, Proto, PublishedPort};
 pub use store::{NetworkConfig, NetworkStore};
@@ -260,6 +261,43 @@ pub struct Prepared {
     pub attachment: Attachment,
 }
 
+/// Where a connected container sits on its network once connected, as `inspect` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Endpoint {
+    /// The user-defined network's id; empty for slirp4netns and pasta, which have none.
+    #[serde(default)]
+    pub network_id: String,
+    pub ip: Ipv4Addr,
+    pub prefix_len: u8,
+    pub gateway: Ipv4Addr,
+    /// The interface's hardware address, as berth set it ([`mac_for`]).
+    pub mac: String,
+    /// `--network-alias`.
+    #[serde(default)]
+    pub aliases: Vec<String>,
+}
+
+/// The hardware address berth gives a container's interface: Docker's rule, `02:42` (locally
+/// administered, unicast) and the four bytes of its IPv4 address, unique on a network as the
+/// address is.
+pub fn mac_for(ip: Ipv4Addr) -> String {
+    mac_octets(ip)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// [`mac_for`] as bytes (for a microVM's NIC).
+pub fn mac_octets(ip: Ipv4Addr) -> [u8; 6] {
+    let [a, b, c, d] = ip.octets();
+    [0x02, 0x42, a, b, c, d]
+}
+
+/// The endpoint of a container once [`Attachment`] has connected it; shared, because the
+/// attachment is lent to the container backend while the caller records the endpoint.
+pub type EndpointSlot = Arc<Mutex<Option<Endpoint>>>;
+
 /// How to connect the namespace, and what runs for it until dropped.
 #[derive(Debug)]
 pub struct Attachment {
@@ -275,6 +313,9 @@ pub struct Attachment {
     /// Ports that pasta or slirp4netns bind themselves.
     tool_ports: Vec<PublishedPort>,
     running: Vec<Running>,
+    /// `--network-alias`, for the endpoint.
+    aliases: Vec<String>,
+    endpoint: EndpointSlot,
 }
 
 #[derive(Debug)]
@@ -387,6 +428,8 @@ pub fn prepare(
         sockets: vec![],
         tool_ports: vec![],
         running: vec![],
+        aliases: opts.aliases.clone(),
+        endpoint: EndpointSlot::default(),
     };
     let (mode, name, view) = match request {
         NetworkRequest::None => (crate::spec::NetworkMode::None, "none".to_string(), None),
@@ -463,6 +506,12 @@ pub fn prepare(
 }
 
 impl Prepared {
+    /// Where the container's endpoint appears once it is connected (None before, and for
+    /// `none` and `host`).
+    pub fn endpoint_slot(&self) -> EndpointSlot {
+        Arc::clone(&self.attachment.endpoint)
+    }
+
     /// The user namespace the container joins instead of making one (a user-defined network's).
     pub fn join_userns(&self) -> Option<PathBuf> {
         match &self.attachment.plan {
@@ -557,8 +606,18 @@ impl Attachment {
         let userns_path = PathBuf::from(format!("/proc/{pid}/ns/user"));
         let netns = PathBuf::from(format!("/proc/{pid}/ns/net"));
         let userns = self.userns.then_some(userns_path.as_path());
-        match &mut self.plan {
-            Plan::Unconnected => {}
+        let aliases = self.aliases.clone();
+        let endpoint =
+            |network_id: String, ip: Ipv4Addr, prefix_len: u8, gateway: Ipv4Addr| Endpoint {
+                network_id,
+                ip,
+                prefix_len,
+                gateway,
+                mac: mac_for(ip),
+                aliases: aliases.clone(),
+            };
+        let joined = match &mut self.plan {
+            Plan::Unconnected => None,
             Plan::UserMode(Backend::Slirp4netns, handler) => {
                 let api = (*handler == PortHandler::Slirp4netns).then(|| self.api_socket.clone());
                 let mut slirp = slirp4netns::Slirp4netns::start(
@@ -572,19 +631,44 @@ impl Attachment {
                 }
                 self.running.push(Running::Slirp(slirp));
                 self.forward(userns, &netns, IpAddr::V4(slirp4netns::CONTAINER_IP))?;
+                Some(endpoint(
+                    String::new(),
+                    slirp4netns::CONTAINER_IP,
+                    slirp4netns::PREFIX_LEN,
+                    slirp4netns::GATEWAY,
+                ))
             }
             Plan::UserMode(Backend::Pasta, _) => {
-                let pasta = pasta::Pasta::start(pid, &self.tool_ports, &self.run_dir)?;
+                // pasta copies the host's address, prefix and gateway into the namespace.
+                let (ip, prefix) = pasta::host_network().ok_or_else(|| NetError::Tool {
+                    tool: "pasta",
+                    message: "the host has no IPv4 address on its default route for pasta to copy; use --network slirp4netns".into(),
+                })?;
+                let gateway = pasta::host_gateway().unwrap_or(Ipv4Addr::UNSPECIFIED);
+                let ep = endpoint(String::new(), ip, prefix, gateway);
+                let pasta = pasta::Pasta::start(pid, &self.tool_ports, &self.run_dir, &ep.mac)?;
                 self.running.push(Running::Pasta(pasta));
                 self.forward(userns, &netns, IpAddr::V4(std::net::Ipv4Addr::LOCALHOST))?;
+                Some(ep)
             }
             Plan::Bridge(join) => {
                 let member = join.attach(pid)?;
                 let ip = member.address();
+                let config = join.network();
+                let ep = endpoint(
+                    config.id.clone(),
+                    member.ip(),
+                    config.prefix,
+                    config.gateway,
+                );
                 self.running.push(Running::Member(member));
                 // The container's user namespace is the network daemon's, always entered.
                 self.forward(Some(&userns_path), &netns, ip)?;
+                Some(ep)
             }
+        };
+        if let Ok(mut slot) = self.endpoint.lock() {
+            *slot = joined;
         }
         Ok(())
     }
@@ -615,6 +699,14 @@ impl crate::container::NetworkAttach for Attachment {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hardware_addresses_follow_the_address() {
+        let mac = mac_for(Ipv4Addr::new(10, 89, 1, 2));
+        assert_eq!(mac, "02:42:0a:59:01:02");
+        let first = u8::from_str_radix(&mac[..2], 16).unwrap();
+        assert_eq!(first & 3, 2, "unicast and locally administered");
+    }
 
     #[test]
     fn network_flags_parse() {

@@ -171,6 +171,10 @@ impl Membership {
         IpAddr::V4(self.ip)
     }
 
+    pub fn ip(&self) -> Ipv4Addr {
+        self.ip
+    }
+
     /// The connection that keeps the container on the network (see [`super::Helpers`]).
     pub(crate) fn into_fd(self) -> OwnedFd {
         OwnedFd::from(self._stream)
@@ -213,6 +217,11 @@ impl Join {
             names,
             hosts_file: who.hosts_file.clone(),
         })
+    }
+
+    /// The network being joined.
+    pub fn network(&self) -> &NetworkConfig {
+        &self.config
     }
 
     /// The daemon's user namespace, which the container joins.
@@ -855,7 +864,8 @@ impl Inner {
                 ip_batch(
                     &[
                         format!(
-                            "link add {veth} mtu {MTU} type veth peer name eth0 mtu {MTU} netns {pid}"
+                            "link add {veth} mtu {MTU} type veth peer name eth0 address {} mtu {MTU} netns {pid}",
+                            super::mac_for(ip)
                         ),
                         format!("link set {veth} master {br} up"),
                     ],

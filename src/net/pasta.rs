@@ -53,13 +53,26 @@ fn default_route() -> Option<(String, Ipv4Addr)> {
 
 /// The host's IPv4 address on the default route's interface: pasta gives it to the namespace.
 pub fn host_address() -> Option<Ipv4Addr> {
+    host_network().map(|(ip, _)| ip)
+}
+
+/// The host's IPv4 address on the default route's interface and its prefix length: pasta
+/// copies both into the namespace.
+pub fn host_network() -> Option<(Ipv4Addr, u8)> {
     let (ifname, _) = default_route()?;
     nix::ifaddrs::getifaddrs().ok()?.find_map(|a| {
         if a.interface_name != ifname {
             return None;
         }
         let sin = a.address?.as_sockaddr_in().copied()?;
-        Some(sin.ip())
+        let prefix = a
+            .netmask
+            .and_then(|m| {
+                m.as_sockaddr_in()
+                    .map(|m| u32::from(m.ip()).count_ones() as u8)
+            })
+            .unwrap_or(32);
+        Some((sin.ip(), prefix))
     })
 }
 
@@ -70,7 +83,13 @@ fn port_arg(p: &PublishedPort) -> String {
 
 impl Pasta {
     /// Starts pasta for the user and network namespaces of `pid`, forwarding `ports`.
-    pub fn start(pid: i32, ports: &[PublishedPort], run_dir: &Path) -> Result<Pasta, NetError> {
+    /// Starts pasta for the namespace of `pid`, whose interface gets the address `mac`.
+    pub fn start(
+        pid: i32,
+        ports: &[PublishedPort],
+        run_dir: &Path,
+        mac: &str,
+    ) -> Result<Pasta, NetError> {
         let program = Backend::Pasta.program()?;
         if host_gateway().is_none() {
             return Err(tool_err(
@@ -86,7 +105,8 @@ impl Pasta {
         cmd.args(["--config-net", "--foreground", "--quiet"])
             .arg("--pid")
             .arg(&pid_file)
-            .args(["--dns-forward", &DNS.to_string()]);
+            .args(["--dns-forward", &DNS.to_string()])
+            .args(["--ns-mac-addr", mac]);
         for (flag, proto) in [("-t", Proto::Tcp), ("-u", Proto::Udp)] {
             let mine: Vec<String> = ports
                 .iter()

@@ -18,6 +18,8 @@ use super::{Backend, NetError, Proto, PublishedPort};
 pub const CONTAINER_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 100);
 /// The gateway; connections to it reach the host's loopback.
 pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
+/// The prefix length of the network `slirp4netns --configure` gives the namespace (10.0.2.0/24).
+pub const PREFIX_LEN: u8 = 24;
 /// The DNS forwarder (to the host's resolvers).
 pub const DNS: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 3);
 
@@ -81,6 +83,7 @@ impl Slirp4netns {
             "--enable-seccomp",
             "--ready-fd=3",
         ]);
+        cmd.arg(format!("--macaddress={}", super::mac_for(CONTAINER_IP)));
         if let Some(api) = api {
             let _ = std::fs::remove_file(api);
             cmd.arg(format!("--api-socket={}", api.display()));

@@ -148,6 +148,10 @@ pub struct ContainerRecord {
     /// is set up again at each start. `None` in records older than networking (no network).
     #[serde(default)]
     pub network_options: Option<crate::net::NetworkOptions>,
+    /// The address, gateway and hardware address of its last start (None when it was not
+    /// connected): `inspect` shows them while it runs.
+    #[serde(default)]
+    pub endpoint: Option<crate::net::Endpoint>,
     /// The container's first process, as the host sees it, while it runs.
     #[serde(default)]
     pub pid: Option<i32>,

@@ -287,14 +287,21 @@ pub fn run(cfg: &SandboxConfig, mut on_started: impl FnMut()) -> Result<Outcome,
             let (passt, stream) = passt::start(forwards, log)?;
             (
                 Some(passt),
-                Some((super::NetBackend::Stream(stream), passt::guest_mac())),
+                // The MAC follows the address, as a container's does (`inspect` shows it).
+                Some((
+                    super::NetBackend::Stream(stream),
+                    crate::net::mac_octets(passt::GUEST),
+                )),
             )
         }
-        Some(SandboxNetwork::Tap { tap, .. }) => {
+        Some(SandboxNetwork::Tap { tap, guest, .. }) => {
             let tap = tap.try_clone().map_err(SandboxError::Channel)?;
             (
                 None,
-                Some((super::NetBackend::Tap(tap), passt::guest_mac())),
+                Some((
+                    super::NetBackend::Tap(tap),
+                    crate::net::mac_octets(guest.address),
+                )),
             )
         }
         None => (None, None),

@@ -50,10 +50,10 @@ fn oci_archive_load_list_resolve_unpack() {
     assert_eq!(rows[0].tag, "1");
     assert_eq!(rows[0].id, config_digest);
     assert_eq!(rows[0].created.as_deref(), Some("2024-01-02T03:04:05Z"));
-    let config_len = files.0[&format!("blobs/sha256/{}", &config_digest[7..])].len() as u64;
+    // SIZE is Docker's: the layers uncompressed, not the gzip blobs stored.
     assert_eq!(
         rows[0].size,
-        config_len + stored.iter().map(|l| l.len() as u64).sum::<u64>()
+        plain.iter().map(|l| l.len() as u64).sum::<u64>()
     );
 
     let by_name = store.resolve("localhost:5000/test:1").unwrap();

@@ -95,12 +95,14 @@ pub enum RegistryError {
         registry: String,
     },
     /// The registry cannot be reached.
-    #[error("cannot reach {registry} over {scheme}: check the address and that the registry runs; for a registry without TLS add it as insecure in registries.toml or pass --tls-verify=false")]
+    #[error("cannot reach {registry} over {scheme}: {hint}")]
     Unreachable {
         /// The registry.
         registry: String,
         /// http or https.
         scheme: &'static str,
+        /// What the failure says and what to do about it ([`unreachable_hint`]).
+        hint: &'static str,
         /// The cause.
         #[source]
         source: OciDistributionError,
@@ -234,6 +236,49 @@ pub(crate) fn oci_reference(
     }
 }
 
+/// Why a registry could not be reached, told from the request's error chain, with what to
+/// do: TLS advice only where TLS failed.
+fn unreachable_hint(e: &(dyn std::error::Error + 'static)) -> &'static str {
+    let mut text = String::new();
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        text.push_str(&err.to_string().to_lowercase());
+        text.push('\n');
+        cur = err.source();
+    }
+    hint_for(&text)
+}
+
+fn hint_for(chain: &str) -> &'static str {
+    let any = |words: &[&str]| words.iter().any(|w| chain.contains(w));
+    if any(&[
+        "dns error",
+        "failed to lookup address",
+        "name or service not known",
+        "temporary failure in name resolution",
+        "no address associated",
+    ]) {
+        "its name does not resolve here: check the name, and this machine's DNS and network connection"
+    } else if any(&["connection refused"]) {
+        "nothing answers at that address (connection refused): check the address and port, and that the registry runs"
+    } else if any(&["network is unreachable", "no route to host"]) {
+        "this machine has no route to it: check its network connection"
+    } else if any(&["timed out", "timeout"]) {
+        "it did not answer in time: check this machine's network connection (and proxy)"
+    } else if any(&[
+        "certificate",
+        "tls",
+        "ssl",
+        "handshake",
+        "invalidcontenttype",
+        "corrupt message",
+    ]) {
+        "the TLS connection failed: for a registry without TLS add it as insecure in registries.toml or pass --tls-verify=false; for one with a private CA, trust its certificate"
+    } else {
+        "check the address and that the registry runs; for a registry without TLS add it as insecure in registries.toml or pass --tls-verify=false"
+    }
+}
+
 /// Turns a client error into one that says what to do.
 pub(crate) fn classify(
     e: OciDistributionError,
@@ -279,6 +324,7 @@ pub(crate) fn classify(
             RegistryError::Unreachable {
                 registry,
                 scheme: if endpoint.insecure { "http" } else { "https" },
+                hint: unreachable_hint(r),
                 source: e,
             }
         }
@@ -287,5 +333,23 @@ pub(crate) fn classify(
             registry,
             source,
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_tls_failure_gets_tls_advice() {
+        let dns = "error sending request\nclient error (connect)\ndns error: failed to lookup address information: temporary failure in name resolution\n";
+        assert!(hint_for(dns).contains("does not resolve"));
+        let refused =
+            "client error (connect)\ntcp connect error: connection refused (os error 111)\n";
+        assert!(hint_for(refused).contains("connection refused"));
+        assert!(!hint_for(refused).contains("TLS"));
+        let tls = "client error (connect)\ninvalid peer certificate: unknownissuer\n";
+        assert!(hint_for(tls).contains("TLS"));
+        assert!(hint_for("operation timed out").contains("in time"));
     }
 }

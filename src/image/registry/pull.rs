@@ -422,6 +422,7 @@ async fn pull_from(
         names,
         created: config.created().clone(),
         size,
+        layers_size: None,
     }])?;
     progress.line(&format!("Digest: {manifest_digest}"));
     progress.line(&if downloaded == 0 {
