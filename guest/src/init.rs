@@ -106,6 +106,42 @@ fn set_reporting_order(order: u8) -> Result<(), String> {
     Ok(())
 }
 
+/// The options of the root's overlay over the layer disks `lowers` (top first).
+///
+/// The layer disks carry berth's rootless whiteouts: char 0:0 nodes and `user.overlay.opaque`,
+/// which overlayfs reads with `userxattr`; with `userxattr` it also keeps its own markers in
+/// the upper directory as `user.overlay.*`. An ext4 upper holds those. A `--rm` sandbox's
+/// upper is a tmpfs (`in_memory`), and tmpfs holds no `user.*` xattrs before Linux 6.6: the
+/// overlay then cannot mark a directory opaque or clear one for removal, and `rm -rf` of an
+/// image directory fails with EIO, dpkg with EXDEV. The agent is real root here, so for a
+/// tmpfs upper the layers are first merged by a read-only overlay with `userxattr` (which
+/// writes nothing), and the root's overlay stacks on that with overlayfs's own
+/// `trusted.overlay.*` markers, which tmpfs holds for root.
+fn overlay_options(
+    lowers: &[String],
+    upper: &str,
+    work: &str,
+    in_memory: bool,
+) -> Result<String, String> {
+    let lower = if in_memory && lowers.len() > 1 {
+        let merged = "/run/berth/layers";
+        m(
+            "overlay",
+            merged,
+            "overlay",
+            MsFlags::MS_RDONLY,
+            Some(&format!("lowerdir={},userxattr", lowers.join(":"))),
+        )?;
+        merged.to_string()
+    } else {
+        lowers.join(":")
+    };
+    let xattrs = if in_memory { "" } else { ",userxattr" };
+    Ok(format!(
+        "lowerdir={lower},upperdir={upper},workdir={work}{xattrs}"
+    ))
+}
+
 fn m(src: &str, dst: &str, fs: &str, flags: MsFlags, data: Option<&str>) -> Result<(), String> {
     let _ = std::fs::create_dir_all(dst);
     mount(Some(src), dst, Some(fs), flags, data).map_err(|e| format!("mounting {fs} on {dst}: {e}"))
@@ -165,15 +201,10 @@ pub fn prepare() -> Result<OwnedFd, String> {
             None => "/run/berth",
         };
         let (upper, work) = (format!("{rw}/upper"), format!("{rw}/work"));
-        // The layer disks carry berth's rootless whiteouts: char 0:0 nodes and
-        // `user.overlay.opaque`, which overlayfs reads with `userxattr`.
         for d in [upper.as_str(), work.as_str(), "/run/berth/root"] {
             std::fs::create_dir_all(d).map_err(|e| format!("creating {d}: {e}"))?;
         }
-        let data = format!(
-            "lowerdir={},upperdir={upper},workdir={work},userxattr",
-            lowers.join(":")
-        );
+        let data = overlay_options(&lowers, &upper, &work, boot.upper.is_none())?;
         m(
             "overlay",
             "/run/berth/root",
