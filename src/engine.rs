@@ -132,6 +132,8 @@ pub struct RunFlags {
     pub volumes_from: Vec<String>,
     /// `--stop-timeout`.
     pub stop_timeout: Option<u32>,
+    /// `--userns`.
+    pub userns: container::UsernsMode,
 }
 
 /// The machine a `run --vm` sandbox gets.
@@ -167,6 +169,24 @@ fn save_spec(dir: &Path, spec: &oci_spec::runtime::Spec) -> Result<(), EngineErr
         what: "writing",
         path: config.clone(),
         source: std::io::Error::other(e.to_string()),
+    })
+}
+
+/// The user a `--userns=keep-id` container runs as: the caller's name, and its ids or those
+/// the mode gives.
+fn keep_id_user(mode: container::UsernsMode) -> Option<spec::user::KeepIdUser> {
+    let container::UsernsMode::KeepId { uid, gid } = mode else {
+        return None;
+    };
+    let me = nix::unistd::geteuid();
+    let name = nix::unistd::User::from_uid(me)
+        .ok()
+        .flatten()
+        .map_or_else(|| "user".to_string(), |u| u.name);
+    Some(spec::user::KeepIdUser {
+        name,
+        uid: uid.unwrap_or(me.as_raw()),
+        gid: gid.unwrap_or(nix::unistd::getegid().as_raw()),
     })
 }
 
@@ -269,6 +289,36 @@ impl Engine {
         })
     }
 
+    /// The id map of a container with `--userns=MODE`; an error says why the mode cannot be
+    /// honoured here.
+    pub(crate) fn ids_for(&self, mode: container::UsernsMode) -> Result<IdMapping, EngineError> {
+        match mode {
+            container::UsernsMode::Default => Ok(self.ids.clone()),
+            mode => IdMapping::for_userns(mode).map_err(|e| EngineError::Usage(e.to_string())),
+        }
+    }
+
+    /// Where the layers of a container with `--userns=MODE` are unpacked: under another map
+    /// the image's files need other owners on the host (podman copies the image's layers
+    /// with shifted owners for keep-id, too), so each map keeps its own copy.
+    pub(crate) fn layers_for(&self, mode: container::UsernsMode) -> LayerStore {
+        match mode {
+            container::UsernsMode::KeepId { .. } => {
+                let ids = IdMapping::for_userns(mode).ok();
+                let key = ids.map_or_else(String::new, |m| {
+                    let inner = |r: &[container::idmap::IdRange]| {
+                        r.iter()
+                            .find(|r| r.size == 1 && r.container != 0)
+                            .map_or(0, |r| r.container)
+                    };
+                    format!("{}-{}", inner(&m.uid), inner(&m.gid))
+                });
+                self.layers.variant(&format!("keep-id-{key}"))
+            }
+            _ => self.layers.clone(),
+        }
+    }
+
     /// The rootfs driver in use (forced, or the fastest that works here).
     pub fn driver(&self) -> Driver {
         self.forced_driver.unwrap_or_else(|| {
@@ -325,6 +375,17 @@ impl Engine {
             .filter(|d| !in_use.contains(*d))
             .map(|d| self.layers.path(d))
             .collect();
+        // Copies under other id maps (keep-id) go with the layer; their owners are ids of the
+        // same ranges, so berth's own map removes them.
+        let mut dirs = dirs;
+        for variant in self.layers.variants() {
+            let copies: Vec<PathBuf> = unused
+                .iter()
+                .filter(|d| !in_use.contains(*d))
+                .map(|d| variant.path(d))
+                .collect();
+            dirs.extend(copies);
+        }
         for d in &dirs {
             let _ = std::fs::remove_file(d.with_extension("lock"));
         }
@@ -520,6 +581,7 @@ impl Engine {
 
     /// Runs `image` in the foreground and returns the container's exit status.
     pub fn run(&self, image: &str, req: RunRequest, flags: RunFlags) -> Result<i32, EngineError> {
+        self.check_userns(&flags)?;
         if flags.vm.is_some() {
             // Before pulling or preparing anything: a host that cannot run the guest says so.
             sandbox::check_host()?;
@@ -557,17 +619,26 @@ impl Engine {
         let dir = self.containers.dir(id);
         let etc_dir = dir.join("etc");
         std::fs::create_dir_all(&etc_dir).map_err(io("creating", &etc_dir))?;
+        let userns = self.containers.load(id)?.userns;
+        let ids = self.ids_for(userns)?;
         let ctx = SpecContext {
             id,
             root_mount: root.mount,
             root_path: root.path,
             etc_dir: etc_dir.clone(),
-            ids: &self.ids,
+            ids: &ids,
             passwd: rootfs::read_merged(lowers, "etc/passwd"),
             group: rootfs::read_merged(lowers, "etc/group"),
             join_userns,
+            keep_id: keep_id_user(userns),
         };
         let spec = spec::build(req, &resolved.config, &ctx)?;
+        if let Some((passwd, group)) = spec::keep_id_etc(req, &resolved.config, &ctx) {
+            for (file, text) in [("passwd", passwd), ("group", group)] {
+                let path = etc_dir.join(file);
+                std::fs::write(&path, text).map_err(io("writing", &path))?;
+            }
+        }
         let hostname = spec.hostname().clone().unwrap_or_default();
         match view {
             Some(view) => net::hosts::write(&etc_dir, &hostname, view),

@@ -644,3 +644,159 @@ fn ten_containers_in_parallel_do_not_interfere() {
         "each container has its own hostname: {hostnames:?}"
     );
 }
+
+// --- --userns and berth unshare --------------------------------------------------------
+
+#[test]
+fn keep_id_files_written_to_a_bind_mount_belong_to_the_user() {
+    let Some(berth) = Berth::new() else { return };
+    let dir = berth.host_mkdir("src");
+    let spec = format!("{}:/src", dir.display());
+    let out = berth.container_ok(&[
+        "--userns=keep-id",
+        "-v",
+        &spec,
+        "-w",
+        "/src",
+        IMAGE,
+        "sh",
+        "-c",
+        "id -u; id -g; echo $HOME; grep \":$(id -u):\" /etc/passwd | cut -d: -f6; echo made > /src/made",
+    ]);
+    let (uid, gid) = (berth.identity.uid, berth.identity.gid);
+    assert_eq!(
+        lines(&out),
+        vec![
+            uid.to_string(),
+            gid.to_string(),
+            "/src".into(),
+            "/src".into()
+        ],
+        "the process runs as the user's ids, which /etc/passwd names, with HOME set"
+    );
+    let made = dir.join("made");
+    assert_eq!(fs::metadata(&made).map(|m| m.uid()).ok(), Some(uid));
+    // Other ids inside stay subordinate ones: container root is not the user.
+    let out = berth.container_ok(&[
+        "--userns=keep-id:uid=1234,gid=1234",
+        "-u",
+        "0",
+        "-v",
+        &spec,
+        IMAGE,
+        "sh",
+        "-c",
+        "stat -c %u /src/made; touch /src/by-root",
+    ]);
+    assert_eq!(out, "1234\n", "the user's file is uid 1234 inside");
+    let root_owner = fs::metadata(dir.join("by-root")).map(|m| m.uid()).unwrap();
+    assert_ne!(root_owner, uid);
+    assert_ne!(root_owner, 0);
+    // The image's own files keep their owners (root's are root's).
+    assert_eq!(
+        berth.container_ok(&["--userns=keep-id", IMAGE, "stat", "-c", "%u", "/bin"]),
+        "0\n"
+    );
+}
+
+#[test]
+fn keep_id_is_kept_by_a_created_container_and_shown_by_inspect() {
+    let Some(berth) = Berth::new() else { return };
+    let dir = berth.host_mkdir("src");
+    let spec = format!("{}:/src", dir.display());
+    berth.run_ok(&[
+        "create",
+        "--name",
+        "kept",
+        "--userns=keep-id",
+        "-v",
+        &spec,
+        IMAGE,
+        "touch",
+        "/src/again",
+    ]);
+    assert_eq!(
+        berth.run_ok(&["inspect", "-f", "{{.HostConfig.UsernsMode}}", "kept"]),
+        "keep-id\n"
+    );
+    berth.run_ok(&["start", "-a", "kept"]);
+    let owner = fs::metadata(dir.join("again")).map(|m| m.uid()).ok();
+    assert_eq!(owner, Some(berth.identity.uid));
+    berth.run_ok(&["rm", "kept"]);
+}
+
+#[test]
+fn userns_modes_that_cannot_be_honoured_are_refused() {
+    let Some(berth) = Berth::new() else { return };
+    for (args, says) in [
+        (
+            vec!["run", "--rm", "--userns=private", IMAGE, "true"],
+            "keep-id:uid=N,gid=N",
+        ),
+        (
+            vec!["create", "--userns=auto", IMAGE, "true"],
+            "keep-id:uid=N,gid=N",
+        ),
+        (
+            vec!["run", "--rm", "--userns=host", IMAGE, "true"],
+            "needs berth to run as root",
+        ),
+        (
+            vec!["run", "--rm", "--vm", "--userns=keep-id", IMAGE, "true"],
+            "not available with --vm",
+        ),
+    ] {
+        let out = berth.cmd(&args);
+        assert_exit(&args, &out, 125);
+        assert!(stderr(&out).contains(says), "{}", describe(&args, &out));
+    }
+    let args = ["run", "--rm", "--userns=", IMAGE, "id", "-u"];
+    let out = berth.cmd(&args);
+    assert_exit(&args, &out, 0);
+    assert_eq!(
+        stdout(&out),
+        "0\n",
+        "an empty --userns is berth's default map"
+    );
+}
+
+#[test]
+fn unshare_lets_the_user_remove_files_of_subordinate_ids() {
+    let Some(berth) = Berth::new() else { return };
+    let dir = berth.host_mkdir("proj");
+    fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let spec = format!("{}:/src", dir.display());
+    // Docker's `-u 1000` idiom, without keep-id: the files land on a subordinate id.
+    berth.container_ok(&[
+        "-u",
+        "1000",
+        "-v",
+        &spec,
+        IMAGE,
+        "sh",
+        "-c",
+        "mkdir /src/build && touch /src/build/out",
+    ]);
+    let build = dir.join("build");
+    assert_ne!(
+        fs::metadata(&build).map(|m| m.uid()).unwrap(),
+        berth.identity.uid
+    );
+    let rm = ["/bin/rm", "-rf", "--", &build.to_string_lossy()];
+    let out = finish_as_user(&berth, &rm);
+    assert_ne!(code(&out), 0, "the user alone cannot remove it");
+    assert!(build.join("out").exists());
+
+    assert_eq!(berth.run_ok(&["unshare", "id", "-u"]), "0\n");
+    let path = build.to_string_lossy().to_string();
+    berth.run_ok(&["unshare", "rm", "-rf", &path]);
+    assert!(!build.exists(), "berth unshare rm removed it");
+    let args = ["unshare", "sh", "-c", "exit 7"];
+    assert_exit(&args, &berth.cmd(&args), 7);
+}
+
+/// `PROGRAM ARGS` run as the fixture's user, outside berth.
+fn finish_as_user(berth: &Berth, argv: &[&str]) -> std::process::Output {
+    let cmd = berth.command_of(std::path::Path::new(argv[0]), &argv[1..]);
+    common::finish(cmd, None, argv)
+}

@@ -102,6 +102,9 @@ enum Command {
     Info(system::InfoArgs),
     /// Check this machine for what berth needs, and say how to fix what is missing.
     Doctor,
+    /// Run a command (default: $SHELL) in a user namespace with berth's id map: as root there,
+    /// the user can chown or remove files owned by subordinate ids.
+    Unshare(system::UnshareArgs),
     /// Boot a kernel in a bare microVM with a serial console on stdout (no image, no agent).
     Vmm(vmm::VmmArgs),
     /// Measure startup and density of both walls beside the installed peers.
@@ -152,6 +155,10 @@ pub fn main() -> i32 {
     if let Command::Doctor = cli.command {
         return system::doctor();
     }
+    if let Command::Unshare(args) = cli.command {
+        // Before the engine opens anything: the fork wants a single-threaded process.
+        return system::unshare(args);
+    }
     if let Command::Bench(cmd) = cli.command {
         return match bench::bench(cmd) {
             Ok(()) => 0,
@@ -198,7 +205,7 @@ pub fn main() -> i32 {
                 clients: a.client,
             })
         }
-        Command::Create(args) => run::create(&engine, *args),
+        Command::Create(args) => return run::create(&engine, *args),
         Command::Stop(a) => container::stop(&engine, a),
         Command::Kill(a) => container::kill(&engine, a),
         Command::Restart(a) => container::restart(&engine, a),
@@ -227,7 +234,11 @@ pub fn main() -> i32 {
         Command::Info(args) => system::info(&engine, args),
         Command::Network(cmd) => network::network(&engine, cmd),
         Command::Port(args) => network::port(&engine, args),
-        Command::Doctor | Command::Vmm(_) | Command::Bench(_) | Command::NetnsDaemon => {
+        Command::Doctor
+        | Command::Unshare(_)
+        | Command::Vmm(_)
+        | Command::Bench(_)
+        | Command::NetnsDaemon => {
             unreachable!("handled above")
         }
     };

@@ -97,6 +97,10 @@ pub struct RunArgs {
     /// All capabilities, no seccomp filter, no masked paths (inside the user namespace).
     #[arg(long)]
     privileged: bool,
+    /// User namespace: "" (berth's map: root is you), keep-id[:uid=N,gid=N] (your uid/gid
+    /// inside is you outside, and the process runs as it), host (as root: none).
+    #[arg(long, value_name = "MODE")]
+    userns: Option<String>,
     /// Run in a KVM microVM with its own kernel instead of a container.
     #[arg(long)]
     vm: bool,
@@ -362,6 +366,7 @@ fn flags(a: &RunArgs, vm: Option<VmRequest>) -> anyhow::Result<RunFlags> {
         mounts,
         volumes_from: a.volumes_from.clone(),
         stop_timeout: a.stop_timeout,
+        userns: a.userns.as_deref().unwrap_or("").parse()?,
     })
 }
 
@@ -419,15 +424,27 @@ pub fn run(engine: &Engine, args: RunArgs) -> i32 {
     }
 }
 
-/// `berth create`: the container, ready for `berth start`; prints its id.
-pub fn create(engine: &Engine, args: RunArgs) -> anyhow::Result<()> {
-    if args.detach {
-        bail!("berth create takes no -d: the container is created stopped; `berth start` runs it in the background");
+/// `berth create`: the container, ready for `berth start`; prints its id. A flag berth
+/// refuses is a usage error (125, as Docker); other failures are 1.
+pub fn create(engine: &Engine, args: RunArgs) -> i32 {
+    let parsed = (|| {
+        if args.detach {
+            bail!("berth create takes no -d: the container is created stopped; `berth start` runs it in the background");
+        }
+        let req = request(&args)?;
+        let vm = vm_request(&args)?;
+        Ok((req, flags(&args, vm)?))
+    })();
+    let (req, flags) = match parsed {
+        Ok(p) => p,
+        Err(e) => return super::report(e, 125),
+    };
+    match engine.create(&args.args[0], req, &flags) {
+        Ok(id) => {
+            println!("{id}");
+            0
+        }
+        Err(e @ berth::engine::EngineError::Usage(_)) => super::report(anyhow::Error::new(e), 125),
+        Err(e) => super::report(anyhow::Error::new(e), 1),
     }
-    let req = request(&args)?;
-    let vm = vm_request(&args)?;
-    let flags = flags(&args, vm)?;
-    let id = engine.create(&args.args[0], req, &flags)?;
-    println!("{id}");
-    Ok(())
 }

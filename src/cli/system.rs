@@ -55,3 +55,36 @@ pub fn doctor() -> i32 {
     print!("{}", berth::system::render(&checks));
     i32::from(berth::system::has_failures(&checks))
 }
+
+/// `berth unshare [CMD [ARGS...]]`, as `podman unshare`.
+#[derive(Args)]
+pub struct UnshareArgs {
+    /// The command and its arguments (default: $SHELL, else /bin/sh).
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "CMD [ARGS]..."
+    )]
+    command: Vec<String>,
+}
+
+/// Runs the command in berth's user namespace and returns its exit status (125 when berth
+/// could not start it).
+pub fn unshare(args: UnshareArgs) -> i32 {
+    let argv = if args.command.is_empty() {
+        vec![std::env::var("SHELL")
+            .ok()
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "/bin/sh".into())]
+    } else {
+        args.command
+    };
+    let ids = berth::container::IdMapping::for_current_user();
+    if let Some(w) = ids.warning() {
+        eprintln!("{w}");
+    }
+    match berth::container::userns::run_command(&ids, &argv) {
+        Ok(code) => code,
+        Err(e) => super::report(anyhow::Error::new(e), 125),
+    }
+}

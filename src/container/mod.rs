@@ -11,7 +11,7 @@ pub mod pty;
 pub mod seccomp;
 pub mod userns;
 
-pub use idmap::{IdMapping, IdMode};
+pub use idmap::{IdMapping, IdMode, UsernsMode};
 pub use process::{run, start, End, RunOptions, Started, INIT_ANNOTATION};
 
 /// Connects a container's new network namespace before its process starts.

@@ -80,6 +80,11 @@ pub fn child_wait_for_maps(sync_rd: OwnedFd, ids: &IdMapping) -> Result<(), Stri
         if ids.mode == IdMode::Subordinate {
             nix::unistd::setgroups(&[]).map_err(|e| format!("setgroups: {e}"))?;
         }
+        // Where namespace root is not the user (keep-id), the uid change made this process
+        // undumpable, and the user's helpers (slirp4netns, pasta) could no longer open its
+        // /proc/PID/ns files; the user owns this namespace anyway.
+        // SAFETY: prctl(PR_SET_DUMPABLE) takes integer arguments only.
+        unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 1 as libc::c_ulong, 0, 0, 0) };
     }
     Ok(())
 }
@@ -168,5 +173,53 @@ pub fn set_parent_death_signal() {
             0,
             0,
         );
+    }
+}
+
+/// `berth unshare`: runs `argv` as root of a new user namespace with `ids` (and a private
+/// mount namespace), where the user may chown and remove files owned by the mapped ids, and
+/// returns its exit status (128+N when signal N ended it). Without a user namespace (berth
+/// run as root) the command runs as it is. The caller must be single-threaded.
+pub fn run_command(ids: &IdMapping, argv: &[String]) -> Result<i32, UsernsError> {
+    let cargs: Vec<std::ffi::CString> = argv
+        .iter()
+        .map(|a| std::ffi::CString::new(a.as_bytes()))
+        .collect::<Result<_, _>>()
+        .map_err(|_| UsernsError::Child("an argument holds a NUL byte".into()))?;
+    let Some(program) = cargs.first() else {
+        return Err(UsernsError::Child("no command to run".into()));
+    };
+    let (sync_rd, sync_wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| std::io::Error::from_raw_os_error(e as i32))?;
+    match clone_fork(userns_flag(ids) | CloneFlags::CLONE_NEWNS)? {
+        Forked::Child => {
+            drop(sync_wr);
+            set_parent_death_signal();
+            if let Err(e) = child_wait_for_maps(sync_rd, ids) {
+                eprintln!("berth unshare: {e}");
+                child_exit(125);
+            }
+            let err = nix::unistd::execvp(program, &cargs).unwrap_err();
+            eprintln!("berth unshare: cannot run {}: {err}", argv[0]);
+            child_exit(if err == nix::Error::ENOENT { 127 } else { 126 })
+        }
+        Forked::Parent(child) => {
+            drop(sync_rd);
+            // ^C at an interactive shell reaches the whole foreground group: the command
+            // decides what it means, and berth stays to report its status.
+            for sig in [nix::sys::signal::SIGINT, nix::sys::signal::SIGQUIT] {
+                // SAFETY: SIG_IGN installs no handler code; only this process's disposition changes.
+                let _ =
+                    unsafe { nix::sys::signal::signal(sig, nix::sys::signal::SigHandler::SigIgn) };
+            }
+            parent_write_maps(child, ids, sync_wr)?;
+            match wait_retry(child)? {
+                WaitStatus::Exited(_, code) => Ok(code),
+                WaitStatus::Signaled(_, sig, _) => Ok(128 + sig as i32),
+                other => Err(UsernsError::Child(format!(
+                    "the command ended unexpectedly: {other:?}"
+                ))),
+            }
+        }
     }
 }

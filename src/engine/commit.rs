@@ -127,18 +127,15 @@ impl super::Engine {
             self.vm_layer(&rec, &tar_path)
         } else {
             // The copy driver's changes are what differs from the image's layers.
-            self.layers
-                .ensure(&parent.layers, &self.ids)
-                .map_err(EngineError::from)
-                .and_then(|lowers| {
-                    crate::rootfs::write_diff(
-                        &rec.driver,
-                        &rec.writable,
-                        &lowers,
-                        &tar_path,
-                        &self.ids,
-                    )
-                    .map_err(EngineError::from)
+            // Owners are read as the container sees them (its --userns map).
+            self.ids_for(rec.userns)
+                .and_then(|ids| {
+                    let lowers = self.layers_for(rec.userns).ensure(&parent.layers, &ids)?;
+                    Ok((ids, lowers))
+                })
+                .and_then(|(ids, lowers)| {
+                    crate::rootfs::write_diff(&rec.driver, &rec.writable, &lowers, &tar_path, &ids)
+                        .map_err(EngineError::from)
                 })
         };
         if let Err(e) = written {

@@ -72,13 +72,14 @@ impl super::Engine {
         F: FnOnce() -> Result<(), String>,
     {
         let rec = self.container(key)?;
+        let ids = self.ids_for(rec.userns)?;
         let helper = match rec.pid {
             Some(pid) if ContainerStore::is_running(&rec) => {
-                enter::spawn_in_running(nix::unistd::Pid::from_raw(pid), &self.ids, work)?
+                enter::spawn_in_running(nix::unistd::Pid::from_raw(pid), &ids, work)?
             }
             _ => {
                 let _lock = self.containers.lock_container(&rec.id)?;
-                enter::spawn_in_stopped(&self.containers.dir(&rec.id), &self.ids, work)?
+                enter::spawn_in_stopped(&self.containers.dir(&rec.id), &ids, work)?
             }
         };
         Ok(helper)

@@ -169,7 +169,7 @@ impl super::Engine {
         if rec.machine.is_some() {
             return self.exec_vm(&rec, spec, process, opts);
         }
-        let ids = &self.ids;
+        let ids = &self.ids_for(rec.userns)?;
         let resolve = |user: &str,
                        passwd: Option<&str>,
                        group: Option<&str>|

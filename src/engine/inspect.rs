@@ -228,6 +228,7 @@ fn describe(
             "Tmpfs": tmpfs,
             "Init": init,
             "Isolation": isolation,
+            "UsernsMode": rec.userns.to_string(),
         },
         "Mounts": mounts,
         "Config": {

@@ -106,11 +106,15 @@ impl super::Engine {
         req: RunRequest,
         flags: &RunFlags,
     ) -> Result<String, EngineError> {
+        // The id map first: a mode this host cannot honour fails before anything is fetched.
+        let ids = self.check_userns(flags)?;
         let resolved = self.resolve_or_pull(image)?;
         if let Some(w) = self.ids.warning() {
             eprintln!("{w}");
         }
-        let lowers = self.layers.ensure(&resolved.layers, &self.ids)?;
+        let lowers = self
+            .layers_for(flags.userns)
+            .ensure(&resolved.layers, &ids)?;
         // The guest stacks a microVM's layers itself; no host rootfs driver is involved.
         let driver = flags.vm.is_none().then(|| self.driver());
 
@@ -167,6 +171,7 @@ impl super::Engine {
                 stop_signal,
                 network: network.request.display_name(),
                 network_options: Some(network),
+                userns: flags.userns,
                 ..ContainerRecord::default()
             };
             self.containers.save(&rec)?;
@@ -187,6 +192,28 @@ impl super::Engine {
         }
     }
 
+    /// The id map `--userns` asks for, refused where it cannot be honoured.
+    pub(super) fn check_userns(
+        &self,
+        flags: &RunFlags,
+    ) -> Result<container::IdMapping, EngineError> {
+        if flags.userns != container::UsernsMode::Default {
+            if flags.vm.is_some() {
+                return Err(EngineError::Usage(format!(
+                    "--userns={} is not available with --vm: the microVM has its own kernel and users, and its shares are not mapped through a user namespace; drop --vm to own the files a container writes, or drop --userns",
+                    flags.userns
+                )));
+            }
+            if matches!(flags.network.request, NetworkRequest::Named(_)) {
+                return Err(EngineError::Usage(format!(
+                    "--userns={} cannot join a user-defined network: its containers share the network's user namespace, which has berth's default map; use the default network, or drop --userns",
+                    flags.userns
+                )));
+            }
+        }
+        self.ids_for(flags.userns)
+    }
+
     /// The rootfs, volumes and bundle of the new container `id`, recorded.
     fn prepare_container(
         &self,
@@ -199,7 +226,8 @@ impl super::Engine {
     ) -> Result<(), EngineError> {
         let dir = self.containers.dir(id);
         let mounts = self.resolve_mounts(&flags.mounts, &flags.volumes_from, lowers)?;
-        let plan = rootfs::prepare(driver, lowers, &dir, &self.ids)?;
+        let ids = self.ids_for(flags.userns)?;
+        let plan = rootfs::prepare(driver, lowers, &dir, &ids)?;
         for m in &mounts.records {
             if m.kind == crate::state::MountKind::Bind && !m.source.exists() {
                 std::fs::create_dir_all(&m.source)
@@ -317,9 +345,10 @@ impl super::Engine {
             seccomp_cache: Some(self.dirs.cache.join("seccomp")),
             hand_over: false,
         };
+        let ids = self.ids_for(rec.userns)?;
         let code = container::run(
             &dir,
-            &self.ids,
+            &ids,
             &opts,
             Some(&mut network.attachment),
             |started| {
@@ -547,9 +576,10 @@ impl super::Engine {
             // long as the container, and die with the monitor; `__exited` ends them when the
             // container ends.
             let mut network = self.prepare_network(&rec)?;
+            let ids = self.ids_for(rec.userns)?;
             let started = container::start(
                 &dir,
-                &self.ids,
+                &ids,
                 &opts,
                 &close_in_child,
                 Some(&mut network.attachment),

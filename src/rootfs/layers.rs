@@ -20,6 +20,25 @@ impl LayerStore {
         LayerStore { root }
     }
 
+    /// The store of the same layers unpacked under another id map, named `name`.
+    pub fn variant(&self, name: &str) -> LayerStore {
+        LayerStore {
+            root: self.root.join(name),
+        }
+    }
+
+    /// The stores made with [`Self::variant`] so far.
+    pub fn variants(&self) -> Vec<LayerStore> {
+        std::fs::read_dir(&self.root)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("keep-id-"))
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .map(|e| LayerStore { root: e.path() })
+            .collect()
+    }
+
     /// The directory of an unpacked layer.
     pub fn path(&self, diff_id: &str) -> PathBuf {
         self.root.join(diff_id.trim_start_matches("sha256:"))

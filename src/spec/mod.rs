@@ -147,6 +147,39 @@ pub struct SpecContext<'a> {
     pub group: Option<String>,
     /// A user namespace to join instead of creating one (a user-defined network's).
     pub join_userns: Option<PathBuf>,
+    /// `--userns=keep-id`: the user the process runs as (unless `-u`), added to the
+    /// container's /etc/passwd view where the image lacks it.
+    pub keep_id: Option<user::KeepIdUser>,
+}
+
+/// The working directory of the process: `-w`, else the image's, else `/`.
+fn working_dir(req: &RunRequest, image: Option<&oci_spec::image::Config>) -> String {
+    req.workdir
+        .clone()
+        .or_else(|| {
+            image
+                .and_then(|c| c.working_dir().clone())
+                .filter(|w| !w.is_empty())
+        })
+        .unwrap_or_else(|| "/".into())
+}
+
+/// The /etc/passwd and /etc/group of a keep-id container (`etc_dir/passwd` and
+/// `etc_dir/group`, bind-mounted over the image's); `None` for other containers. The added
+/// user's home is the working directory, as podman makes it.
+pub fn keep_id_etc(
+    req: &RunRequest,
+    config: &ImageConfiguration,
+    ctx: &SpecContext,
+) -> Option<(String, String)> {
+    let user = ctx.keep_id.as_ref()?;
+    let home = working_dir(req, config.config().as_ref());
+    Some(user::with_user(
+        ctx.passwd.as_deref(),
+        ctx.group.as_deref(),
+        user,
+        &home,
+    ))
 }
 
 /// Docker's masked paths.
@@ -257,12 +290,19 @@ pub fn build(
     let image = config.config().as_ref();
     let args = process_args(req, image);
 
+    // keep-id runs as the user's ids unless `-u` says otherwise, over the image's USER.
     let user_spec = req
         .user
         .clone()
+        .or_else(|| ctx.keep_id.as_ref().map(|k| format!("{}:{}", k.uid, k.gid)))
         .or_else(|| image.and_then(|c| c.user().clone()))
         .unwrap_or_default();
-    let user = user::resolve(&user_spec, ctx.passwd.as_deref(), ctx.group.as_deref())?;
+    let keep_id_etc = keep_id_etc(req, config, ctx);
+    let (passwd, group) = match &keep_id_etc {
+        Some((p, g)) => (Some(p.as_str()), Some(g.as_str())),
+        None => (ctx.passwd.as_deref(), ctx.group.as_deref()),
+    };
+    let user = user::resolve(&user_spec, passwd, group)?;
 
     for (kind, id, ok, ranges) in [
         ("user", user.uid, ctx.ids.maps_uid(user.uid), &ctx.ids.uid),
@@ -288,15 +328,7 @@ pub fn build(
         }
     }
 
-    let cwd = req
-        .workdir
-        .clone()
-        .or_else(|| {
-            image
-                .and_then(|c| c.working_dir().clone())
-                .filter(|w| !w.is_empty())
-        })
-        .unwrap_or_else(|| "/".into());
+    let cwd = working_dir(req, image);
     if !cwd.starts_with('/') {
         return Err(SpecError::Workdir(cwd));
     }
@@ -525,11 +557,19 @@ fn default_mounts(req: &RunRequest, ctx: &SpecContext) -> Result<Vec<Mount>, Spe
             &["rbind", "nosuid", "noexec", "nodev", "ro"],
         )?),
     }
-    for (dest, file) in [
+    let user_files: &[(&str, &str)] = if ctx.keep_id.is_some() {
+        &[("/etc/passwd", "passwd"), ("/etc/group", "group")]
+    } else {
+        &[]
+    };
+    for &(dest, file) in [
         ("/etc/hostname", "hostname"),
         ("/etc/hosts", "hosts"),
         ("/etc/resolv.conf", "resolv.conf"),
-    ] {
+    ]
+    .iter()
+    .chain(user_files)
+    {
         let src = ctx.etc_dir.join(file);
         mounts.push(mount(
             dest,

@@ -63,6 +63,54 @@ fn group_entries(text: &str) -> impl Iterator<Item = GroupEntry<'_>> {
     })
 }
 
+/// The user `--userns=keep-id` runs as: the host user's name with the ids it has inside.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeepIdUser {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// The /etc/passwd and /etc/group a keep-id container sees: the image's, plus an entry for
+/// `user` where the image has none for its uid (or gid), with `home` as its home, as podman
+/// does. The image itself is left as it is: berth bind-mounts these over it.
+pub fn with_user(
+    passwd: Option<&str>,
+    group: Option<&str>,
+    user: &KeepIdUser,
+    home: &str,
+) -> (String, String) {
+    let ensure_newline = |t: &str| {
+        let mut t = t.to_string();
+        if !t.is_empty() && !t.ends_with('\n') {
+            t.push('\n');
+        }
+        t
+    };
+    let mut p = ensure_newline(passwd.unwrap_or("root:x:0:0:root:/root:/bin/sh\n"));
+    if !passwd_entries(&p).any(|e| e.uid == user.uid) {
+        let name = if passwd_entries(&p).any(|e| e.name == user.name) {
+            format!("{}{}", user.name, user.uid)
+        } else {
+            user.name.clone()
+        };
+        p.push_str(&format!(
+            "{name}:*:{}:{}:{name}:{home}:/bin/sh\n",
+            user.uid, user.gid
+        ));
+    }
+    let mut g = ensure_newline(group.unwrap_or("root:x:0:\n"));
+    if !group_entries(&g).any(|e| e.gid == user.gid) {
+        let name = if group_entries(&g).any(|e| e.name == user.name) {
+            format!("{}{}", user.name, user.gid)
+        } else {
+            user.name.clone()
+        };
+        g.push_str(&format!("{name}:x:{}:\n", user.gid));
+    }
+    (p, g)
+}
+
 /// Resolves `spec` ("", "name", "uid", "name:group", "uid:gid", ...) against the image's
 /// passwd and group files (either may be missing).
 pub fn resolve(
@@ -156,6 +204,30 @@ mod tests {
         assert_eq!(
             resolve("user:ghosts", Some(PASSWD), Some(GROUP)),
             Err(UserError::NoGroup("ghosts".into()))
+        );
+    }
+
+    #[test]
+    fn keep_id_user_is_added_only_when_missing() {
+        let alice = KeepIdUser {
+            name: "alice".into(),
+            uid: 1000,
+            gid: 1000,
+        };
+        let (p, g) = with_user(Some("root:x:0:0:root:/root:/bin/sh"), None, &alice, "/src");
+        assert_eq!(
+            p,
+            "root:x:0:0:root:/root:/bin/sh\nalice:*:1000:1000:alice:/src:/bin/sh\n"
+        );
+        assert_eq!(g, "root:x:0:\nalice:x:1000:\n");
+        let u = resolve("1000:1000", Some(&p), Some(&g)).unwrap();
+        assert_eq!(u.home, "/src");
+        // The image's own user 1000 (node's `node`) stays as it is.
+        let image = "root:x:0:0::/root:/bin/sh\nnode:x:1000:1000::/home/node:/bin/sh\n";
+        let groups = "root:x:0:\nnode:x:1000:\n";
+        assert_eq!(
+            with_user(Some(image), Some(groups), &alice, "/"),
+            (image.to_string(), groups.to_string())
         );
     }
 }

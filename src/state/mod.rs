@@ -201,6 +201,9 @@ pub struct ContainerRecord {
     /// What a `--vm` sandbox boots at each start; `None` for containers.
     #[serde(default)]
     pub machine: Option<VmMachine>,
+    /// `--userns`: the id map it runs under at each start.
+    #[serde(default)]
+    pub userns: crate::container::UsernsMode,
 }
 
 /// Which network a microVM's NIC is on.
