@@ -86,8 +86,22 @@ fn open_namespaces(pid: Pid) -> Result<Vec<(OwnedFd, libc::c_int)>, ContainerErr
     Ok(out)
 }
 
+/// The container's /etc/NAME, read inside the container: a regular file of at most 4 MiB (a
+/// container may point it at /dev/zero or a FIFO to stall or exhaust berth).
 fn read_etc(name: &str) -> Option<String> {
-    std::fs::read_to_string(format!("/etc/{name}")).ok()
+    use std::os::unix::fs::OpenOptionsExt;
+    const LIMIT: u64 = 4 << 20;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(format!("/etc/{name}"))
+        .ok()?;
+    if !file.metadata().ok()?.is_file() {
+        return None;
+    }
+    let mut text = String::new();
+    file.take(LIMIT).read_to_string(&mut text).ok()?;
+    Some(text)
 }
 
 /// In the joiner, inside the container: the new process, or a message for berth.

@@ -922,13 +922,22 @@ fn setup_container(ctx: &Stage, rootfs: &Path, new_net: bool) -> Result<(), Stri
     }
     let linux = spec.linux().clone().unwrap_or_default();
     mounts::bind_devices(rootfs, linux.devices().as_deref().unwrap_or(&[]))?;
-    if rootfs.join("dev").is_dir() {
+    // Paths of the image, resolved inside it: an image's /dev or working directory that is
+    // a symlink (or one swapped in by a container sharing a volume) never reaches the host.
+    let root = crate::inroot::open_root(rootfs)
+        .map_err(|e| format!("opening the rootfs {}: {e}", rootfs.display()))?;
+    let dev = crate::inroot::open_in_root(
+        root.as_fd(),
+        Path::new("/dev"),
+        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY,
+    );
+    if dev.is_ok() {
         mounts::dev_symlinks(rootfs)?;
     }
     let process = spec.process().as_ref().ok_or("no process in spec")?;
     // Docker creates a missing working directory.
-    let cwd = mounts::secure_join(rootfs, process.cwd());
-    let _ = std::fs::create_dir_all(&cwd);
+    let _ = crate::inroot::create_dirs_in_root(root.as_fd(), process.cwd(), 0o755);
+    drop((dev, root));
     mounts::pivot_into(rootfs)?;
     if let Some((sock, size)) = &ctx.console {
         let master = pty::open_in_container(size)?;
@@ -985,6 +994,9 @@ fn rlimit_resource(name: &str) -> Option<libc::__rlimit_resource_t> {
         "Nice" => libc::RLIMIT_NICE,
         "Rtprio" => libc::RLIMIT_RTPRIO,
         "Sigpending" => libc::RLIMIT_SIGPENDING,
+        "Locks" => libc::RLIMIT_LOCKS,
+        "Rss" => libc::RLIMIT_RSS,
+        "Rttime" => libc::RLIMIT_RTTIME,
         _ => return None,
     })
 }
