@@ -221,7 +221,7 @@ pub fn resolve_in_root(root: BorrowedFd, path: &Path) -> io::Result<PathBuf> {
 }
 
 /// Pushes `path`'s names (and `..`) so that popping yields them in order.
-fn push_components(pending: &mut Vec<std::ffi::OsString>, path: &Path) {
+pub(crate) fn push_components(pending: &mut Vec<std::ffi::OsString>, path: &Path) {
     for c in path.components().rev() {
         match c {
             Component::Normal(n) => pending.push(n.to_os_string()),

@@ -122,7 +122,7 @@ pub(crate) fn lookup(lowers: &[PathBuf], rel: &Path) -> io::Result<Option<(Owned
 /// symlink and no `..`; its tail may not exist.
 pub fn resolve(lowers: &[PathBuf], path: &Path) -> io::Result<PathBuf> {
     let mut pending: Vec<std::ffi::OsString> = Vec::new();
-    push_names(&mut pending, path);
+    crate::inroot::push_components(&mut pending, path);
     let mut resolved = PathBuf::new();
     let mut links = 0;
     while let Some(name) = pending.pop() {
@@ -143,22 +143,12 @@ pub fn resolve(lowers: &[PathBuf], path: &Path) -> io::Result<PathBuf> {
                 if Path::new(&target).is_absolute() {
                     resolved.clear();
                 }
-                push_names(&mut pending, Path::new(&target));
+                crate::inroot::push_components(&mut pending, Path::new(&target));
             }
             _ => resolved = candidate,
         }
     }
     Ok(resolved)
-}
-
-fn push_names(pending: &mut Vec<std::ffi::OsString>, path: &Path) {
-    for c in path.components().rev() {
-        match c {
-            Component::Normal(n) => pending.push(n.to_os_string()),
-            Component::ParentDir => pending.push("..".into()),
-            _ => {}
-        }
-    }
 }
 
 /// Reads the regular file at `path` in the merged view (at most `limit` bytes); None where the
