@@ -124,6 +124,41 @@ pub fn hardware_kvm() -> bool {
     Path::new("/dev/kvm").exists() && !Path::new("/sys/module/kvm_pvm").exists()
 }
 
+/// Runs `bash SCRIPT` on this host as the fixture's user with its `BERTH_ROOT` and runtime
+/// directory, within `timeout_s`: how the microVM checks run where /dev/kvm is hardware KVM
+/// ([`hardware_kvm`]), without the emulated machine of [`kvm_nested`]. The script's own output
+/// is what comes back.
+pub fn run_script_directly(berth: &Berth, script: &Path, timeout_s: u32) -> Result<Output, String> {
+    let timeout = timeout_s.to_string();
+    let script_s = script.to_string_lossy().to_string();
+    let out = berth
+        .identity
+        .command(
+            "timeout",
+            ["-k", "10", timeout.as_str(), "bash", script_s.as_str()],
+        )
+        .env("BERTH_ROOT", &berth.root)
+        .env("XDG_RUNTIME_DIR", &berth.runtime_dir)
+        .envs(
+            ["BERTH_VM_KERNEL", "BERTH_VM_AGENT", "CI"]
+                .iter()
+                .filter_map(|k| std::env::var_os(k).map(|v| (k.to_string(), v))),
+        )
+        .current_dir(&berth.host_dir)
+        .output()
+        .map_err(|e| format!("running {}: {e}", script.display()))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{} failed ({}):\nstdout:\n{}\nstderr:\n{}",
+            script.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(out)
+}
+
 /// True when `CI=true` (or `1`): prerequisites must be there, nothing skips.
 pub fn ci() -> bool {
     matches!(std::env::var("CI").as_deref(), Ok("true") | Ok("1"))
