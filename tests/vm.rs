@@ -308,7 +308,7 @@ fn microvm_runs_the_image_as_the_container_wall_does() {
         // The host's server answers and closes: the guest's nc ends on that close by itself
         // (`timeout` only bounds a failure). Its input stays open (a FIFO with a writer), so
         // it never half-closes first: Debian 12's passt (2023-03) then never passes the host's
-        // close on, and sends the answer twice (see the network bench's notes in README).
+        // close on, and sends the answer twice (see the network bench's notes in docs/performance.md).
         (
             "net_gateway",
             format!(
