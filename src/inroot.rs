@@ -176,20 +176,11 @@ fn walk_creating(root: BorrowedFd, path: &Path, mode: u32) -> io::Result<(OwnedF
 /// that do not exist (yet) are taken as written. Each step looks at one name below the
 /// symlink-free part resolved so far, following nothing on the host.
 pub fn resolve_in_root(root: BorrowedFd, path: &Path) -> io::Result<PathBuf> {
-    let mut pending: Vec<std::ffi::OsString> = Vec::new();
-    push_components(&mut pending, &relative(path));
-    let mut resolved = PathBuf::new();
-    let mut links = 0;
-    while let Some(name) = pending.pop() {
-        if name == ".." {
-            resolved.pop();
-            continue;
-        }
-        let candidate = resolved.join(&name);
+    resolve_with(&relative(path), |candidate| {
         let nofollow = OFlag::O_PATH | OFlag::O_NOFOLLOW;
         match open_at(
             root,
-            &candidate,
+            candidate,
             Resolve::NoSymlinks,
             nofollow,
             Mode::empty(),
@@ -199,23 +190,47 @@ pub fn resolve_in_root(root: BorrowedFd, path: &Path) -> io::Result<PathBuf> {
                     .metadata()?
                     .is_symlink()
                 {
-                    resolved = candidate;
-                    continue;
-                }
-                links += 1;
-                if links > MAX_LINKS {
-                    return Err(io::Error::from_raw_os_error(libc::ELOOP));
+                    return Ok(None);
                 }
                 // readlinkat with an empty name reads the link the O_PATH descriptor holds.
-                let target = nix::fcntl::readlinkat(Some(fd.as_raw_fd()), "")?;
-                if Path::new(&target).is_absolute() {
-                    resolved.clear();
-                }
-                push_components(&mut pending, Path::new(&target));
+                Ok(Some(nix::fcntl::readlinkat(Some(fd.as_raw_fd()), "")?))
             }
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => resolved = candidate,
-            Err(e) => return Err(e),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+            Err(e) => Err(e),
         }
+    })
+}
+
+/// The walk of [`resolve_in_root`] and of the layers' merged view (`rootfs::merged`): names of
+/// `path` one at a time, `..` stopping at the root, and for each symlink-free candidate so far
+/// `link_of` says whether it is a symlink (its target) or not (or absent); an absolute target
+/// starts again at the root. At most [`MAX_LINKS`] links.
+pub(crate) fn resolve_with(
+    path: &Path,
+    mut link_of: impl FnMut(&Path) -> io::Result<Option<std::ffi::OsString>>,
+) -> io::Result<PathBuf> {
+    let mut pending: Vec<std::ffi::OsString> = Vec::new();
+    push_components(&mut pending, path);
+    let mut resolved = PathBuf::new();
+    let mut links = 0;
+    while let Some(name) = pending.pop() {
+        if name == ".." {
+            resolved.pop();
+            continue;
+        }
+        let candidate = resolved.join(&name);
+        let Some(target) = link_of(&candidate)? else {
+            resolved = candidate;
+            continue;
+        };
+        links += 1;
+        if links > MAX_LINKS {
+            return Err(io::Error::from_raw_os_error(libc::ELOOP));
+        }
+        if Path::new(&target).is_absolute() {
+            resolved.clear();
+        }
+        push_components(&mut pending, Path::new(&target));
     }
     Ok(resolved)
 }

@@ -13,7 +13,7 @@ use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
 
 use crate::image::{is_whiteout, OPAQUE_XATTR};
-use crate::inroot::{fd_path, open_at, open_root, Resolve, MAX_LINKS};
+use crate::inroot::{fd_path, open_at, open_root, Resolve};
 
 /// What one layer has at a path.
 pub(crate) enum LayerHit {
@@ -121,34 +121,14 @@ pub(crate) fn lookup(lowers: &[PathBuf], rel: &Path) -> io::Result<Option<(Owned
 /// followed as the container would see them, inside the image's root. The answer has no
 /// symlink and no `..`; its tail may not exist.
 pub fn resolve(lowers: &[PathBuf], path: &Path) -> io::Result<PathBuf> {
-    let mut pending: Vec<std::ffi::OsString> = Vec::new();
-    crate::inroot::push_components(&mut pending, path);
-    let mut resolved = PathBuf::new();
-    let mut links = 0;
-    while let Some(name) = pending.pop() {
-        if name == ".." {
-            resolved.pop();
-            continue;
-        }
-        let candidate = resolved.join(&name);
-        match lookup(lowers, &candidate)? {
-            Some((fd, m)) if m.is_symlink() => {
-                links += 1;
-                if links > MAX_LINKS {
-                    return Err(io::Error::from_raw_os_error(libc::ELOOP));
-                }
-                // readlinkat with an empty name reads the link the O_PATH descriptor holds.
-                let target =
-                    nix::fcntl::readlinkat(Some(std::os::fd::AsRawFd::as_raw_fd(&fd)), "")?;
-                if Path::new(&target).is_absolute() {
-                    resolved.clear();
-                }
-                crate::inroot::push_components(&mut pending, Path::new(&target));
-            }
-            _ => resolved = candidate,
-        }
-    }
-    Ok(resolved)
+    crate::inroot::resolve_with(path, |candidate| match lookup(lowers, candidate)? {
+        // readlinkat with an empty name reads the link the O_PATH descriptor holds.
+        Some((fd, m)) if m.is_symlink() => Ok(Some(nix::fcntl::readlinkat(
+            Some(std::os::fd::AsRawFd::as_raw_fd(&fd)),
+            "",
+        )?)),
+        _ => Ok(None),
+    })
 }
 
 /// Reads the regular file at `path` in the merged view (at most `limit` bytes); None where the
