@@ -464,6 +464,26 @@ fn microvm_runs_the_image_as_the_container_wall_does() {
             ),
         ),
         ("share_file_refused", format!("{vm} -v {share_s}/from-host:/f $IMG true")),
+        // A project directory as a developer's tools fill it: npm's `node_modules/.bin` links,
+        // a venv's `lib64 -> lib`, a hard link, a FIFO; then what the host has. The directory
+        // is the machine's own (its /tmp): the nested machine's QEMU 9p refuses FIFOs (ENXIO).
+        (
+            "share_project",
+            format!(
+                "P=$(mktemp -d) && {vm} -v $P:/src -w /src $IMG sh -c 'set -e; \
+                 mkdir -p node_modules/pkg/bin node_modules/.bin .venv/lib; \
+                 printf \"#!/bin/sh\\necho tool-ran\\n\" > node_modules/pkg/bin/tool; chmod +x node_modules/pkg/bin/tool; \
+                 ln -s ../pkg/bin/tool node_modules/.bin/tool; node_modules/.bin/tool; \
+                 ln -s lib .venv/lib64; readlink .venv/lib64; touch .venv/lib64/site; ls .venv/lib; \
+                 echo data > f; ln f f2; stat -c \"links=%h\" f; \
+                 mkfifo p; (echo through-fifo > p &); cat p; \
+                 ln -s /etc/passwd abs; head -c5 abs; echo; \
+                 rm node_modules/.bin/tool; ls node_modules/.bin | wc -l; echo project-done' && \
+                 echo host: $(readlink $P/.venv/lib64) $(readlink $P/abs) $(stat -c %F $P/p) \
+                 $([ $(stat -c %i $P/f) = $(stat -c %i $P/f2) ] && echo same-inode) \
+                 $([ $(stat -c %u $P/f) = $(id -u) ] && echo owner-is-user)"
+            ),
+        ),
         (
             "volume_two_vms",
             "$B run --vm --name vola -v vmvol:/data $IMG sh -c 'echo ready; for i in $(seq 900); do \
@@ -1034,6 +1054,17 @@ fn microvm_runs_the_image_as_the_container_wall_does() {
         &ran,
         |r| r.out.contains("done") && !r.out.contains("SECRET-OUTSIDE") && r.out.contains("abs"),
         "symlinks pointing out of the share leading nowhere outside it",
+    );
+    f.expect(
+        "share_project",
+        &ran,
+        |r| {
+            r.rc == 0
+                && r.out
+                    == "tool-ran\nlib\nsite\nlinks=2\nthrough-fifo\nroot:\n0\nproject-done\n\
+                        host: lib /etc/passwd fifo same-inode owner-is-user\n"
+        },
+        "symlinks (npm's .bin, a venv's lib64), hard links and FIFOs made in a share, on the host as made",
     );
     f.expect(
         "share_file_refused",

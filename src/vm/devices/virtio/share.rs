@@ -2,8 +2,10 @@
 //! with `mount -t 9p -o trans=virtio TAG DIR`, served over 9P2000.L inside the VMM process.
 //!
 //! The protocol is the `p9` crate's server (crosvm's, which walks one component at a time
-//! with `openat(O_PATH | O_NOFOLLOW)` relative to the directory it starts from, and refuses
-//! to create symlinks and device nodes). crosvm runs it in a jail whose root is the shared
+//! with `openat(O_PATH | O_NOFOLLOW)` relative to the directory it starts from), vendored in
+//! vendor/p9 with what developers' tools need from a share and the crate refused: symlinks
+//! (`python3 -m venv`, npm's `node_modules/.bin`), FIFOs and sockets, and `user.*` extended
+//! attributes; device nodes stay refused. crosvm runs it in a jail whose root is the shared
 //! directory; berth runs it in its own process, so every request first passes [`guard`],
 //! which parses the request itself and refuses what could leave the share or write to a
 //! read-only one:
@@ -557,6 +559,20 @@ mod tests {
                 .done(),
             Msg::new(TSYMLINK).u32(0).s("l").s("/etc").u32(0).done(),
             Msg::new(TLINK).u32(0).u32(1).s("h").done(),
+            Msg::new(TMKNOD)
+                .u32(0)
+                .s("p")
+                .u32(libc::S_IFIFO | 0o600)
+                .u32(0)
+                .u32(0)
+                .u32(0)
+                .done(),
+            Msg::new(TXATTRCREATE)
+                .u32(1)
+                .s("user.k")
+                .u64(1)
+                .u32(0)
+                .done(),
         ];
         for m in refused {
             let ty = m[4];
@@ -634,6 +650,216 @@ mod tests {
         );
         assert_eq!(errno(&r), Some(libc::EPERM));
         assert!(!dir.path().parent().unwrap().join("escape").exists());
+    }
+
+    /// The host's value of user xattr `name` on `path`, if it has one.
+    fn host_xattr(path: &Path, name: &str) -> Option<Vec<u8>> {
+        let p = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+        let n = std::ffi::CString::new(name).unwrap();
+        let mut buf = vec![0u8; 256];
+        // SAFETY: getxattr writes at most buf.len() bytes into buf.
+        let len = unsafe {
+            libc::getxattr(
+                p.as_ptr(),
+                n.as_ptr(),
+                buf.as_mut_ptr() as *mut libc::c_void,
+                buf.len(),
+            )
+        };
+        (len >= 0).then(|| buf[..len as usize].to_vec())
+    }
+
+    /// What `python3 -m venv` and npm's `node_modules/.bin` need from a share: symlinks (made
+    /// as asked, read back, never followed by the server), hard links, FIFOs and sockets, and
+    /// user.* extended attributes; device nodes and other xattr namespaces stay refused.
+    #[test]
+    fn links_special_files_and_user_xattrs_are_served() {
+        const TREADLINK: u8 = 22;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("secret"), "outside").unwrap();
+        let root = dir.path().join("share");
+        std::fs::create_dir(&root).unwrap();
+        std::fs::write(root.join("file"), "data").unwrap();
+        let mut s = attached(&root, false);
+
+        // A symlink, with a target that leaves the share: made as asked, read back as made.
+        let r = send(
+            &mut s,
+            Msg::new(TSYMLINK)
+                .u32(0)
+                .s("lib64")
+                .s("../secret")
+                .u32(0)
+                .done(),
+        );
+        assert_eq!(errno(&r), None, "{r:?}");
+        assert_eq!(
+            std::fs::read_link(root.join("lib64")).unwrap(),
+            Path::new("../secret")
+        );
+        assert_eq!(errno(&walk(&mut s, 0, 1, &["lib64"])), None);
+        let r = send(&mut s, Msg::new(TREADLINK).u32(1).done());
+        assert_eq!(errno(&r), None);
+        assert_eq!(&r[9..], b"../secret", "Rreadlink: target[s]");
+        // ...and never followed by the server: opening it fails, walking past it stops.
+        assert_eq!(errno(&lopen(&mut s, 1, 0)), Some(libc::ELOOP));
+        assert!(read(&mut s, 1).is_err());
+        // A symlink's name is one component, as every other name.
+        let r = send(
+            &mut s,
+            Msg::new(TSYMLINK).u32(0).s("../up").s("x").u32(0).done(),
+        );
+        assert_eq!(errno(&r), Some(libc::EPERM));
+        assert!(!dir.path().join("up").exists());
+
+        // A hard link: a second name for the same file.
+        assert_eq!(errno(&walk(&mut s, 0, 2, &["file"])), None);
+        let r = send(&mut s, Msg::new(TLINK).u32(0).u32(2).s("again").done());
+        assert_eq!(errno(&r), None, "{r:?}");
+        assert_eq!(
+            std::fs::metadata(root.join("again")).unwrap().ino(),
+            std::fs::metadata(root.join("file")).unwrap().ino()
+        );
+
+        // A FIFO and a socket are made; a device node is not.
+        let r = send(
+            &mut s,
+            Msg::new(TMKNOD)
+                .u32(0)
+                .s("fifo")
+                .u32(libc::S_IFIFO | 0o600)
+                .u32(0)
+                .u32(0)
+                .u32(0)
+                .done(),
+        );
+        assert_eq!(errno(&r), None, "{r:?}");
+        use std::os::unix::fs::FileTypeExt;
+        let ft = std::fs::symlink_metadata(root.join("fifo"))
+            .unwrap()
+            .file_type();
+        assert!(ft.is_fifo());
+        let r = send(
+            &mut s,
+            Msg::new(TMKNOD)
+                .u32(0)
+                .s("sock")
+                .u32(libc::S_IFSOCK | 0o600)
+                .u32(0)
+                .u32(0)
+                .u32(0)
+                .done(),
+        );
+        assert_eq!(errno(&r), None, "{r:?}");
+        for (name, kind) in [("null", libc::S_IFCHR), ("disk", libc::S_IFBLK)] {
+            let r = send(
+                &mut s,
+                Msg::new(TMKNOD)
+                    .u32(0)
+                    .s(name)
+                    .u32(kind | 0o666)
+                    .u32(1)
+                    .u32(3)
+                    .u32(0)
+                    .done(),
+            );
+            assert_eq!(errno(&r), Some(libc::EPERM), "{name}");
+            assert!(
+                std::fs::symlink_metadata(root.join(name)).is_err(),
+                "{name}"
+            );
+        }
+
+        // user.* xattrs: set through a fid (Txattrcreate, Twrite, Tclunk), read and listed
+        // through a new one (Txattrwalk, Tread), removed with a zero size.
+        let set = |s: &mut Share, fid: u32, name: &str, value: &[u8]| {
+            assert_eq!(errno(&walk(s, 0, fid, &["file"])), None);
+            let r = send(
+                s,
+                Msg::new(TXATTRCREATE)
+                    .u32(fid)
+                    .s(name)
+                    .u64(value.len() as u64)
+                    .u32(0)
+                    .done(),
+            );
+            if let Some(e) = errno(&r) {
+                return Err(e);
+            }
+            if !value.is_empty() {
+                let w = Msg::new(TWRITE)
+                    .u32(fid)
+                    .u64(0)
+                    .u32(value.len() as u32)
+                    .bytes(value)
+                    .done();
+                assert_eq!(errno(&send(s, w)), None);
+            }
+            match errno(&send(s, Msg::new(TCLUNK).u32(fid).done())) {
+                Some(e) => Err(e),
+                None => Ok(()),
+            }
+        };
+        let get = |s: &mut Share, fid: u32, name: &str| {
+            let r = send(s, Msg::new(TXATTRWALK).u32(2).u32(fid).s(name).done());
+            if let Some(e) = errno(&r) {
+                return Err(e);
+            }
+            let v = read(s, fid);
+            assert_eq!(errno(&send(s, Msg::new(TCLUNK).u32(fid).done())), None);
+            v
+        };
+        set(&mut s, 10, "user.origin", b"guest").unwrap();
+        assert_eq!(
+            host_xattr(&root.join("file"), "user.origin").as_deref(),
+            Some(&b"guest"[..])
+        );
+        assert_eq!(get(&mut s, 11, "user.origin").unwrap(), b"guest");
+        assert_eq!(get(&mut s, 12, "").unwrap(), b"user.origin\0");
+        assert_eq!(get(&mut s, 13, "user.none"), Err(libc::ENODATA));
+        // Other namespaces: not served, in either direction.
+        assert_eq!(
+            set(&mut s, 14, "trusted.overlay.opaque", b"y"),
+            Err(libc::EOPNOTSUPP)
+        );
+        assert_eq!(get(&mut s, 15, "security.capability"), Err(libc::ENODATA));
+        // Not on a symlink (Linux allows user.* on files and directories only).
+        let r = send(
+            &mut s,
+            Msg::new(TXATTRCREATE)
+                .u32(1)
+                .s("user.x")
+                .u64(1)
+                .u32(0)
+                .done(),
+        );
+        assert_eq!(errno(&r), Some(libc::EPERM));
+        // A value shorter than announced is not set.
+        assert_eq!(errno(&walk(&mut s, 0, 16, &["file"])), None);
+        let r = send(
+            &mut s,
+            Msg::new(TXATTRCREATE)
+                .u32(16)
+                .s("user.short")
+                .u64(4)
+                .u32(0)
+                .done(),
+        );
+        assert_eq!(errno(&r), None);
+        let w = Msg::new(TWRITE).u32(16).u64(0).u32(2).bytes(b"ab").done();
+        assert_eq!(errno(&send(&mut s, w)), None);
+        assert_eq!(
+            errno(&send(&mut s, Msg::new(TCLUNK).u32(16).done())),
+            Some(libc::EINVAL)
+        );
+        assert_eq!(host_xattr(&root.join("file"), "user.short"), None);
+        // Removal.
+        set(&mut s, 17, "user.origin", b"").unwrap();
+        assert_eq!(host_xattr(&root.join("file"), "user.origin"), None);
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("secret")).unwrap(),
+            "outside"
+        );
     }
 
     #[test]

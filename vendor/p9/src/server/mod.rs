@@ -134,7 +134,7 @@ const _P9_LOCK_GRACE: u8 = 3;
 const MIN_MESSAGE_SIZE: u32 = 256;
 const MAX_MESSAGE_SIZE: u32 = 64 * 1024 + 24; // 64 KiB of payload plus some extra for the header
 
-#[derive(PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum FileType {
     Regular,
     Directory,
@@ -160,6 +160,46 @@ struct Fid {
     path: File,
     file: Option<File>,
     filetype: FileType,
+    /// An extended attribute this fid reads (after Txattrwalk) or writes (after Txattrcreate)
+    /// instead of a file's data (berth).
+    xattr: Option<Xattr>,
+}
+
+/// The largest extended attribute value (Linux's XATTR_SIZE_MAX) and name list (XATTR_LIST_MAX).
+const XATTR_MAX: usize = 65536;
+/// The only namespace of extended attributes served: the others are the kernel's or need
+/// privileges the server does not have.
+const XATTR_USER_PREFIX: &[u8] = b"user.";
+
+/// 9P2000.L's extended attributes go through a fid: Txattrwalk makes a new fid whose Tread
+/// returns the value (or the name list); Txattrcreate turns a fid into one whose Twrites
+/// collect the value, set on Tclunk (a zero size removes the attribute).
+enum Xattr {
+    Read(Vec<u8>),
+    Write {
+        name: CString,
+        size: usize,
+        flags: libc::c_int,
+        value: Vec<u8>,
+    },
+}
+
+/// The path through which the extended attributes of what `f` (an O_PATH descriptor) refers
+/// to are read and written: the *xattr calls take no directory descriptor, and /proc's link
+/// to an O_PATH descriptor leads to its inode without a walk by name.
+fn proc_fd_path(f: &File) -> io::Result<CString> {
+    string_to_cstring(format!("/proc/self/fd/{}", f.as_raw_fd()))
+}
+
+/// Only user.* names, and only on regular files and directories (where Linux allows them).
+fn xattr_allowed(filetype: &FileType, name: &[u8]) -> io::Result<()> {
+    if !name.starts_with(XATTR_USER_PREFIX) {
+        return Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP));
+    }
+    match filetype {
+        FileType::Regular | FileType::Directory => Ok(()),
+        FileType::Other => Err(io::Error::from_raw_os_error(libc::EPERM)),
+    }
 }
 
 impl From<libc::stat64> for Qid {
@@ -560,6 +600,7 @@ impl Server {
                     path: root_path,
                     file: None,
                     filetype: st.st_mode.into(),
+                    xattr: None,
                 };
                 let response = Rattach { qid: st.into() };
                 entry.insert(fid);
@@ -623,6 +664,7 @@ impl Server {
                             path: end,
                             file: None,
                             filetype: st.st_mode.into(),
+                            xattr: None,
                         },
                     );
                 }
@@ -641,6 +683,21 @@ impl Server {
     }
 
     fn read(&mut self, read: &Tread) -> io::Result<Rread> {
+        if let Some(Fid {
+            xattr: Some(xattr), ..
+        }) = self.fids.get(&read.fid)
+        {
+            let Xattr::Read(value) = xattr else {
+                return Err(ebadf());
+            };
+            let start = usize::try_from(read.offset)
+                .unwrap_or(usize::MAX)
+                .min(value.len());
+            let end = start.saturating_add(read.count as usize).min(value.len());
+            return Ok(Rread {
+                data: Data(value[start..end].to_vec()),
+            });
+        }
         // Thankfully, `read` cannot be used to read directories in 9P2000.L.
         let file = self
             .fids
@@ -667,6 +724,22 @@ impl Server {
     }
 
     fn write(&mut self, write: &Twrite) -> io::Result<Rwrite> {
+        if let Some(Fid {
+            xattr: Some(xattr), ..
+        }) = self.fids.get_mut(&write.fid)
+        {
+            let Xattr::Write { size, value, .. } = xattr else {
+                return Err(ebadf());
+            };
+            // The value arrives in order, and never more of it than Txattrcreate announced.
+            if write.offset != value.len() as u64 || value.len() + write.data.len() > *size {
+                return Err(io::Error::from_raw_os_error(libc::EINVAL));
+            }
+            value.extend_from_slice(&write.data);
+            return Ok(Rwrite {
+                count: write.data.len() as u32,
+            });
+        }
         let file = self
             .fids
             .get_mut(&write.fid)
@@ -683,7 +756,35 @@ impl Server {
         match self.fids.entry(clunk.fid) {
             btree_map::Entry::Vacant(_) => Err(io::Error::from_raw_os_error(libc::EBADF)),
             btree_map::Entry::Occupied(entry) => {
-                entry.remove();
+                let fid = entry.remove();
+                if let Some(Xattr::Write {
+                    name,
+                    size,
+                    flags,
+                    value,
+                }) = fid.xattr
+                {
+                    // The attribute is set (or, with no value announced, removed) now.
+                    if value.len() != size {
+                        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+                    }
+                    let path = proc_fd_path(&fid.path)?;
+                    if size == 0 {
+                        // Safe because this doesn't modify any memory and we check the return value.
+                        syscall!(unsafe { libc::removexattr(path.as_ptr(), name.as_ptr()) })?;
+                    } else {
+                        // Safe because this only reads `value` and we check the return value.
+                        syscall!(unsafe {
+                            libc::setxattr(
+                                path.as_ptr(),
+                                name.as_ptr(),
+                                value.as_ptr() as *const libc::c_void,
+                                value.len(),
+                                flags,
+                            )
+                        })?;
+                    }
+                }
                 Ok(())
             }
         }
@@ -777,14 +878,46 @@ impl Server {
         })
     }
 
-    fn symlink(&mut self, _symlink: &Tsymlink) -> io::Result<Rsymlink> {
-        // symlinks are not allowed.
-        Err(io::Error::from_raw_os_error(libc::EACCES))
+    // berth: symlinks are created as they are asked for. The server itself never follows one
+    // (every walk and open is O_NOFOLLOW, one component at a time), and the guest resolves
+    // a link's target in its own tree.
+    fn symlink(&mut self, symlink: &Tsymlink) -> io::Result<Rsymlink> {
+        let fid = self.fids.get(&symlink.fid).ok_or_else(ebadf)?;
+        if fid.filetype != FileType::Directory {
+            return Err(io::Error::from_raw_os_error(libc::ENOTDIR));
+        }
+
+        // Safe because this doesn't modify any memory and we check the return value.
+        syscall!(unsafe {
+            libc::symlinkat(
+                symlink.symtgt.as_ptr(),
+                fid.path.as_raw_fd(),
+                symlink.name.as_ptr(),
+            )
+        })?;
+        Ok(Rsymlink {
+            qid: statat(&fid.path, symlink.name.as_c_str(), 0).map(Qid::from)?,
+        })
     }
 
-    fn mknod(&mut self, _mknod: &Tmknod) -> io::Result<Rmknod> {
-        // No nodes either.
-        Err(io::Error::from_raw_os_error(libc::EACCES))
+    // berth: special files without a device (FIFOs, sockets) and plain files; device nodes
+    // stay refused, as they are for an unprivileged user on the host.
+    fn mknod(&mut self, mknod: &Tmknod) -> io::Result<Rmknod> {
+        let fid = self.fids.get(&mknod.dfid).ok_or_else(ebadf)?;
+        if fid.filetype != FileType::Directory {
+            return Err(io::Error::from_raw_os_error(libc::ENOTDIR));
+        }
+        match mknod.mode & libc::S_IFMT {
+            libc::S_IFIFO | libc::S_IFSOCK | libc::S_IFREG | 0 => {}
+            _ => return Err(io::Error::from_raw_os_error(libc::EPERM)),
+        }
+        let mode = mknod.mode & (libc::S_IFMT | 0o7777);
+
+        // Safe because this doesn't modify any memory and we check the return value.
+        syscall!(unsafe { libc::mknodat(fid.path.as_raw_fd(), mknod.name.as_ptr(), mode, 0) })?;
+        Ok(Rmknod {
+            qid: statat(&fid.path, mknod.name.as_c_str(), 0).map(Qid::from)?,
+        })
     }
 
     fn rename(&mut self, _rename: &Trename) -> io::Result<()> {
@@ -942,12 +1075,86 @@ impl Server {
         Ok(())
     }
 
-    fn xattr_walk(&mut self, _xattr_walk: &Txattrwalk) -> io::Result<Rxattrwalk> {
-        Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP))
+    // berth: user.* extended attributes of regular files and directories. An empty name
+    // lists the fid's user.* names; any other namespace reads as absent.
+    fn xattr_walk(&mut self, xattr_walk: &Txattrwalk) -> io::Result<Rxattrwalk> {
+        if self.fids.contains_key(&xattr_walk.newfid) {
+            return Err(io::Error::from_raw_os_error(libc::EBADF));
+        }
+        let fid = self.fids.get(&xattr_walk.fid).ok_or_else(ebadf)?;
+        let name = xattr_walk.name.as_bytes();
+        let value = if name.is_empty() {
+            match fid.filetype {
+                FileType::Regular | FileType::Directory => {
+                    let path = proc_fd_path(&fid.path)?;
+                    let mut list = vec![0u8; XATTR_MAX];
+                    // Safe because this only writes into `list`, within its length.
+                    let len = syscall!(unsafe {
+                        libc::listxattr(
+                            path.as_ptr(),
+                            list.as_mut_ptr() as *mut libc::c_char,
+                            list.len(),
+                        )
+                    })? as usize;
+                    list.truncate(len);
+                    list.split_inclusive(|&b| b == 0)
+                        .filter(|n| n.starts_with(XATTR_USER_PREFIX))
+                        .flatten()
+                        .copied()
+                        .collect()
+                }
+                FileType::Other => Vec::new(),
+            }
+        } else {
+            if xattr_allowed(&fid.filetype, name).is_err() {
+                return Err(io::Error::from_raw_os_error(libc::ENODATA));
+            }
+            let path = proc_fd_path(&fid.path)?;
+            let mut value = vec![0u8; XATTR_MAX];
+            // Safe because this only writes into `value`, within its length.
+            let len = syscall!(unsafe {
+                libc::getxattr(
+                    path.as_ptr(),
+                    xattr_walk.name.as_ptr(),
+                    value.as_mut_ptr() as *mut libc::c_void,
+                    value.len(),
+                )
+            })? as usize;
+            value.truncate(len);
+            value
+        };
+        let size = value.len() as u64;
+        let path = fid.path.try_clone()?;
+        let filetype = fid.filetype;
+        self.fids.insert(
+            xattr_walk.newfid,
+            Fid {
+                path,
+                file: None,
+                filetype,
+                xattr: Some(Xattr::Read(value)),
+            },
+        );
+        Ok(Rxattrwalk { size })
     }
 
-    fn xattr_create(&mut self, _xattr_create: &Txattrcreate) -> io::Result<()> {
-        Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP))
+    fn xattr_create(&mut self, xattr_create: &Txattrcreate) -> io::Result<()> {
+        let fid = self.fids.get_mut(&xattr_create.fid).ok_or_else(ebadf)?;
+        xattr_allowed(&fid.filetype, xattr_create.name.as_bytes())?;
+        let size = usize::try_from(xattr_create.attr_size)
+            .ok()
+            .filter(|&n| n <= XATTR_MAX)
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::E2BIG))?;
+        let flags = (xattr_create.flags as libc::c_int) & (libc::XATTR_CREATE | libc::XATTR_REPLACE);
+        fid.file = None;
+        fid.xattr = Some(Xattr::Write {
+            name: CString::new(xattr_create.name.as_bytes())
+                .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?,
+            size,
+            flags,
+            value: Vec::new(),
+        });
+        Ok(())
     }
 
     fn readdir(&mut self, readdir: &Treaddir) -> io::Result<Rreaddir> {

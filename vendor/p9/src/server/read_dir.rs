@@ -10,6 +10,7 @@ use libc::F_DUPFD_CLOEXEC;
 use crate::protocol::P9String;
 
 pub struct DirEntry {
+    #[allow(dead_code)] // berth: unused here, kept as published
     pub ino: libc::ino64_t,
     pub offset: u64,
     pub type_: u8,
