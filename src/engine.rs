@@ -174,7 +174,7 @@ fn save_spec(dir: &Path, spec: &oci_spec::runtime::Spec) -> Result<(), EngineErr
 
 /// The user a `--userns=keep-id` container runs as: the caller's name, and its ids or those
 /// the mode gives.
-fn keep_id_user(mode: container::UsernsMode) -> Option<spec::user::KeepIdUser> {
+pub(crate) fn keep_id_user(mode: container::UsernsMode) -> Option<spec::user::KeepIdUser> {
     let container::UsernsMode::KeepId { uid, gid } = mode else {
         return None;
     };

@@ -742,7 +742,7 @@ fn userns_modes_that_cannot_be_honoured_are_refused() {
             "needs berth to run as root",
         ),
         (
-            vec!["run", "--rm", "--vm", "--userns=keep-id", IMAGE, "true"],
+            vec!["run", "--rm", "--vm", "--userns=host", IMAGE, "true"],
             "not available with --vm",
         ),
     ] {

@@ -484,6 +484,18 @@ fn microvm_runs_the_image_as_the_container_wall_does() {
                  $([ $(stat -c %u $P/f) = $(id -u) ] && echo owner-is-user)"
             ),
         ),
+        // --userns=keep-id: the guest's process runs as the user's own ids and name, sees
+        // the user's files in a share as its own (writable where their mode says so), and
+        // what it writes is the user's on the host.
+        (
+            "share_keep_id",
+            "P=$(mktemp -d) && echo from-host > $P/mine && chmod 644 $P/mine && \
+             $B run --vm --rm --userns=keep-id -v $P:/src -w /src $IMG sh -c 'id -u; id -g; id -un; \
+             stat -c \"%u %g\" mine; echo more >> mine && echo appended; echo new > made; stat -c %u made; \
+             chown $(id -u) made && echo chowned' && \
+             echo host: $(id -u) $(id -g) $(id -un) $(stat -c %u $P/made) $(cat $P/mine | wc -l)"
+                .to_string(),
+        ),
         (
             "volume_two_vms",
             "$B run --vm --name vola -v vmvol:/data $IMG sh -c 'echo ready; for i in $(seq 900); do \
@@ -1065,6 +1077,29 @@ fn microvm_runs_the_image_as_the_container_wall_does() {
                         host: lib /etc/passwd fifo same-inode owner-is-user\n"
         },
         "symlinks (npm's .bin, a venv's lib64), hard links and FIFOs made in a share, on the host as made",
+    );
+    f.expect(
+        "share_keep_id",
+        &ran,
+        |r| {
+            // The guest's lines, then the host's: the same ids and name in both.
+            let host = r.out.lines().last().unwrap_or_default().to_string();
+            let ids: Vec<&str> = host.split_whitespace().collect();
+            ids.len() == 6
+                && ids[0] == "host:"
+                && r.rc == 0
+                && r.out
+                    == format!(
+                        "{u}\n{g}\n{n}\n{u} {g}\nappended\n{u}\nchowned\n{host}\n",
+                        u = ids[1],
+                        g = ids[2],
+                        n = ids[3]
+                    )
+                && ids[1] != "0"
+                && ids[4] == ids[1]
+                && ids[5] == "2"
+        },
+        "--userns=keep-id in a microVM: the user's ids and name, the user's files its own",
     );
     f.expect(
         "share_file_refused",

@@ -17,7 +17,8 @@ pub struct StartOptions {
     pub rows: u16,
     pub cols: u16,
     /// Files for the guest root before the process starts (PID 1 only): `hostname`, `hosts`
-    /// and `resolv.conf` under /etc, the same ones the container wall bind-mounts.
+    /// and `resolv.conf` (and with keep-id `passwd` and `group`) under /etc, the same ones the
+    /// container wall bind-mounts.
     #[serde(default)]
     pub etc_files: Vec<(String, String)>,
     /// The guest's NIC set-up (PID 1 only); without it the guest has only loopback.

@@ -467,8 +467,9 @@ fn write_all(fd: RawFd, mut data: &[u8]) -> nix::Result<()> {
     Ok(())
 }
 
-/// The /etc files the host may send, by name.
-const ETC_FILES: &[&str] = &["hostname", "hosts", "resolv.conf"];
+/// The /etc files the host may send, by name (passwd and group with `--userns=keep-id`, which
+/// adds the user's entry to the image's).
+const ETC_FILES: &[&str] = &["hostname", "hosts", "resolv.conf", "passwd", "group"];
 /// Where /etc/hosts's own tmpfs is mounted while it is set up (then detached and removed).
 const HOSTS_STAGING: &str = "/.berth-hosts";
 

@@ -112,9 +112,14 @@ impl super::Engine {
         if let Some(w) = self.ids.warning() {
             eprintln!("{w}");
         }
-        let lowers = self
-            .layers_for(flags.userns)
-            .ensure(&resolved.layers, &ids)?;
+        // A microVM's guest sees the image's own owners, whatever --userns says: its layers
+        // are the default map's.
+        let lowers = if flags.vm.is_some() {
+            self.layers.ensure(&resolved.layers, &self.ids)?
+        } else {
+            self.layers_for(flags.userns)
+                .ensure(&resolved.layers, &ids)?
+        };
         // The guest stacks a microVM's layers itself; no host rootfs driver is involved.
         let driver = flags.vm.is_none().then(|| self.driver());
 
@@ -199,12 +204,15 @@ impl super::Engine {
     ) -> Result<container::IdMapping, EngineError> {
         if flags.userns != container::UsernsMode::Default {
             if flags.vm.is_some() {
-                return Err(EngineError::Usage(format!(
-                    "--userns={} is not available with --vm: the microVM has its own kernel and users, and its shares are not mapped through a user namespace; drop --vm to own the files a container writes, or drop --userns",
-                    flags.userns
-                )));
-            }
-            if matches!(flags.network.request, NetworkRequest::Named(_)) {
+                // keep-id in a microVM: its process runs as the user's ids, and its shares
+                // show the user's files as theirs (no user namespace in the guest).
+                if !matches!(flags.userns, container::UsernsMode::KeepId { .. }) {
+                    return Err(EngineError::Usage(format!(
+                        "--userns={} is not available with --vm: the microVM has its own kernel and users; drop --userns, or use --userns=keep-id to run as your own ids there",
+                        flags.userns
+                    )));
+                }
+            } else if matches!(flags.network.request, NetworkRequest::Named(_)) {
                 return Err(EngineError::Usage(format!(
                     "--userns={} cannot join a user-defined network: its containers share the network's user namespace, which has berth's default map; use the default network, or drop --userns",
                     flags.userns

@@ -251,6 +251,9 @@ impl super::Engine {
             layers,
             shares,
             upper,
+            // keep-id: the guest's process runs as the user's ids, which see the user's files
+            // in the shares as their own.
+            share_owner: super::keep_id_user(flags.userns).map(|u| (u.uid, u.gid)),
         });
         self.containers.save(&rec)?;
         Ok(())
@@ -397,13 +400,15 @@ impl super::Engine {
             }
             VmNetwork::None => {}
         }
-        let mut etc_files: Vec<(String, String)> = ["hostname", "hosts", "resolv.conf"]
-            .iter()
-            .filter_map(|name| {
-                let text = std::fs::read_to_string(etc_dir.join(name)).ok()?;
-                Some((name.to_string(), text))
-            })
-            .collect();
+        // passwd and group are there with --userns=keep-id only (the image's, plus the user).
+        let mut etc_files: Vec<(String, String)> =
+            ["hostname", "hosts", "resolv.conf", "passwd", "group"]
+                .iter()
+                .filter_map(|name| {
+                    let text = std::fs::read_to_string(etc_dir.join(name)).ok()?;
+                    Some((name.to_string(), text))
+                })
+                .collect();
         if machine.network == VmNetwork::Passt {
             // Names resolve through passt's DNS forwarder; the gateway is the host.
             use crate::vm::passt::{DNS, GATEWAY};
@@ -440,6 +445,7 @@ impl super::Engine {
                         path: s.path,
                         tag: s.tag,
                         read_only: s.read_only,
+                        guest_owner: machine.share_owner.unwrap_or((0, 0)),
                     })
                     .collect(),
                 vcpus: machine.cpus,

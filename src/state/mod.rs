@@ -237,6 +237,10 @@ pub struct VmMachine {
     /// none for `--rm`, whose writable layer is the guest's memory.
     #[serde(default)]
     pub upper: Option<PathBuf>,
+    /// The ids the guest sees the user's files in the shares as (`--userns=keep-id`: the
+    /// user's own); none: root's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub share_owner: Option<(u32, u32)>,
 }
 
 /// One virtio-9p share of a [`VmMachine`].

@@ -254,7 +254,8 @@ pub fn boot(config: &VmConfig, io: VmIo, start: Instant) -> Result<RunningVm, Er
         }
     }
     for share in &config.shares {
-        let device = Share::new(&share.path, &share.tag, share.read_only)?;
+        let device =
+            Share::new_owned_as(&share.path, &share.tag, share.read_only, share.guest_owner)?;
         let (addr, interrupt) = next_slot(&vm)?;
         let transport = MmioTransport::new(device, mem.clone(), interrupt);
         mmio.insert(

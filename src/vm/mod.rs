@@ -96,6 +96,9 @@ pub struct ShareConfig {
     pub path: PathBuf,
     pub tag: String,
     pub read_only: bool,
+    /// The uid and gid the guest sees the user's own files as (and a chown to which is a
+    /// chown to the user): root by default, the user's ids with `--userns=keep-id`.
+    pub guest_owner: (u32, u32),
 }
 
 /// How a guest ended a run that went as it should.

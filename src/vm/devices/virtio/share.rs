@@ -64,8 +64,9 @@ pub enum ShareError {
 pub struct Share {
     server: p9::Server,
     read_only: bool,
-    /// The user's ids, which the guest sees as 0.
+    /// The user's ids, and the ids the guest sees them as.
     owner: (u32, u32),
+    guest_owner: (u32, u32),
     /// virtio_9p_config: tag_len (le16), then the tag.
     config: Vec<u8>,
 }
@@ -73,6 +74,17 @@ pub struct Share {
 impl Share {
     /// Shares the directory `root` under the mount tag `tag`.
     pub fn new(root: &Path, tag: &str, read_only: bool) -> Result<Share, ShareError> {
+        Share::new_owned_as(root, tag, read_only, (0, 0))
+    }
+
+    /// Shares `root` with the user's own files shown to the guest as owned by `guest_owner`
+    /// (uid, gid), and a chown to those ids made a chown to the user.
+    pub fn new_owned_as(
+        root: &Path,
+        tag: &str,
+        read_only: bool,
+        guest_owner: (u32, u32),
+    ) -> Result<Share, ShareError> {
         if tag.is_empty() || tag.len() > MAX_TAG || !tag.bytes().all(|b| b.is_ascii_alphanumeric())
         {
             return Err(ShareError::Tag(tag.to_string()));
@@ -91,8 +103,8 @@ impl Share {
         );
         let server = p9::Server::new(
             root,
-            [(owner.0, 0)].into_iter().collect(),
-            [(owner.1, 0)].into_iter().collect(),
+            [(owner.0, guest_owner.0)].into_iter().collect(),
+            [(owner.1, guest_owner.1)].into_iter().collect(),
         )
         .map_err(open)?;
         let mut config = (tag.len() as u16).to_le_bytes().to_vec();
@@ -101,6 +113,7 @@ impl Share {
             server,
             read_only,
             owner,
+            guest_owner,
             config,
         })
     }
@@ -113,7 +126,7 @@ impl Share {
         let Some(message) = request.get_mut(..size) else {
             return Some(error_reply(tag, libc::EINVAL));
         };
-        if let Err(errno) = guard::check(message, self.read_only, self.owner) {
+        if let Err(errno) = guard::check(message, self.read_only, self.owner, self.guest_owner) {
             return Some(error_reply(tag, errno));
         }
         let mut reply = Vec::new();
@@ -286,8 +299,14 @@ pub mod guard {
     }
 
     /// Checks (and for Tsetattr's owner, rewrites) one whole message. `Err` is the errno the
-    /// guest gets instead of the server's answer.
-    pub fn check(msg: &mut [u8], read_only: bool, owner: (u32, u32)) -> Result<(), i32> {
+    /// guest gets instead of the server's answer. `guest_owner` is what the guest sees the
+    /// user's ids (`owner`) as.
+    pub fn check(
+        msg: &mut [u8],
+        read_only: bool,
+        owner: (u32, u32),
+        guest_owner: (u32, u32),
+    ) -> Result<(), i32> {
         let ty = *msg.get(4).ok_or(libc::EINVAL)?;
         let body = msg.get(7..).ok_or(libc::EINVAL)?;
         let mut setattr_valid = None;
@@ -357,14 +376,14 @@ pub mod guard {
             _ => {}
         }
         if let Some(valid) = setattr_valid {
-            // Tsetattr: fid[4] valid[4] mode[4] uid[4] gid[4] ...; the guest's root is the
-            // user (the length was checked above).
-            for (bit, at, host) in [
-                (SETATTR_UID, 7 + 12, owner.0),
-                (SETATTR_GID, 7 + 16, owner.1),
+            // Tsetattr: fid[4] valid[4] mode[4] uid[4] gid[4] ...; the guest's view of the
+            // user is the user (the length was checked above).
+            for (bit, at, host, guest) in [
+                (SETATTR_UID, 7 + 12, owner.0, guest_owner.0),
+                (SETATTR_GID, 7 + 16, owner.1, guest_owner.1),
             ] {
                 let field = &mut msg[at..at + 4];
-                if valid & bit != 0 && field == [0, 0, 0, 0] {
+                if valid & bit != 0 && *field == guest.to_le_bytes() {
                     field.copy_from_slice(&host.to_le_bytes());
                 }
             }
@@ -860,6 +879,48 @@ mod tests {
             std::fs::read_to_string(dir.path().join("secret")).unwrap(),
             "outside"
         );
+    }
+
+    /// keep-id: the guest sees the user's files as owned by the ids it runs as, and a chown
+    /// to those ids is a chown to the user (a no-op on the host), not to a stranger's ids.
+    #[test]
+    fn a_share_can_show_the_user_as_other_ids() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("f"), "x").unwrap();
+        let mut s = Share::new_owned_as(dir.path(), "berth0", false, (4321, 8765)).unwrap();
+        assert_eq!(
+            errno(&send(
+                &mut s,
+                Msg::new(TVERSION).u32(65536).s("9P2000.L").done()
+            )),
+            None
+        );
+        let attach = Msg::new(TATTACH)
+            .u32(0)
+            .u32(u32::MAX)
+            .s("u")
+            .s("")
+            .u32(4321)
+            .done();
+        assert_eq!(errno(&send(&mut s, attach)), None);
+        assert_eq!(errno(&walk(&mut s, 0, 1, &["f"])), None);
+        let r = send(&mut s, Msg::new(TGETATTR).u32(1).u64(0x7ff).done());
+        // Rgetattr: valid[8] qid[13] mode[4] uid[4] gid[4].
+        let at = 7 + 8 + 13 + 4;
+        let uid = u32::from_le_bytes(r[at..at + 4].try_into().unwrap());
+        let gid = u32::from_le_bytes(r[at + 4..at + 8].try_into().unwrap());
+        assert_eq!((uid, gid), (4321, 8765));
+        let setattr = Msg::new(TSETATTR)
+            .u32(1)
+            .u32(0x2 | 0x4)
+            .u32(0)
+            .u32(4321)
+            .u32(8765)
+            .bytes(&[0; 40])
+            .done();
+        assert_eq!(errno(&send(&mut s, setattr)), None);
+        let meta = std::fs::metadata(dir.path().join("f")).unwrap();
+        assert_eq!(meta.uid(), nix::unistd::getuid().as_raw());
     }
 
     #[test]
