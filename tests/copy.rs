@@ -147,6 +147,26 @@ fn commit_makes_an_image_of_the_containers_changes() {
         images.contains("localhost/committed") && images.contains(" 1 "),
         "{images}"
     );
+    // The new layer is unpacked already, from the tar commit wrote: the image's first run
+    // does not decompress and unpack it again.
+    let inspect: Value =
+        serde_json::from_str(&berth.run_ok(&["image", "inspect", "localhost/committed:1"]))
+            .unwrap();
+    let diff_id = inspect[0]["RootFS"]["Layers"]
+        .as_array()
+        .and_then(|l| l.last())
+        .and_then(|d| d.as_str())
+        .unwrap_or_else(|| panic!("no RootFS.Layers in {inspect:#}"))
+        .to_string();
+    let unpacked = berth
+        .root
+        .join("data/layers")
+        .join(diff_id.trim_start_matches("sha256:"));
+    assert!(
+        unpacked.join("app/out").is_file(),
+        "commit leaves the new layer unpacked at {}",
+        unpacked.display()
+    );
     // The image runs: its CMD, its files, the deletion, the owner, the environment.
     assert_eq!(berth.container_ok(&["localhost/committed:1"]), "built\n");
     let check = berth.container_ok(&[

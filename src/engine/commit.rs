@@ -170,6 +170,20 @@ impl super::Engine {
                 diff_id: format!("sha256:{}", hex::encode(diff.finalize())),
             })
         })();
+        if let Ok(layer) = &layer {
+            // The new image's first run needs this layer unpacked: done now, from the tar that
+            // is still here (and in the page cache), the run costs what any run costs instead
+            // of decompressing the blob it was just compressed into.
+            let tar = crate::image::LayerRef {
+                diff_id: layer.diff_id.clone(),
+                blob_path: tar_path.clone(),
+                media_type: "application/vnd.oci.image.layer.v1.tar".into(),
+                size: std::fs::metadata(&tar_path).map_or(0, |m| m.len()),
+            };
+            if let Err(e) = self.layers.ensure(std::slice::from_ref(&tar), &self.ids) {
+                eprintln!("warning: {e}; the new image's first run unpacks its layer");
+            }
+        }
         cleanup();
         let layer = layer.map_err(super::io("compressing the new layer in", &scratch))?;
 
