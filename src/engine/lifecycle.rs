@@ -62,28 +62,14 @@ pub struct KillNotice {
     pub secs: u32,
 }
 
-/// Whether `stream` has something to read (or was closed) within `timeout`.
-fn readable_within(stream: &UnixStream, timeout: Duration) -> bool {
-    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-    use std::os::fd::AsFd;
-    let deadline = Instant::now() + timeout;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let ms = PollTimeout::try_from(left.as_millis().min(i32::MAX as u128) as i32)
-            .unwrap_or(PollTimeout::MAX);
-        let mut fds = [PollFd::new(stream.as_fd(), PollFlags::POLLIN)];
-        match poll(&mut fds, ms) {
-            Ok(0) => return false,
-            Ok(_) => return true,
-            Err(nix::errno::Errno::EINTR) if !left.is_zero() => continue,
-            Err(_) => return true,
-        }
-    }
-}
-
-fn await_answer(stream: &mut UnixStream) -> Result<Option<i32>, EngineError> {
+/// The monitor's answer to a request; `killing` runs when it says its stop timer ran out.
+fn await_answer(
+    stream: &mut UnixStream,
+    killing: &mut dyn FnMut(),
+) -> Result<Option<i32>, EngineError> {
     loop {
         match proto::read_frame(stream) {
+            Ok(Some((proto::KILLING, _))) => killing(),
             Ok(Some((proto::EXIT, p))) => return Ok(proto::parse_exit(&p)),
             Ok(Some((proto::OK, _))) => return Ok(Some(0)),
             Ok(Some((proto::ERROR, p))) => {
@@ -733,21 +719,20 @@ impl super::Engine {
     /// connection unanswered) has no answer to give: then this waits until the record shows
     /// the run `rec` describes is over, and returns `None`.
     fn ask(&self, rec: &ContainerRecord, req: Request) -> Result<Option<i32>, EngineError> {
-        self.ask_with(rec, req, &mut |_| {})
+        self.ask_with(rec, req, &mut || {})
     }
 
-    /// As [`Self::ask`], with `waiting` called once the request is sent, before the answer is
-    /// read.
+    /// As [`Self::ask`], with `killing` called when the monitor says its stop timer ran out
+    /// (before it sends SIGKILL).
     fn ask_with(
         &self,
         rec: &ContainerRecord,
         req: Request,
-        waiting: &mut dyn FnMut(&UnixStream),
+        killing: &mut dyn FnMut(),
     ) -> Result<Option<i32>, EngineError> {
         let asked = self.request(rec, req);
         if let Ok(mut s) = asked {
-            waiting(&s);
-            if let Some(code) = await_answer(&mut s)? {
+            if let Some(code) = await_answer(&mut s, killing)? {
                 return Ok(Some(code));
             }
         } else if let Err(e) = asked {
@@ -845,12 +830,9 @@ impl super::Engine {
         };
         if Self::has_monitor(&rec) {
             // The monitor answers after recording the end; a racing restart is cancelled. Its
-            // timer sends SIGKILL when no answer has come within `secs`.
-            self.ask_with(&rec, Request::Stop { secs }, &mut |stream| {
-                if secs > 0 && !readable_within(stream, Duration::from_secs(secs as u64)) {
-                    notice(&killing);
-                }
-            })?;
+            // timer sends SIGKILL when the stop signal has not ended the sandbox within
+            // `secs`, and it says so first.
+            self.ask_with(&rec, Request::Stop { secs }, &mut || notice(&killing))?;
             return Ok(rec.id);
         }
         let _ = Self::signal_init(&rec, sig);

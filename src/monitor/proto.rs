@@ -6,7 +6,8 @@
 //! ```text
 //! attach [i][o][e]    stream stdin (i), stdout (o), stderr (e) until the sandbox ends
 //! wait                the exit status once the sandbox has ended
-//! stop SECS           the stop signal now, SIGKILL after SECS seconds; answers like wait
+//! stop SECS           the stop signal now, SIGKILL after SECS seconds (saying KILLING
+//!                     then); answers like wait
 //! kill SIGNO          one signal; answers OK
 //! ```
 //!
@@ -31,6 +32,9 @@ pub const EXIT: u8 = 5;
 pub const ERROR: u8 = 6;
 /// Monitor to client: the request was carried out.
 pub const OK: u8 = 7;
+/// Monitor to a `stop` client: the stop signal did not end the sandbox within the seconds
+/// given, and SIGKILL goes now (the answer follows as for `wait`).
+pub const KILLING: u8 = 8;
 
 /// Largest payload of one frame.
 pub const MAX_FRAME: usize = 64 * 1024;

@@ -224,6 +224,8 @@ struct Client {
     role: Role,
     inbuf: Vec<u8>,
     outbuf: Vec<u8>,
+    /// A `stop` client, told when the stop timer runs out and SIGKILL follows.
+    stopping: bool,
 }
 
 impl Client {
@@ -233,6 +235,7 @@ impl Client {
             role,
             inbuf: Vec::new(),
             outbuf: Vec::new(),
+            stopping: false,
         }
     }
 
@@ -601,6 +604,7 @@ impl Monitor {
             },
             Request::Wait => Role::Waiting,
             Request::Stop { secs } => {
+                self.clients[i].stopping = true;
                 self.stop(secs);
                 Role::Waiting
             }
@@ -774,6 +778,12 @@ impl Monitor {
                 self.accept();
             }
             if fds[5].revents != 0 {
+                // The stop timer: whoever asked for the stop hears that SIGKILL follows.
+                if self.exit.is_none() {
+                    for c in self.clients.iter_mut().filter(|c| c.stopping) {
+                        c.queue(proto::KILLING, b"");
+                    }
+                }
                 self.signal_sandbox(libc::SIGKILL);
                 if let Some(t) = self.timer.take() {
                     close(t);
