@@ -1,12 +1,13 @@
 //! `berth vmm`: the bare microVM monitor. Boots a kernel with a serial console on stdout and
 //! exits when the guest resets or powers off — for debugging kernels and measuring the VMM.
 
+use std::os::fd::AsFd;
 use std::path::PathBuf;
-use std::time::Instant;
 
 use anyhow::{bail, Context};
 use clap::Args;
 
+use berth::vm::jailed::{self, JailedIo};
 use berth::vm::{self, DiskConfig, VmConfig};
 
 #[derive(Args)]
@@ -38,14 +39,13 @@ pub struct VmmArgs {
 
 /// Runs the VM; 0 when the guest reset or powered off, 1 when it could not boot or failed.
 pub fn vmm(args: VmmArgs) -> i32 {
-    let start = Instant::now();
-    match run(args, start) {
+    match run(args) {
         Ok(()) => 0,
         Err(e) => super::report(e, 1),
     }
 }
 
-fn run(args: VmmArgs, start: Instant) -> anyhow::Result<()> {
+fn run(args: VmmArgs) -> anyhow::Result<()> {
     let mem_mib = parse_mib(&args.memory)?;
     let config = VmConfig {
         kernel: args.kernel,
@@ -70,8 +70,21 @@ fn run(args: VmmArgs, start: Instant) -> anyhow::Result<()> {
         shares: vec![],
         balloon: args.balloon,
     };
-    let report = vm::run(&config, Box::new(std::io::stdout()), start)
-        .with_context(|| format!("microVM with kernel {}", config.kernel.display()))?;
+    let context = || format!("microVM with kernel {}", config.kernel.display());
+    // The jailed VMM writes the serial console straight to this stdout.
+    let console = std::io::stdout()
+        .as_fd()
+        .try_clone_to_owned()
+        .context("duplicating stdout for the console")?;
+    let io = JailedIo {
+        console,
+        console_copy: None,
+        channel: None,
+        net: None,
+    };
+    let report = jailed::start(&config, io)
+        .and_then(|vm| vm.wait())
+        .with_context(context)?;
     if let Some(boot) = report.boot_time {
         eprintln!("berth: Guest-boot-time = {} us", boot.as_micros());
     }
