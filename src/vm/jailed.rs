@@ -171,6 +171,23 @@ fn open_kvm() -> Result<OwnedFd, VmmError> {
         .map_err(setup("duplicating the /dev/kvm descriptor"))
 }
 
+/// Opens a kernel or initrd; failing, says so as the VMM says what it cannot load.
+#[cfg(target_arch = "x86_64")]
+fn open_kernel(path: &PathBuf) -> Result<File, VmmError> {
+    File::open(path).map_err(|e| {
+        super::Error::Kernel {
+            path: path.clone(),
+            source: super::KernelError::Open(e),
+        }
+        .into()
+    })
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn open_kernel(_: &PathBuf) -> Result<File, VmmError> {
+    Err(super::Error::UnsupportedArch.into())
+}
+
 #[cfg(not(target_arch = "x86_64"))]
 fn open_kvm() -> Result<OwnedFd, VmmError> {
     Err(super::Error::UnsupportedArch.into())
@@ -188,12 +205,7 @@ pub fn start(config: &VmConfig, io: JailedIo) -> Result<JailedVm, VmmError> {
     let (report_read, report_write) = pipe().map_err(setup("creating the report pipe"))?;
     let report = fds.add(report_write);
     let kvm = fds.add(open_kvm()?);
-    let open = |path: &PathBuf| {
-        File::open(path).map_err(|e| super::Error::Kernel {
-            path: path.clone(),
-            source: super::KernelError::Open(e),
-        })
-    };
+    let open = open_kernel;
     let kernel = FileFd {
         fd: fds.add(open(&config.kernel)?),
         path: config.kernel.clone(),

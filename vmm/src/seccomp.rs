@@ -184,9 +184,13 @@ extern "C" fn on_sigsys(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc
 #[cfg(target_arch = "x86_64")]
 fn rules(kind: ThreadKind) -> Result<BTreeMap<i64, Vec<SeccompRule>>, Error> {
     use libc::*;
-    // Every kind: memory (the allocator, thread stacks), locks, signals (the kick, SIGSYS),
-    // clocks, the report and the end.
+    // Every kind: memory (the allocator, thread stacks), locks, signals (the kick, SIGSYS,
+    // and a panic's abort, which signals the thread itself), clocks, random seeds (std's
+    // hash maps), the report and the end.
     const COMMON: &[c_long] = &[
+        SYS_tkill,
+        SYS_tgkill,
+        SYS_getrandom,
         SYS_read,
         SYS_write,
         SYS_close,
@@ -272,8 +276,8 @@ fn rules(kind: ThreadKind) -> Result<BTreeMap<i64, Vec<SeccompRule>>, Error> {
         ]),
         ThreadKind::Main => {
             allowed.extend(COMMON);
-            // Kicking the vCPUs out of KVM_RUN, shutting the device threads' streams down.
-            allowed.extend([SYS_tkill, SYS_tgkill, SYS_shutdown]);
+            // Shutting the device threads' streams down (the vCPUs are kicked with tkill).
+            allowed.push(SYS_shutdown);
         }
         ThreadKind::Vcpu => {
             allowed.extend(COMMON);
