@@ -399,3 +399,51 @@ fn the_vmm_is_a_small_program_in_namespaces_of_its_own_with_an_empty_root() {
     vmm.signal(Signal::SIGTERM);
     vmm.wait(Duration::from_secs(10));
 }
+
+#[test]
+fn a_shared_directory_is_all_of_the_host_in_the_vmm_root() {
+    let Some((berth, guest)) = setup(Variant::Halt) else {
+        return;
+    };
+    let dir = berth.host_mkdir("shared");
+    berth.host_file("shared/hello", "hi\n");
+    let share = format!("{}:berth0:ro", dir.display());
+    let args = vmm_args(&guest, &["--memory", "64M", "--share", &share]);
+    let mut vmm = berth.spawn(&args);
+    vmm.wait_for_line("berth-tiny-guest: halting", Duration::from_secs(60));
+    let below = descendants(vmm.pid());
+    assert_eq!(below.len(), 2, "processes below berth: {below:?}");
+    let root = format!("/proc/{}/root", below[1]);
+    let list = |path: &str| {
+        let mut names: Vec<String> = std::fs::read_dir(path)
+            .unwrap_or_else(|e| panic!("{path}: {e}"))
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(list(&root), ["proc", "shares"]);
+    assert_eq!(list(&format!("{root}/shares/0")), ["hello"]);
+    // The VMM's proc is of its own PID namespace: itself alone.
+    let pids: Vec<String> = list(&format!("{root}/proc"))
+        .into_iter()
+        .filter(|n| n.parse::<u32>().is_ok())
+        .collect();
+    assert_eq!(pids, ["1"]);
+    // Read-only in the jail, whatever the guest asks of the 9P server.
+    let mounts = std::fs::read_to_string(format!("/proc/{}/mountinfo", below[1])).unwrap();
+    let line = mounts
+        .lines()
+        .find(|l| l.split(' ').nth(4) == Some("/shares/0"))
+        .unwrap_or_else(|| panic!("no /shares/0 in\n{mounts}"));
+    assert!(
+        line.split(' ')
+            .nth(5)
+            .unwrap()
+            .split(',')
+            .any(|o| o == "ro"),
+        "{line}"
+    );
+    vmm.signal(Signal::SIGTERM);
+    vmm.wait(Duration::from_secs(10));
+}

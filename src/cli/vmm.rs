@@ -8,7 +8,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 
 use berth::vm::jailed::{self, JailedIo};
-use berth::vm::{self, DiskConfig, VmConfig};
+use berth::vm::{self, DiskConfig, ShareConfig, VmConfig};
 
 #[derive(Args)]
 pub struct VmmArgs {
@@ -31,6 +31,10 @@ pub struct VmmArgs {
     /// sees vda, vdb, ... in this order).
     #[arg(long, value_name = "FILE[,ro]")]
     disk: Vec<String>,
+    /// A host directory the guest can mount over virtio-9p with mount tag TAG: DIR:TAG, or
+    /// DIR:TAG:ro for a read-only one (repeatable).
+    #[arg(long, value_name = "DIR:TAG[:ro]")]
+    share: Vec<String>,
     /// Add a virtio-balloon device (the last virtio device): the guest reports the pages it
     /// frees and the VMM gives them back to the host.
     #[arg(long)]
@@ -67,7 +71,11 @@ fn run(args: VmmArgs) -> anyhow::Result<()> {
                 },
             })
             .collect(),
-        shares: vec![],
+        shares: args
+            .share
+            .iter()
+            .map(|s| parse_share(s))
+            .collect::<anyhow::Result<_>>()?,
         balloon: args.balloon,
     };
     let context = || format!("microVM with kernel {}", config.kernel.display());
@@ -90,6 +98,22 @@ fn run(args: VmmArgs) -> anyhow::Result<()> {
     }
     eprintln!("berth: guest {}", report.exit);
     Ok(())
+}
+
+/// `--share DIR:TAG[:ro]`.
+fn parse_share(spec: &str) -> anyhow::Result<ShareConfig> {
+    let (rest, read_only) = match spec.strip_suffix(":ro") {
+        Some(rest) => (rest, true),
+        None => (spec, false),
+    };
+    match rest.rsplit_once(':') {
+        Some((dir, tag)) if !dir.is_empty() && !tag.is_empty() => Ok(ShareConfig {
+            path: dir.into(),
+            tag: tag.to_string(),
+            read_only,
+        }),
+        _ => bail!("invalid --share {spec:?}: use DIR:TAG or DIR:TAG:ro"),
+    }
 }
 
 /// `SIZE` in MiB: `64M`, `64MiB`, `1g`, `65536k`, or a plain number of MiB.
@@ -124,6 +148,19 @@ pub fn parse_mib(size: &str) -> anyhow::Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shares() {
+        let s = parse_share("/a:b/c:tag0:ro").unwrap();
+        assert_eq!(
+            (s.path, s.tag.as_str(), s.read_only),
+            ("/a:b/c".into(), "tag0", true)
+        );
+        let s = parse_share("dir:t").unwrap();
+        assert_eq!((s.path, s.read_only), ("dir".into(), false));
+        assert!(parse_share("dir").is_err());
+        assert!(parse_share(":t").is_err());
+    }
 
     #[test]
     fn memory_sizes() {

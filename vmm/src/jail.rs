@@ -11,8 +11,9 @@
 
 use std::ffi::CString;
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
 
 use crate::launch::{share_path, Launch};
@@ -153,6 +154,12 @@ pub fn enter(launch: &Launch) -> Result<Role, Error> {
 fn build_root(launch: &Launch) -> Result<(), Error> {
     let none = c"none";
     let staging = cstr(Path::new(STAGING)).map_err(fail(STAGING))?;
+    // The shares, reopened in this namespace before the tmpfs covers the staging directory
+    // (which may hold them).
+    let mut shares = Vec::with_capacity(launch.shares.len());
+    for share in &launch.shares {
+        shares.push(reopen_here(share.fd).map_err(fail(format!("opening share {}", share.tag)))?);
+    }
     // SAFETY: mount, chdir, mkdir, pivot_root and umount2 with NUL-terminated strings that
     // outlive the calls; they change this process's own (new) mount namespace only.
     unsafe {
@@ -178,10 +185,10 @@ fn build_root(launch: &Launch) -> Result<(), Error> {
         std::fs::create_dir("shares").map_err(fail("making /shares"))?;
         std::fs::create_dir("proc").map_err(fail("making /proc"))?;
     }
-    for (i, share) in launch.shares.iter().enumerate() {
+    for (i, (share, dir)) in launch.shares.iter().zip(&shares).enumerate() {
         let target = Path::new(".").join(share_path(i).strip_prefix("/").unwrap_or(Path::new("")));
         std::fs::create_dir(&target).map_err(fail(format!("making {}", target.display())))?;
-        bind_share(share.fd, &target, share.read_only)
+        bind_share(dir.as_raw_fd(), &target, share.read_only)
             .map_err(fail(format!("binding share {} into the jail", share.tag)))?;
     }
     if !launch.shares.is_empty() {
@@ -208,8 +215,35 @@ fn build_root(launch: &Launch) -> Result<(), Error> {
     Ok(())
 }
 
-/// Binds the directory open as `fd` on `target`, read-only when `read_only`; never with
-/// set-user-id programs or devices.
+/// The directory open as `fd` (berth's, whose mount is the host namespace's, which a bind in
+/// this one refuses with EINVAL) opened again by its path in this namespace; it must be the
+/// very directory berth opened (device and inode), not one swapped in since.
+fn reopen_here(fd: RawFd) -> io::Result<OwnedFd> {
+    let path = std::fs::read_link(format!("/proc/self/fd/{fd}"))?;
+    let dir = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)
+        .open(&path)?;
+    let mut opened: libc::stat = unsafe_zeroed_stat();
+    // SAFETY: fstat writes a local struct.
+    check(unsafe { libc::fstat(fd, &mut opened) })?;
+    let here = dir.metadata()?;
+    if here.dev() != opened.st_dev || here.ino() != opened.st_ino {
+        return Err(io::Error::other(format!(
+            "{} changed while the VM started: run it again",
+            path.display()
+        )));
+    }
+    Ok(OwnedFd::from(dir))
+}
+
+fn unsafe_zeroed_stat() -> libc::stat {
+    // SAFETY: libc::stat is plain data, valid all-zero.
+    unsafe { std::mem::zeroed() }
+}
+
+/// Binds the directory open as `fd` (in this namespace) on `target`, read-only when
+/// `read_only`; never with set-user-id programs or devices.
 fn bind_share(fd: RawFd, target: &Path, read_only: bool) -> io::Result<()> {
     let source = CString::new(format!("/proc/self/fd/{fd}"))
         .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
