@@ -12,6 +12,11 @@
 //! `<arch>-unknown-linux-musl` (`rustup target add x86_64-unknown-linux-musl`; scripts/lib.sh
 //! adds it), else as static glibc with a warning.
 //!
+//! `berth-vmm` (vmm/), the program that runs a microVM's guest, jailed, is built the same way
+//! and for the same reasons, into its own target directory: a small static program is what
+//! the VMM's jail wants (an empty root has no ld.so or libc to load) and what keeps its memory
+//! beside the guest's small.
+//!
 //! It also compiles `berth-dmz` (src/container/dmz.c), the few-KiB static program berth runs
 //! inside a container from a sealed memfd (see src/container/dmz.rs), with the C compiler
 //! that links Rust programs here anyway.
@@ -26,6 +31,9 @@ fn main() {
         "monitor/Cargo.lock",
         "src/monitor",
         "src/clock.rs",
+        "vmm/src",
+        "vmm/Cargo.toml",
+        "vmm/Cargo.lock",
     ] {
         println!("cargo:rerun-if-changed={p}");
     }
@@ -39,30 +47,38 @@ fn main() {
         .to_path_buf();
     // One build of the monitor for every profile of berth (it always uses its own release
     // profile); its cargo locks that directory, so concurrent berth builds share it safely.
-    let target_dir = profile_dir
+    let target_root = profile_dir
         .parent()
         .expect("the profile directory has a parent")
-        .join("berth-monitor");
+        .to_path_buf();
 
     let arch = env("CARGO_CFG_TARGET_ARCH");
     let musl = format!("{arch}-unknown-linux-musl");
-    let built = if target_installed(&musl) {
-        build(&manifest_dir, &target_dir, &musl, &[])
-    } else {
+    let musl_installed = target_installed(&musl);
+    if !musl_installed {
         println!(
-            "cargo:warning=berth-monitor: the Rust target {musl} is not installed, so the \
-             monitor is linked statically against glibc (about twice the memory per sandbox); \
+            "cargo:warning=berth-monitor and berth-vmm: the Rust target {musl} is not installed, \
+             so they are linked statically against glibc (about twice the memory per sandbox); \
              run `rustup target add {musl}` and build again"
         );
-        let target = env("TARGET");
-        build(
-            &manifest_dir,
-            &target_dir,
-            &target,
-            &["-C", "target-feature=+crt-static"],
-        )
-    };
-    install(&built, &profile_dir.join("berth-monitor"));
+    }
+    for (dir, program) in [("monitor", "berth-monitor"), ("vmm", "berth-vmm")] {
+        let target_dir = target_root.join(program);
+        let built = if musl_installed {
+            build(&manifest_dir, dir, program, &target_dir, &musl, &[])
+        } else {
+            let target = env("TARGET");
+            build(
+                &manifest_dir,
+                dir,
+                program,
+                &target_dir,
+                &target,
+                &["-C", "target-feature=+crt-static"],
+            )
+        };
+        install(&built, &profile_dir.join(program));
+    }
     build_dmz(&manifest_dir, &out_dir);
 }
 
@@ -130,22 +146,29 @@ fn target_installed(target: &str) -> bool {
             .is_dir()
 }
 
-/// `cargo rustc --release` of monitor/ for `target`, with `flags` for the program's own
-/// compilation and link; returns the executable.
-fn build(manifest_dir: &Path, target_dir: &Path, target: &str, flags: &[&str]) -> PathBuf {
+/// `cargo rustc --release` of `program` in `dir` (monitor/, vmm/) for `target`, with `flags`
+/// for the program's own compilation and link; returns the executable.
+fn build(
+    manifest_dir: &Path,
+    dir: &str,
+    program: &str,
+    target_dir: &Path,
+    target: &str,
+    flags: &[&str],
+) -> PathBuf {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.arg("rustc")
         .arg("--release")
         .arg("--locked")
         .arg("--manifest-path")
-        .arg(manifest_dir.join("monitor/Cargo.toml"))
+        .arg(manifest_dir.join(dir).join("Cargo.toml"))
         .arg("--target")
         .arg(target)
         .arg("--target-dir")
         .arg(target_dir)
         .arg("--bin")
-        .arg("berth-monitor");
+        .arg(program);
     if !flags.is_empty() {
         cmd.arg("--").args(flags);
     }
@@ -167,22 +190,20 @@ fn build(manifest_dir: &Path, target_dir: &Path, target: &str, flags: &[&str]) -
     cmd.stdout(std::io::stderr());
     let status = cmd
         .status()
-        .unwrap_or_else(|e| panic!("running cargo to build berth-monitor: {e}"));
+        .unwrap_or_else(|e| panic!("running cargo to build {program}: {e}"));
     if !status.success() {
-        panic!(
-            "building berth-monitor (monitor/) for {target} failed ({status}); see its output above"
-        );
+        panic!("building {program} ({dir}/) for {target} failed ({status}); see its output above");
     }
-    target_dir
-        .join(target)
-        .join("release")
-        .join("berth-monitor")
+    target_dir.join(target).join("release").join(program)
 }
 
-/// Copies `from` to `to` through a temporary name, so that monitors running the old program
+/// Copies `from` to `to` through a temporary name, so that processes running the old program
 /// keep it (writing over a running executable fails with ETXTBSY).
 fn install(from: &Path, to: &Path) {
-    let tmp = to.with_file_name(".berth-monitor.tmp");
+    let tmp = to.with_file_name(format!(
+        ".{}.tmp",
+        to.file_name().unwrap_or_default().to_string_lossy()
+    ));
     std::fs::copy(from, &tmp)
         .unwrap_or_else(|e| panic!("copying {} to {}: {e}", from.display(), tmp.display()));
     std::fs::rename(&tmp, to)

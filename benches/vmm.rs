@@ -10,6 +10,12 @@
 //!   guest RAM the guest touched (the Rss of the anonymous mapping of guest-memory size), and
 //!   its anonymous part alone (what the VMM costs beyond the page cache it shares).
 //!
+//! berth's VMM is the jailed `berth-vmm` program, two processes below `berth vmm`: a waiter
+//! outside the VMM's PID namespace and the VMM itself. The table's memory is the VMM's (the
+//! process that runs the guest), as for QEMU; the line below the table gives the Rss of the
+//! other two (the `berth vmm` front end and the waiter), which a `run --vm` sandbox has in
+//! another shape (its host-side session and the waiter).
+//!
 //! Firecracker is listed as skipped unless installed. Run with `cargo bench --bench vmm`
 //! (as root, the VMMs run as `berthtest`; otherwise as you).
 
@@ -44,6 +50,9 @@ struct Footprint {
     anon_kib: u64,
     /// The guest RAM the guest touched (all of it anonymous).
     guest_kib: u64,
+    /// The Rss of the processes between the one spawned and the VMM (berth's front end and
+    /// the jailed program's waiter); 0 where the VMM is the process spawned.
+    helpers_kib: u64,
 }
 
 /// What one system did.
@@ -158,7 +167,22 @@ fn main() {
         }),
     };
 
+    let helpers = match &berth_row.outcome {
+        Outcome::Measured { footprints, .. } => Some(stats(
+            &footprints
+                .iter()
+                .map(|f| f.helpers_kib as f64 / 1024.0)
+                .collect::<Vec<_>>(),
+        )),
+        Outcome::Skipped(_) => None,
+    };
     print_table(&[berth_row, qemu_row, firecracker_row]);
+    if let Some(h) = helpers {
+        println!(
+            "berth: besides the VMM, `berth vmm` and the jailed program's waiter hold Rss {:.1} MiB (median; min {:.1}, max {:.1})",
+            h.median, h.min, h.max
+        );
+    }
     if !boot_times.is_empty() {
         let s = stats(&boot_times);
         println!(
@@ -269,13 +293,62 @@ fn footprint(mut cmd: Command) -> Result<Footprint, String> {
         }
     }
     let measured = if halted {
-        read_footprint(pid)
+        // The process running the guest: the last berth-vmm below the one spawned (the
+        // jailed VMM, below its waiter), else the one spawned (QEMU).
+        let chain = descendants(pid);
+        let vmm = chain
+            .iter()
+            .copied()
+            .rfind(|p| {
+                fs::read_link(format!("/proc/{p}/exe"))
+                    .is_ok_and(|e| e.file_name().is_some_and(|n| n == "berth-vmm"))
+            })
+            .unwrap_or(pid);
+        let helpers: u64 = std::iter::once(pid)
+            .chain(chain)
+            .filter(|p| *p != vmm)
+            .map(|p| read_footprint(p).map_or(0, |f| f.rss_kib))
+            .sum();
+        read_footprint(vmm).map(|f| Footprint {
+            helpers_kib: helpers,
+            ..f
+        })
     } else {
         Err("the halting guest ended before halting".into())
     };
     let _ = child.kill();
     let _ = child.wait();
     measured
+}
+
+/// The processes below `pid`, parents first.
+fn descendants(pid: u32) -> Vec<u32> {
+    let mut parent_of = Vec::new();
+    for entry in fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(p) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = fs::read_to_string(format!("/proc/{p}/stat")) else {
+            continue;
+        };
+        // The command name may hold spaces and parentheses: the fields follow the last ')'.
+        let ppid = stat
+            .rfind(')')
+            .and_then(|i| stat[i + 2..].split(' ').nth(1))
+            .and_then(|f| f.parse::<u32>().ok());
+        if let Some(ppid) = ppid {
+            parent_of.push((p, ppid));
+        }
+    }
+    let mut found = vec![pid];
+    let mut i = 0;
+    while i < found.len() {
+        let p = found[i];
+        found.extend(parent_of.iter().filter(|(_, pp)| *pp == p).map(|(c, _)| *c));
+        i += 1;
+    }
+    found.remove(0);
+    found
 }
 
 /// The process's Rss, and the Rss of its guest-RAM mapping: the anonymous mappings of at
@@ -316,6 +389,7 @@ fn read_footprint(pid: u32) -> Result<Footprint, String> {
         rss_kib,
         anon_kib,
         guest_kib,
+        helpers_kib: 0,
     })
 }
 

@@ -354,7 +354,7 @@ fn microvm_runs_the_image_as_the_container_wall_does() {
              kill -9 $pid; wait $pid; echo killed=$?; \
              $B ps -a | grep victim; $B rm victim && echo removed; \
              echo left=$(ls $BERTH_ROOT/data/containers 2>/dev/null | wc -l); \
-             pgrep -u $(id -u) -x berth || echo no-vmm-left"
+             pgrep -u $(id -u) -x 'berth|berth-vmm' || echo no-vmm-left"
                 .to_string(),
         ),
         // `berth bench` with the microVM rows measured (their JSON is checked below). The
@@ -370,7 +370,7 @@ fn microvm_runs_the_image_as_the_container_wall_does() {
             "bench_density",
             "$B bench density --image $IMG --walls vm --peers none --count 2 --format json \
              >$R/bench-density.json; echo rc=$?; echo left=$($B ps -a -q | wc -l); \
-             pgrep -u $(id -u) -x berth || echo no-vmm-left"
+             pgrep -u $(id -u) -x 'berth|berth-vmm' || echo no-vmm-left"
                 .to_string(),
         ),
         // A user-defined network shared by containers and microVMs: by name and by alias both

@@ -259,3 +259,191 @@ fn bad_sizes_are_refused_with_the_range() {
         assert!(stdout(&out).is_empty(), "{}", describe(&args, &out));
     }
 }
+
+#[test]
+fn a_forbidden_system_call_ends_the_vmm_with_a_report() {
+    let Some((berth, guest)) = setup(Variant::Reset) else {
+        return;
+    };
+    // The hook makes the first thread of a kind call socket() once filtered: a vCPU thread
+    // (which emulates the devices the guest touches) and the main thread (once the guest runs).
+    for kind in ["vcpu", "main"] {
+        let args = vmm_args(&guest, &["--memory", "64M"]);
+        let mut cmd = berth.command(&args);
+        cmd.env("BERTH_VMM_TEST_SECCOMP", kind);
+        let out = common::finish(cmd, None, &args);
+        assert_eq!(code(&out), 1, "{kind}: {}", describe(&args, &out));
+        let want = format!(
+            "the VMM's {kind} thread made system call {} (socket), which its seccomp filter forbids, and the VMM was stopped",
+            libc::SYS_socket
+        );
+        assert!(
+            stderr(&out).contains(&want),
+            "{kind}: {}",
+            describe(&args, &out)
+        );
+        assert!(
+            !stdout(&out).contains("berth-tiny-guest: reset"),
+            "{kind}: the guest ran on: {}",
+            describe(&args, &out)
+        );
+    }
+}
+
+/// The processes below `pid`, parents first.
+fn descendants(pid: i32) -> Vec<i32> {
+    let mut parent_of = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(p) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+            continue;
+        };
+        // The command name may hold spaces and parentheses: the fields follow the last ')'.
+        let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+        parent_of.push((p, fields[1].parse::<i32>().unwrap()));
+    }
+    let mut found = vec![pid];
+    let mut i = 0;
+    while i < found.len() {
+        let p = found[i];
+        found.extend(parent_of.iter().filter(|(_, pp)| *pp == p).map(|(c, _)| *c));
+        i += 1;
+    }
+    found.remove(0);
+    found
+}
+
+#[test]
+fn the_vmm_is_a_small_program_in_namespaces_of_its_own_with_an_empty_root() {
+    let Some((berth, guest)) = setup(Variant::Halt) else {
+        return;
+    };
+    let args = vmm_args(&guest, &["--memory", "64M", "--cpus", "2"]);
+    let mut vmm = berth.spawn(&args);
+    vmm.wait_for_line("berth-tiny-guest: halting", Duration::from_secs(60));
+    let berth_pid = vmm.pid();
+    // berth -> berth-vmm (the waiter, outside the VMM's PID namespace) -> berth-vmm (the VMM).
+    let below = descendants(berth_pid);
+    assert_eq!(below.len(), 2, "processes below berth: {below:?}");
+    for p in &below {
+        let exe = std::fs::read_link(format!("/proc/{p}/exe")).unwrap();
+        assert_eq!(
+            exe.file_name().unwrap(),
+            "berth-vmm",
+            "pid {p} runs {}",
+            exe.display()
+        );
+    }
+    let pid = below[1];
+    let ns = |p: i32, kind: &str| std::fs::read_link(format!("/proc/{p}/ns/{kind}")).unwrap();
+    for kind in ["user", "mnt", "pid", "net", "ipc", "uts"] {
+        assert_ne!(
+            ns(pid, kind),
+            ns(berth_pid, kind),
+            "{kind} namespace shared"
+        );
+    }
+    let root: Vec<_> = std::fs::read_dir(format!("/proc/{pid}/root"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(root.is_empty(), "the VMM's root holds {root:?}");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    for line in [
+        "NoNewPrivs:\t1",
+        "CapEff:\t0000000000000000",
+        "CapBnd:\t0000000000000000",
+    ] {
+        assert!(status.contains(line), "no {line:?} in\n{status}");
+    }
+    // Every thread (main, two vCPUs; KVM may add a kernel worker of its own, such as
+    // kvm-nx-lpage-recovery) under a filter.
+    let tasks: Vec<_> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    let names: Vec<String> = tasks
+        .iter()
+        .map(|t| {
+            std::fs::read_to_string(t.join("comm"))
+                .unwrap()
+                .trim()
+                .to_string()
+        })
+        .collect();
+    let ours = names.iter().filter(|n| n.starts_with("berth-")).count();
+    assert_eq!(ours, 3, "{names:?}");
+    for task in &tasks {
+        let status = std::fs::read_to_string(task.join("status")).unwrap();
+        assert!(
+            status.contains("Seccomp:\t2"),
+            "{}:\n{status}",
+            task.display()
+        );
+    }
+    // Of the host's files it holds only /dev/kvm: the rest are pipes, sockets and KVM's own.
+    for fd in std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap() {
+        let target = std::fs::read_link(fd.unwrap().path()).unwrap();
+        let t = target.to_string_lossy();
+        assert!(
+            t == "/dev/kvm"
+                || t == "/dev/null"
+                || t.starts_with("pipe:")
+                || t.starts_with("socket:")
+                || t.starts_with("anon_inode:"),
+            "the VMM holds {t}"
+        );
+    }
+    vmm.signal(Signal::SIGTERM);
+    vmm.wait(Duration::from_secs(10));
+}
+
+#[test]
+fn a_shared_directory_is_all_of_the_host_in_the_vmm_root() {
+    let Some((berth, guest)) = setup(Variant::Halt) else {
+        return;
+    };
+    let dir = berth.host_mkdir("shared");
+    berth.host_file("shared/hello", "hi\n");
+    let share = format!("{}:berth0:ro", dir.display());
+    let args = vmm_args(&guest, &["--memory", "64M", "--share", &share]);
+    let mut vmm = berth.spawn(&args);
+    vmm.wait_for_line("berth-tiny-guest: halting", Duration::from_secs(60));
+    let below = descendants(vmm.pid());
+    assert_eq!(below.len(), 2, "processes below berth: {below:?}");
+    let root = format!("/proc/{}/root", below[1]);
+    let list = |path: &str| {
+        let mut names: Vec<String> = std::fs::read_dir(path)
+            .unwrap_or_else(|e| panic!("{path}: {e}"))
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(list(&root), ["proc", "shares"]);
+    assert_eq!(list(&format!("{root}/shares/0")), ["hello"]);
+    // The VMM's proc is of its own PID namespace: itself alone.
+    let pids: Vec<String> = list(&format!("{root}/proc"))
+        .into_iter()
+        .filter(|n| n.parse::<u32>().is_ok())
+        .collect();
+    assert_eq!(pids, ["1"]);
+    // Read-only in the jail, whatever the guest asks of the 9P server.
+    let mounts = std::fs::read_to_string(format!("/proc/{}/mountinfo", below[1])).unwrap();
+    let line = mounts
+        .lines()
+        .find(|l| l.split(' ').nth(4) == Some("/shares/0"))
+        .unwrap_or_else(|| panic!("no /shares/0 in\n{mounts}"));
+    assert!(
+        line.split(' ')
+            .nth(5)
+            .unwrap()
+            .split(',')
+            .any(|o| o == "ro"),
+        "{line}"
+    );
+    vmm.signal(Signal::SIGTERM);
+    vmm.wait(Duration::from_secs(10));
+}

@@ -1,13 +1,14 @@
 //! `berth vmm`: the bare microVM monitor. Boots a kernel with a serial console on stdout and
 //! exits when the guest resets or powers off — for debugging kernels and measuring the VMM.
 
+use std::os::fd::AsFd;
 use std::path::PathBuf;
-use std::time::Instant;
 
 use anyhow::{bail, Context};
 use clap::Args;
 
-use berth::vm::{self, DiskConfig, VmConfig};
+use berth::vm::jailed::{self, JailedIo};
+use berth::vm::{self, DiskConfig, ShareConfig, VmConfig};
 
 #[derive(Args)]
 pub struct VmmArgs {
@@ -30,6 +31,10 @@ pub struct VmmArgs {
     /// sees vda, vdb, ... in this order).
     #[arg(long, value_name = "FILE[,ro]")]
     disk: Vec<String>,
+    /// A host directory the guest can mount over virtio-9p with mount tag TAG: DIR:TAG, or
+    /// DIR:TAG:ro for a read-only one (repeatable).
+    #[arg(long, value_name = "DIR:TAG[:ro]")]
+    share: Vec<String>,
     /// Add a virtio-balloon device (the last virtio device): the guest reports the pages it
     /// frees and the VMM gives them back to the host.
     #[arg(long)]
@@ -38,14 +43,13 @@ pub struct VmmArgs {
 
 /// Runs the VM; 0 when the guest reset or powered off, 1 when it could not boot or failed.
 pub fn vmm(args: VmmArgs) -> i32 {
-    let start = Instant::now();
-    match run(args, start) {
+    match run(args) {
         Ok(()) => 0,
         Err(e) => super::report(e, 1),
     }
 }
 
-fn run(args: VmmArgs, start: Instant) -> anyhow::Result<()> {
+fn run(args: VmmArgs) -> anyhow::Result<()> {
     let mem_mib = parse_mib(&args.memory)?;
     let config = VmConfig {
         kernel: args.kernel,
@@ -67,16 +71,50 @@ fn run(args: VmmArgs, start: Instant) -> anyhow::Result<()> {
                 },
             })
             .collect(),
-        shares: vec![],
+        shares: args
+            .share
+            .iter()
+            .map(|s| parse_share(s))
+            .collect::<anyhow::Result<_>>()?,
         balloon: args.balloon,
     };
-    let report = vm::run(&config, Box::new(std::io::stdout()), start)
-        .with_context(|| format!("microVM with kernel {}", config.kernel.display()))?;
+    let context = || format!("microVM with kernel {}", config.kernel.display());
+    // The jailed VMM writes the serial console straight to this stdout.
+    let console = std::io::stdout()
+        .as_fd()
+        .try_clone_to_owned()
+        .context("duplicating stdout for the console")?;
+    let io = JailedIo {
+        console,
+        console_copy: None,
+        channel: None,
+        net: None,
+    };
+    let report = jailed::start(&config, io)
+        .and_then(|vm| vm.wait())
+        .with_context(context)?;
     if let Some(boot) = report.boot_time {
         eprintln!("berth: Guest-boot-time = {} us", boot.as_micros());
     }
     eprintln!("berth: guest {}", report.exit);
     Ok(())
+}
+
+/// `--share DIR:TAG[:ro]`.
+fn parse_share(spec: &str) -> anyhow::Result<ShareConfig> {
+    let (rest, read_only) = match spec.strip_suffix(":ro") {
+        Some(rest) => (rest, true),
+        None => (spec, false),
+    };
+    match rest.rsplit_once(':') {
+        Some((dir, tag)) if !dir.is_empty() && !tag.is_empty() => Ok(ShareConfig {
+            path: dir.into(),
+            tag: tag.to_string(),
+            read_only,
+            guest_owner: (0, 0),
+        }),
+        _ => bail!("invalid --share {spec:?}: use DIR:TAG or DIR:TAG:ro"),
+    }
 }
 
 /// `SIZE` in MiB: `64M`, `64MiB`, `1g`, `65536k`, or a plain number of MiB.
@@ -111,6 +149,19 @@ pub fn parse_mib(size: &str) -> anyhow::Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shares() {
+        let s = parse_share("/a:b/c:tag0:ro").unwrap();
+        assert_eq!(
+            (s.path, s.tag.as_str(), s.read_only),
+            ("/a:b/c".into(), "tag0", true)
+        );
+        let s = parse_share("dir:t").unwrap();
+        assert_eq!((s.path, s.read_only), ("dir".into(), false));
+        assert!(parse_share("dir").is_err());
+        assert!(parse_share(":t").is_err());
+    }
 
     #[test]
     fn memory_sizes() {

@@ -23,6 +23,7 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 
 use super::exec;
 use super::guest::disk_name;
+use super::jailed::{self, JailedIo, VmmError};
 use super::passt::{self, Forward, PasstError};
 use super::{DiskConfig, RunReport, VmConfig};
 use crate::term::{self, RawMode};
@@ -157,6 +158,8 @@ pub enum SandboxError {
     PvmHost,
     #[error(transparent)]
     Vm(#[from] super::Error),
+    #[error(transparent)]
+    Vmm(#[from] VmmError),
     #[error("the agent channel: {0}")]
     Channel(#[source] io::Error),
     #[error("the agent broke the protocol: {0}")]
@@ -189,7 +192,7 @@ enum Event {
     Exit(i32),
     StartFailed { code: i32, message: String },
     ChannelClosed(Option<ProtocolError>),
-    VmEnded(Result<RunReport, super::Error>),
+    VmEnded(Result<RunReport, VmmError>),
 }
 
 /// Whether this host can run a berth microVM: KVM opens, and it is not PVM (on which a Linux
@@ -232,10 +235,15 @@ pub fn run(cfg: &SandboxConfig, mut on_started: impl FnMut()) -> Result<Outcome,
         })?;
     // BERTH_VM_DEBUG=1: the kernel's full log, on berth's stderr as well as in the log file.
     let debug = std::env::var_os("BERTH_VM_DEBUG").is_some_and(|v| !v.is_empty() && v != "0");
-    let console: Box<dyn Write + Send> = if debug {
-        Box::new(Tee(console, io::stderr()))
+    let console_copy = if debug {
+        Some(
+            io::stderr()
+                .as_fd()
+                .try_clone_to_owned()
+                .map_err(SandboxError::Channel)?,
+        )
     } else {
-        Box::new(console)
+        None
     };
     let (host, device) = UnixStream::pair().map_err(SandboxError::Channel)?;
     let layers: Vec<String> = (0..cfg.layers.len()).map(disk_name).collect();
@@ -312,12 +320,15 @@ pub fn run(cfg: &SandboxConfig, mut on_started: impl FnMut()) -> Result<Outcome,
         Some(SandboxNetwork::Tap { hosts, .. }) => Some(HostsFollower::new(hosts.clone())),
         _ => None,
     };
-    let io = super::VmIo {
-        console,
+    let io = JailedIo {
+        console: console.into(),
+        console_copy,
         channel: Some(device),
         net,
     };
-    let vm = super::boot(&config, io, start)?;
+    let vm = jailed::start(&config, io)?;
+    // However the run ends here, the VMM ends with it.
+    let _stop = StopOnReturn(vm.stopper());
 
     let (events_tx, events) = mpsc::channel();
     let (wake_r, wake_w) = nix::unistd::pipe().map_err(|e| SandboxError::Channel(e.into()))?;
@@ -693,18 +704,12 @@ fn console_tail(path: &std::path::Path) -> String {
     }
 }
 
-/// Writes to two writers (the console log and stderr, for BERTH_VM_DEBUG).
-struct Tee<A, B>(A, B);
+/// Kills the jailed VMM when dropped.
+struct StopOnReturn(jailed::Stopper);
 
-impl<A: Write, B: Write> Write for Tee<A, B> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.write_all(buf)?;
-        let _ = self.1.write_all(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        let _ = self.1.flush();
-        self.0.flush()
+impl Drop for StopOnReturn {
+    fn drop(&mut self) {
+        self.0.kill();
     }
 }
 

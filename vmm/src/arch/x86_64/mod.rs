@@ -20,7 +20,7 @@ use linux_loader::loader::elf::start_info::{
 };
 use vm_memory::{Address, GuestAddress};
 
-use crate::vm::memory::{self, GuestMemory};
+use crate::memory::{self, GuestMemory};
 
 /// Guest-physical addresses of the boot data (as Firecracker lays them out).
 pub mod layout {

@@ -166,6 +166,7 @@ pub fn spawn_input(
     std::thread::Builder::new()
         .name("virtio-console-in".into())
         .spawn(move || {
+            crate::seccomp::enter(crate::launch::ThreadKind::Io);
             let mut buf = vec![0u8; READ_CHUNK];
             loop {
                 {

@@ -14,7 +14,7 @@ use super::layout::{
     ZERO_PAGE_START,
 };
 use super::BootEntry;
-use crate::vm::memory::GuestMemory;
+use crate::memory::GuestMemory;
 
 const X86_CR0_PE: u64 = 0x1;
 const X86_CR0_ET: u64 = 0x10;
@@ -330,7 +330,7 @@ mod tests {
 
     #[test]
     fn a_walk_follows_the_tables_in_guest_memory_and_stops_where_they_do() {
-        let mem = crate::vm::memory::create(crate::vm::memory::MIN_MEM_MIB).unwrap();
+        let mem = crate::memory::create(crate::memory::MIN_MEM_MIB).unwrap();
         let sregs = kvm_sregs {
             cr0: X86_CR0_PE | X86_CR0_PG,
             cr3: 0x1000 | 0x5, // PCID bits are not part of the address

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use super::BusDevice;
 
 /// The boot timer's MMIO page.
-pub const BOOT_TIMER_ADDR: u64 = crate::vm::memory::MMIO_GAP_START;
+pub const BOOT_TIMER_ADDR: u64 = crate::memory::MMIO_GAP_START;
 pub const BOOT_TIMER_LEN: u64 = 0x1000;
 /// The value that signals "booted" (Firecracker's MAGIC_VALUE_SIGNAL_GUEST_BOOT_COMPLETE).
 pub const BOOT_COMPLETE: u8 = 123;

@@ -28,7 +28,7 @@ use super::devices::{BootTimer, Bus, SerialConsole, I8042};
 use super::memory::{self, GuestMemory};
 use super::vcpu::{self, Vcpu, VcpuContext};
 use super::vm::{self, Vm};
-use super::{Error, ExitSignal, NetBackend, RunReport, VmConfig, VmEvent, VmIo};
+use super::{Error, ExitSignal, Machine, NetBackend, OpenFile, RunReport, VmEvent, VmIo};
 
 /// Where the virtio-mmio devices start: the page after the boot timer.
 pub const VIRTIO_MMIO_BASE: u64 = BOOT_TIMER_ADDR + BOOT_TIMER_LEN;
@@ -87,8 +87,9 @@ pub struct RunningVm {
     inputs: Vec<(JoinHandle<()>, UnixStream)>,
 }
 
-/// Boots `config`: every step in order, each one's failure reported as such.
-pub fn boot(config: &VmConfig, io: VmIo, start: Instant) -> Result<RunningVm, Error> {
+/// Boots `config`: every step in order, each one's failure reported as such. `start` is when
+/// the VMM started, for the boot timer.
+pub fn boot(config: Machine, io: VmIo, start: Instant) -> Result<RunningVm, Error> {
     let VmIo {
         console,
         channel,
@@ -98,12 +99,23 @@ pub fn boot(config: &VmConfig, io: VmIo, start: Instant) -> Result<RunningVm, Er
         return Err(Error::NoVcpus);
     }
 
-    // 1. KVM, and a VM with its interrupt controllers (which must precede the vCPUs).
-    let kvm = vm::open_kvm()?;
-    let vm = Vm::new(&kvm, config.vcpus)?;
+    // 1. KVM (opened and checked by berth), and a VM with its interrupt controllers (which
+    //    must precede the vCPUs).
+    let Machine {
+        kvm,
+        kernel: kernel_file,
+        initrd: initrd_file,
+        cmdline: config_cmdline,
+        vcpus: config_vcpus,
+        mem_mib,
+        disks,
+        shares,
+        balloon,
+    } = config;
+    let vm = Vm::new(&kvm, config_vcpus)?;
 
     // 2. Guest memory, mapped lazily and handed to KVM.
-    let mem = memory::create(config.mem_mib)?;
+    let mem = memory::create(mem_mib)?;
     vm.register_memory(&mem)?;
 
     // 3. The kernel (PVH ELF, ELF vmlinux or bzImage), the initrd, the command line.
@@ -111,25 +123,30 @@ pub fn boot(config: &VmConfig, io: VmIo, start: Instant) -> Result<RunningVm, Er
         let path = path.to_path_buf();
         move |source| Error::Kernel { path, source }
     };
-    let kernel = load_kernel(&mem, &config.kernel).map_err(kernel_error(&config.kernel))?;
+    let OpenFile {
+        file: mut kernel_file,
+        path: kernel_path,
+    } = kernel_file;
+    let kernel = load_kernel(&mem, &mut kernel_file).map_err(kernel_error(&kernel_path))?;
+    drop(kernel_file);
     // The loader copied the kernel's zero padding too (megabytes in an x86_64 vmlinux): give
     // it back before the guest runs, so that it is not counted against the guest.
     memory::release_zero_pages(&mem, GuestAddress(HIMEM_START), GuestAddress(kernel.end))?;
-    let initrd = match &config.initrd {
-        Some(path) => {
-            Some(load_initrd(&mem, config.mem_mib, &kernel, path).map_err(kernel_error(path))?)
+    let initrd = match initrd_file {
+        Some(OpenFile { mut file, path }) => {
+            Some(load_initrd(&mem, mem_mib, &kernel, &mut file).map_err(kernel_error(&path))?)
         }
         None => None,
     };
-    let device_count = config.disks.len()
+    let device_count = disks.len()
         + usize::from(channel.is_some())
         + usize::from(net.is_some())
-        + config.shares.len()
-        + usize::from(config.balloon);
+        + shares.len()
+        + usize::from(balloon);
     if device_count > MAX_VIRTIO_DEVICES {
         return Err(Error::TooManyDevices(device_count));
     }
-    let mut cmdline_text = config.cmdline.clone();
+    let mut cmdline_text = config_cmdline;
     for i in 0..device_count {
         let (addr, irq) = virtio_slot(i);
         cmdline_text.push_str(&format!(" virtio_mmio.device=4K@{addr:#x}:{irq}"));
@@ -141,12 +158,12 @@ pub fn boot(config: &VmConfig, io: VmIo, start: Instant) -> Result<RunningVm, Er
     //    (memory map, command line, initrd).
     let info = BootInfo {
         entry: kernel.entry,
-        mem_mib: config.mem_mib,
+        mem_mib,
         cmdline_len,
         initrd,
         setup_header: kernel.setup_header,
     };
-    arch::write_boot_info(&mem, &info, config.vcpus)?;
+    arch::write_boot_info(&mem, &info, config_vcpus)?;
 
     // 5. Devices: COM1 on IRQ 4 (an irqfd), the i8042 for the guest's reset, the boot timer;
     //    then the PIT.
@@ -184,14 +201,9 @@ pub fn boot(config: &VmConfig, io: VmIo, start: Instant) -> Result<RunningVm, Er
         vm.register_irqfd(&event, irq)?;
         Ok((addr, Interrupt::new(event)))
     };
-    for (i, disk) in config.disks.iter().enumerate() {
-        let block =
-            Block::open(&disk.path, disk.read_only, &format!("berth{i}")).map_err(|source| {
-                Error::Disk {
-                    path: disk.path.clone(),
-                    source,
-                }
-            })?;
+    for (i, disk) in disks.into_iter().enumerate() {
+        let block = Block::from_file(disk.file, disk.read_only, &format!("berth{i}"))
+            .map_err(Error::Devices)?;
         let (addr, interrupt) = next_slot(&vm)?;
         let transport = MmioTransport::new(block, mem.clone(), interrupt);
         mmio.insert(
@@ -253,7 +265,7 @@ pub fn boot(config: &VmConfig, io: VmIo, start: Instant) -> Result<RunningVm, Er
             }
         }
     }
-    for share in &config.shares {
+    for share in &shares {
         let device =
             Share::new_owned_as(&share.path, &share.tag, share.read_only, share.guest_owner)?;
         let (addr, interrupt) = next_slot(&vm)?;
@@ -264,7 +276,7 @@ pub fn boot(config: &VmConfig, io: VmIo, start: Instant) -> Result<RunningVm, Er
             virtio::mmio::MMIO_LEN,
         )?;
     }
-    if config.balloon {
+    if balloon {
         let (addr, interrupt) = next_slot(&vm)?;
         let transport = MmioTransport::new(Balloon::new(), mem.clone(), interrupt);
         mmio.insert(
@@ -283,10 +295,10 @@ pub fn boot(config: &VmConfig, io: VmIo, start: Instant) -> Result<RunningVm, Er
     if kvm.check_extension(kvm_ioctls::Cap::TscDeadlineTimer) {
         arch::cpuid::enable_tsc_deadline(supported.as_mut_slice());
     }
-    let mut vcpus = Vec::with_capacity(usize::from(config.vcpus));
-    for id in 0..config.vcpus {
+    let mut vcpus = Vec::with_capacity(usize::from(config_vcpus));
+    for id in 0..config_vcpus {
         let fd = vm.create_vcpu(id)?;
-        arch::configure_vcpu(&fd, &mem, &supported, id, config.vcpus, &kernel.entry)?;
+        arch::configure_vcpu(&fd, &mem, &supported, id, config_vcpus, &kernel.entry)?;
         vcpus.push(Vcpu::new(id, fd));
     }
 
@@ -375,10 +387,9 @@ impl RunningVm {
 }
 
 /// Loads an ELF kernel (its PVH entry when it has one, else the 64-bit entry) or a bzImage.
-fn load_kernel(mem: &GuestMemory, path: &Path) -> Result<LoadedKernel, KernelError> {
-    let mut file = File::open(path).map_err(KernelError::Open)?;
+fn load_kernel(mem: &GuestMemory, file: &mut File) -> Result<LoadedKernel, KernelError> {
     let himem = Some(GuestAddress(HIMEM_START));
-    match Elf::load(mem, None, &mut file, himem) {
+    match Elf::load(mem, None, file, himem) {
         Ok(loaded) => {
             let entry = match loaded.pvh_boot_cap {
                 PvhBootCapability::PvhEntryPresent(entry) => BootEntry::Pvh { entry },
@@ -395,7 +406,7 @@ fn load_kernel(mem: &GuestMemory, path: &Path) -> Result<LoadedKernel, KernelErr
         Err(loader::Error::Elf(elf::Error::InvalidElfMagicNumber | elf::Error::ReadElfHeader)) => {}
         Err(e) => return Err(KernelError::Elf(e)),
     }
-    match BzImage::load(mem, None, &mut file, himem) {
+    match BzImage::load(mem, None, file, himem) {
         Ok(loaded) => Ok(LoadedKernel {
             entry: BootEntry::Linux64 {
                 entry: loaded
@@ -421,9 +432,8 @@ fn load_initrd(
     mem: &GuestMemory,
     mem_mib: u64,
     kernel: &LoadedKernel,
-    path: &Path,
+    file: &mut File,
 ) -> Result<(GuestAddress, u64), KernelError> {
-    let mut file = File::open(path).map_err(KernelError::Open)?;
     let size = file.metadata().map_err(KernelError::Open)?.len();
     if size == 0 {
         return Err(KernelError::EmptyInitrd);
@@ -434,7 +444,7 @@ fn load_initrd(
     let addr = arch::initrd_addr(mem_mib, kernel.end, size, addr_max)
         .ok_or(KernelError::InitrdTooBig { size })?;
     let len = usize::try_from(size).map_err(|_| KernelError::InitrdTooBig { size })?;
-    mem.read_exact_volatile_from(addr, &mut file, len)
+    mem.read_exact_volatile_from(addr, file, len)
         .map_err(KernelError::InitrdRead)?;
     Ok((addr, size))
 }

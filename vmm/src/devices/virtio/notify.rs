@@ -34,27 +34,30 @@ pub fn spawn<D: VirtioDevice + Send + 'static>(
         .collect();
     std::thread::Builder::new()
         .name(name.into())
-        .spawn(move || loop {
-            let mut fds: Vec<PollFd> = queues
-                .iter()
-                .map(|(_, event)| PollFd::new(event.as_fd(), PollFlags::POLLIN))
-                .collect();
-            fds.push(PollFd::new(stop.as_fd(), PollFlags::POLLIN));
-            match nix::poll::poll(&mut fds, PollTimeout::NONE) {
-                Ok(_) | Err(nix::errno::Errno::EINTR) => {}
-                Err(_) => return,
-            }
-            if fds.last().and_then(|f| f.any()).unwrap_or(true) {
-                return;
-            }
-            for ((index, event), fd) in queues.iter().zip(&fds) {
-                // Reading resets the count (the eventfd is non-blocking: a spurious wake-up
-                // reads EAGAIN and serves nothing).
-                if fd.any().unwrap_or(false)
-                    && nix::unistd::read(event.as_raw_fd(), &mut [0u8; 8]).is_ok()
-                {
-                    let mut t = transport.lock().unwrap_or_else(|e| e.into_inner());
-                    t.queue_notify(*index);
+        .spawn(move || {
+            crate::seccomp::enter(crate::launch::ThreadKind::Io);
+            loop {
+                let mut fds: Vec<PollFd> = queues
+                    .iter()
+                    .map(|(_, event)| PollFd::new(event.as_fd(), PollFlags::POLLIN))
+                    .collect();
+                fds.push(PollFd::new(stop.as_fd(), PollFlags::POLLIN));
+                match nix::poll::poll(&mut fds, PollTimeout::NONE) {
+                    Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+                    Err(_) => return,
+                }
+                if fds.last().and_then(|f| f.any()).unwrap_or(true) {
+                    return;
+                }
+                for ((index, event), fd) in queues.iter().zip(&fds) {
+                    // Reading resets the count (the eventfd is non-blocking: a spurious wake-up
+                    // reads EAGAIN and serves nothing).
+                    if fd.any().unwrap_or(false)
+                        && nix::unistd::read(event.as_raw_fd(), &mut [0u8; 8]).is_ok()
+                    {
+                        let mut t = transport.lock().unwrap_or_else(|e| e.into_inner());
+                        t.queue_notify(*index);
+                    }
                 }
             }
         })

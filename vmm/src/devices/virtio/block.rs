@@ -15,7 +15,7 @@ use std::path::Path;
 use vm_memory::ByteValued;
 
 use super::{pop, read_config_bytes, QueueContext, VirtioDevice, F_VERSION_1, TYPE_BLOCK};
-use crate::vm::memory::GuestMemory;
+use crate::memory::GuestMemory;
 
 pub const SECTOR_SIZE: u64 = 512;
 const QUEUE_SIZE: u16 = 256;

@@ -501,6 +501,7 @@ pub fn spawn_input(
     std::thread::Builder::new()
         .name("virtio-net-in".into())
         .spawn(move || {
+            crate::seccomp::enter(crate::launch::ThreadKind::Io);
             let rdhup = PollFlags::from_bits_retain(libc::POLLRDHUP);
             let gone = rdhup | PollFlags::POLLHUP | PollFlags::POLLERR | PollFlags::POLLNVAL;
             // passt writes many frames at once: read them in as few calls.
@@ -572,6 +573,7 @@ pub fn spawn_tap_input(
     std::thread::Builder::new()
         .name("virtio-net-tap".into())
         .spawn(move || {
+            crate::seccomp::enter(crate::launch::ThreadKind::Io);
             let mut buf = vec![0u8; MAX_FRAME];
             loop {
                 let mut fds = [
@@ -648,7 +650,7 @@ pub(crate) mod tests {
         (t, mem, sink)
     }
 
-    use crate::vm::memory::GuestMemory;
+    use crate::memory::GuestMemory;
 
     #[test]
     fn reports_its_mac() {

@@ -30,7 +30,7 @@ use std::io::{self, Cursor, Read, Write};
 use std::path::Path;
 
 use super::{pop, read_config_bytes, QueueContext, VirtioDevice, F_VERSION_1};
-use crate::vm::memory::GuestMemory;
+use crate::memory::GuestMemory;
 
 /// virtio device id of a 9P transport.
 pub const TYPE_9P: u32 = 9;

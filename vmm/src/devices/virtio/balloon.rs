@@ -16,7 +16,7 @@
 use vm_memory::{Address, Bytes, GuestAddress};
 
 use super::{pop, read_config_bytes, QueueContext, VirtioDevice, F_VERSION_1};
-use crate::vm::memory::{self, GuestMemory, PAGE_SIZE};
+use crate::memory::{self, GuestMemory, PAGE_SIZE};
 
 /// The virtio device id of a memory balloon.
 pub const TYPE_BALLOON: u32 = 5;

@@ -8,7 +8,7 @@ use virtio_queue::{Queue, QueueT};
 
 use super::super::bus::BusDevice;
 use super::{Interrupt, QueueContext, VirtioDevice, INT_CONFIG, INT_USED_RING};
-use crate::vm::memory::GuestMemory;
+use crate::memory::GuestMemory;
 
 /// The size of a device's MMIO window.
 pub const MMIO_LEN: u64 = 0x1000;
@@ -291,7 +291,7 @@ impl<D: VirtioDevice> BusDevice for MmioTransport<D> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::vm::devices::virtio::F_VERSION_1;
+    use crate::devices::virtio::F_VERSION_1;
     use vm_memory::GuestAddress;
 
     /// A device that counts notifications.

@@ -7,7 +7,7 @@
 
 use vm_memory::{Bytes, GuestAddress};
 
-use crate::vm::memory::GuestMemory;
+use crate::memory::GuestMemory;
 
 /// Where the table starts in guest memory.
 pub const MPTABLE_START: u64 = 0x9fc00;

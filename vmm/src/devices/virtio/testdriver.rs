@@ -4,7 +4,7 @@
 
 use vm_memory::{Bytes, GuestAddress};
 
-use crate::vm::memory::GuestMemory;
+use crate::memory::GuestMemory;
 
 const F_NEXT: u16 = 1;
 const F_WRITE: u16 = 2;

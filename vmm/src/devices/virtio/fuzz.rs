@@ -16,8 +16,8 @@ use super::share::guard;
 use super::{
     Balloon, Block, Console, Interrupt, MmioTransport, Net, QueueContext, Share, VirtioDevice,
 };
-use crate::vm::devices::bus::BusDevice;
-use crate::vm::memory::GuestMemory;
+use crate::devices::bus::BusDevice;
+use crate::memory::GuestMemory;
 
 const MEM_SIZE: usize = 0x4_0000;
 

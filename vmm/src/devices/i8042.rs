@@ -5,7 +5,7 @@
 use vm_superio::{I8042Device, Trigger};
 
 use super::BusDevice;
-use crate::vm::{ExitReason, ExitSignal, VmEvent};
+use crate::{ExitReason, ExitSignal, VmEvent};
 
 /// The controller's ports: data at 0x60, command/status at 0x64.
 pub const I8042_BASE: u64 = 0x60;

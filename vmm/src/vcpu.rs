@@ -122,6 +122,7 @@ impl Vcpu {
     }
 
     fn run(mut self, ctx: &VcpuContext) {
+        crate::seccomp::enter(crate::launch::ThreadKind::Vcpu);
         // However this thread ends (a panic included), the VMM hears of it; when the run is
         // already ending the report is ignored.
         struct Ended<'a>(u8, &'a ExitSignal);
