@@ -216,11 +216,10 @@ const GO_PROGRAM: &str = r#"age --version; age-keygen -o /tmp/key 2>/dev/null
 echo a secret for age | age -r "$(age-keygen -y /tmp/key)" | age -d -i /tmp/key; echo rc=$?"#;
 
 /// The JVM (Debian's headless JRE 17): its version, and keytool, a Java program, making an
-/// EC key pair in a new keystore and listing it.
+/// EC key pair and a self-signed certificate in a new keystore.
 const JAVA_PROGRAM: &str = r#"java -version 2>&1
-keytool -genkeypair -keyalg EC -alias k -dname CN=berth -validity 2 -keystore /tmp/ks -storepass secret-pw >/dev/null 2>&1
-echo genkey=$?
-keytool -list -keystore /tmp/ks -storepass secret-pw 2>&1 | grep -E "^(Keystore type|Your keystore)""#;
+keytool -genkeypair -v -keyalg EC -alias k -dname CN=berth -validity 2 -keystore /tmp/ks -storepass secret-pw 2>&1
+echo genkey=$?"#;
 
 /// The runtime checks: name, then the command in the Debian image.
 const RUNTIME_CHECKS: &[(&str, &[&str])] = &[
@@ -259,8 +258,9 @@ fn runtime_worked(name: &str, out: &str) -> bool {
         }
         "rt_java" => {
             out.starts_with("openjdk version \"17")
+                && out.contains("Generating 256 bit EC (secp256r1) key pair")
+                && has("[Storing /tmp/ks]")
                 && has("genkey=0")
-                && has("Your keystore contains 1 entry")
         }
         _ => false,
     }
