@@ -295,7 +295,10 @@ fn footprint(mut cmd: Command) -> Result<Footprint, String> {
     let measured = if halted {
         // The process running the guest: the last berth-vmm below the one spawned (the
         // jailed VMM, below its waiter), else the one spawned (QEMU).
-        let chain = descendants(pid);
+        let chain: Vec<u32> = berth::bench::procs::tree(pid as i32)[1..]
+            .iter()
+            .map(|&p| p as u32)
+            .collect();
         let vmm = chain
             .iter()
             .copied()
@@ -319,36 +322,6 @@ fn footprint(mut cmd: Command) -> Result<Footprint, String> {
     let _ = child.kill();
     let _ = child.wait();
     measured
-}
-
-/// The processes below `pid`, parents first.
-fn descendants(pid: u32) -> Vec<u32> {
-    let mut parent_of = Vec::new();
-    for entry in fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(p) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = fs::read_to_string(format!("/proc/{p}/stat")) else {
-            continue;
-        };
-        // The command name may hold spaces and parentheses: the fields follow the last ')'.
-        let ppid = stat
-            .rfind(')')
-            .and_then(|i| stat[i + 2..].split(' ').nth(1))
-            .and_then(|f| f.parse::<u32>().ok());
-        if let Some(ppid) = ppid {
-            parent_of.push((p, ppid));
-        }
-    }
-    let mut found = vec![pid];
-    let mut i = 0;
-    while i < found.len() {
-        let p = found[i];
-        found.extend(parent_of.iter().filter(|(_, pp)| *pp == p).map(|(c, _)| *c));
-        i += 1;
-    }
-    found.remove(0);
-    found
 }
 
 /// The process's Rss, and the Rss of its guest-RAM mapping: the anonymous mappings of at

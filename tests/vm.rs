@@ -1325,21 +1325,20 @@ fn microvm_runs_the_image_as_the_container_wall_does() {
     );
 }
 
-/// The nested machine's own kernel crashing is told apart from a failing check: exit 125,
-/// the panic named (what `run_nested` retries on) and the console shown from the oops.
-#[test]
-fn a_crash_of_the_nested_machine_is_reported_as_one() {
-    if !have("qemu-system-x86_64") {
-        skip("qemu-system-x86 is not installed: scripts/kvm-nested needs it");
-        return;
-    }
+/// Runs `script` as root in a nested machine with stall allowance `stall` that must fail as a
+/// machine (exit 125, asserted); its output and a description of it for messages.
+fn nested_machine_failing(stall: u32, script: &str) -> (std::process::Output, String) {
     let out = Command::new(common::kvm_nested_script())
-        .args(["--user", "root", "--timeout", "600", "--stall", "120", "--"])
         .args([
-            "sh",
-            "-c",
-            "echo c >/proc/sysrq-trigger; sleep 60; echo survived",
+            "--user",
+            "root",
+            "--timeout",
+            "600",
+            "--stall",
+            &stall.to_string(),
+            "--",
         ])
+        .args(["sh", "-c", script])
         .output()
         .expect("scripts/kvm-nested runs");
     let what = format!(
@@ -1349,6 +1348,19 @@ fn a_crash_of_the_nested_machine_is_reported_as_one() {
         stderr(&out)
     );
     assert_eq!(code(&out), 125, "{what}");
+    (out, what)
+}
+
+/// The nested machine's own kernel crashing is told apart from a failing check: exit 125,
+/// the panic named (what `run_nested` retries on) and the console shown from the oops.
+#[test]
+fn a_crash_of_the_nested_machine_is_reported_as_one() {
+    if !have("qemu-system-x86_64") {
+        skip("qemu-system-x86 is not installed: scripts/kvm-nested needs it");
+        return;
+    }
+    let (out, what) =
+        nested_machine_failing(120, "echo c >/proc/sysrq-trigger; sleep 60; echo survived");
     let err = stderr(&out);
     assert!(
         err.contains("inner machine's kernel crashed")
@@ -1369,22 +1381,10 @@ fn a_soft_lockup_of_the_nested_machine_counts_as_a_freeze() {
         skip("qemu-system-x86 is not installed: scripts/kvm-nested needs it");
         return;
     }
-    let out = Command::new(common::kvm_nested_script())
-        .args(["--user", "root", "--timeout", "600", "--stall", "40", "--"])
-        .args([
-            "sh",
-            "-c",
-            "echo '<0>watchdog: BUG: soft lockup - CPU#1 stuck for 45s! [berth-vcpu0:274]' >/dev/kmsg; sleep 400; echo survived",
-        ])
-        .output()
-        .expect("scripts/kvm-nested runs");
-    let what = format!(
-        "scripts/kvm-nested ({}):\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        stdout(&out),
-        stderr(&out)
+    let (out, what) = nested_machine_failing(
+        40,
+        "echo '<0>watchdog: BUG: soft lockup - CPU#1 stuck for 45s! [berth-vcpu0:274]' >/dev/kmsg; sleep 400; echo survived",
     );
-    assert_eq!(code(&out), 125, "{what}");
     let err = stderr(&out);
     assert!(
         err.contains("inner machine froze")

@@ -290,31 +290,6 @@ fn a_forbidden_system_call_ends_the_vmm_with_a_report() {
     }
 }
 
-/// The processes below `pid`, parents first.
-fn descendants(pid: i32) -> Vec<i32> {
-    let mut parent_of = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(p) = entry.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
-            continue;
-        };
-        // The command name may hold spaces and parentheses: the fields follow the last ')'.
-        let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
-        parent_of.push((p, fields[1].parse::<i32>().unwrap()));
-    }
-    let mut found = vec![pid];
-    let mut i = 0;
-    while i < found.len() {
-        let p = found[i];
-        found.extend(parent_of.iter().filter(|(_, pp)| *pp == p).map(|(c, _)| *c));
-        i += 1;
-    }
-    found.remove(0);
-    found
-}
-
 #[test]
 fn the_vmm_is_a_small_program_in_namespaces_of_its_own_with_an_empty_root() {
     let Some((berth, guest)) = setup(Variant::Halt) else {
@@ -325,7 +300,7 @@ fn the_vmm_is_a_small_program_in_namespaces_of_its_own_with_an_empty_root() {
     vmm.wait_for_line("berth-tiny-guest: halting", Duration::from_secs(60));
     let berth_pid = vmm.pid();
     // berth -> berth-vmm (the waiter, outside the VMM's PID namespace) -> berth-vmm (the VMM).
-    let below = descendants(berth_pid);
+    let below = berth::bench::procs::tree(berth_pid)[1..].to_vec();
     assert_eq!(below.len(), 2, "processes below berth: {below:?}");
     for p in &below {
         let exe = std::fs::read_link(format!("/proc/{p}/exe")).unwrap();
@@ -411,7 +386,7 @@ fn a_shared_directory_is_all_of_the_host_in_the_vmm_root() {
     let args = vmm_args(&guest, &["--memory", "64M", "--share", &share]);
     let mut vmm = berth.spawn(&args);
     vmm.wait_for_line("berth-tiny-guest: halting", Duration::from_secs(60));
-    let below = descendants(vmm.pid());
+    let below = berth::bench::procs::tree(vmm.pid())[1..].to_vec();
     assert_eq!(below.len(), 2, "processes below berth: {below:?}");
     let root = format!("/proc/{}/root", below[1]);
     let list = |path: &str| {
