@@ -257,8 +257,14 @@ fn berth_vms(env: &BenchEnv, opts: &DensityOptions) -> Result<Row, BenchError> {
             ready.map(|boot| (t0.elapsed().as_secs_f64() * 1000.0, boot))
         },
         |i| {
-            let pid = pids.borrow()[i];
-            Ok((procs::tree(pid), procs::mapping_rss_kib(pid, mem_kib)))
+            // The guest memory lives in the jailed VMM, a child of the `berth` started here;
+            // look through the whole tree (the largest match, should a parent map it too).
+            let tree = procs::tree(pids.borrow()[i]);
+            let guest = tree
+                .iter()
+                .filter_map(|&p| procs::mapping_rss_kib(p, mem_kib))
+                .max();
+            Ok((tree, guest))
         },
     )?;
     drop(started);
