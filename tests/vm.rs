@@ -780,13 +780,26 @@ fn microvm_runs_the_image_as_the_container_wall_does() {
         // A project in a share, as issue 23 met it: a venv (its lib64 link and its python
         // symlinks) that runs. Without pip: ensurepip writes thousands of files, which took
         // 372 s of the check's 400 in the emulated machine (it passed; see docs/microvm.md).
-        // npm's node_modules/.bin link is share_project's.
         runtimes.push((
             "rt_share_project",
             format!(
                 "P=$(mktemp -d) && \
                  {vm} -v $P:/src -w /src {DEBIAN_IMAGE} sh -c 'python3 -m venv --without-pip .venv && .venv/bin/python -c \"import sys; print(sys.prefix != sys.base_prefix)\"' && \
                  echo host: $(readlink $P/.venv/lib64)"
+            ),
+        ));
+        // npm installing a local package with a `bin` into a share: its node_modules/.bin link
+        // made by the guest, run by the guest, seen by the host. Offline: the nested machine
+        // has no way out, and npm waits minutes on the registry for its audit otherwise.
+        runtimes.push((
+            "rt_share_npm",
+            format!(
+                "P=$(mktemp -d) && mkdir $P/localpkg && \
+                 echo '{{\"name\":\"proj\",\"version\":\"1.0.0\"}}' >$P/package.json && \
+                 echo '{{\"name\":\"localpkg\",\"version\":\"1.0.0\",\"bin\":{{\"hello-local\":\"bin.js\"}}}}' >$P/localpkg/package.json && \
+                 printf '#!/usr/bin/env node\\nconsole.log(\"hello from a .bin link\");\\n' >$P/localpkg/bin.js && chmod +x $P/localpkg/bin.js && \
+                 {vm} --network none -v $P:/src -w /src {DEBIAN_IMAGE} sh -c 'npm install --offline --no-audit --no-fund ./localpkg >/dev/null && node_modules/.bin/hello-local' && \
+                 echo host: $(readlink $P/node_modules/.bin/hello-local) $(cat $P/package.json | tr -d ' \\n')"
             ),
         ));
     }
@@ -807,6 +820,16 @@ fn microvm_runs_the_image_as_the_container_wall_does() {
             &ran,
             |r| r.rc == 0 && r.out == "True\nhost: lib\n",
             "python3 -m venv in a share (-v $PWD:/src), its python running",
+        );
+        f.expect(
+            "rt_share_npm",
+            &ran,
+            |r| {
+                r.rc == 0
+                    && r.out.starts_with("hello from a .bin link\nhost: ../localpkg/bin.js ")
+                    && r.out.contains("\"localpkg\":\"file:localpkg\"")
+            },
+            "npm install of a local package into a share (-v $PWD:/src), its .bin link run in the guest and seen on the host",
         );
     }
     for (name, container) in &runtime_answers {
