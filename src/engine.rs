@@ -25,8 +25,10 @@ use crate::vm::guest::{self, GuestError};
 use crate::vm::sandbox::{self, SandboxError};
 
 mod commit;
+mod config;
 mod copy;
 mod exec;
+pub mod filters;
 mod inspect;
 mod lifecycle;
 mod logs;
@@ -34,9 +36,10 @@ mod vm;
 mod volumes;
 
 pub use commit::CommitOptions;
+pub use config::{CreateConfig, HostConfig, VM_DEFAULT_CPUS, VM_DEFAULT_MEM_MIB};
 pub use copy::{CopyEnd, CopyOptions};
 pub use exec::{cgroup_note, ContainerProcess, ExecOptions, Stats};
-pub use inspect::state_of;
+pub use inspect::{state_of, status_text};
 pub use lifecycle::{parse_signal, ExitedArgs, KillNotice, StartedContainer, DEFAULT_STOP_TIMEOUT};
 pub use logs::LogsOptions;
 pub use volumes::{MountRequest, MountSource, VolumeInspect};
@@ -134,6 +137,8 @@ pub struct RunFlags {
     pub stop_timeout: Option<u32>,
     /// `--userns`.
     pub userns: container::UsernsMode,
+    /// `--label`.
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 /// The machine a `run --vm` sandbox gets.

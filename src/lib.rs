@@ -2,6 +2,7 @@
 //!
 //! Dependencies point down: `engine` -> {`image`, `rootfs`, `spec`, `state`, `net`} -> `container`.
 
+pub mod api;
 pub mod attach;
 pub mod bench;
 pub mod clock;

@@ -318,32 +318,6 @@ fn short(id: &str, no_trunc: bool) -> String {
     }
 }
 
-/// Docker's STATUS column.
-fn status_text(r: &ContainerRecord) -> String {
-    let since = |t: &Option<String>| {
-        t.as_deref()
-            .and_then(clock::parse_rfc3339)
-            .map(clock::ago)
-            .unwrap_or_else(|| "a while".into())
-    };
-    match state_of(r) {
-        Status::Running => format!("Up {}", since(&r.started_at)),
-        Status::Restarting => format!(
-            "Restarting ({}) {} ago",
-            r.exit_code.unwrap_or(0),
-            since(&r.finished_at)
-        ),
-        Status::Exited => format!(
-            "Exited ({}) {} ago",
-            r.exit_code.unwrap_or(0),
-            since(&r.finished_at)
-        ),
-        Status::Created => "Created".into(),
-        Status::Dead if r.socket.is_some() => "Dead (its monitor died)".into(),
-        Status::Dead => "Dead".into(),
-    }
-}
-
 /// The fields of a `ps` row, with their column headers.
 const PS_FIELDS: &[(&str, &str)] = &[
     ("ID", "CONTAINER ID"),
@@ -386,7 +360,7 @@ fn ps_row(r: &ContainerRecord, no_trunc: bool) -> Value {
         "Command": format!("\"{cmd}\""),
         "CreatedAt": clock::rfc3339(r.created as i128 * 1_000_000_000),
         "RunningFor": format!("{} ago", clock::ago(r.created as i128 * 1_000_000_000)),
-        "Status": status_text(r),
+        "Status": berth::engine::status_text(r),
         "State": state_of(r).name(),
         "Names": r.name,
         "Mounts": mounts.join(","),
@@ -401,57 +375,6 @@ fn ps_row(r: &ContainerRecord, no_trunc: bool) -> Value {
             berth::state::Isolation::Vm => "vm",
         },
     })
-}
-
-/// Whether `r` passes every filter key (values of one key are alternatives).
-fn matches_filters(r: &ContainerRecord, filters: &[(String, String)]) -> anyhow::Result<bool> {
-    let mut keys: Vec<&str> = filters.iter().map(|(k, _)| k.as_str()).collect();
-    keys.dedup();
-    for key in keys {
-        let any = filters
-            .iter()
-            .filter(|(k, _)| k == key)
-            .try_fold(false, |acc, (_, v)| -> anyhow::Result<bool> {
-                let hit = match key {
-                    "id" => r.id.starts_with(v.as_str()),
-                    "name" => r.name.contains(v.as_str()),
-                    "status" => {
-                        if !["created", "restarting", "running", "exited", "dead", "paused", "removing"]
-                            .contains(&v.as_str())
-                        {
-                            bail!("invalid status filter {v:?}: use created, restarting, running, exited or dead");
-                        }
-                        state_of(r).name() == v
-                    }
-                    "ancestor" => {
-                        r.image == *v
-                            || r.image.split(':').next() == Some(v.as_str())
-                            || r.image_id.trim_start_matches("sha256:").starts_with(
-                                v.trim_start_matches("sha256:"),
-                            )
-                    }
-                    "exited" => {
-                        let code: i32 = v
-                            .parse()
-                            .with_context(|| format!("invalid exited filter {v:?}: give a number"))?;
-                        state_of(r) == Status::Exited && r.exit_code == Some(code)
-                    }
-                    "volume" => r.mounts.iter().any(|m| {
-                        m.name.as_deref() == Some(v.as_str())
-                            || m.destination.to_string_lossy() == v.as_str()
-                    }),
-                    "isolation" => ps_row(r, true)["Isolation"] == v.as_str(),
-                    other => bail!(
-                        "unknown filter {other:?}: berth ps filters by id, name, status, ancestor, exited, volume, isolation"
-                    ),
-                };
-                Ok(acc || hit)
-            })?;
-        if !any {
-            return Ok(false);
-        }
-    }
-    Ok(true)
 }
 
 pub fn ps(engine: &Engine, args: PsArgs) -> anyhow::Result<()> {
@@ -471,7 +394,7 @@ pub fn ps(engine: &Engine, args: PsArgs) -> anyhow::Result<()> {
         if !all && state_of(&r) != Status::Running {
             continue;
         }
-        if matches_filters(&r, &filters)? {
+        if berth::engine::filters::container_matches(&r, &filters)? {
             shown.push(r);
         }
     }

@@ -100,6 +100,9 @@ enum Command {
     Rm(container::RmArgs),
     /// Show how berth is set up on this machine.
     Info(system::InfoArgs),
+    /// Serve the Docker Engine API (`system service`), and more about berth itself.
+    #[command(subcommand)]
+    System(system::SystemCommand),
     /// Check this machine for what berth needs, and say how to fix what is missing.
     Doctor,
     /// Run a command (default: $SHELL) in a user namespace with berth's id map: as root there,
@@ -118,6 +121,9 @@ enum Command {
     /// The rootless network namespace of user-defined networks (started by `berth run`).
     #[command(hide = true)]
     NetnsDaemon,
+    /// The API service's helper for engine work that forks (not for people).
+    #[command(name = "__engine", hide = true)]
+    EngineHelper,
     /// Run by berth-monitor when a sandbox has ended (not for people).
     #[command(name = "__exited", hide = true)]
     Exited(ExitedArgs),
@@ -174,6 +180,13 @@ pub fn main() -> i32 {
     }
     if let Command::Vmm(args) = cli.command {
         return vmm::vmm(args);
+    }
+    if let Command::System(system::SystemCommand::Service(args)) = cli.command {
+        // Its own runtime and threads: nothing of the CLI's path runs before it.
+        return system::service(opts, args);
+    }
+    if let Command::EngineHelper = cli.command {
+        return berth::api::helper::main(opts);
     }
     if let Command::NetnsDaemon = cli.command {
         return berth::net::netns::daemon_main(
@@ -232,13 +245,16 @@ pub fn main() -> i32 {
         Command::Ps(args) => container::ps(&engine, args),
         Command::Rm(args) => container::rm(&engine, args),
         Command::Info(args) => system::info(&engine, args),
+        Command::System(system::SystemCommand::Info(args)) => system::info(&engine, args),
+        Command::System(system::SystemCommand::Service(_)) => unreachable!("handled above"),
         Command::Network(cmd) => network::network(&engine, cmd),
         Command::Port(args) => network::port(&engine, args),
         Command::Doctor
         | Command::Unshare(_)
         | Command::Vmm(_)
         | Command::Bench(_)
-        | Command::NetnsDaemon => {
+        | Command::NetnsDaemon
+        | Command::EngineHelper => {
             unreachable!("handled above")
         }
     };

@@ -6,12 +6,14 @@ use std::path::PathBuf;
 use anyhow::{bail, Context};
 use clap::Args;
 
-use berth::engine::{Engine, MountRequest, RunFlags, VmNetwork, VmRequest};
+use std::collections::BTreeMap;
+
+use berth::engine::{CreateConfig, Engine, HostConfig, MountRequest, RunFlags};
 use berth::monitor::proto::Request;
-use berth::net::{NetworkOptions, NetworkRequest, PortSpec};
+use berth::net::PortSpec;
 use berth::spec::ulimit::Ulimit;
-use berth::spec::{NetworkMode, RunRequest, SeccompMode};
-use berth::state::LogConfig;
+use berth::spec::RunRequest;
+use berth::state::Isolation;
 
 #[derive(Args)]
 #[command(disable_help_flag = true)]
@@ -52,6 +54,9 @@ pub struct RunArgs {
     /// Container name.
     #[arg(long)]
     name: Option<String>,
+    /// Set a label on the container (K=V, or K for an empty value).
+    #[arg(short = 'l', long = "label", value_name = "K=V")]
+    label: Vec<String>,
     /// Mount a host directory (/HOST:CTR), a named volume (NAME:CTR) or a new anonymous
     /// volume (CTR), with :ro or :rw.
     #[arg(short, long = "volume", value_name = "[SRC:]CTR[:ro]")]
@@ -159,169 +164,24 @@ fn read_env_file(path: &PathBuf) -> anyhow::Result<Vec<String>> {
         .collect())
 }
 
-fn request(a: &RunArgs) -> anyhow::Result<RunRequest> {
+/// `--label K=V` (or `K`, an empty value), as Docker reads it.
+fn labels(raw: &[String]) -> BTreeMap<String, String> {
+    raw.iter()
+        .map(|l| match l.split_once('=') {
+            Some((k, v)) => (k.to_string(), v.to_string()),
+            None => (l.clone(), String::new()),
+        })
+        .collect()
+}
+
+/// The create configuration the flags describe. Only the flags' text is read here; the engine
+/// checks how they combine ([`CreateConfig::resolve`]).
+fn config(a: &RunArgs) -> anyhow::Result<CreateConfig> {
     let mut env = Vec::new();
     for f in &a.env_file {
         env.extend(read_env_file(f)?);
     }
     env.extend(a.env.iter().filter_map(|e| env_entry(e)));
-    let mut seccomp = SeccompMode::Default;
-    let mut no_new_privs_off = false;
-    for opt in &a.security_opt {
-        match opt.as_str() {
-            "seccomp=unconfined" | "seccomp:unconfined" => seccomp = SeccompMode::Unconfined,
-            "no-new-privileges" | "no-new-privileges=true" | "no-new-privileges:true" => {}
-            "no-new-privileges=false" | "no-new-privileges:false" => no_new_privs_off = true,
-            other => bail!("unsupported --security-opt {other:?}: berth accepts seccomp=unconfined and no-new-privileges[=true|false]"),
-        }
-    }
-    if no_new_privs_off && !a.privileged {
-        bail!("no-new-privileges=false needs --privileged: berth always sets no_new_privs with its seccomp filter");
-    }
-    // The engine settles the container's network; the spec only needs to know about host.
-    let network = match a.network.as_deref() {
-        Some("host") => NetworkMode::Host,
-        Some("none") => NetworkMode::None,
-        _ if a.vm => NetworkMode::None,
-        _ => NetworkMode::Connected,
-    };
-    Ok(RunRequest {
-        cmd: a.args[1..].to_vec(),
-        entrypoint: a.entrypoint.clone(),
-        env,
-        workdir: a.workdir.clone(),
-        user: a.user.clone(),
-        hostname: a.hostname.clone(),
-        // Container mounts go through the engine (`RunFlags::mounts`), which resolves
-        // volumes; a microVM takes --tmpfs as it is.
-        volumes: vec![],
-        tmpfs: if a.vm { a.tmpfs.clone() } else { vec![] },
-        read_only: a.read_only,
-        init: a.init,
-        cap_add: a.cap_add.clone(),
-        cap_drop: a.cap_drop.clone(),
-        seccomp,
-        privileged: a.privileged,
-        network,
-        tty: a.tty,
-        ulimits: a
-            .ulimit
-            .iter()
-            .map(|u| Ulimit::parse(u))
-            .collect::<Result<_, _>>()?,
-    })
-}
-
-/// The default microVM: one vCPU, 512 MiB (mapped lazily: only what the guest touches costs
-/// host memory).
-const VM_DEFAULT_CPUS: u8 = 1;
-const VM_DEFAULT_MEM_MIB: u64 = 512;
-
-/// The microVM `--vm` asks for, after refusing the flags a microVM cannot honour.
-fn vm_request(a: &RunArgs) -> anyhow::Result<Option<VmRequest>> {
-    if !a.vm {
-        if a.cpus.is_some() || a.memory.is_some() {
-            bail!("--cpus and --memory size a microVM (--vm); berth does not limit containers through cgroups yet");
-        }
-        return Ok(None);
-    }
-    let refuse = |flag: &str, why: &str| -> anyhow::Result<()> {
-        bail!("{flag} is not available with --vm: {why}")
-    };
-    if !a.cap_add.is_empty() || !a.cap_drop.is_empty() || a.privileged {
-        refuse("--cap-add/--cap-drop/--privileged", "the process in a microVM runs with the guest's own privileges; the VM itself is the wall")?;
-    }
-    if !a.security_opt.is_empty() {
-        refuse(
-            "--security-opt",
-            "the guest agent applies no seccomp profile; the VM itself is the wall",
-        )?;
-    }
-    let network = match a.network.as_deref() {
-        None | Some("passt") => VmNetwork::Passt,
-        Some("none") => VmNetwork::None,
-        Some(other) => match other.parse::<NetworkRequest>() {
-            Ok(NetworkRequest::Named(name)) => VmNetwork::Named(name),
-            _ => {
-                refuse(
-                    &format!("--network {other}"),
-                    "a microVM's network is user-mode (passt, the default), none, or a network made with `berth network create`",
-                )?;
-                VmNetwork::None
-            }
-        },
-    };
-    if network == VmNetwork::None && (!a.publish.is_empty() || a.publish_all) {
-        refuse(
-            "-p/-P with --network none",
-            "published ports reach a microVM through its user-mode network (passt, the default)",
-        )?;
-    }
-    if !a.network_alias.is_empty() && !matches!(network, VmNetwork::Named(_)) {
-        refuse(
-            "--network-alias",
-            "aliases name a microVM on a user-defined network (--network NAME); its own user-mode network has no peers",
-        )?;
-    }
-    let cpus = match &a.cpus {
-        None => VM_DEFAULT_CPUS,
-        Some(c) => match c.parse::<u8>() {
-            Ok(n) if (1..=8).contains(&n) => n,
-            _ => bail!("invalid --cpus {c:?}: a microVM gets a whole number of vCPUs from 1 to 8"),
-        },
-    };
-    let mem_mib = match &a.memory {
-        None => VM_DEFAULT_MEM_MIB,
-        Some(m) => super::vmm::parse_mib(m)?,
-    };
-    Ok(Some(VmRequest {
-        cpus,
-        mem_mib,
-        network,
-    }))
-}
-
-/// `--network`, `-p`, `-P`, `--network-alias` for the engine.
-fn network_options(a: &RunArgs) -> anyhow::Result<NetworkOptions> {
-    let request = match a.network.as_deref() {
-        None => NetworkRequest::Default,
-        Some(n) => n.parse()?,
-    };
-    Ok(NetworkOptions {
-        request,
-        publish: a
-            .publish
-            .iter()
-            .map(|p| p.parse::<PortSpec>())
-            .collect::<Result<_, _>>()?,
-        publish_all: a.publish_all,
-        aliases: a.network_alias.clone(),
-    })
-}
-
-fn log_config(opts: &[String]) -> anyhow::Result<LogConfig> {
-    let mut log = LogConfig::default();
-    for o in opts {
-        match o.split_once('=') {
-            Some(("max-size", v)) => {
-                log.max_size = berth::spec::parse_size(v)
-                    .with_context(|| format!("invalid --log-opt {o:?}: give a size like 10m"))?
-            }
-            Some(("max-file", v)) => {
-                log.max_files = v.parse().ok().filter(|n| *n > 0).with_context(|| {
-                    format!("invalid --log-opt {o:?}: give a count of at least 1")
-                })?
-            }
-            _ => {
-                bail!("unsupported --log-opt {o:?}: berth's log takes max-size=SIZE and max-file=N")
-            }
-        }
-    }
-    Ok(log)
-}
-
-/// The engine's flags from the command line (everything but the spec's own fields).
-fn flags(a: &RunArgs, vm: Option<VmRequest>) -> anyhow::Result<RunFlags> {
     let mut mounts = Vec::new();
     for v in &a.volume {
         mounts.push(MountRequest::parse_volume(v)?);
@@ -329,58 +189,100 @@ fn flags(a: &RunArgs, vm: Option<VmRequest>) -> anyhow::Result<RunFlags> {
     for m in &a.mount {
         mounts.push(MountRequest::parse_mount(m)?);
     }
-    if !a.vm {
-        for t in &a.tmpfs {
-            mounts.push(MountRequest::parse_tmpfs(t)?);
-        }
-    }
-    let restart = a.restart.parse()?;
-    if a.rm && restart != berth::monitor::policy::RestartPolicy::No {
-        bail!("--rm and --restart {} conflict: a container removed when it exits cannot restart; drop one of them", a.restart);
-    }
-    // A microVM's network is chosen by vm_request (which refuses -p/-P with --network none);
-    // only the ports to publish and the aliases come from here.
-    let network = if vm.is_some() {
-        let publish = a
-            .publish
-            .iter()
-            .map(|p| p.parse::<PortSpec>())
-            .collect::<Result<Vec<_>, _>>()?;
-        NetworkOptions {
-            request: NetworkRequest::None,
-            publish,
+    let cpus = match &a.cpus {
+        None => None,
+        Some(c) => Some(
+            c.parse::<f64>()
+                .ok()
+                .filter(|c| c.is_finite() && *c > 0.0)
+                .with_context(|| {
+                    format!("invalid --cpus {c:?}: give a number of CPUs such as 2")
+                })?,
+        ),
+    };
+    let memory = match &a.memory {
+        None => None,
+        Some(m) => Some(super::vmm::parse_mib(m)? << 20),
+    };
+    let log_opts = a
+        .log_opt
+        .iter()
+        .map(|o| {
+            o.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .with_context(|| {
+                    format!("invalid --log-opt {o:?}: write it KEY=VALUE, e.g. max-size=10m")
+                })
+        })
+        .collect::<anyhow::Result<_>>()?;
+    Ok(CreateConfig {
+        image: a.args[0].clone(),
+        name: a.name.clone(),
+        cmd: a.args[1..].to_vec(),
+        entrypoint: a.entrypoint.as_ref().map(|e| {
+            if e.is_empty() {
+                vec![]
+            } else {
+                vec![e.clone()]
+            }
+        }),
+        env,
+        working_dir: a.workdir.clone(),
+        user: a.user.clone(),
+        hostname: a.hostname.clone(),
+        labels: labels(&a.label),
+        tty: a.tty,
+        open_stdin: a.interactive,
+        stop_timeout: a.stop_timeout,
+        host: HostConfig {
+            mounts,
+            tmpfs: a.tmpfs.clone(),
+            volumes_from: a.volumes_from.clone(),
+            network: a.network.clone(),
+            publish: a
+                .publish
+                .iter()
+                .map(|p| p.parse::<PortSpec>())
+                .collect::<Result<_, _>>()?,
             publish_all: a.publish_all,
             aliases: a.network_alias.clone(),
-        }
-    } else {
-        network_options(a)?
-    };
-    Ok(RunFlags {
-        name: a.name.clone(),
-        remove: a.rm,
-        attach_stdin: a.interactive,
-        vm,
-        network,
-        restart,
-        log: log_config(&a.log_opt)?,
-        mounts,
-        volumes_from: a.volumes_from.clone(),
-        stop_timeout: a.stop_timeout,
-        userns: a.userns.as_deref().unwrap_or("").parse()?,
+            restart: a.restart.parse()?,
+            auto_remove: a.rm,
+            read_only: a.read_only,
+            init: a.init,
+            privileged: a.privileged,
+            cap_add: a.cap_add.clone(),
+            cap_drop: a.cap_drop.clone(),
+            security_opt: a.security_opt.clone(),
+            userns: a.userns.clone(),
+            isolation: if a.vm {
+                Isolation::Vm
+            } else {
+                Isolation::Container
+            },
+            cpus,
+            memory,
+            ulimits: a
+                .ulimit
+                .iter()
+                .map(|u| Ulimit::parse(u))
+                .collect::<Result<_, _>>()?,
+            log_opts,
+        },
     })
+}
+
+/// The create configuration, checked by the engine: the image, the spec's request, the flags.
+fn resolved(a: &RunArgs) -> anyhow::Result<(String, RunRequest, RunFlags)> {
+    Ok(config(a)?.resolve()?)
 }
 
 /// Runs the container and returns its exit status (125 for berth's own errors).
 pub fn run(engine: &Engine, args: RunArgs) -> i32 {
-    let parsed = request(&args).and_then(|r| {
-        let vm = vm_request(&args)?;
-        Ok((r, flags(&args, vm)?))
-    });
-    let (req, flags) = match parsed {
+    let (image, req, flags) = match resolved(&args) {
         Ok(r) => r,
         Err(e) => return super::report(e, 125),
     };
-    let image = args.args[0].clone();
     let tty = req.tty;
     if args.detach {
         return match engine
@@ -431,15 +333,13 @@ pub fn create(engine: &Engine, args: RunArgs) -> i32 {
         if args.detach {
             bail!("berth create takes no -d: the container is created stopped; `berth start` runs it in the background");
         }
-        let req = request(&args)?;
-        let vm = vm_request(&args)?;
-        Ok((req, flags(&args, vm)?))
+        resolved(&args)
     })();
-    let (req, flags) = match parsed {
+    let (image, req, flags) = match parsed {
         Ok(p) => p,
         Err(e) => return super::report(e, 125),
     };
-    match engine.create(&args.args[0], req, &flags) {
+    match engine.create(&image, req, &flags) {
         Ok(id) => {
             println!("{id}");
             0

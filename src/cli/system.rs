@@ -1,8 +1,59 @@
-//! `berth info`, `berth doctor`.
+//! `berth info`, `berth doctor`, `berth system service`.
 
-use clap::Args;
+use clap::{Args, Subcommand};
 
-use berth::engine::Engine;
+use berth::engine::{Engine, EngineOptions};
+
+#[derive(Subcommand)]
+pub enum SystemCommand {
+    /// Serve the Docker Engine API on a UNIX socket, for the docker CLI, docker-py, compose
+    /// and testcontainers (DOCKER_HOST=unix://SOCKET).
+    Service(ServiceArgs),
+    /// Show how berth is set up on this machine (as `berth info`).
+    Info(InfoArgs),
+}
+
+#[derive(Args)]
+pub struct ServiceArgs {
+    /// Exit after SECS seconds with no client and no running request; 0 never exits.
+    #[arg(short, long, value_name = "SECS", default_value_t = 5)]
+    time: u64,
+    /// Where to listen: unix:///PATH (default: $XDG_RUNTIME_DIR/berth/berth.sock). A socket
+    /// passed by systemd's socket activation (LISTEN_FDS) is used instead when present.
+    #[arg(value_name = "URI")]
+    uri: Option<String>,
+    /// How much to print on stderr: error, warn, info, or debug (every request).
+    #[arg(long, value_name = "LEVEL", default_value = "warn", value_parser = ["error", "warn", "info", "debug"])]
+    log_level: String,
+}
+
+/// `berth system service`: returns the exit status.
+pub fn service(opts: EngineOptions, args: ServiceArgs) -> i32 {
+    let socket = match args.uri.as_deref() {
+        None => None,
+        Some(u) => match u.strip_prefix("unix://") {
+            Some(p) if p.starts_with('/') => Some(std::path::PathBuf::from(p)),
+            _ => {
+                return super::report(
+                    anyhow::anyhow!(
+                        "berth serves the API on a UNIX socket only: give unix:///PATH (got {u:?}); a TCP listener would hand your account to anyone who reaches the port"
+                    ),
+                    125,
+                )
+            }
+        },
+    };
+    let serve = berth::api::ServeOptions {
+        socket,
+        idle: (args.time > 0).then(|| std::time::Duration::from_secs(args.time)),
+        engine: opts,
+        log_requests: args.log_level == "debug",
+    };
+    match berth::api::serve(serve) {
+        Ok(()) => 0,
+        Err(e) => super::report(anyhow::Error::new(e), 1),
+    }
+}
 
 #[derive(Args)]
 pub struct InfoArgs {
@@ -25,6 +76,10 @@ pub fn info(engine: &Engine, args: InfoArgs) -> anyhow::Result<()> {
     }
     println!("Data dir: {}", info.data_dir.display());
     println!("Runtime dir: {}", info.runtime_dir.display());
+    println!(
+        "Docker API: DOCKER_HOST=unix://{} (serve it with `berth system service`)",
+        berth::api::default_socket(&info.runtime_dir).display()
+    );
     println!("Images: {}", info.images);
     println!("Containers: {}", info.containers);
     let or_missing = |p: &Option<std::path::PathBuf>| {

@@ -244,7 +244,7 @@ fn describe(
             "Cmd": args,
             "Image": rec.image,
             "WorkingDir": cwd,
-            "Labels": {},
+            "Labels": rec.labels,
             "StopSignal": rec.stop_signal.and_then(|n| nix::sys::signal::Signal::try_from(n).ok()).map_or("SIGTERM", |s| s.as_str()),
             "StopTimeout": rec.stop_timeout.unwrap_or(super::DEFAULT_STOP_TIMEOUT),
         },
@@ -263,4 +263,54 @@ fn describe(
         },
         "Isolation": isolation,
     })
+}
+
+/// Docker's STATUS column.
+pub fn status_text(r: &ContainerRecord) -> String {
+    let since = |t: &Option<String>| {
+        t.as_deref()
+            .and_then(crate::clock::parse_rfc3339)
+            .map(crate::clock::ago)
+            .unwrap_or_else(|| "a while".into())
+    };
+    match state_of(r) {
+        Status::Running => format!("Up {}", since(&r.started_at)),
+        Status::Restarting => format!(
+            "Restarting ({}) {} ago",
+            r.exit_code.unwrap_or(0),
+            since(&r.finished_at)
+        ),
+        Status::Exited => format!(
+            "Exited ({}) {} ago",
+            r.exit_code.unwrap_or(0),
+            since(&r.finished_at)
+        ),
+        Status::Created => "Created".into(),
+        Status::Dead if r.socket.is_some() => "Dead (its monitor died)".into(),
+        Status::Dead => "Dead".into(),
+    }
+}
+
+impl super::Engine {
+    /// The bytes container `rec`'s writable layer takes on disk: what removing it frees.
+    pub fn container_disk_usage(&self, rec: &ContainerRecord) -> u64 {
+        rec.writable.iter().map(|p| disk_bytes(p)).sum()
+    }
+}
+
+/// Disk usage of the tree at `path` (blocks allocated), links not followed.
+fn disk_bytes(path: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return 0;
+    };
+    let mut total = meta.blocks() * 512;
+    if meta.is_dir() {
+        if let Ok(entries) = std::fs::read_dir(path) {
+            for e in entries.flatten() {
+                total += disk_bytes(&e.path());
+            }
+        }
+    }
+    total
 }

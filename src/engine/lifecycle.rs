@@ -163,6 +163,13 @@ impl super::Engine {
                 network: network.request.display_name(),
                 network_options: Some(network),
                 userns: flags.userns,
+                // The image's labels, then the container's own over them (as Docker has it).
+                labels: image_config
+                    .and_then(|c| c.labels().clone())
+                    .unwrap_or_default()
+                    .into_iter()
+                    .chain(flags.labels.clone())
+                    .collect(),
                 ..ContainerRecord::default()
             };
             self.containers.save(&rec)?;
@@ -391,6 +398,27 @@ impl super::Engine {
         id: &str,
         attach: Option<Request>,
     ) -> Result<StartedContainer, EngineError> {
+        self.start_inner(id, attach.map(|req| (req, None)))
+    }
+
+    /// Starts the created container `id` with the monitor's end of an attach connection the
+    /// caller made (`theirs`), for a front end that runs the start in a helper process and
+    /// keeps the other end. A container that runs already is left as it is, and `theirs`
+    /// closed.
+    pub fn start_handing(
+        &self,
+        id: &str,
+        req: Request,
+        theirs: OwnedFd,
+    ) -> Result<(), EngineError> {
+        self.start_inner(id, Some((req, Some(theirs)))).map(|_| ())
+    }
+
+    fn start_inner(
+        &self,
+        id: &str,
+        attach: Option<(Request, Option<OwnedFd>)>,
+    ) -> Result<StartedContainer, EngineError> {
         let lock = self.containers.lock_container(id)?;
         let rec = self.containers.load(id)?;
         if ContainerStore::monitor_alive(&rec)
@@ -398,24 +426,21 @@ impl super::Engine {
         {
             drop(lock);
             let client = match attach {
-                Some(req) => Some(self.request(&rec, req)?),
-                None => None,
+                Some((req, None)) => Some(self.request(&rec, req)?),
+                Some((_, Some(_))) | None => None,
             };
             return Ok(StartedContainer { id: rec.id, client });
         }
         let program = monitor::program().map_err(EngineError::Monitor)?;
         let (report_rd, report_wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
             .map_err(|e| EngineError::Monitor(format!("creating a pipe: {e}")))?;
-        let pair = match attach {
-            Some(req) => {
+        let (client, monitor_end) = match attach {
+            Some((req, Some(theirs))) => (None, Some((theirs, req))),
+            Some((req, None)) => {
                 let (ours, theirs) = UnixStream::pair()
                     .map_err(|e| EngineError::Monitor(format!("creating a socket pair: {e}")))?;
-                Some((ours, OwnedFd::from(theirs), req))
+                (Some(ours), Some((OwnedFd::from(theirs), req)))
             }
-            None => None,
-        };
-        let (client, monitor_end) = match pair {
-            Some((ours, theirs, req)) => (Some(ours), Some((theirs, req))),
             None => (None, None),
         };
         let id = rec.id.clone();

@@ -111,39 +111,14 @@ impl MountRequest {
             }
         }
         let target = target.ok_or_else(|| bad("target= is required".into()))?;
-        if !target.starts_with('/') {
-            return Err(bad("the target must be an absolute path".into()));
-        }
-        if is_root(target) {
-            return Err(bad(
-                "the target can't be '/': mount it on a directory, e.g. target=/data".into(),
-            ));
-        }
         let source = match kind {
-            "bind" => {
-                let src = source.ok_or_else(|| bad("a bind mount needs source=".into()))?;
-                if !src.starts_with('/') {
-                    return Err(bad(
-                        "the source of a bind mount must be an absolute path".into()
-                    ));
-                }
-                if !Path::new(src).exists() {
-                    // Docker's --mount refuses a missing bind source (-v creates it).
-                    return Err(bad(format!(
-                        "bind source path does not exist: {src}; create it first or use -v"
-                    )));
-                }
-                MountSource::Bind(PathBuf::from(src))
-            }
-            "volume" => {
-                if let Some(n) = source.filter(|n| !crate::state::valid_name(n)) {
-                    return Err(bad(format!("invalid volume name {n:?}")));
-                }
-                MountSource::Volume {
-                    name: source.map(String::from),
-                    nocopy,
-                }
-            }
+            "bind" => MountSource::Bind(PathBuf::from(
+                source.ok_or_else(|| bad("a bind mount needs source=".into()))?,
+            )),
+            "volume" => MountSource::Volume {
+                name: source.map(String::from),
+                nocopy,
+            },
             "tmpfs" => {
                 if source.is_some() {
                     return Err(bad("a tmpfs has no source".into()));
@@ -156,6 +131,44 @@ impl MountRequest {
                 )))
             }
         };
+        Self::checked(source, target, read_only).map_err(|why| bad(why.to_string()))
+    }
+
+    /// A mount from its parts (`--mount`'s fields, an API `Mount`), checked as Docker checks
+    /// them: an absolute target that is not `/`, an existing absolute bind source, a valid
+    /// volume name.
+    pub fn checked(
+        source: MountSource,
+        target: &str,
+        read_only: bool,
+    ) -> Result<MountRequest, EngineError> {
+        let bad = |why: &str| EngineError::Usage(why.to_string());
+        if !target.starts_with('/') {
+            return Err(bad("the target must be an absolute path"));
+        }
+        if is_root(target) {
+            return Err(bad(
+                "the target can't be '/': mount it on a directory, e.g. target=/data",
+            ));
+        }
+        match &source {
+            MountSource::Bind(src) => {
+                if !src.is_absolute() {
+                    return Err(bad("the source of a bind mount must be an absolute path"));
+                }
+                if !src.exists() {
+                    // Docker's --mount refuses a missing bind source (-v creates it).
+                    return Err(EngineError::Usage(format!(
+                        "bind source path does not exist: {}; create it first or use -v",
+                        src.display()
+                    )));
+                }
+            }
+            MountSource::Volume { name: Some(n), .. } if !crate::state::valid_name(n) => {
+                return Err(EngineError::Usage(format!("invalid volume name {n:?}")));
+            }
+            _ => {}
+        }
         Ok(MountRequest {
             source,
             target: PathBuf::from(target),

@@ -69,6 +69,12 @@ pub enum NetError {
     },
     #[error("{0}")]
     Store(String),
+    #[error("no such network: {0}: create it with `berth network create {0}` (or use --network none|host|slirp4netns|pasta)")]
+    NoSuchNetwork(String),
+    #[error(
+        "network {0} already exists: remove it with `berth network rm {0}` or pick another name"
+    )]
+    Exists(String),
     #[error("the network daemon failed: {0}")]
     Daemon(String),
 }

@@ -127,11 +127,7 @@ impl NetworkStore {
         self.list()
             .into_iter()
             .find(|n| n.name == key || (key.len() >= 3 && n.id.starts_with(key)))
-            .ok_or_else(|| {
-                NetError::Store(format!(
-                    "no such network: {key}: create it with `berth network create {key}` (or use --network none|host|slirp4netns|pasta)"
-                ))
-            })
+            .ok_or_else(|| NetError::NoSuchNetwork(key.to_string()))
     }
 
     /// Creates a network, with `subnet` or the next free /24 of 10.89.0.0/16.
@@ -155,9 +151,7 @@ impl NetworkStore {
             .ok_or_else(|| NetError::Store("cannot lock the networks directory".into()))?;
         let existing = self.list();
         if existing.iter().any(|n| n.name == name) {
-            return Err(NetError::Store(format!(
-                "network {name} already exists: remove it with `berth network rm {name}` or pick another name"
-            )));
+            return Err(NetError::Exists(name.to_string()));
         }
         let overlaps = |ip: Ipv4Addr, len: u8| {
             existing.iter().any(|n| {

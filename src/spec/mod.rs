@@ -110,7 +110,8 @@ impl FromStr for BindVolume {
 #[derive(Debug, Clone, Default)]
 pub struct RunRequest {
     pub cmd: Vec<String>,
-    pub entrypoint: Option<String>,
+    /// Replaces the image's entrypoint (and drops its Cmd); an empty list clears it.
+    pub entrypoint: Option<Vec<String>>,
     /// `K=V` pairs, in order; later ones win.
     pub env: Vec<String>,
     pub workdir: Option<String>,
@@ -261,11 +262,7 @@ pub fn process_args(req: &RunRequest, image: Option<&oci_spec::image::Config>) -
     match &req.entrypoint {
         // --entrypoint replaces the image's Entrypoint and drops its Cmd.
         Some(ep) => {
-            let mut args: Vec<String> = if ep.is_empty() {
-                vec![]
-            } else {
-                vec![ep.clone()]
-            };
+            let mut args = ep.clone();
             args.extend(req.cmd.iter().cloned());
             args
         }
@@ -740,7 +737,7 @@ mod tests {
         assert_eq!(process_args(&req, Some(&c)), vec!["/ep", "-x", "default"]);
         req.cmd = vec!["mine".into()];
         assert_eq!(process_args(&req, Some(&c)), vec!["/ep", "-x", "mine"]);
-        req.entrypoint = Some("/other".into());
+        req.entrypoint = Some(vec!["/other".into()]);
         assert_eq!(process_args(&req, Some(&c)), vec!["/other", "mine"]);
         req.cmd.clear();
         assert_eq!(

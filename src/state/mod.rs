@@ -192,6 +192,9 @@ pub struct ContainerRecord {
     pub mounts: Vec<MountRecord>,
     #[serde(default)]
     pub isolation: Isolation,
+    /// `--label K=V`, as given.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub labels: std::collections::BTreeMap<String, String>,
     /// `--stop-timeout` (seconds), or the default of `berth stop`.
     #[serde(default)]
     pub stop_timeout: Option<u32>,

@@ -23,6 +23,7 @@
 // Each test crate uses a different part of the harness.
 #![allow(dead_code, unused_imports)]
 
+pub mod api;
 pub mod debian;
 pub mod image;
 pub mod procs;

@@ -1,0 +1,848 @@
+//! `/containers/...`: create, list, inspect, start, stop, kill, restart, wait, remove, rename,
+//! attach, resize, logs, top, prune.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, Request, State as Extract};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use bollard_stubs::models::{
+    ContainerCreateResponse, ContainerPruneResponse, ContainerSummary, ContainerTopResponse,
+    ContainerWaitExitError, ContainerWaitResponse,
+};
+use serde::Deserialize;
+use tokio::sync::{oneshot, watch};
+
+use super::convert;
+use super::error::{blocking, ApiError};
+use super::helper::{AttachWant, HelperRequest};
+use super::stream::{self, Ended};
+use super::{Busy, State};
+use crate::engine::{state_of, EngineError, LogsOptions};
+use crate::monitor::log::Stream as LogStream;
+use crate::monitor::proto::Request as MonitorRequest;
+use crate::state::{ContainerRecord, Status};
+
+pub fn routes() -> Router<State> {
+    Router::new()
+        .route("/containers/json", get(list))
+        .route("/containers/create", post(create))
+        .route("/containers/prune", post(prune))
+        .route("/containers/{id}/json", get(inspect))
+        .route("/containers/{id}/start", post(start))
+        .route("/containers/{id}/stop", post(stop))
+        .route("/containers/{id}/kill", post(kill))
+        .route("/containers/{id}/restart", post(restart))
+        .route("/containers/{id}/wait", post(wait))
+        .route("/containers/{id}/rename", post(rename))
+        .route("/containers/{id}/attach", post(attach))
+        .route("/containers/{id}/resize", post(resize))
+        .route("/containers/{id}/logs", get(logs))
+        .route("/containers/{id}/top", get(top))
+        .route("/containers/{id}", delete(remove))
+}
+
+/// An attach waiting for its container to start: what it asks the monitor for, and where
+/// its connection goes.
+type Waiting = (
+    MonitorRequest,
+    oneshot::Sender<std::os::unix::net::UnixStream>,
+);
+
+/// Streams waiting for a container to start, and the exit statuses the daemon learns.
+#[derive(Default)]
+pub struct Pending {
+    attaches: Mutex<HashMap<String, Vec<Waiting>>>,
+    exits: Mutex<HashMap<String, watch::Sender<Option<i32>>>>,
+    /// Containers whose end a relay of this daemon will report.
+    watched: Mutex<HashSet<String>>,
+}
+
+impl Pending {
+    fn add_attach(
+        &self,
+        id: &str,
+        req: MonitorRequest,
+    ) -> oneshot::Receiver<std::os::unix::net::UnixStream> {
+        let (tx, rx) = oneshot::channel();
+        self.attaches
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(id.to_string())
+            .or_default()
+            .push((req, tx));
+        rx
+    }
+
+    fn take_attaches(
+        &self,
+        id: &str,
+    ) -> Vec<(
+        MonitorRequest,
+        oneshot::Sender<std::os::unix::net::UnixStream>,
+    )> {
+        self.attaches
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(_, tx)| !tx.is_closed())
+            .collect()
+    }
+
+    fn exit_channel(&self, id: &str) -> watch::Receiver<Option<i32>> {
+        self.exits
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(id.to_string())
+            .or_insert_with(|| watch::channel(None).0)
+            .subscribe()
+    }
+
+    /// A new run of `id` begins: its end is not known yet, and a relay here will report it.
+    fn started(&self, id: &str) {
+        self.exit_channel(id);
+        if let Some(tx) = self.exits.lock().unwrap_or_else(|e| e.into_inner()).get(id) {
+            tx.send_replace(None);
+        }
+        self.watched
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.to_string());
+    }
+
+    fn ended(&self, id: &str, ended: Ended) {
+        self.watched
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
+        if let Ended::Exited(code) = ended {
+            if let Some(tx) = self.exits.lock().unwrap_or_else(|e| e.into_inner()).get(id) {
+                tx.send_replace(Some(code));
+            }
+        }
+    }
+
+    fn is_watched(&self, id: &str) -> bool {
+        self.watched
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(id)
+    }
+}
+
+async fn record(d: &State, key: &str) -> Result<ContainerRecord, ApiError> {
+    let d = d.clone();
+    let key = key.to_string();
+    blocking(move || d.engine.container(&key)).await
+}
+
+fn running(r: &ContainerRecord) -> bool {
+    matches!(state_of(r), Status::Running | Status::Restarting)
+}
+
+fn flag(v: &Option<String>) -> bool {
+    matches!(v.as_deref(), Some("1") | Some("true") | Some("True"))
+}
+
+/// Docker's `filters` query: `{"key": ["v", ...]}` (or the older `{"key": {"v": true}}`).
+pub fn parse_filters(raw: Option<&str>) -> Result<Vec<(String, String)>, ApiError> {
+    let Some(raw) = raw.filter(|r| !r.is_empty()) else {
+        return Ok(vec![]);
+    };
+    let v: serde_json::Value = serde_json::from_str(raw)
+        .map_err(|e| ApiError::bad_request(format!("invalid filters {raw:?}: {e}")))?;
+    let mut out = Vec::new();
+    let Some(map) = v.as_object() else {
+        return Err(ApiError::bad_request(format!(
+            "invalid filters {raw:?}: expected a JSON object"
+        )));
+    };
+    for (k, vals) in map {
+        match vals {
+            serde_json::Value::Array(a) => out.extend(
+                a.iter()
+                    .filter_map(|x| x.as_str())
+                    .map(|x| (k.clone(), x.to_string())),
+            ),
+            serde_json::Value::Object(o) => out.extend(
+                o.iter()
+                    .filter(|(_, on)| on.as_bool().unwrap_or(false))
+                    .map(|(x, _)| (k.clone(), x.clone())),
+            ),
+            _ => {
+                return Err(ApiError::bad_request(format!(
+                    "invalid filters {raw:?}: values must be lists"
+                )))
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    all: Option<String>,
+    limit: Option<i64>,
+    filters: Option<String>,
+}
+
+async fn list(
+    Extract(d): Extract<State>,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Vec<ContainerSummary>>, ApiError> {
+    let filters = parse_filters(q.filters.as_deref())?;
+    let all = flag(&q.all)
+        || q.limit.is_some_and(|l| l > 0)
+        || filters.iter().any(|(k, _)| k == "status" || k == "exited");
+    let mut recs = blocking(move || {
+        let mut out = Vec::new();
+        for r in d.engine.containers() {
+            if (all || running(&r)) && crate::engine::filters::container_matches(&r, &filters)? {
+                out.push(r);
+            }
+        }
+        Ok::<_, EngineError>(out)
+    })
+    .await?;
+    recs.sort_by_key(|r| std::cmp::Reverse(r.created));
+    if let Some(l) = q.limit.filter(|l| *l > 0) {
+        recs.truncate(l as usize);
+    }
+    Ok(Json(recs.iter().map(convert::summary).collect()))
+}
+
+#[derive(Deserialize)]
+struct CreateQuery {
+    name: Option<String>,
+}
+
+async fn create(
+    Extract(d): Extract<State>,
+    Query(q): Query<CreateQuery>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<ContainerCreateResponse>), ApiError> {
+    // Checked here, so a malformed body costs no helper.
+    let (parsed, isolation) = convert::parse_create_body(&body)?;
+    convert::create_config(q.name.clone(), parsed, isolation)?;
+    let body: serde_json::Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")))?;
+    let id = d
+        .helper(HelperRequest::Create { name: q.name, body }, None)
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(ContainerCreateResponse {
+            id: id.as_str().unwrap_or_default().to_string(),
+            warnings: vec![],
+        }),
+    ))
+}
+
+async fn inspect(
+    Extract(d): Extract<State>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let v = blocking(move || d.engine.inspect_container(&id)).await?;
+    convert::inspect(v).map(Json)
+}
+
+/// Starts `id` with every attach waiting for it connected first; a relay of this daemon reads
+/// the run to its end (so `wait` learns the status, also of a `--rm` container).
+async fn start(
+    Extract(d): Extract<State>,
+    Path(key): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let rec = record(&d, &key).await?;
+    if running(&rec) {
+        return Ok(StatusCode::NOT_MODIFIED);
+    }
+    let id = rec.id.clone();
+    let mut waiting = d.pending.take_attaches(&id);
+    let first = if waiting.is_empty() {
+        None
+    } else {
+        Some(waiting.remove(0))
+    };
+    let want = match first.as_ref().map(|(r, _)| *r) {
+        Some(MonitorRequest::Attach {
+            stdin,
+            stdout,
+            stderr,
+        }) => AttachWant {
+            stdin,
+            stdout,
+            stderr,
+        },
+        _ => AttachWant {
+            stdin: false,
+            stdout: false,
+            stderr: false,
+        },
+    };
+    d.pending.started(&id);
+    // The service keeps its end of the attach; the helper hands the other to the monitor.
+    let (client, theirs) = std::os::unix::net::UnixStream::pair()
+        .map_err(|e| ApiError::internal(format!("creating a socket pair: {e}")))?;
+    let started = d
+        .helper(
+            HelperRequest::Start {
+                id: id.clone(),
+                attach: Some(want),
+            },
+            Some(theirs.into()),
+        )
+        .await;
+    if let Err(e) = started {
+        d.pending.ended(&id, Ended::Lost);
+        return Err(e);
+    }
+    match first {
+        Some((_, tx)) => {
+            if let Err(client) = tx.send(client) {
+                // The attach went away meanwhile: read the run here.
+                spawn_watch(&d, &id, client, rec.tty);
+            }
+        }
+        None => spawn_watch(&d, &id, client, rec.tty),
+    }
+    for (req, tx) in waiting {
+        let engine_d = d.clone();
+        let id = id.clone();
+        if let Ok(s) = blocking(move || engine_d.engine.start(&id, Some(req))).await {
+            if let Some(c) = s.client {
+                let _ = tx.send(c);
+            }
+        }
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Reads a run's monitor connection to its end, for its exit status.
+fn spawn_watch(d: &State, id: &str, client: std::os::unix::net::UnixStream, tty: bool) {
+    let d = d.clone();
+    let id = id.to_string();
+    tokio::spawn(async move {
+        let ended = match stream::to_tokio(client) {
+            Ok(m) => stream::relay(None::<stream::Hijacked>, m, tty, false).await,
+            Err(_) => Ended::Lost,
+        };
+        d.pending.ended(&id, ended);
+    });
+}
+
+#[derive(Deserialize)]
+struct StopQuery {
+    t: Option<i64>,
+    signal: Option<String>,
+}
+
+async fn stop(
+    Extract(d): Extract<State>,
+    Path(key): Path<String>,
+    Query(q): Query<StopQuery>,
+) -> Result<StatusCode, ApiError> {
+    let rec = record(&d, &key).await?;
+    if !running(&rec) {
+        return Ok(StatusCode::NOT_MODIFIED);
+    }
+    if let Some(s) = &q.signal {
+        if crate::engine::parse_signal(s).is_none() {
+            return Err(ApiError::bad_request(format!("invalid signal: {s}")));
+        }
+    }
+    let t = q.t.map(|t| t.clamp(0, u32::MAX as i64) as u32);
+    blocking(move || d.engine.stop(&rec.id, t)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+struct KillQuery {
+    signal: Option<String>,
+}
+
+async fn kill(
+    Extract(d): Extract<State>,
+    Path(key): Path<String>,
+    Query(q): Query<KillQuery>,
+) -> Result<StatusCode, ApiError> {
+    let sig = q.signal.as_deref().unwrap_or("SIGKILL");
+    let signal = crate::engine::parse_signal(sig)
+        .ok_or_else(|| ApiError::bad_request(format!("invalid signal: {sig}")))?;
+    let rec = record(&d, &key).await?;
+    if !running(&rec) {
+        return Err(ApiError::conflict(format!(
+            "cannot kill container: {}: container {} is not running",
+            key, rec.id
+        )));
+    }
+    blocking(move || d.engine.kill(&rec.id, signal)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn restart(
+    Extract(d): Extract<State>,
+    Path(key): Path<String>,
+    Query(q): Query<StopQuery>,
+) -> Result<StatusCode, ApiError> {
+    let rec = record(&d, &key).await?;
+    let t = q.t.map(|t| t.clamp(0, u32::MAX as i64) as u32);
+    if running(&rec) {
+        let d2 = d.clone();
+        let id = rec.id.clone();
+        blocking(move || d2.engine.stop(&id, t)).await?;
+    }
+    start(Extract(d), Path(rec.id)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+struct WaitQuery {
+    condition: Option<String>,
+}
+
+/// Waits as Docker's `condition` says; the headers go out at once, the status when known.
+async fn wait(
+    Extract(d): Extract<State>,
+    Path(key): Path<String>,
+    Query(q): Query<WaitQuery>,
+) -> Result<Response, ApiError> {
+    let condition = q.condition.unwrap_or_else(|| "not-running".into());
+    if !["not-running", "next-exit", "removed", ""].contains(&condition.as_str()) {
+        return Err(ApiError::bad_request(format!(
+            "invalid condition: {condition:?}: use not-running, next-exit or removed"
+        )));
+    }
+    let rec = record(&d, &key).await?;
+    let busy = Busy::new(&d);
+    let body = futures_util::stream::once(async move {
+        let _busy = busy;
+        let res = match wait_for(&d, rec, &condition).await {
+            Ok(code) => ContainerWaitResponse {
+                status_code: code as i64,
+                error: None,
+            },
+            Err(message) => ContainerWaitResponse {
+                status_code: -1,
+                error: Some(ContainerWaitExitError {
+                    message: Some(message),
+                }),
+            },
+        };
+        let mut text = serde_json::to_vec(&res).unwrap_or_default();
+        text.push(b'\n');
+        Ok::<_, std::io::Error>(Bytes::from(text))
+    });
+    Ok((
+        [(header::CONTENT_TYPE, "application/json")],
+        Body::from_stream(body),
+    )
+        .into_response())
+}
+
+async fn wait_for(d: &State, rec: ContainerRecord, condition: &str) -> Result<i32, String> {
+    let id = rec.id.clone();
+    let mut exits = d.pending.exit_channel(&id);
+    let code = if condition != "next-exit" && !running(&rec) && rec.status != Status::Created {
+        rec.exit_code.unwrap_or(0)
+    } else {
+        let was_running = running(&rec);
+        loop {
+            tokio::select! {
+                changed = exits.changed() => {
+                    if changed.is_err() {
+                        return Err("the daemon is shutting down".into());
+                    }
+                    if let Some(code) = *exits.borrow() {
+                        break code;
+                    }
+                }
+                _ = tokio::time::sleep(Duration::from_millis(250)) => {
+                    if d.pending.is_watched(&id) {
+                        continue;
+                    }
+                    let d2 = d.clone();
+                    let id2 = id.clone();
+                    match blocking(move || d2.engine.container(&id2)).await {
+                        Err(e) if e.status == StatusCode::NOT_FOUND => {
+                            return exits.borrow().ok_or_else(|| {
+                                "the container was removed before its exit status was read".to_string()
+                            });
+                        }
+                        Err(e) => return Err(e.message),
+                        Ok(now) if running(&now) => {
+                            // Started elsewhere (the berth CLI): its monitor answers.
+                            let d2 = d.clone();
+                            let id2 = id.clone();
+                            break blocking(move || d2.engine.wait(&id2)).await.map_err(|e| e.message)?;
+                        }
+                        Ok(now) if now.status != Status::Created
+                            && (was_running || now.finished_at != rec.finished_at) =>
+                        {
+                            break now.exit_code.unwrap_or(0);
+                        }
+                        Ok(_) => {}
+                    }
+                }
+            }
+        }
+    };
+    if condition == "removed" {
+        loop {
+            let d2 = d.clone();
+            let id2 = id.clone();
+            match blocking(move || d2.engine.container(&id2)).await {
+                Err(_) => break,
+                Ok(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+    Ok(code)
+}
+
+#[derive(Deserialize)]
+struct RemoveQuery {
+    force: Option<String>,
+    v: Option<String>,
+}
+
+async fn remove(
+    Extract(d): Extract<State>,
+    Path(key): Path<String>,
+    Query(q): Query<RemoveQuery>,
+) -> Result<StatusCode, ApiError> {
+    let (force, volumes) = (flag(&q.force), flag(&q.v));
+    let rec = record(&d, &key).await?;
+    if running(&rec) && !force {
+        return Err(ApiError::conflict(format!(
+            "cannot remove container \"/{}\": container is running: stop the container before removing or force remove",
+            rec.name
+        )));
+    }
+    d.helper(
+        HelperRequest::Remove {
+            id: rec.id,
+            force,
+            volumes,
+        },
+        None,
+    )
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+struct RenameQuery {
+    name: String,
+}
+
+async fn rename(
+    Extract(d): Extract<State>,
+    Path(key): Path<String>,
+    Query(q): Query<RenameQuery>,
+) -> Result<StatusCode, ApiError> {
+    blocking(move || d.engine.rename(&key, q.name.trim_start_matches('/'))).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+struct AttachQuery {
+    stdin: Option<String>,
+    stdout: Option<String>,
+    stderr: Option<String>,
+}
+
+enum Source {
+    Now(std::os::unix::net::UnixStream),
+    Later(oneshot::Receiver<std::os::unix::net::UnixStream>),
+    Nothing,
+}
+
+/// Hijacks the connection and relays the container's streams; a container not started yet
+/// is attached when it starts, so the client misses none of its output.
+async fn attach(
+    Extract(d): Extract<State>,
+    Path(key): Path<String>,
+    Query(q): Query<AttachQuery>,
+    mut req: Request,
+) -> Result<Response, ApiError> {
+    if !stream::wants_upgrade(req.headers()) {
+        return Err(ApiError::bad_request(
+            "attach hijacks the connection: send `Connection: Upgrade` and `Upgrade: tcp`",
+        ));
+    }
+    let rec = record(&d, &key).await?;
+    let want = MonitorRequest::Attach {
+        stdin: flag(&q.stdin) && rec.open_stdin,
+        stdout: flag(&q.stdout),
+        stderr: flag(&q.stderr),
+    };
+    let stdin = matches!(want, MonitorRequest::Attach { stdin: true, .. });
+    let source = if running(&rec) {
+        let d2 = d.clone();
+        let id = rec.id.clone();
+        let req = want;
+        match blocking(move || d2.engine.start(&id, Some(req)))
+            .await?
+            .client
+        {
+            Some(c) => Source::Now(c),
+            None => Source::Nothing,
+        }
+    } else if rec.status == Status::Created {
+        Source::Later(d.pending.add_attach(&rec.id, want))
+    } else {
+        Source::Nothing
+    };
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let tty = rec.tty;
+    let id = rec.id.clone();
+    let busy = Busy::new(&d);
+    tokio::spawn(async move {
+        let _busy = busy;
+        let Ok(upgraded) = on_upgrade.await else {
+            return;
+        };
+        let mut io = hyper_util::rt::TokioIo::new(upgraded);
+        let monitor = match source {
+            Source::Now(s) => s,
+            Source::Later(rx) => match rx.await {
+                Ok(s) => s,
+                Err(_) => return,
+            },
+            Source::Nothing => {
+                let _ = tokio::io::AsyncWriteExt::shutdown(&mut io).await;
+                return;
+            }
+        };
+        let Ok(monitor) = stream::to_tokio(monitor) else {
+            return;
+        };
+        let ended = stream::relay(Some(io), monitor, tty, stdin).await;
+        d.pending.ended(&id, ended);
+    });
+    Ok(stream::switching(tty))
+}
+
+#[derive(Deserialize)]
+struct ResizeQuery {
+    h: Option<u16>,
+    w: Option<u16>,
+}
+
+async fn resize(
+    Extract(d): Extract<State>,
+    Path(key): Path<String>,
+    Query(q): Query<ResizeQuery>,
+) -> Result<StatusCode, ApiError> {
+    let rec = record(&d, &key).await?;
+    if !running(&rec) {
+        return Err(ApiError::conflict(format!(
+            "container {} is not running",
+            rec.name
+        )));
+    }
+    let (rows, cols) = (q.h.unwrap_or(0), q.w.unwrap_or(0));
+    blocking(move || {
+        let req = MonitorRequest::Attach {
+            stdin: false,
+            stdout: false,
+            stderr: false,
+        };
+        if let Some(mut c) = d.engine.start(&rec.id, Some(req))?.client {
+            use std::io::Write;
+            let _ = c.write_all(&stream::resize_frame(rows, cols));
+        }
+        Ok(())
+    })
+    .await?;
+    Ok(StatusCode::OK)
+}
+
+#[derive(Deserialize)]
+struct LogsQuery {
+    follow: Option<String>,
+    stdout: Option<String>,
+    stderr: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
+    timestamps: Option<String>,
+    tail: Option<String>,
+}
+
+/// Docker's `since`/`until`: seconds since the epoch, with an optional fraction.
+fn epoch_nanos(s: &str) -> Option<i128> {
+    if s.is_empty() || s == "0" {
+        return None;
+    }
+    let (secs, frac) = s.split_once('.').unwrap_or((s, ""));
+    let secs: i128 = secs.parse().ok()?;
+    let mut nanos: i128 = 0;
+    if !frac.is_empty() {
+        let digits: String = frac.chars().take(9).collect();
+        nanos = format!("{digits:0<9}").parse().ok()?;
+    }
+    Some(secs * 1_000_000_000 + nanos)
+}
+
+async fn logs(
+    Extract(d): Extract<State>,
+    Path(key): Path<String>,
+    Query(q): Query<LogsQuery>,
+) -> Result<Response, ApiError> {
+    let rec = record(&d, &key).await?;
+    let (want_out, want_err) = (flag(&q.stdout), flag(&q.stderr));
+    if !want_out && !want_err {
+        return Err(ApiError::bad_request(
+            "you must choose at least one stream: stdout=1 or stderr=1",
+        ));
+    }
+    let opts = LogsOptions {
+        follow: flag(&q.follow),
+        tail: match q.tail.as_deref() {
+            None | Some("") | Some("all") => None,
+            Some(n) => Some(n.parse().map_err(|_| {
+                ApiError::bad_request(format!("invalid tail {n:?}: a number or all"))
+            })?),
+        },
+        since: q.since.as_deref().and_then(epoch_nanos),
+        until: q.until.as_deref().and_then(epoch_nanos),
+    };
+    let timestamps = flag(&q.timestamps);
+    let tty = rec.tty;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(64);
+    let busy = Busy::new(&d);
+    let id = rec.id.clone();
+    tokio::task::spawn_blocking(move || {
+        let _busy = busy;
+        let result = d.engine.logs(&id, &opts, &mut |e| {
+            let stream = match e.stream {
+                LogStream::Stdout if want_out => 1,
+                LogStream::Stderr if want_err => 2,
+                _ => return Ok(()),
+            };
+            let mut data = Vec::with_capacity(e.data.len() + 40);
+            if timestamps {
+                data.extend_from_slice(crate::clock::rfc3339(e.time).as_bytes());
+                data.push(b' ');
+            }
+            data.extend_from_slice(&e.data);
+            let chunk = if tty {
+                data
+            } else {
+                let mut out = stream::docker_header(stream, data.len()).to_vec();
+                out.extend_from_slice(&data);
+                out
+            };
+            tx.blocking_send(Ok(Bytes::from(chunk)))
+                .map_err(|_| std::io::Error::other("the client went away"))
+        });
+        if let Err(e) = result {
+            let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
+        }
+    });
+    let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
+    let kind = if tty {
+        stream::RAW
+    } else {
+        stream::MULTIPLEXED
+    };
+    Ok(([(header::CONTENT_TYPE, kind)], body).into_response())
+}
+
+#[derive(Deserialize)]
+struct TopQuery {
+    #[allow(dead_code)]
+    ps_args: Option<String>,
+}
+
+async fn top(
+    Extract(d): Extract<State>,
+    Path(key): Path<String>,
+    Query(_q): Query<TopQuery>,
+) -> Result<Json<ContainerTopResponse>, ApiError> {
+    let procs = blocking(move || d.engine.top(&key)).await?;
+    let titles = ["UID", "PID", "PPID", "C", "STIME", "TTY", "TIME", "CMD"];
+    let processes = procs
+        .iter()
+        .map(|p| {
+            let t = p.cpu.as_secs();
+            vec![
+                p.uid
+                    .map_or_else(|| p.host_uid.to_string(), |u| u.to_string()),
+                p.pid.to_string(),
+                p.ppid.to_string(),
+                "0".into(),
+                String::new(),
+                "?".into(),
+                format!("{:02}:{:02}:{:02}", t / 3600, t / 60 % 60, t % 60),
+                p.cmd.clone(),
+            ]
+        })
+        .collect();
+    Ok(Json(ContainerTopResponse {
+        titles: Some(titles.iter().map(|t| t.to_string()).collect()),
+        processes: Some(processes),
+    }))
+}
+
+#[derive(Deserialize)]
+struct PruneQuery {
+    filters: Option<String>,
+}
+
+async fn prune(
+    Extract(d): Extract<State>,
+    Query(q): Query<PruneQuery>,
+) -> Result<Json<ContainerPruneResponse>, ApiError> {
+    let filters = parse_filters(q.filters.as_deref())?;
+    let d2 = d.clone();
+    let stopped = blocking(move || {
+        Ok::<_, EngineError>(
+            d2.engine
+                .containers()
+                .into_iter()
+                .filter(|r| matches!(state_of(r), Status::Exited | Status::Dead | Status::Created))
+                .filter(|r| {
+                    filters
+                        .iter()
+                        .filter(|(k, _)| k == "label")
+                        .all(|(_, v)| crate::engine::filters::label_matches(&r.labels, v))
+                })
+                .map(|r| {
+                    let size = d2.engine.container_disk_usage(&r);
+                    (r.id, size)
+                })
+                .collect::<Vec<_>>(),
+        )
+    })
+    .await?;
+    let mut deleted = Vec::new();
+    let mut reclaimed = 0u64;
+    for (id, size) in stopped {
+        let req = HelperRequest::Remove {
+            id: id.clone(),
+            force: false,
+            volumes: false,
+        };
+        match d.helper(req, None).await {
+            Ok(_) => {
+                deleted.push(id);
+                reclaimed += size;
+            }
+            // Started or removed meanwhile: not this prune's.
+            Err(e) if e.status == StatusCode::NOT_FOUND || e.status == StatusCode::CONFLICT => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(Json(ContainerPruneResponse {
+        containers_deleted: Some(deleted),
+        space_reclaimed: Some(reclaimed as i64),
+    }))
+}

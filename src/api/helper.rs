@@ -1,0 +1,214 @@
+//! The service's engine helper: engine operations that fork (starting a container and its
+//! monitor, work in a user namespace to make or remove files the container owns, unpacking
+//! layers) never run in the service's own process, whose threads could hold a lock the
+//! forked child then waits on forever. Each such operation runs in `berth __engine`, a
+//! short-lived single-threaded process of the same binary: the request as JSON on its stdin,
+//! an attach connection's monitor end as its fd 3, the answer as JSON on its stdout. The
+//! engine code it runs is the CLI's: the helper is a dispatcher, nothing more.
+
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+
+use super::error::ApiError;
+use crate::engine::{Engine, EngineError, EngineOptions};
+use crate::monitor::proto::Request as MonitorRequest;
+
+/// What the helper is asked to do.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum HelperRequest {
+    /// `POST /containers/create`: the Docker body as the client sent it.
+    Create {
+        name: Option<String>,
+        body: serde_json::Value,
+    },
+    /// Start a created container; with `attach`, fd 3 is the monitor's end of the
+    /// connection the service keeps the other end of.
+    Start {
+        id: String,
+        attach: Option<AttachWant>,
+    },
+    Remove {
+        id: String,
+        force: bool,
+        volumes: bool,
+    },
+}
+
+/// The streams of an attach (the monitor's request, in a serializable form).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct AttachWant {
+    pub stdin: bool,
+    pub stdout: bool,
+    pub stderr: bool,
+}
+
+impl From<AttachWant> for MonitorRequest {
+    fn from(a: AttachWant) -> MonitorRequest {
+        MonitorRequest::Attach {
+            stdin: a.stdin,
+            stdout: a.stdout,
+            stderr: a.stderr,
+        }
+    }
+}
+
+/// The helper's answer.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HelperReply {
+    Ok(serde_json::Value),
+    Err { status: u16, message: String },
+}
+
+impl From<ApiError> for HelperReply {
+    fn from(e: ApiError) -> HelperReply {
+        HelperReply::Err {
+            status: e.status.as_u16(),
+            message: e.message,
+        }
+    }
+}
+
+/// The program the service runs its helpers from: its own binary, found once at start.
+pub fn program() -> PathBuf {
+    std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe"))
+}
+
+/// Runs `req` in a helper process (on the blocking pool: it waits for the process) and
+/// returns its answer.
+pub async fn run(
+    program: PathBuf,
+    engine: EngineOptions,
+    req: HelperRequest,
+    fd: Option<OwnedFd>,
+) -> Result<serde_json::Value, ApiError> {
+    tokio::task::spawn_blocking(move || run_blocking(&program, &engine, &req, fd)).await?
+}
+
+fn run_blocking(
+    program: &std::path::Path,
+    engine: &EngineOptions,
+    req: &HelperRequest,
+    fd: Option<OwnedFd>,
+) -> Result<serde_json::Value, ApiError> {
+    let input = serde_json::to_vec(req)
+        .map_err(|e| ApiError::internal(format!("encoding the helper's request: {e}")))?;
+    let mut cmd = Command::new(program);
+    if let Some(driver) = &engine.storage_driver {
+        cmd.arg("--storage-driver").arg(driver);
+    }
+    cmd.arg("__engine")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(fd) = &fd {
+        let raw = fd.as_raw_fd();
+        // SAFETY: between fork and exec the child only calls dup2, which is
+        // async-signal-safe; it puts the connection at fd 3 without O_CLOEXEC.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::dup2(raw, 3) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    let mut child = cmd.spawn().map_err(|e| {
+        ApiError::internal(format!(
+            "starting the engine helper {}: {e}",
+            program.display()
+        ))
+    })?;
+    drop(fd);
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(&input);
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| ApiError::internal(format!("waiting for the engine helper: {e}")))?;
+    match serde_json::from_slice::<HelperReply>(&out.stdout) {
+        Ok(HelperReply::Ok(v)) => Ok(v),
+        Ok(HelperReply::Err { status, message }) => Err(ApiError::new(
+            StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            message,
+        )),
+        Err(_) => Err(ApiError::internal(format!(
+            "the engine helper failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))),
+    }
+}
+
+/// `berth __engine`: one request from stdin, its answer on stdout. Returns the exit status.
+pub fn main(opts: EngineOptions) -> i32 {
+    let mut input = Vec::new();
+    let reply = match std::io::stdin().read_to_end(&mut input) {
+        Err(e) => HelperReply::from(ApiError::internal(format!("reading the request: {e}"))),
+        Ok(_) => match serde_json::from_slice::<HelperRequest>(&input) {
+            Err(e) => HelperReply::from(ApiError::bad_request(format!(
+                "the helper's request is malformed: {e}"
+            ))),
+            Ok(req) => match Engine::open(opts) {
+                Err(e) => HelperReply::from(ApiError::from(e)),
+                Ok(engine) => match handle(&engine, req) {
+                    Ok(v) => HelperReply::Ok(v),
+                    Err(e) => HelperReply::from(e),
+                },
+            },
+        },
+    };
+    let text = serde_json::to_vec(&reply).unwrap_or_default();
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(&text);
+    let _ = out.flush();
+    0
+}
+
+fn handle(engine: &Engine, req: HelperRequest) -> Result<serde_json::Value, ApiError> {
+    match req {
+        HelperRequest::Create { name, body } => {
+            let text = serde_json::to_vec(&body).unwrap_or_default();
+            let (body, isolation) = super::convert::parse_create_body(&text)?;
+            let config = super::convert::create_config(name, body, isolation)?;
+            // Docker answers 404 for an image it does not have, and its clients pull and
+            // retry; the service never pulls on its own.
+            if let Err(EngineError::Image(crate::image::ImageError::NotFound(_))) =
+                engine.inspect_image(&config.image)
+            {
+                return Err(ApiError::not_found(format!(
+                    "No such image: {}",
+                    config.image
+                )));
+            }
+            let (image, req, flags) = config.resolve()?;
+            let id = engine.create(&image, req, &flags)?;
+            Ok(serde_json::json!(id))
+        }
+        HelperRequest::Start { id, attach } => {
+            match attach {
+                Some(want) => {
+                    // SAFETY: the service put the attach connection at fd 3 for this request
+                    // (`run_blocking`); nothing else in this process owns it.
+                    let theirs = unsafe { OwnedFd::from_raw_fd(3) };
+                    engine.start_handing(&id, want.into(), theirs)?;
+                }
+                None => {
+                    engine.start_created(&id, None)?;
+                }
+            }
+            Ok(serde_json::Value::Null)
+        }
+        HelperRequest::Remove { id, force, volumes } => {
+            Ok(serde_json::json!(engine.remove(&id, force, volumes)?))
+        }
+    }
+}
