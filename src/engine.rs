@@ -206,6 +206,7 @@ pub struct Engine {
     containers: ContainerStore,
     volumes: VolumeStore,
     forced_driver: Option<Driver>,
+    events: crate::state::events::EventLog,
 }
 
 /// Facts for `berth info`.
@@ -289,6 +290,7 @@ impl Engine {
                 dirs.runtime.join("containers"),
             ),
             ids: IdMapping::for_current_user(),
+            events: crate::state::events::EventLog::new(&dirs.runtime),
             dirs,
             forced_driver,
         })
@@ -597,13 +599,15 @@ impl Engine {
             None => self.run_created(&id, &flags),
         };
         if flags.remove || result.is_err() {
-            if let Ok(rec) = self.containers.load(&id) {
-                if flags.remove {
-                    self.remove_anonymous_volumes(&rec);
-                }
+            let rec = self.containers.load(&id).ok();
+            if let (Some(rec), true) = (&rec, flags.remove) {
+                self.remove_anonymous_volumes(rec);
             }
             self.remove_dir(&id);
             self.containers.remove_runtime(&id);
+            if let Some(rec) = &rec {
+                self.container_event(rec, "destroy", &[]);
+            }
         }
         result
     }
@@ -740,6 +744,35 @@ impl Engine {
             .collect();
         let _ = rootfs::remove_owned_tree(owned, &self.ids);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+impl Engine {
+    /// The event journal (`GET /events`).
+    pub fn events(&self) -> &crate::state::events::EventLog {
+        &self.events
+    }
+
+    /// Records a container event: its name, image and labels as the actor's attributes (as
+    /// Docker has them), and `extra`.
+    pub(crate) fn container_event(
+        &self,
+        rec: &ContainerRecord,
+        action: &str,
+        extra: &[(&str, String)],
+    ) {
+        let mut attrs: std::collections::BTreeMap<String, String> = rec.labels.clone();
+        attrs.insert("name".into(), rec.name.clone());
+        attrs.insert("image".into(), rec.image.clone());
+        for (k, v) in extra {
+            attrs.insert(k.to_string(), v.clone());
+        }
+        self.events.record(&crate::state::events::Event::new(
+            "container",
+            action,
+            &rec.id,
+            attrs,
+        ));
     }
 }
 

@@ -362,3 +362,110 @@ fn an_idle_service_exits_after_its_time() {
     let out = api.stop();
     assert!(out.status.success(), "the idle service exits 0: {out:?}");
 }
+
+#[test]
+fn events_tell_a_container_s_life_whoever_drove_it() {
+    let Some((berth, api)) = setup() else { return };
+    let t0 = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        - 1;
+    // Followed live: the end of a container, its status in the event.
+    let mut follower = api.client(
+        &berth,
+        "docker",
+        &[
+            "events",
+            "--filter",
+            "event=die",
+            "--format",
+            "{{.Actor.Attributes.name}} {{.Actor.Attributes.exitCode}}",
+        ],
+    );
+    follower
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null());
+    let mut follower = follower.spawn().expect("docker events");
+    std::thread::sleep(Duration::from_millis(500));
+    // One through the API, one through the berth CLI (its monitor reports the end).
+    let out = api.docker(
+        &berth,
+        &[
+            "run", "--rm", "--name", "ev-api", "--label", "team=a", IMAGE, "sh", "-c", "exit 4",
+        ],
+    );
+    assert_eq!(code(&out), 4);
+    berth.run_ok(&["run", "-d", "--name", "ev-cli", IMAGE, "sh", "-c", "exit 3"]);
+    assert_eq!(berth.run_ok(&["wait", "ev-cli"]).trim(), "3");
+    let since = t0.to_string();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 1;
+    let now = now.to_string();
+    let history = |filter: &str| {
+        api.docker_ok(
+            &berth,
+            &[
+                "events",
+                "--since",
+                &since,
+                "--until",
+                &now,
+                "--filter",
+                filter,
+                "--format",
+                "{{.Type}} {{.Action}}{{with .Actor.Attributes.exitCode}} {{.}}{{end}}",
+            ],
+        )
+    };
+    assert_eq!(
+        history("container=ev-api")
+            .lines()
+            .map(str::trim_end)
+            .collect::<Vec<_>>(),
+        [
+            "container create",
+            "container start",
+            "container die 4",
+            "container destroy"
+        ]
+    );
+    assert_eq!(
+        history("container=ev-cli")
+            .lines()
+            .map(str::trim_end)
+            .collect::<Vec<_>>(),
+        ["container create", "container start", "container die 3"]
+    );
+    // Labels are attributes, and filter.
+    let labelled = history("label=team=a");
+    assert_eq!(labelled.lines().count(), 4, "{labelled}");
+    // The follower saw both ends as they happened.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut seen = String::new();
+    {
+        use std::io::Read;
+        let mut pipe = follower.stdout.take().unwrap();
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&pipe);
+        // SAFETY: fcntl on a descriptor this test owns.
+        unsafe {
+            let flags = libc::fcntl(fd, libc::F_GETFL);
+            libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK);
+        }
+        let mut buf = [0u8; 4096];
+        while Instant::now() < deadline && seen.lines().count() < 2 {
+            match pipe.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => seen.push_str(&String::from_utf8_lossy(&buf[..n])),
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+    }
+    let _ = follower.kill();
+    let _ = follower.wait();
+    assert_eq!(seen, "ev-api 4\nev-cli 3\n");
+    berth.run_ok(&["rm", "ev-cli"]);
+}

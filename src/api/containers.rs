@@ -677,7 +677,7 @@ struct LogsQuery {
 }
 
 /// Docker's `since`/`until`: seconds since the epoch, with an optional fraction.
-fn epoch_nanos(s: &str) -> Option<i128> {
+pub(crate) fn epoch_nanos(s: &str) -> Option<i128> {
     if s.is_empty() || s == "0" {
         return None;
     }

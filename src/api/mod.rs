@@ -25,6 +25,7 @@ use crate::engine::{Engine, EngineOptions};
 mod containers;
 mod convert;
 mod error;
+mod events;
 pub mod helper;
 mod stream;
 mod system;
@@ -113,6 +114,7 @@ fn router(state: State) -> Router {
     Router::new()
         .merge(system::routes())
         .merge(containers::routes())
+        .merge(events::routes())
         .fallback(|req: Request| async move {
             ApiError::not_found(format!(
                 "page not found: berth does not serve {} {}",

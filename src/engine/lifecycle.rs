@@ -182,7 +182,12 @@ impl super::Engine {
             (None, None) => unreachable!("a driver is chosen for every container"),
         };
         match prepared {
-            Ok(()) => Ok(id),
+            Ok(()) => {
+                if let Ok(rec) = self.containers.load(&id) {
+                    self.container_event(&rec, "create", &[]);
+                }
+                Ok(id)
+            }
             Err(e) => {
                 self.remove_dir(&id);
                 Err(e)
@@ -336,6 +341,7 @@ impl super::Engine {
         // The output goes straight to this terminal; no log is kept.
         rec.log = None;
         self.containers.save(&rec)?;
+        self.container_event(&rec, "start", &[]);
         let opts = RunOptions {
             attach_stdin: flags.attach_stdin,
             remove_after: if flags.remove {
@@ -360,6 +366,7 @@ impl super::Engine {
         )?;
         // slirp4netns, pasta, the forwarder and the network membership end here.
         drop(network);
+        self.container_event(&rec, "die", &[("exitCode", code.to_string())]);
         if !flags.remove {
             rec.status = Status::Exited;
             rec.exit_code = Some(code);
@@ -472,6 +479,7 @@ impl super::Engine {
         drop(lock);
         let line = line.trim_end();
         if line == REPORT_OK {
+            self.container_event(&rec, "start", &[]);
             return Ok(StartedContainer { id, client });
         }
         Err(parse_report(line))
@@ -853,11 +861,13 @@ impl super::Engine {
             signal: sig.as_str(),
             secs,
         };
+        self.container_event(&rec, "kill", &[("signal", (sig as i32).to_string())]);
         if Self::has_monitor(&rec) {
             // The monitor answers after recording the end; a racing restart is cancelled. Its
             // timer sends SIGKILL when the stop signal has not ended the sandbox within
             // `secs`, and it says so first.
             self.ask_with(&rec, Request::Stop { secs }, &mut || notice(&killing))?;
+            self.container_event(&rec, "stop", &[]);
             return Ok(rec.id);
         }
         let _ = Self::signal_init(&rec, sig);
@@ -869,6 +879,7 @@ impl super::Engine {
             let _ = Self::signal_init(&rec, Signal::SIGKILL);
             self.wait_foreground(&rec.id, None);
         }
+        self.container_event(&rec, "stop", &[]);
         Ok(rec.id)
     }
 
@@ -878,6 +889,7 @@ impl super::Engine {
         if !ContainerStore::is_running(&rec) {
             return Err(EngineError::NotRunning(rec.name));
         }
+        self.container_event(&rec, "kill", &[("signal", signal.to_string())]);
         if Self::has_monitor(&rec) {
             self.ask(&rec, Request::Kill { signal })?;
         } else {
@@ -926,6 +938,9 @@ impl super::Engine {
     ) -> Result<String, EngineError> {
         let id = self.stop_noting(key, timeout, notice)?;
         self.start(&id, None)?;
+        if let Ok(rec) = self.containers.load(&id) {
+            self.container_event(&rec, "restart", &[]);
+        }
         Ok(id)
     }
 
@@ -936,8 +951,9 @@ impl super::Engine {
         self.containers.check_name(new_name)?;
         let _lock = self.containers.lock_container(&rec.id)?;
         let mut rec = self.containers.load(&rec.id)?;
-        rec.name = new_name.to_string();
+        let old = std::mem::replace(&mut rec.name, new_name.to_string());
         self.containers.save(&rec)?;
+        self.container_event(&rec, "rename", &[("oldName", format!("/{old}"))]);
         Ok(())
     }
 
@@ -970,6 +986,7 @@ impl super::Engine {
         if volumes {
             self.remove_anonymous_volumes(&rec);
         }
+        self.container_event(&rec, "destroy", &[]);
         Ok(rec.id)
     }
 
@@ -1020,6 +1037,7 @@ impl super::Engine {
         rec.finished_at = Some(now());
         rec.pid = None;
         rec.manually_stopped |= args.stopped;
+        self.container_event(&rec, "die", &[("exitCode", args.code.to_string())]);
         let restart =
             rec.restart_policy
                 .should_restart(args.code, rec.manually_stopped, rec.restart_count);
@@ -1036,6 +1054,7 @@ impl super::Engine {
                 drop(lock);
                 self.containers.remove_runtime(&rec.id);
                 self.remove_anonymous_volumes(&rec);
+                self.container_event(&rec, "destroy", &[]);
             }
             return 0;
         }

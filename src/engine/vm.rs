@@ -273,7 +273,9 @@ impl super::Engine {
         // The output goes straight to this terminal; no log is kept.
         rec.log = None;
         self.containers.save(&rec)?;
+        self.container_event(&rec, "start", &[]);
         let outcome = self.boot_vm(id, flags.attach_stdin, None, || {})?;
+        self.container_event(&rec, "die", &[("exitCode", outcome.exit_code.to_string())]);
         if !flags.remove {
             let mut rec = self.containers.load(id)?;
             rec.status = Status::Exited;

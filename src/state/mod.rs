@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::monitor::policy::RestartPolicy;
 
+pub mod events;
 pub mod volumes;
 
 #[derive(Debug, thiserror::Error)]
