@@ -469,3 +469,63 @@ fn events_tell_a_container_s_life_whoever_drove_it() {
     assert_eq!(seen, "ev-api 4\nev-cli 3\n");
     berth.run_ok(&["rm", "ev-cli"]);
 }
+
+#[test]
+fn socket_activation_serves_the_socket_systemd_passes() {
+    if !have("docker") || !have("python3") {
+        skip("the docker CLI or python3 is not installed");
+        return;
+    }
+    let Some(berth) = Berth::new() else { return };
+    let socket = berth.runtime_dir.join("activated.sock");
+    // What systemd does for berth.socket: bind and listen, then start the service with the
+    // socket as fd 3, LISTEN_FDS=1 and LISTEN_PID its own pid.
+    let activate = format!(
+        "import os, socket, sys\n\
+         s = socket.socket(socket.AF_UNIX)\n\
+         s.bind({path:?})\n\
+         os.chmod({path:?}, 0o600)\n\
+         s.listen(16)\n\
+         os.dup2(s.fileno(), 3) if s.fileno() != 3 else None\n\
+         os.set_inheritable(3, True)\n\
+         os.environ['LISTEN_FDS'] = '1'\n\
+         os.environ['LISTEN_PID'] = str(os.getpid())\n\
+         os.execv(sys.argv[1], [sys.argv[1], 'system', 'service', '--time', '2'])\n",
+        path = socket.display().to_string()
+    );
+    let mut cmd = berth
+        .identity
+        .command("python3", ["-c", &activate, common::berth_bin()]);
+    cmd.env("BERTH_ROOT", &berth.root)
+        .env("XDG_RUNTIME_DIR", &berth.runtime_dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let mut service = cmd.spawn().expect("python3");
+    let host = format!("unix://{}", socket.display());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let version = loop {
+        let mut docker = berth
+            .identity
+            .command("docker", ["version", "--format", "{{.Server.Version}}"]);
+        docker.env("DOCKER_HOST", &host);
+        let out = docker.output().expect("docker version");
+        if out.status.success() {
+            break String::from_utf8_lossy(&out.stdout).trim().to_string();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the activated service never answered"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(version, env!("CARGO_PKG_VERSION"));
+    // Idle, it exits; the socket it was given is systemd's, and stays.
+    let status = service
+        .wait()
+        .expect("the service exits after its idle time");
+    assert!(status.success(), "{status}");
+    assert!(
+        socket.exists(),
+        "an activated service leaves systemd's socket in place"
+    );
+}

@@ -428,6 +428,13 @@ pub fn inspect(mut v: serde_json::Value) -> Result<serde_json::Value, ApiError> 
         .get_mut("HostConfig")
         .and_then(|h| h.as_object_mut())
         .and_then(|h| h.remove("Isolation"));
+    // berth's log is readable through `/containers/{id}/logs` as Docker's json-file log is;
+    // clients (docker-py's `containers.run`) read logs only from drivers they know.
+    if let Some(t) = v.pointer_mut("/HostConfig/LogConfig/Type") {
+        if t == "k8s-file" {
+            *t = serde_json::Value::String("json-file".into());
+        }
+    }
     let typed: ContainerInspectResponse = serde_json::from_value(v).map_err(|e| {
         ApiError::internal(format!(
             "berth's inspect output does not fit Docker's model: {e}"

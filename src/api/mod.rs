@@ -303,8 +303,16 @@ fn activated_listener() -> Option<std::os::unix::net::UnixListener> {
     std::env::remove_var("LISTEN_FDS");
     std::env::remove_var("LISTEN_FDNAMES");
     const SD_LISTEN_FDS_START: RawFd = 3;
+    // A descriptor that is not an open socket (a wrong unit file) is not taken: the service
+    // then listens on its own socket.
+    let is_socket = nix::sys::stat::fstat(SD_LISTEN_FDS_START)
+        .is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFSOCK);
+    if !is_socket {
+        eprintln!("berth system service: LISTEN_FDS names fd 3, which is not an open socket; listening on a socket of its own instead");
+        return None;
+    }
     // SAFETY: systemd hands the listening socket over as fd 3 (LISTEN_PID names this
-    // process); nothing else in berth owns that descriptor.
+    // process), checked open above; nothing else in berth owns that descriptor.
     Some(unsafe { std::os::unix::net::UnixListener::from_raw_fd(SD_LISTEN_FDS_START) })
 }
 
