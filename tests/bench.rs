@@ -296,3 +296,67 @@ fn bad_bench_arguments_are_refused_with_the_choices() {
     }
     nothing_left(&berth);
 }
+
+#[test]
+fn api_bench_measures_the_docker_cli_through_each_api_and_leaves_nothing() {
+    if !have("docker") {
+        common::skip("the docker CLI is not installed: bench api drives the APIs with it");
+        return;
+    }
+    let Some(berth) = Berth::new() else { return };
+    let _podman = PODMAN.lock().unwrap_or_else(|e| e.into_inner());
+    let v = report(
+        &berth,
+        &[
+            "bench",
+            "api",
+            "--image",
+            IMAGE,
+            "--runs",
+            "2",
+            "--warmups",
+            "0",
+            "--concurrent",
+            "3",
+            "--peers",
+            "podman,docker",
+            "--format",
+            "json",
+        ],
+    );
+    assert_eq!(v["benchmark"], "api");
+    check_figures(&v, 2);
+    for name in [
+        "berth CLI",
+        "docker CLI -> berth API",
+        "3 x docker run -d -> berth API",
+    ] {
+        assert!(system(&v, name).is_ok(), "{name} measured: {v:#}");
+    }
+    // The ratio column compares with the berth CLI.
+    let api = system(&v, "docker CLI -> berth API").unwrap();
+    assert!(api["ratio"].as_f64().is_some_and(|r| r > 0.0), "{api:#}");
+    assert!(
+        api["note"]
+            .as_str()
+            .is_some_and(|n| n.contains("RSS") && n.contains("PSS")),
+        "the service's memory is reported: {api:#}"
+    );
+    if have("podman") || common::ci() {
+        for name in [
+            "docker CLI -> podman API",
+            "3 x docker run -d -> podman API",
+        ] {
+            assert!(system(&v, name).is_ok(), "{name} measured: {v:#}");
+        }
+    }
+    // Rootful Docker needs root; the test user's bench says so instead of measuring it.
+    let docker = system(&v, "docker CLI -> Docker (rootful)");
+    assert!(
+        docker
+            .as_ref()
+            .is_err_and(|why| why.contains("root") || why.contains("dockerd")),
+        "{docker:?}"
+    );
+    nothing_left(&berth);
+}

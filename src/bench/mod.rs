@@ -10,6 +10,7 @@
 //! rather than a hung bench. A system that is not installed, or fails, is listed as skipped
 //! with the reason, never dropped.
 
+pub mod api;
 pub mod chart;
 pub mod density;
 pub mod peers;

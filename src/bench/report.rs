@@ -92,6 +92,10 @@ impl Report {
     pub fn title(&self) -> String {
         let what = match self.benchmark {
             "density" => format!("berth bench density: {} idle sandboxes each", self.runs),
+            "api" => format!(
+                "berth bench api: `docker run --rm` of `true` in {} through each API, {} runs",
+                self.image, self.runs
+            ),
             _ => format!(
                 "berth bench startup: `true` in {}, {} runs",
                 self.image, self.runs

@@ -188,10 +188,32 @@ fn measure(
     make: impl Fn(usize) -> Command,
     boot: BootFrom,
 ) -> Result<Measured, String> {
-    let bar = super::progress(opts.warmups + opts.runs, label);
+    measure_with(env, opts.warmups, opts.runs, label, make, boot)
+}
+
+/// [`measure`] for a command with no guest: `warmups`, then `runs` timed runs.
+pub(crate) fn measure_runs(
+    env: &BenchEnv,
+    warmups: usize,
+    runs: usize,
+    label: &str,
+    make: impl Fn(usize) -> Command,
+) -> Result<Measured, String> {
+    measure_with(env, warmups, runs, label, make, no_boot)
+}
+
+fn measure_with(
+    env: &BenchEnv,
+    warmups: usize,
+    runs: usize,
+    label: &str,
+    make: impl Fn(usize) -> Command,
+    boot: BootFrom,
+) -> Result<Measured, String> {
+    let bar = super::progress(warmups + runs, label);
     let mut m = Measured::default();
-    for i in 0..opts.warmups + opts.runs {
-        let warm = i < opts.warmups;
+    for i in 0..warmups + runs {
+        let warm = i < warmups;
         bar.set_message(if warm { "warm-up" } else { "" });
         match time_command(env, make(i)) {
             Ran::Ok(elapsed, stdout, stderr) => {

@@ -14,6 +14,31 @@ pub enum BenchCommand {
     Startup(StartupArgs),
     /// Start N idle sandboxes of each kind; time to start them all and memory per sandbox.
     Density(DensityArgs),
+    /// What the Docker Engine API costs: the docker CLI through berth's socket beside the
+    /// berth CLI, podman's API and rootful Docker; concurrent runs; the service's memory.
+    Api(ApiArgs),
+}
+
+#[derive(Args)]
+pub struct ApiArgs {
+    /// The image to run (it must be in berth's store: berth pull or berth load).
+    #[arg(long, default_value = "busybox")]
+    image: String,
+    /// Measured runs per system.
+    #[arg(long, default_value_t = 10)]
+    runs: usize,
+    /// Unmeasured runs first, per system.
+    #[arg(long, default_value_t = 2)]
+    warmups: usize,
+    /// Peers: podman (its `system service`), docker (rootful Docker, started by the bench as
+    /// root); or none.
+    #[arg(long, default_value = "podman,docker")]
+    peers: String,
+    /// Containers started at once through each API.
+    #[arg(long, default_value_t = 50)]
+    concurrent: usize,
+    #[command(flatten)]
+    output: Output,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -86,6 +111,7 @@ pub fn bench(cmd: BenchCommand) -> anyhow::Result<()> {
     let chart = match &cmd {
         BenchCommand::Startup(a) => &a.output.chart,
         BenchCommand::Density(a) => &a.output.chart,
+        BenchCommand::Api(a) => &a.output.chart,
     };
     if let Some(path) = chart {
         bench::chart::check(path)?;
@@ -112,6 +138,30 @@ pub fn bench(cmd: BenchCommand) -> anyhow::Result<()> {
             };
             env.timeout = std::time::Duration::from_secs(a.output.timeout);
             (density::run(&env, &opts)?, a.output)
+        }
+        BenchCommand::Api(a) => {
+            let peers: Vec<String> = a
+                .peers
+                .split(',')
+                .map(str::trim)
+                .filter(|p| !p.is_empty() && *p != "none")
+                .map(String::from)
+                .collect();
+            if let Some(bad) = peers
+                .iter()
+                .find(|p| !["podman", "docker"].contains(&p.as_str()))
+            {
+                anyhow::bail!("unknown peer {bad:?} for bench api: use podman, docker or none");
+            }
+            let opts = bench::api::ApiOptions {
+                image: a.image,
+                runs: a.runs,
+                warmups: a.warmups,
+                peers,
+                concurrent: a.concurrent,
+            };
+            env.timeout = std::time::Duration::from_secs(a.output.timeout);
+            (bench::api::run(&env, &opts)?, a.output)
         }
     };
     print(&report, &output)
