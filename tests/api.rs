@@ -529,3 +529,83 @@ fn socket_activation_serves_the_socket_systemd_passes() {
         "an activated service leaves systemd's socket in place"
     );
 }
+
+/// Debian's docker.io 20.10 CLI, which speaks API 1.41 (scripts/setup-host installs it).
+const DOCKER_20_10: &str = "/usr/bin/docker";
+
+#[test]
+fn an_older_docker_cli_speaking_api_1_41_drives_berth_too() {
+    let Some((berth, api)) = setup() else { return };
+    if !std::path::Path::new(DOCKER_20_10).exists() {
+        skip("docker.io (the 20.10 CLI at /usr/bin/docker) is not installed: scripts/setup-host installs it");
+        return;
+    }
+    let old = |args: &[&str]| {
+        let out = common::finish(api.client(&berth, DOCKER_20_10, args), None, args);
+        assert!(
+            out.status.success(),
+            "docker 20.10 {}",
+            describe(args, &out)
+        );
+        stdout(&out)
+    };
+    assert_eq!(
+        old(&[
+            "version",
+            "--format",
+            "{{.Client.APIVersion}} {{.Server.APIVersion}}"
+        ])
+        .trim(),
+        "1.41 1.47"
+    );
+    let args = [
+        "run",
+        "--rm",
+        IMAGE,
+        "sh",
+        "-c",
+        "echo out; echo err >&2; exit 2",
+    ];
+    let out = common::finish(api.client(&berth, DOCKER_20_10, &args), None, &args);
+    assert_eq!(code(&out), 2, "{}", describe(&args, &out));
+    assert_eq!(
+        (stdout(&out), stderr(&out)),
+        ("out\n".into(), "err\n".into())
+    );
+    old(&[
+        "run",
+        "-d",
+        "--name",
+        "old",
+        "--label",
+        "v=1.41",
+        IMAGE,
+        "sh",
+        "-c",
+        "echo up; sleep 1000",
+    ]);
+    assert_eq!(
+        old(&[
+            "ps",
+            "--filter",
+            "label=v=1.41",
+            "--format",
+            "{{.Names}} {{.State}}"
+        ])
+        .trim(),
+        "old running"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !old(&["logs", "old"]).contains("up") {
+        assert!(Instant::now() < deadline, "no output in docker logs");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        old(&["inspect", "-f", "{{.State.Running}}", "old"]).trim(),
+        "true"
+    );
+    old(&["stop", "-t", "1", "old"]);
+    assert_eq!(old(&["wait", "old"]).trim(), "137");
+    old(&["rm", "old"]);
+    assert_eq!(old(&["ps", "-a", "-q"]), "");
+}

@@ -453,6 +453,18 @@ fn microvm_runs_the_image_as_the_container_wall_does() {
         ("cpus", format!("{vm} --cpus 2 $IMG grep -c ^processor /proc/cpuinfo")),
         ("memory", format!("{vm} --memory 256M $IMG grep MemTotal /proc/meminfo")),
         ("kernel", format!("{vm} $IMG uname -r")),
+        // The microVM through the Docker API: `docker run --runtime vm` against berth's
+        // service (on the default socket, in the inner machine's runtime directory).
+        (
+            "api_runtime_vm",
+            format!(
+                "{netroot}H=$($B info | sed -n 's/^Docker API: DOCKER_HOST=\\([^ ]*\\).*/\\1/p'); S=${{H#unix://}}; \
+                 $B system service --time 0 >$R/api.log 2>&1 & s=$!; \
+                 for i in $(seq 100); do [ -S \"$S\" ] && break; sleep 0.1; done; \
+                 DOCKER_HOST=$H docker run --rm --runtime vm --network none $IMG uname -r; echo rc=$?; \
+                 echo left=$(DOCKER_HOST=$H docker ps -a -q | wc -l); kill $s; wait $s; cat $R/api.log >&2"
+            ),
+        ),
         ("layers", format!("{vm} $IMG sh -c {}", shell_quote(LAYERS_LISTING))),
         ("writable", format!("{vm} $IMG sh -c 'rm /data/added && echo new > /data/dir/c && ls /data/dir'")),
         ("writes_over_layers", format!("{vm} $IMG sh -c {}", shell_quote(WRITES_OVER_LAYERS))),
@@ -1129,6 +1141,18 @@ fn microvm_runs_the_image_as_the_container_wall_does() {
                 && !r.out.contains("amd64")
         },
         "berth's guest kernel, not the host's or the nested machine's",
+    );
+    f.expect(
+        "api_runtime_vm",
+        &ran,
+        |r| {
+            let kernel = r.out.lines().next().unwrap_or_default();
+            !kernel.is_empty()
+                && kernel != host_kernel
+                && !kernel.contains("amd64")
+                && r.out.contains("\nrc=0\nleft=0\n")
+        },
+        "docker run --runtime vm through berth's API boots berth's guest kernel, status 0, nothing left",
     );
     f.expect(
         "layers",
