@@ -32,6 +32,7 @@ pub mod filters;
 mod inspect;
 mod lifecycle;
 mod logs;
+pub mod usage;
 mod vm;
 mod volumes;
 
@@ -460,6 +461,20 @@ impl Engine {
         let host = registry::normalize_host(host)?;
         let file = registry::login(&config, &host, creds, tls_verify)?;
         Ok((host, file))
+    }
+
+    /// The API's `/auth`: checks the credentials with the registry, keeping nothing (the
+    /// client keeps them); returns the registry host.
+    pub fn check_login(
+        &self,
+        host: &str,
+        creds: &Credentials,
+        tls_verify: bool,
+    ) -> Result<String, EngineError> {
+        let config = RegistriesConfig::load()?;
+        let host = registry::normalize_host(host)?;
+        registry::check_login(&config, &host, creds, tls_verify)?;
+        Ok(host)
     }
 
     /// `berth logout`: forgets the credentials for a registry; returns its host.
