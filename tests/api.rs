@@ -8,20 +8,8 @@ mod common;
 use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
-use common::api::{raw_request, Service};
+use common::api::{raw_request, setup, Service};
 use common::{code, describe, have, skip, stderr, stdout, Berth, IMAGE};
-
-/// The fixture and its service, or `None` (skipped, with the reason printed) where the docker
-/// CLI or the test user is missing.
-fn setup() -> Option<(Berth, Service)> {
-    if !have("docker") {
-        skip("the docker CLI is not installed: the API tests drive berth with it");
-        return None;
-    }
-    let berth = Berth::new()?;
-    let service = Service::start(&berth);
-    Some((berth, service))
-}
 
 #[test]
 fn the_docker_cli_sees_berth_as_its_engine() {

@@ -26,6 +26,7 @@ mod containers;
 mod convert;
 mod error;
 pub mod helper;
+mod images;
 mod stream;
 mod system;
 
@@ -113,6 +114,7 @@ fn router(state: State) -> Router {
     Router::new()
         .merge(system::routes())
         .merge(containers::routes())
+        .merge(images::routes())
         .fallback(|req: Request| async move {
             ApiError::not_found(format!(
                 "page not found: berth does not serve {} {}",

@@ -6,7 +6,19 @@ use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use super::{describe, finish, Berth, Running};
+use super::{describe, finish, have, skip, Berth, Running};
+
+/// The usual fixture and its service, or `None` (skipped, with the reason printed) where the
+/// docker CLI or the test user is missing.
+pub fn setup() -> Option<(Berth, Service)> {
+    if !have("docker") {
+        skip("the docker CLI is not installed: the API tests drive berth with it");
+        return None;
+    }
+    let berth = Berth::new()?;
+    let service = Service::start(&berth);
+    Some((berth, service))
+}
 
 /// A running API service of a fixture.
 pub struct Service {
