@@ -485,10 +485,16 @@ impl Engine {
     }
 
     /// `berth image prune [-a]`: deletes images without a name (all with
-    /// `all`) that no container uses, and the unpacked layers they free.
-    pub fn prune_images(&self, all: bool) -> Result<PruneReport, EngineError> {
+    /// `all`) that no container uses and that pass `filters` (`label`, `label!`,
+    /// `until`), and the unpacked layers they free.
+    pub fn prune_images(
+        &self,
+        all: bool,
+        filters: &[(String, String)],
+    ) -> Result<PruneReport, EngineError> {
         let users = self.container_uses();
-        let report = self.images.prune(all, &users)?;
+        let only = self.prune_candidates(filters)?;
+        let report = self.images.prune(all, &users, only.as_ref())?;
         self.remove_unused_layers(&report.unused_layers)?;
         Ok(report)
     }

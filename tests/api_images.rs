@@ -334,6 +334,28 @@ fn docker_commit_makes_an_image_that_runs() {
     assert_eq!(newer.trim(), "committed", "{newer}");
     let older = repositories(&berth, &api, "before=committed:1");
     assert_eq!(older.trim(), "localhost/berth-test", "{older}");
+    // prune -a with filters: only images with the label, made before `until`.
+    let prune = |filters: &[&str]| {
+        let mut args = vec!["image", "prune", "-a", "-f"];
+        for f in filters {
+            args.extend(["--filter", *f]);
+        }
+        api.docker_ok(&berth, &args)
+    };
+    let report = prune(&["label=team=other"]);
+    assert!(!report.contains("deleted:"), "{report}");
+    let report = prune(&["label=team=core", "until=2000-01-01T00:00:00Z"]);
+    assert!(
+        !report.contains("deleted:"),
+        "nothing is that old: {report}"
+    );
+    let report = prune(&["label=team=core", "until=0s"]);
+    assert!(
+        report.contains(&format!("deleted: {}", id.trim())),
+        "{report}"
+    );
+    let left = api.docker_ok(&berth, &["images", "--format", "{{.Repository}}"]);
+    assert_eq!(left.trim(), "localhost/berth-test", "{left}");
     // A container that does not exist is Docker's 404.
     let out = api.docker(&berth, &["commit", "no-such-container", "x:1"]);
     assert_ne!(code(&out), 0, "{}", describe(&["commit"], &out));

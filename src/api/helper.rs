@@ -70,8 +70,11 @@ pub enum HelperRequest {
     },
     /// `DELETE /images/{name}`: unused unpacked layers go in a user namespace.
     RemoveImage { name: String, force: bool },
-    /// `POST /images/prune`.
-    PruneImages { all: bool },
+    /// `POST /images/prune`: `dangling=false` as `all`, the other filters as given.
+    PruneImages {
+        all: bool,
+        filters: Vec<(String, String)>,
+    },
 }
 
 /// The streams of an attach (the monitor's request, in a serializable form).
@@ -303,8 +306,8 @@ fn handle(engine: &Engine, req: HelperRequest) -> Result<serde_json::Value, ApiE
                 "untagged": removal.untagged, "deleted": removal.deleted,
             }))
         }
-        HelperRequest::PruneImages { all } => {
-            let report = engine.prune_images(all)?;
+        HelperRequest::PruneImages { all, filters } => {
+            let report = engine.prune_images(all, &filters)?;
             Ok(serde_json::json!({
                 "deleted": report.deleted, "untagged": report.untagged,
                 "reclaimed": report.reclaimed,

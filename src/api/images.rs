@@ -289,24 +289,28 @@ fn deletions(v: &serde_json::Value) -> Vec<ImageDeleteResponseItem> {
 }
 
 /// `POST /images/prune`: images without a name (with `dangling=false`, every image) that no
-/// container uses.
+/// container uses and that pass the `label`, `label!` and `until` filters.
 async fn prune(
     Extract(d): Extract<State>,
     Query(q): Query<FiltersQuery>,
 ) -> Result<Json<ImagePruneResponse>, ApiError> {
     let mut all = false;
+    let mut filters = Vec::new();
     for (k, v) in parse_filters(q.filters.as_deref())? {
         match (k.as_str(), v.as_str()) {
             ("dangling", "false" | "0") => all = true,
             ("dangling", "true" | "1") => {}
-            (k, v) => {
+            ("dangling", v) => {
                 return Err(ApiError::bad_request(format!(
-                    "invalid prune filter {k}={v}: berth prunes by dangling=true|false"
+                    "invalid dangling filter {v:?}: use true or false"
                 )))
             }
+            _ => filters.push((k, v)),
         }
     }
-    let v = d.helper(HelperRequest::PruneImages { all }, None).await?;
+    let v = d
+        .helper(HelperRequest::PruneImages { all, filters }, None)
+        .await?;
     Ok(Json(ImagePruneResponse {
         images_deleted: Some(deletions(&v)),
         space_reclaimed: v.get("reclaimed").and_then(|r| r.as_i64()),

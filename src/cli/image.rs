@@ -354,7 +354,7 @@ pub fn image(engine: &Engine, cmd: ImageCommand) -> anyhow::Result<()> {
 /// `berth image prune`: Docker's report of what went and the space it freed.
 pub fn prune(engine: &Engine, args: PruneArgs) -> anyhow::Result<()> {
     let _ = args.force;
-    let report = engine.prune_images(args.all)?;
+    let report = engine.prune_images(args.all, &[])?;
     if !report.deleted.is_empty() {
         println!("Deleted Images:");
         for n in &report.untagged {

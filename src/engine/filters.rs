@@ -196,6 +196,52 @@ impl Engine {
     }
 }
 
+impl Engine {
+    /// The images a prune with `filters` may take (`None`: any): `label=K[=V]` must hold,
+    /// `label!=K[=V]` must not, `until=TIME|DURATION` made before then.
+    pub(super) fn prune_candidates(
+        &self,
+        filters: &[(String, String)],
+    ) -> Result<Option<std::collections::BTreeSet<String>>, EngineError> {
+        if filters.is_empty() {
+            return Ok(None);
+        }
+        let now = crate::clock::now_nanos();
+        let mut until = None;
+        for (k, v) in filters {
+            match k.as_str() {
+                "until" => {
+                    until = Some(crate::clock::parse_since(v, now).ok_or_else(|| {
+                        usage(format!(
+                            "invalid until filter {v:?}: give a time (2024-05-01T10:00:00Z, a Unix time) or a duration (24h)"
+                        ))
+                    })?)
+                }
+                "label" | "label!" => {}
+                other => {
+                    return Err(usage(format!(
+                        "unknown prune filter {other:?}: berth prunes images by dangling, label, label! and until"
+                    )))
+                }
+            }
+        }
+        let mut ids = std::collections::BTreeSet::new();
+        for image in self.images_matching(&[])? {
+            let labels = image.config.labels.clone().unwrap_or_default();
+            let created = crate::clock::parse_rfc3339(&image.created).unwrap_or(0);
+            let ok = filters.iter().all(|(k, v)| match k.as_str() {
+                "label" => label_matches(&labels, v),
+                "label!" => !label_matches(&labels, v),
+                _ => until.is_none_or(|t| created < t),
+            });
+            if ok {
+                ids.insert(image.id);
+            }
+        }
+        Ok(Some(ids))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
