@@ -87,6 +87,15 @@ fn docker_images_lists_filters_inspects_tags_and_removes() {
         ],
     );
     assert_eq!(found.trim(), "example.test/shop/web v2", "{found}");
+    // berth's own CLI filters the same way.
+    let cli = berth.run_ok(&[
+        "images",
+        "--filter",
+        "reference=example.test/*/web",
+        "--format",
+        "{{.Repository}} {{.Tag}}",
+    ]);
+    assert_eq!(cli, found, "berth images --filter");
     let none = api.docker_ok(
         &berth,
         &["images", "-q", "--filter", "reference=nothing-like-it"],
