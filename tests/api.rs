@@ -227,13 +227,10 @@ fn errors_carry_docker_s_codes_and_say_what_to_do() {
 fn hostile_requests_get_a_json_4xx_and_the_daemon_serves_on() {
     let Some((berth, api)) = setup() else { return };
     let post = |path: &str, body: &[u8]| {
-        let mut req = format!(
-            "POST {path} HTTP/1.1\r\nHost: berth\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-            body.len()
+        api.send(
+            &format!("POST {path} HTTP/1.1\r\nContent-Type: application/json"),
+            body,
         )
-        .into_bytes();
-        req.extend_from_slice(body);
-        raw_request(&api.socket, &req)
     };
     let (status, body) = post("/v1.47/containers/create", b"{not json");
     assert!(status.contains(" 400 "), "{status} {body}");

@@ -418,3 +418,49 @@ fn docker_system_df_prints_sizes() {
     assert!(verbose.contains("writer"), "{verbose}");
     assert!(verbose.contains("data"), "{verbose}");
 }
+
+#[test]
+fn hostile_image_requests_get_json_errors_and_the_service_serves_on() {
+    let Some((berth, api)) = setup() else { return };
+    let send = |head: &str, body: &[u8]| api.send(head, body);
+    let cases: [(&str, &[u8], &str); 7] = [
+        ("POST /v1.47/images/create HTTP/1.1", b"", " 400 "),
+        (
+            "POST /v1.47/images/create?fromImage=Bad%21%21Name&tag=x HTTP/1.1",
+            b"",
+            " 400 ",
+        ),
+        (
+            "POST /v1.47/images/create?fromImage=a/b&tag=1 HTTP/1.1\r\nX-Registry-Auth: %%%not-base64",
+            b"",
+            " 400 ",
+        ),
+        (
+            "GET /v1.47/images/..%2F..%2Fetc%2Fpasswd/json HTTP/1.1",
+            b"",
+            " 400 ",
+        ),
+        ("POST /v1.47/commit?container=nope HTTP/1.1", b"", " 404 "),
+        ("POST /v1.47/auth HTTP/1.1", b"{not json", " 400 "),
+        (
+            "POST /v1.47/images/prune?filters=%7B%22color%22%3A%5B%22red%22%5D%7D HTTP/1.1",
+            b"",
+            " 400 ",
+        ),
+    ];
+    for (head, body, want) in cases {
+        let (status, answer) = send(head, body);
+        assert!(status.contains(want), "{head}: {status} {answer}");
+        assert!(answer.contains("\"message\""), "{head}: {answer}");
+    }
+    // A body that is no archive is refused with a JSON error, and the store is as it was.
+    let (status, answer) = send("POST /v1.47/images/load HTTP/1.1", b"garbage, not a tar");
+    assert!(status.contains(" 400 "), "{status} {answer}");
+    assert!(answer.contains("\"message\""), "{answer}");
+    let listed = api.docker_ok(&berth, &["images", "-q"]);
+    assert_eq!(
+        listed.trim(),
+        short(&test_images().id),
+        "the service serves on"
+    );
+}

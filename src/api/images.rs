@@ -27,6 +27,7 @@ use super::containers::{flag, parse_filters};
 use super::error::{blocking, ApiError};
 use super::helper::HelperRequest;
 use super::{Busy, State};
+use crate::engine::EngineError;
 use crate::image::registry::Credentials;
 use crate::image::registry::ProgressEvent;
 use crate::image::{ArchiveFormat, ImageInspect as EngineInspect};
@@ -652,7 +653,10 @@ async fn load(Extract(d): Extract<State>, req: Request) -> Result<Response, ApiE
     let loaded = match result {
         Ok(()) => {
             let p = path.clone();
-            blocking(move || d.engine.load(&p)).await
+            tokio::task::spawn_blocking(move || d.engine.load(&p))
+                .await
+                .map_err(ApiError::from)
+                .and_then(|r| r.map_err(|e| archive_error(e, &path)))
         }
         Err(e) => Err(e),
     };
@@ -676,6 +680,28 @@ async fn load(Extract(d): Extract<State>, req: Request) -> Result<Response, ApiE
         }
     }
     Ok(json_stream(rx))
+}
+
+/// A load's error: what is wrong with the client's archive (stored whole in `received`, so
+/// reading it fails only on its contents) is a 400, the rest as mapped.
+fn archive_error(e: EngineError, received: &std::path::Path) -> ApiError {
+    use crate::image::ImageError as I;
+    match e {
+        EngineError::Image(I::Io { path, source, .. }) if path == received => {
+            ApiError::bad_request(format!(
+                "the body is not a readable image archive ({source}): send a docker save or OCI archive tar"
+            ))
+        }
+        EngineError::Image(
+            i @ (I::NotAnArchive { .. }
+            | I::HostileEntry { .. }
+            | I::MalformedJson { .. }
+            | I::Invalid(_)
+            | I::MissingBlob { .. }
+            | I::SizeMismatch { .. }),
+        ) => ApiError::bad_request(i.to_string()),
+        other => other.into(),
+    }
 }
 
 /// A line of `docker load`'s answer (bollard's `BuildInfo` only deserializes).

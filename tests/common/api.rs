@@ -89,6 +89,18 @@ impl Service {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// One raw request: `head` is the request line and any headers of its own; the body goes
+    /// with its length. The status line and the body of the answer.
+    pub fn send(&self, head: &str, body: &[u8]) -> (String, String) {
+        let mut req = format!(
+            "{head}\r\nHost: berth\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        req.extend_from_slice(body);
+        raw_request(&self.socket, &req)
+    }
+
     /// The service process, to signal or wait for.
     pub fn process(&mut self) -> &mut Running {
         self.running.as_mut().expect("the service runs")
