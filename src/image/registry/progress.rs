@@ -194,3 +194,42 @@ pub(crate) fn short_digest(digest: &str) -> &str {
     let hex = digest.split_once(':').map_or(digest, |(_, h)| h);
     &hex[..hex.len().min(12)]
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    #[test]
+    fn events_go_to_the_sink_a_few_per_blob_and_nothing_to_the_terminal() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let sink = {
+            let seen = seen.clone();
+            ProgressSink(Arc::new(move |e| seen.lock().unwrap().push(e)))
+        };
+        let progress = Progress::new(&ProgressMode::Events(sink));
+        assert!(progress.bars.is_none() && progress.quiet);
+        progress.line("Digest: sha256:0");
+        let blob = progress.blob("sha256:0123456789abcdef", 10 << 20, "Downloading");
+        for _ in 0..(10 << 10) {
+            blob.inc(1024);
+        }
+        blob.finish("Pull complete");
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen[0], ProgressEvent::Line("Digest: sha256:0".into()));
+        let moving = seen
+            .iter()
+            .filter(|e| matches!(e, ProgressEvent::Blob { action, .. } if action == "Downloading"))
+            .count();
+        assert!((40..=60).contains(&moving), "about fifty events: {moving}");
+        assert_eq!(
+            seen.last(),
+            Some(&ProgressEvent::Blob {
+                id: "0123456789ab".into(),
+                action: "Pull complete".into(),
+                current: 10 << 20,
+                total: 10 << 20,
+            })
+        );
+    }
+}
