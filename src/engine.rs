@@ -32,6 +32,7 @@ pub mod filters;
 mod inspect;
 mod lifecycle;
 mod logs;
+pub mod usage;
 mod vm;
 mod volumes;
 
@@ -464,6 +465,20 @@ impl Engine {
         Ok((host, file))
     }
 
+    /// The API's `/auth`: checks the credentials with the registry, keeping nothing (the
+    /// client keeps them); returns the registry host.
+    pub fn check_login(
+        &self,
+        host: &str,
+        creds: &Credentials,
+        tls_verify: bool,
+    ) -> Result<String, EngineError> {
+        let config = RegistriesConfig::load()?;
+        let host = registry::normalize_host(host)?;
+        registry::check_login(&config, &host, creds, tls_verify)?;
+        Ok(host)
+    }
+
     /// `berth logout`: forgets the credentials for a registry; returns its host.
     pub fn logout(&self, host: &str) -> Result<String, EngineError> {
         let host = registry::normalize_host(host)?;
@@ -472,10 +487,16 @@ impl Engine {
     }
 
     /// `berth image prune [-a]`: deletes images without a name (all with
-    /// `all`) that no container uses, and the unpacked layers they free.
-    pub fn prune_images(&self, all: bool) -> Result<PruneReport, EngineError> {
+    /// `all`) that no container uses and that pass `filters` (`label`, `label!`,
+    /// `until`), and the unpacked layers they free.
+    pub fn prune_images(
+        &self,
+        all: bool,
+        filters: &[(String, String)],
+    ) -> Result<PruneReport, EngineError> {
         let users = self.container_uses();
-        let report = self.images.prune(all, &users)?;
+        let only = self.prune_candidates(filters)?;
+        let report = self.images.prune(all, &users, only.as_ref())?;
         self.remove_unused_layers(&report.unused_layers)?;
         Ok(report)
     }

@@ -8,20 +8,8 @@ mod common;
 use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
-use common::api::{raw_request, Service};
+use common::api::{raw_request, setup, Service};
 use common::{code, describe, have, skip, stderr, stdout, Berth, IMAGE};
-
-/// The fixture and its service, or `None` (skipped, with the reason printed) where the docker
-/// CLI or the test user is missing.
-fn setup() -> Option<(Berth, Service)> {
-    if !have("docker") {
-        skip("the docker CLI is not installed: the API tests drive berth with it");
-        return None;
-    }
-    let berth = Berth::new()?;
-    let service = Service::start(&berth);
-    Some((berth, service))
-}
 
 #[test]
 fn the_docker_cli_sees_berth_as_its_engine() {
@@ -239,13 +227,10 @@ fn errors_carry_docker_s_codes_and_say_what_to_do() {
 fn hostile_requests_get_a_json_4xx_and_the_daemon_serves_on() {
     let Some((berth, api)) = setup() else { return };
     let post = |path: &str, body: &[u8]| {
-        let mut req = format!(
-            "POST {path} HTTP/1.1\r\nHost: berth\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-            body.len()
+        api.send(
+            &format!("POST {path} HTTP/1.1\r\nContent-Type: application/json"),
+            body,
         )
-        .into_bytes();
-        req.extend_from_slice(body);
-        raw_request(&api.socket, &req)
     };
     let (status, body) = post("/v1.47/containers/create", b"{not json");
     assert!(status.contains(" 400 "), "{status} {body}");

@@ -147,7 +147,7 @@ fn running(r: &ContainerRecord) -> bool {
     matches!(state_of(r), Status::Running | Status::Restarting)
 }
 
-fn flag(v: &Option<String>) -> bool {
+pub(super) fn flag(v: &Option<String>) -> bool {
     matches!(v.as_deref(), Some("1") | Some("true") | Some("True"))
 }
 

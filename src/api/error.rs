@@ -7,6 +7,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 
 use crate::engine::EngineError;
+use crate::image::registry::RegistryError;
 use crate::image::ImageError;
 use crate::net::NetError;
 use crate::state::volumes::VolumeError;
@@ -65,6 +66,20 @@ fn status_of(e: &EngineError) -> StatusCode {
             _ => S::INTERNAL_SERVER_ERROR,
         },
         EngineError::NoSuchImage { .. } => S::NOT_FOUND,
+        EngineError::Registry(r) => match r {
+            // Docker's "pull access denied" is a 404 too: a 401 makes the docker CLI prompt
+            // for a login on its stdin.
+            RegistryError::NotFound { .. }
+            | RegistryError::AccessDenied { .. }
+            | RegistryError::Image(ImageError::NotFound(_)) => S::NOT_FOUND,
+            RegistryError::BadCredentials { .. } => S::UNAUTHORIZED,
+            RegistryError::Platform(_)
+            | RegistryError::Reference(_)
+            | RegistryError::Image(ImageError::Reference(_) | ImageError::Usage(_)) => {
+                S::BAD_REQUEST
+            }
+            _ => S::INTERNAL_SERVER_ERROR,
+        },
         EngineError::Volume(v) => match v {
             VolumeError::NotFound(_) => S::NOT_FOUND,
             VolumeError::BadName(_) => S::BAD_REQUEST,

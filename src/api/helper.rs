@@ -16,7 +16,10 @@ use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 
 use super::error::ApiError;
-use crate::engine::{Engine, EngineError, EngineOptions};
+use crate::engine::{CommitOptions, Engine, EngineError, EngineOptions};
+use crate::image::registry::{
+    Credentials, ProgressEvent, ProgressMode, ProgressSink, PullOptions, PushOptions,
+};
 use crate::monitor::proto::Request as MonitorRequest;
 
 /// What the helper is asked to do.
@@ -38,6 +41,39 @@ pub enum HelperRequest {
         id: String,
         force: bool,
         volumes: bool,
+    },
+    /// `POST /images/create`: a pull (the registry client's threads and its thread check
+    /// belong in a process of their own); fd 3 takes the progress, a JSON event a line.
+    Pull {
+        reference: String,
+        platform: Option<String>,
+        credentials: Option<Credentials>,
+    },
+    /// `POST /images/{name}/push`; fd 3 takes the progress as with `Pull`.
+    Push {
+        source: String,
+        destination: Option<String>,
+        credentials: Option<Credentials>,
+    },
+    /// `POST /auth`: check credentials with a registry, keeping nothing.
+    CheckLogin {
+        server: String,
+        credentials: Credentials,
+    },
+    /// `POST /commit`: the container's changes become an image (reading them forks).
+    Commit {
+        container: String,
+        name: Option<String>,
+        message: Option<String>,
+        author: Option<String>,
+        changes: Vec<String>,
+    },
+    /// `DELETE /images/{name}`: unused unpacked layers go in a user namespace.
+    RemoveImage { name: String, force: bool },
+    /// `POST /images/prune`: `dangling=false` as `all`, the other filters as given.
+    PruneImages {
+        all: bool,
+        filters: Vec<(String, String)>,
     },
 }
 
@@ -210,5 +246,90 @@ fn handle(engine: &Engine, req: HelperRequest) -> Result<serde_json::Value, ApiE
         HelperRequest::Remove { id, force, volumes } => {
             Ok(serde_json::json!(engine.remove(&id, force, volumes)?))
         }
+        HelperRequest::Pull {
+            reference,
+            platform,
+            credentials,
+        } => {
+            let opts = PullOptions {
+                platform,
+                progress: progress_to_fd3(),
+                credentials,
+                ..PullOptions::default()
+            };
+            let pulled = engine.pull(&reference, &opts)?;
+            Ok(serde_json::json!({ "id": pulled.id, "reference": pulled.reference }))
+        }
+        HelperRequest::Push {
+            source,
+            destination,
+            credentials,
+        } => {
+            let opts = PushOptions {
+                progress: progress_to_fd3(),
+                credentials,
+                ..PushOptions::default()
+            };
+            let pushed = engine.push(&source, destination.as_deref(), &opts)?;
+            Ok(serde_json::json!({
+                "tag": pushed.tag, "digest": pushed.digest, "size": pushed.size,
+            }))
+        }
+        HelperRequest::CheckLogin {
+            server,
+            credentials,
+        } => {
+            let host = engine.check_login(&server, &credentials, true)?;
+            Ok(serde_json::json!(host))
+        }
+        HelperRequest::Commit {
+            container,
+            name,
+            message,
+            author,
+            changes,
+        } => {
+            let opts = CommitOptions {
+                message,
+                author,
+                changes,
+            };
+            Ok(serde_json::json!(engine.commit(
+                &container,
+                name.as_deref(),
+                &opts
+            )?))
+        }
+        HelperRequest::RemoveImage { name, force } => {
+            let removal = engine.remove_image(&name, force)?;
+            Ok(serde_json::json!({
+                "untagged": removal.untagged, "deleted": removal.deleted,
+            }))
+        }
+        HelperRequest::PruneImages { all, filters } => {
+            let report = engine.prune_images(all, &filters)?;
+            Ok(serde_json::json!({
+                "deleted": report.deleted, "untagged": report.untagged,
+                "reclaimed": report.reclaimed,
+            }))
+        }
     }
+}
+
+/// A pull's or push's progress as JSON lines on fd 3, which the service reads and turns
+/// into Docker's progress stream.
+fn progress_to_fd3() -> ProgressMode {
+    // SAFETY: the service put its end of a progress socket at fd 3 for this request
+    // (`run_blocking`); nothing else in this process owns it.
+    let out = std::sync::Mutex::new(unsafe { std::fs::File::from_raw_fd(3) });
+    ProgressMode::Events(ProgressSink(std::sync::Arc::new(
+        move |event: ProgressEvent| {
+            let mut line = serde_json::to_vec(&event).unwrap_or_default();
+            line.push(b'\n');
+            let _ = out
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .write_all(&line);
+        },
+    )))
 }

@@ -27,6 +27,7 @@ mod convert;
 mod error;
 mod events;
 pub mod helper;
+mod images;
 mod stream;
 mod system;
 
@@ -115,6 +116,7 @@ fn router(state: State) -> Router {
         .merge(system::routes())
         .merge(containers::routes())
         .merge(events::routes())
+        .merge(images::routes())
         .fallback(|req: Request| async move {
             ApiError::not_found(format!(
                 "page not found: berth does not serve {} {}",

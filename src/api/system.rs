@@ -8,7 +8,8 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
 use bollard_stubs::models::{
-    Runtime, SystemInfo, SystemVersion, SystemVersionComponents, SystemVersionPlatform,
+    Runtime, SystemDataUsageResponse, SystemInfo, SystemVersion, SystemVersionComponents,
+    SystemVersionPlatform, Volume, VolumeScopeEnum, VolumeUsageData,
 };
 
 use super::error::{blocking, ApiError};
@@ -20,6 +21,7 @@ pub fn routes() -> Router<State> {
         .route("/_ping", get(ping).head(ping))
         .route("/version", get(version))
         .route("/info", get(info))
+        .route("/system/df", get(df))
 }
 
 async fn ping() -> impl IntoResponse {
@@ -195,4 +197,55 @@ fn os_name() -> String {
                 .map(|v| v.trim_matches('"').to_string())
         })
         .unwrap_or_else(|| "Linux".into())
+}
+
+/// `GET /system/df`: images (with how many containers use each), containers (with their
+/// writable layer's size), volumes (with their size and users); berth keeps no build cache
+/// apart from its images.
+async fn df(Extract(d): Extract<State>) -> Result<Json<SystemDataUsageResponse>, ApiError> {
+    let usage = blocking(move || d.engine.disk_usage()).await?;
+    let layers_size = usage.images.iter().map(|i| i.image.size as i64).sum();
+    let images = usage
+        .images
+        .into_iter()
+        .map(|u| {
+            let containers = u.containers as i64;
+            bollard_stubs::models::ImageSummary {
+                containers,
+                ..super::images::summary(u.image)
+            }
+        })
+        .collect();
+    let containers = usage
+        .containers
+        .into_iter()
+        .map(|u| bollard_stubs::models::ContainerSummary {
+            size_rw: Some(u.size_rw as i64),
+            ..super::convert::summary(&u.record)
+        })
+        .collect();
+    let volumes = usage
+        .volumes
+        .into_iter()
+        .map(|u| Volume {
+            name: u.record.name,
+            driver: "local".into(),
+            mountpoint: u.mountpoint.display().to_string(),
+            created_at: Some(u.record.created),
+            labels: u.record.labels.into_iter().collect(),
+            scope: Some(VolumeScopeEnum::LOCAL),
+            usage_data: Some(VolumeUsageData {
+                size: u.size as i64,
+                ref_count: u.users as i64,
+            }),
+            ..Volume::default()
+        })
+        .collect();
+    Ok(Json(SystemDataUsageResponse {
+        layers_size: Some(layers_size),
+        images: Some(images),
+        containers: Some(containers),
+        volumes: Some(volumes),
+        build_cache: Some(Vec::new()),
+    }))
 }

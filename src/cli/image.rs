@@ -36,6 +36,10 @@ pub struct ImagesArgs {
     /// Show the manifest digests.
     #[arg(long)]
     digests: bool,
+    /// Filter: reference=PATTERN, dangling=true|false, label=KEY[=VALUE], before=IMAGE,
+    /// since=IMAGE (repeatable; each key must hold).
+    #[arg(short, long = "filter")]
+    filter: Vec<String>,
 }
 
 #[derive(Args)]
@@ -237,7 +241,28 @@ const IMAGE_FIELDS: &[(&str, &str)] = &[
 ];
 
 pub fn images(engine: &Engine, args: ImagesArgs) -> anyhow::Result<()> {
-    let list = engine.images()?;
+    let mut list = engine.images()?;
+    if !args.filter.is_empty() {
+        let filters = args
+            .filter
+            .iter()
+            .map(|f| {
+                f.split_once('=')
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .ok_or_else(|| anyhow::anyhow!("invalid filter {f:?}: write KEY=VALUE"))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let kept = engine.images_matching(&filters)?;
+        // A row stays when its image passed, under a name the filters kept.
+        list.retain(|row| {
+            kept.iter().any(|i| {
+                i.id == row.id
+                    && (row.repository == "<none>"
+                        || i.repo_tags
+                            .contains(&format!("{}:{}", row.repository, row.tag)))
+            })
+        });
+    }
     let short = |id: &str| {
         let hex = id.trim_start_matches("sha256:");
         if args.no_trunc {
@@ -354,7 +379,7 @@ pub fn image(engine: &Engine, cmd: ImageCommand) -> anyhow::Result<()> {
 /// `berth image prune`: Docker's report of what went and the space it freed.
 pub fn prune(engine: &Engine, args: PruneArgs) -> anyhow::Result<()> {
     let _ = args.force;
-    let report = engine.prune_images(args.all)?;
+    let report = engine.prune_images(args.all, &[])?;
     if !report.deleted.is_empty() {
         println!("Deleted Images:");
         for n in &report.untagged {

@@ -75,6 +75,7 @@ pub fn pull(engine: &Engine, args: PullArgs) -> anyhow::Result<()> {
         platform: args.platform,
         tls_verify: args.tls_verify,
         progress: progress(args.quiet),
+        credentials: None,
     };
     let pulled = engine
         .pull(&args.image, &opts)
@@ -88,6 +89,7 @@ pub fn push(engine: &Engine, args: PushArgs) -> anyhow::Result<()> {
     let opts = PushOptions {
         tls_verify: args.tls_verify,
         progress: progress(args.quiet),
+        credentials: None,
     };
     let pushed = engine
         .push(&args.image, args.destination.as_deref(), &opts)

@@ -241,7 +241,9 @@ impl super::Engine {
                 .map_err(|e| EngineError::Usage(format!("building the history entry: {e}")))?,
         );
         config.set_history(Some(history));
-        let id = self.images.add_committed(&parent, &layer, &config, name);
+        let id = self
+            .images
+            .add_committed(&parent, &layer, &config, name, opts.message.as_deref());
         let _ = std::fs::remove_file(&gz_path);
         Ok(id?)
     }

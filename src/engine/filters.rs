@@ -1,9 +1,11 @@
-//! Docker's list filters (`ps --filter`, `GET /containers/json?filters=`), for every front end:
-//! values of one key are alternatives, keys must all hold, and each `label` must hold.
+//! Docker's list filters (`ps --filter`, `images --filter`, `GET /containers/json?filters=`,
+//! `GET /images/json?filters=`), for every front end: values of one key are alternatives,
+//! keys must all hold, and each `label` must hold.
 
+use crate::image::ImageInspect;
 use crate::state::{ContainerRecord, Isolation, Status};
 
-use super::{state_of, EngineError};
+use super::{state_of, Engine, EngineError};
 
 fn usage(msg: String) -> EngineError {
     EngineError::Usage(msg)
@@ -84,6 +86,162 @@ pub fn container_matches(
     Ok(true)
 }
 
+/// Whether `text` matches the shell-style `pattern` (`*` any run, `?` one character).
+pub fn glob_matches(pattern: &str, text: &str) -> bool {
+    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+    // The last `*` seen and where in the text it stood: backtrack there on a mismatch.
+    let (mut pi, mut ti, mut star) = (0, 0, None);
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some((pi, ti));
+            pi += 1;
+        } else if let Some((sp, st)) = star {
+            pi = sp + 1;
+            ti = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|c| *c == '*')
+}
+
+/// Whether a `reference` filter names `name` (familiar `repo:tag`): a pattern without a tag
+/// matches the repository alone.
+fn reference_matches(name: &str, pattern: &str) -> bool {
+    let has_tag = pattern
+        .rsplit_once(':')
+        .is_some_and(|(_, tag)| !tag.contains('/'));
+    let repo = name.rsplit_once(':').map_or(name, |(r, _)| r);
+    glob_matches(pattern, name) || (!has_tag && glob_matches(pattern, repo))
+}
+
+impl Engine {
+    /// `GET /images/json` and `berth images --filter`: the stored images, newest first, one
+    /// each (with all its names), that pass every filter: `reference`, `dangling`, `label`,
+    /// `before`, `since`.
+    pub fn images_matching(
+        &self,
+        filters: &[(String, String)],
+    ) -> Result<Vec<ImageInspect>, EngineError> {
+        let mut ids: Vec<String> = Vec::new();
+        for row in self.images()? {
+            if !ids.contains(&row.id) {
+                ids.push(row.id);
+            }
+        }
+        let created = |i: &ImageInspect| crate::clock::parse_rfc3339(&i.created).unwrap_or(0);
+        let mut bounds = Vec::new();
+        for (k, v) in filters {
+            match k.as_str() {
+                "before" | "since" => {
+                    let other = self.inspect_image(v)?;
+                    bounds.push((k.as_str(), created(&other)));
+                }
+                "dangling" if !["true", "false", "1", "0"].contains(&v.as_str()) => {
+                    return Err(usage(format!(
+                        "invalid dangling filter {v:?}: use true or false"
+                    )));
+                }
+                "reference" | "label" | "dangling" => {}
+                other => {
+                    return Err(usage(format!(
+                    "unknown filter {other:?}: berth filters images by reference, dangling, label, before, since"
+                )))
+                }
+            }
+        }
+        let mut out = Vec::new();
+        for id in ids {
+            let mut image = match self.inspect_image(&id) {
+                Ok(i) => i,
+                // Removed since the list was read.
+                Err(EngineError::Image(crate::image::ImageError::NotFound(_))) => continue,
+                Err(e) => return Err(e),
+            };
+            let labels = image.config.labels.clone().unwrap_or_default();
+            let values = |key: &'static str| {
+                filters
+                    .iter()
+                    .filter(move |(k, _)| k == key)
+                    .map(|(_, v)| v.as_str())
+            };
+            let references: Vec<&str> = values("reference").collect();
+            // As Docker lists it: only the names the reference filter matched.
+            if !references.is_empty() {
+                image
+                    .repo_tags
+                    .retain(|n| references.iter().any(|p| reference_matches(n, p)));
+                image.repo_digests.retain(|d| {
+                    let repo = d.split_once('@').map_or(d.as_str(), |(r, _)| r);
+                    references.iter().any(|p| reference_matches(repo, p))
+                });
+            }
+            let ok = values("label").all(|l| label_matches(&labels, l))
+                && values("dangling")
+                    .all(|d| ["true", "1"].contains(&d) == image.repo_tags.is_empty())
+                && (references.is_empty() || !image.repo_tags.is_empty())
+                && bounds.iter().all(|(k, t)| match *k {
+                    "before" => created(&image) < *t,
+                    _ => created(&image) > *t,
+                });
+            if ok {
+                out.push(image);
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl Engine {
+    /// The images a prune with `filters` may take (`None`: any): `label=K[=V]` must hold,
+    /// `label!=K[=V]` must not, `until=TIME|DURATION` made before then.
+    pub(super) fn prune_candidates(
+        &self,
+        filters: &[(String, String)],
+    ) -> Result<Option<std::collections::BTreeSet<String>>, EngineError> {
+        if filters.is_empty() {
+            return Ok(None);
+        }
+        let now = crate::clock::now_nanos();
+        let mut until = None;
+        for (k, v) in filters {
+            match k.as_str() {
+                "until" => {
+                    until = Some(crate::clock::parse_since(v, now).ok_or_else(|| {
+                        usage(format!(
+                            "invalid until filter {v:?}: give a time (2024-05-01T10:00:00Z, a Unix time) or a duration (24h)"
+                        ))
+                    })?)
+                }
+                "label" | "label!" => {}
+                other => {
+                    return Err(usage(format!(
+                        "unknown prune filter {other:?}: berth prunes images by dangling, label, label! and until"
+                    )))
+                }
+            }
+        }
+        let mut ids = std::collections::BTreeSet::new();
+        for image in self.images_matching(&[])? {
+            let labels = image.config.labels.clone().unwrap_or_default();
+            let created = crate::clock::parse_rfc3339(&image.created).unwrap_or(0);
+            let ok = filters.iter().all(|(k, v)| match k.as_str() {
+                "label" => label_matches(&labels, v),
+                "label!" => !label_matches(&labels, v),
+                _ => until.is_none_or(|t| created < t),
+            });
+            if ok {
+                ids.insert(image.id);
+            }
+        }
+        Ok(Some(ids))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,6 +273,18 @@ mod tests {
         assert!(!container_matches(&r, &f(&[("label", "app=other")])).unwrap());
         assert!(container_matches(&r, &f(&[("name", "nope"), ("name", "/web")])).unwrap());
         assert!(!container_matches(&r, &f(&[("id", "abc"), ("name", "nope")])).unwrap());
+    }
+
+    #[test]
+    fn references_match_as_globs_with_or_without_a_tag() {
+        assert!(glob_matches("bu*box", "busybox"));
+        assert!(glob_matches("a?c*", "abcdef"));
+        assert!(!glob_matches("a?c", "abcd"));
+        let name = "localhost:5000/app:v1";
+        assert!(reference_matches(name, "localhost:5000/app"));
+        assert!(reference_matches(name, "localhost:5000/*:v1"));
+        assert!(!reference_matches(name, "localhost:5000/app:v2"));
+        assert!(!reference_matches(name, "app"));
     }
 
     #[test]

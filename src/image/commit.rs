@@ -46,13 +46,15 @@ impl ImageStore {
     }
 
     /// Stores the image `parent` + `layer` with `config` (whose diff_ids and history the
-    /// caller has extended), named `name` when given; returns the new image id.
+    /// caller has extended), named `name` when given, with Docker's top-level `comment`
+    /// (what `image inspect` shows as `Comment`) when given; returns the new image id.
     pub fn add_committed(
         &self,
         parent: &ResolvedImage,
         layer: &NewLayer,
         config: &ImageConfiguration,
         name: Option<&str>,
+        comment: Option<&str>,
     ) -> Result<String, ImageError> {
         let names = match name {
             Some(n) => {
@@ -72,8 +74,13 @@ impl ImageStore {
             .ok_or_else(|| ImageError::Invalid(format!("{} is not sha256", layer.digest)))?;
         self.commit_verified_file(&layer.file, hex)?;
 
-        let config_bytes = serde_json::to_vec(config)
-            .map_err(|e| ImageError::Invalid(format!("encoding the image config: {e}")))?;
+        let encoding =
+            |e: serde_json::Error| ImageError::Invalid(format!("encoding the image config: {e}"));
+        let mut doc = serde_json::to_value(config).map_err(encoding)?;
+        if let (Some(c), Some(map)) = (comment, doc.as_object_mut()) {
+            map.insert("comment".into(), serde_json::Value::String(c.to_string()));
+        }
+        let config_bytes = serde_json::to_vec(&doc).map_err(encoding)?;
         let config_digest = format!("sha256:{}", hex::encode(Sha256::digest(&config_bytes)));
         self.write_blob(Cursor::new(&config_bytes), &config_digest)?;
 

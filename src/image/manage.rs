@@ -234,8 +234,14 @@ impl ImageStore {
     }
 
     /// `berth image prune`: deletes the images without a name (every image
-    /// with `all`) that no container uses, with the blobs no other image needs.
-    pub fn prune(&self, all: bool, containers: &[ContainerUse]) -> Result<PruneReport, ImageError> {
+    /// with `all`) that no container uses, and that are among `only` when given,
+    /// with the blobs no other image needs.
+    pub fn prune(
+        &self,
+        all: bool,
+        containers: &[ContainerUse],
+        only: Option<&BTreeSet<String>>,
+    ) -> Result<PruneReport, ImageError> {
         self.update_index(|index| {
             let (doomed, kept): (Vec<ImageRecord>, Vec<ImageRecord>) =
                 std::mem::take(&mut index.images)
@@ -243,6 +249,7 @@ impl ImageStore {
                     .partition(|r| {
                         (all || r.names.is_empty())
                             && !containers.iter().any(|c| c.image_id == r.id)
+                            && only.is_none_or(|o| o.contains(&r.id))
                     });
             index.images = kept;
             let mut report = PruneReport::default();
@@ -569,7 +576,10 @@ mod tests {
     #[test]
     fn prune_removes_untagged_images_no_container_uses() {
         let (_dir, store, a_id, b_id) = store_with_two_images();
-        assert_eq!(store.prune(false, &[]).unwrap(), PruneReport::default());
+        assert_eq!(
+            store.prune(false, &[], None).unwrap(),
+            PruneReport::default()
+        );
         // Both lose their names; a container uses a.
         store
             .update_index(|i| {
@@ -583,13 +593,15 @@ mod tests {
             running: false,
         };
         let b = store.resolve(&b_id).unwrap();
-        let r = store.prune(false, std::slice::from_ref(&user)).unwrap();
+        let r = store
+            .prune(false, std::slice::from_ref(&user), None)
+            .unwrap();
         assert_eq!(r.deleted, std::slice::from_ref(&b_id));
         assert_eq!(r.unused_layers, [b.layers[1].diff_id.clone()]);
         assert!(!b.layers[1].blob_path.exists());
         assert!(b.layers[0].blob_path.exists(), "a still uses layer 1");
         store.resolve(&a_id).unwrap();
-        let r = store.prune(true, &[]).unwrap();
+        let r = store.prune(true, &[], None).unwrap();
         assert_eq!(r.deleted, [a_id]);
         assert_eq!(blob_count(&store), 0);
     }

@@ -6,7 +6,19 @@ use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use super::{describe, finish, Berth, Running};
+use super::{describe, finish, have, skip, Berth, Running};
+
+/// The usual fixture and its service, or `None` (skipped, with the reason printed) where the
+/// docker CLI or the test user is missing.
+pub fn setup() -> Option<(Berth, Service)> {
+    if !have("docker") {
+        skip("the docker CLI is not installed: the API tests drive berth with it");
+        return None;
+    }
+    let berth = Berth::new()?;
+    let service = Service::start(&berth);
+    Some((berth, service))
+}
 
 /// A running API service of a fixture.
 pub struct Service {
@@ -75,6 +87,18 @@ impl Service {
         let out = self.docker(berth, args);
         assert!(out.status.success(), "docker {}", describe(args, &out));
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// One raw request: `head` is the request line and any headers of its own; the body goes
+    /// with its length. The status line and the body of the answer.
+    pub fn send(&self, head: &str, body: &[u8]) -> (String, String) {
+        let mut req = format!(
+            "{head}\r\nHost: berth\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        req.extend_from_slice(body);
+        raw_request(&self.socket, &req)
     }
 
     /// The service process, to signal or wait for.

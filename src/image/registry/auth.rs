@@ -23,8 +23,9 @@ use serde_json::{Map, Value};
 use super::RegistryError;
 use crate::image::store::unique_name;
 
-/// A user name and password for one registry.
-#[derive(Clone, PartialEq, Eq)]
+/// A user name and password for one registry (serializable: the API service hands an API
+/// client's to its engine helper on a pipe).
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Credentials {
     /// The user name.
     pub username: String,

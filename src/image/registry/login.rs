@@ -47,6 +47,18 @@ pub fn login(
     creds: &Credentials,
     tls_verify: bool,
 ) -> Result<std::path::PathBuf, RegistryError> {
+    check_login(config, host, creds, tls_verify)?;
+    auth::store(host, creds)
+}
+
+/// Checks `creds` against `host` without keeping them (the API's `/auth`: the client keeps
+/// them).
+pub fn check_login(
+    config: &RegistriesConfig,
+    host: &str,
+    creds: &Credentials,
+    tls_verify: bool,
+) -> Result<(), RegistryError> {
     let probe = reference::parse(&format!("{host}/{PROBE_REPOSITORY}"))?;
     let endpoint = config.push_endpoint(&probe);
     let auth = RegistryAuth::Basic(creds.username.clone(), creds.password.clone());
@@ -59,8 +71,7 @@ pub fn login(
             }
         }
         result
-    })??;
-    auth::store(host, creds)
+    })?
 }
 
 /// Asks the registry whether `auth` is good.

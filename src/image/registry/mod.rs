@@ -34,8 +34,8 @@ use super::store::ImageError;
 
 pub use auth::Credentials;
 pub use config::{Endpoint, RegistriesConfig};
-pub use login::{login, logout, normalize_host};
-pub use progress::ProgressMode;
+pub use login::{check_login, login, logout, normalize_host};
+pub use progress::{ProgressEvent, ProgressMode, ProgressSink};
 pub use pull::{pull, Platform, PullOptions, PulledImage};
 pub use push::{push, PushOptions, PushedImage};
 
@@ -215,7 +215,13 @@ pub(crate) fn attempts(endpoint: &Endpoint, tls_verify: bool) -> Vec<Endpoint> {
 }
 
 /// The credentials for an endpoint, anonymous when there are none.
-pub(crate) fn registry_auth(endpoint: &Endpoint) -> Result<RegistryAuth, RegistryError> {
+pub(crate) fn registry_auth(
+    endpoint: &Endpoint,
+    given: Option<&Credentials>,
+) -> Result<RegistryAuth, RegistryError> {
+    if let Some(c) = given {
+        return Ok(RegistryAuth::Basic(c.username.clone(), c.password.clone()));
+    }
     Ok(match auth::lookup(&endpoint.host, &endpoint.repository)? {
         Some(c) => RegistryAuth::Basic(c.username, c.password),
         None => RegistryAuth::Anonymous,

@@ -44,6 +44,8 @@ pub struct PullOptions {
     pub tls_verify: bool,
     /// How much to report.
     pub progress: ProgressMode,
+    /// The credentials to use (an API client's); the auth file's for the registry without.
+    pub credentials: Option<super::Credentials>,
 }
 
 impl Default for PullOptions {
@@ -52,6 +54,7 @@ impl Default for PullOptions {
             platform: None,
             tls_verify: true,
             progress: ProgressMode::Auto,
+            credentials: None,
         }
     }
 }
@@ -277,7 +280,7 @@ pub fn pull(
         None => Platform::host(),
     };
     store.remove_stale_temp_blobs();
-    let progress = Progress::new(opts.progress);
+    let progress = Progress::new(&opts.progress);
     let endpoints = config.pull_endpoints(reference);
     block_on(async {
         let mut result = Err(RegistryError::NotFound {
@@ -312,7 +315,7 @@ async fn pull_from(
 ) -> Result<PulledImage, RegistryError> {
     let shown = reference.to_string();
     let client = super::client(endpoint, opts.tls_verify)?;
-    let auth = registry_auth(endpoint)?;
+    let auth = registry_auth(endpoint, opts.credentials.as_ref())?;
     let top = oci_reference(
         endpoint,
         reference.tag.as_deref(),

@@ -30,6 +30,8 @@ pub struct PushOptions {
     pub tls_verify: bool,
     /// How much to report.
     pub progress: ProgressMode,
+    /// The credentials to use (an API client's); the auth file's for the registry without.
+    pub credentials: Option<super::Credentials>,
 }
 
 impl Default for PushOptions {
@@ -37,6 +39,7 @@ impl Default for PushOptions {
         PushOptions {
             tls_verify: true,
             progress: ProgressMode::Auto,
+            credentials: None,
         }
     }
 }
@@ -129,7 +132,7 @@ pub fn push(
         .map(|r| config.push_endpoint(&r))
         .filter(|e| e.host == endpoint.host && e.repository != endpoint.repository)
         .collect();
-    let progress = Progress::new(opts.progress);
+    let progress = Progress::new(&opts.progress);
     let shown = Reference {
         digest: None,
         ..dest.clone()
@@ -145,6 +148,7 @@ pub fn push(
         mount_from: &mount_from,
         progress: &progress,
         tls_verify: opts.tls_verify,
+        credentials: opts.credentials.as_ref(),
     };
     block_on(async {
         let mut result = Err(RegistryError::NotFound {
@@ -172,12 +176,13 @@ struct Job<'a> {
     mount_from: &'a [Endpoint],
     progress: &'a Progress,
     tls_verify: bool,
+    credentials: Option<&'a super::Credentials>,
 }
 
 impl Job<'_> {
     async fn push_to(&self, endpoint: &Endpoint) -> Result<PushedImage, RegistryError> {
         let client = super::client(endpoint, self.tls_verify)?;
-        let auth = registry_auth(endpoint)?;
+        let auth = registry_auth(endpoint, self.credentials)?;
         let target = oci_reference(endpoint, Some(self.tag), None);
         // Authenticate for push once, so the parallel requests share the token.
         client
