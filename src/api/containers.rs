@@ -630,10 +630,11 @@ async fn attach(
     Ok(stream::switching(tty))
 }
 
+/// `?h=ROWS&w=COLUMNS` of a resize (a container's or an exec's).
 #[derive(Deserialize)]
-struct ResizeQuery {
-    h: Option<u16>,
-    w: Option<u16>,
+pub(super) struct ResizeQuery {
+    pub h: Option<u16>,
+    pub w: Option<u16>,
 }
 
 async fn resize(

@@ -25,6 +25,7 @@ use crate::engine::{Engine, EngineOptions};
 mod containers;
 mod convert;
 mod error;
+mod exec;
 pub mod helper;
 mod stream;
 mod system;
@@ -77,6 +78,8 @@ pub(crate) struct Daemon {
     pub pending: containers::Pending,
     /// Clients connected, requests running, streams open: the idle timer runs while it is 0.
     pub busy: AtomicUsize,
+    /// The exec instances made through the API.
+    pub execs: exec::Execs,
 }
 
 pub(crate) type State = Arc<Daemon>;
@@ -113,6 +116,7 @@ fn router(state: State) -> Router {
     Router::new()
         .merge(system::routes())
         .merge(containers::routes())
+        .merge(exec::routes())
         .fallback(|req: Request| async move {
             ApiError::not_found(format!(
                 "page not found: berth does not serve {} {}",
@@ -206,6 +210,7 @@ pub fn serve(opts: ServeOptions) -> Result<(), ServeError> {
         engine_opts: opts.engine.clone(),
         pending: Default::default(),
         busy: AtomicUsize::new(0),
+        execs: Default::default(),
     });
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -1,0 +1,148 @@
+//! `docker exec`, `docker cp` and `docker stats` against `berth system service`, with the
+//! real docker CLI through the real socket, as the unprivileged test user.
+
+mod common;
+
+use std::time::Duration;
+
+use common::api::Service;
+use common::{code, describe, have, skip, stderr, stdout, Berth, IMAGE};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn setup() -> Option<(Berth, Service)> {
+    if !have("docker") {
+        skip("the docker CLI is not installed: the API tests drive berth with it");
+        return None;
+    }
+    let berth = Berth::new()?;
+    let service = Service::start(&berth);
+    Some((berth, service))
+}
+
+/// Removes container `name` and its processes (the fixture fails a test that leaves any).
+fn remove(berth: &Berth, api: &Service, name: &str) {
+    api.docker_ok(berth, &["rm", "-f", name]);
+}
+
+/// A running container named `name` that sleeps until stopped.
+fn sleeper(berth: &Berth, api: &Service, name: &str) {
+    api.docker_ok(berth, &["run", "-d", "--name", name, IMAGE, "sleep", "600"]);
+}
+
+#[test]
+fn docker_exec_runs_with_output_status_env_workdir_and_user() {
+    let Some((berth, api)) = setup() else { return };
+    sleeper(&berth, &api, "ex");
+    let args = [
+        "exec",
+        "-e",
+        "GREETING=hello",
+        "-w",
+        "/tmp",
+        "-u",
+        "65534",
+        "ex",
+        "sh",
+        "-c",
+        "echo $GREETING in $(pwd) as $(id -u); echo on-stderr >&2; exit 7",
+    ];
+    let out = api.docker(&berth, &args);
+    assert_eq!(code(&out), 7, "{}", describe(&args, &out));
+    assert_eq!(
+        stdout(&out),
+        "hello in /tmp as 65534\n",
+        "{}",
+        describe(&args, &out)
+    );
+    assert_eq!(stderr(&out), "on-stderr\n", "{}", describe(&args, &out));
+    // A command that is not there: Docker's 127.
+    let args = ["exec", "ex", "no-such-command"];
+    let out = api.docker(&berth, &args);
+    assert_eq!(code(&out), 127, "{}", describe(&args, &out));
+    // A stopped container takes no exec.
+    api.docker_ok(&berth, &["stop", "-t", "0", "ex"]);
+    let args = ["exec", "ex", "true"];
+    let out = api.docker(&berth, &args);
+    assert_ne!(code(&out), 0, "{}", describe(&args, &out));
+    assert!(
+        stderr(&out).contains("is not running"),
+        "{}",
+        describe(&args, &out)
+    );
+    remove(&berth, &api, "ex");
+}
+
+#[test]
+fn docker_exec_i_passes_stdin_and_its_end() {
+    let Some((berth, api)) = setup() else { return };
+    sleeper(&berth, &api, "exi");
+    let args = ["exec", "-i", "exi", "sh", "-c", "tr a-z A-Z; echo eof-seen"];
+    let out = api.docker_with_stdin(&berth, &args, b"line one\nline two\n");
+    assert_eq!(code(&out), 0, "{}", describe(&args, &out));
+    assert_eq!(
+        stdout(&out),
+        "LINE ONE\nLINE TWO\neof-seen\n",
+        "{}",
+        describe(&args, &out)
+    );
+    remove(&berth, &api, "exi");
+}
+
+#[test]
+fn docker_exec_it_in_a_terminal_follows_its_size_and_returns_the_status() {
+    let Some((berth, api)) = setup() else { return };
+    sleeper(&berth, &api, "ext");
+    let mut session = api.docker_pty(&berth, &["exec", "-it", "ext", "sh"], 31, 97);
+    session.write("stty size; tty\r");
+    session.expect("31 97", WAIT);
+    session.expect("/dev/pts/", WAIT);
+    session.resize(40, 120);
+    // The CLI sends the new size on SIGWINCH; a moment for it to arrive.
+    std::thread::sleep(Duration::from_millis(500));
+    session.write("stty size\r");
+    session.expect("40 120", WAIT);
+    session.write("echo $((6 * 7))-answer\r");
+    session.expect("42-answer", WAIT);
+    session.write("exit 5\r");
+    let (status, output) = session.wait(WAIT);
+    assert_eq!(status.code(), Some(5), "docker exec -it:\n{output}");
+    remove(&berth, &api, "ext");
+}
+
+#[test]
+fn docker_exec_d_leaves_the_process_running() {
+    let Some((berth, api)) = setup() else { return };
+    sleeper(&berth, &api, "exd");
+    let out = api.docker_ok(
+        &berth,
+        &[
+            "exec",
+            "-d",
+            "exd",
+            "sh",
+            "-c",
+            "sleep 1; echo done > /tmp/marker",
+        ],
+    );
+    assert_eq!(out, "");
+    // The call returned before the process ended; it goes on to write its file.
+    let probe = ["exec", "exd", "cat", "/tmp/marker"];
+    let first = api.docker(&berth, &probe);
+    assert_ne!(code(&first), 0, "the marker is there too early");
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let out = api.docker(&berth, &probe);
+        if code(&out) == 0 {
+            assert_eq!(stdout(&out), "done\n");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            describe(&probe, &out)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    remove(&berth, &api, "exd");
+}
