@@ -38,7 +38,7 @@ mod volumes;
 pub use commit::CommitOptions;
 pub use config::{CreateConfig, HostConfig, VM_DEFAULT_CPUS, VM_DEFAULT_MEM_MIB};
 pub use copy::{CopyEnd, CopyOptions};
-pub use exec::{cgroup_note, ContainerProcess, ExecOptions, Stats};
+pub use exec::{cgroup_note, ContainerProcess, CpuTotals, ExecOptions, Stats};
 pub use inspect::{state_of, status_text};
 pub use lifecycle::{parse_signal, ExitedArgs, KillNotice, StartedContainer, DEFAULT_STOP_TIMEOUT};
 pub use logs::LogsOptions;

@@ -146,3 +146,43 @@ fn docker_exec_d_leaves_the_process_running() {
     }
     remove(&berth, &api, "exd");
 }
+
+#[test]
+fn docker_stats_no_stream_prints_real_figures() {
+    let Some((berth, api)) = setup() else { return };
+    api.docker_ok(
+        &berth,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "busy",
+            IMAGE,
+            "sh",
+            "-c",
+            "while :; do :; done",
+        ],
+    );
+    let args = [
+        "stats",
+        "--no-stream",
+        "--format",
+        "{{.Name}}|{{.CPUPerc}}|{{.MemUsage}}|{{.PIDs}}",
+        "busy",
+    ];
+    let out = api.docker(&berth, &args);
+    assert_eq!(code(&out), 0, "{}", describe(&args, &out));
+    let text = stdout(&out);
+    let fields: Vec<&str> = text.trim().split('|').collect();
+    assert_eq!(fields.len(), 4, "{text}");
+    assert_eq!(fields[0], "busy");
+    // A shell spinning takes most of a CPU.
+    let cpu: f64 = fields[1].trim_end_matches('%').parse().unwrap_or(0.0);
+    assert!(cpu > 20.0, "CPU of a busy loop: {text}");
+    // Some memory, out of the host's.
+    let (used, limit) = fields[2].split_once(" / ").expect("USAGE / LIMIT");
+    assert!(!used.starts_with("0B"), "memory used: {text}");
+    assert!(limit.ends_with("GiB") || limit.ends_with("MiB"), "{text}");
+    assert!(fields[3].parse::<u32>().unwrap_or(0) >= 1, "pids: {text}");
+    remove(&berth, &api, "busy");
+}

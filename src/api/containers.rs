@@ -12,7 +12,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use bollard_stubs::models::{
-    ContainerCreateResponse, ContainerPruneResponse, ContainerSummary, ContainerTopResponse,
+    ContainerBlkioStatEntry, ContainerBlkioStats, ContainerCpuStats, ContainerCpuUsage,
+    ContainerCreateResponse, ContainerMemoryStats, ContainerNetworkStats, ContainerPidsStats,
+    ContainerPruneResponse, ContainerStatsResponse, ContainerSummary, ContainerTopResponse,
     ContainerWaitExitError, ContainerWaitResponse,
 };
 use serde::Deserialize;
@@ -45,6 +47,8 @@ pub fn routes() -> Router<State> {
         .route("/containers/{id}/logs", get(logs))
         .route("/containers/{id}/top", get(top))
         .route("/containers/{id}", delete(remove))
+        // Copy and stats (the block at the end of this file).
+        .route("/containers/{id}/stats", get(stats))
 }
 
 /// An attach waiting for its container to start: what it asks the monitor for, and where
@@ -846,4 +850,142 @@ async fn prune(
         containers_deleted: Some(deleted),
         space_reclaimed: Some(reclaimed as i64),
     }))
+}
+
+// ---- Copy and stats: `docker cp` and `docker stats`. ----
+
+#[derive(Deserialize)]
+struct StatsQuery {
+    stream: Option<String>,
+    #[serde(rename = "one-shot")]
+    one_shot: Option<String>,
+}
+
+/// How long a stats sample measures the CPU over (Docker's clients sample once a second).
+const STATS_INTERVAL: Duration = Duration::from_secs(1);
+
+/// `GET /containers/{id}/stats`: one sample (`stream=false`; with `one-shot` at once, without
+/// the CPU figures of a previous one) or one a second while the container runs.
+async fn stats(
+    Extract(d): Extract<State>,
+    Path(key): Path<String>,
+    Query(q): Query<StatsQuery>,
+) -> Result<Response, ApiError> {
+    let stream_on = q.stream.is_none() || flag(&q.stream);
+    let one_shot = flag(&q.one_shot);
+    if stream_on && one_shot {
+        return Err(ApiError::bad_request(
+            "cannot have stream=true and one-shot=true: give stream=false with one-shot",
+        ));
+    }
+    let rec = record(&d, &key).await?;
+    let interval = if one_shot {
+        Duration::ZERO
+    } else {
+        STATS_INTERVAL
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+    let busy = Busy::new(&d);
+    tokio::spawn(async move {
+        let _busy = busy;
+        loop {
+            let sample = if running(&rec) {
+                let d2 = d.clone();
+                let id = rec.id.clone();
+                blocking(move || d2.engine.stats(&[id], interval))
+                    .await
+                    .ok()
+                    .and_then(|mut v| v.pop())
+            } else {
+                None
+            };
+            let ended = sample.is_none();
+            let body = stats_response(&rec, sample.as_ref(), one_shot);
+            let mut line = serde_json::to_vec(&body).unwrap_or_default();
+            line.push(b'\n');
+            if tx.send(Ok(Bytes::from(line))).await.is_err() || !stream_on || ended {
+                return;
+            }
+        }
+    });
+    let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+/// Docker's stats JSON from a sample; a container not running has zeros, as Docker's.
+fn stats_response(
+    rec: &ContainerRecord,
+    s: Option<&crate::engine::Stats>,
+    one_shot: bool,
+) -> ContainerStatsResponse {
+    let zero_time = "0001-01-01T00:00:00Z".to_string();
+    let mut out = ContainerStatsResponse {
+        name: Some(format!("/{}", rec.name)),
+        id: Some(rec.id.clone()),
+        read: Some(zero_time.clone()),
+        preread: Some(zero_time.clone()),
+        ..Default::default()
+    };
+    let Some(s) = s else {
+        return out;
+    };
+    let now = crate::clock::now_nanos();
+    out.read = Some(crate::clock::rfc3339(now));
+    if !one_shot {
+        out.preread = Some(crate::clock::rfc3339(
+            now - STATS_INTERVAL.as_nanos() as i128,
+        ));
+    }
+    let cpu = |total: u64, system: u64| ContainerCpuStats {
+        cpu_usage: Some(ContainerCpuUsage {
+            total_usage: Some(total),
+            percpu_usage: None,
+            usage_in_kernelmode: None,
+            usage_in_usermode: None,
+        }),
+        system_cpu_usage: Some(system),
+        online_cpus: Some(s.cpu.online_cpus),
+        throttling_data: None,
+    };
+    out.cpu_stats = Some(cpu(s.cpu.container_after, s.cpu.system_after));
+    out.precpu_stats = Some(if one_shot {
+        ContainerCpuStats::default()
+    } else {
+        cpu(s.cpu.container_before, s.cpu.system_before)
+    });
+    out.memory_stats = Some(ContainerMemoryStats {
+        usage: Some(s.memory_pss),
+        limit: Some(s.memory_limit),
+        stats: Some(HashMap::from([("pss".to_string(), s.memory_pss)])),
+        ..Default::default()
+    });
+    out.pids_stats = Some(ContainerPidsStats {
+        current: Some(s.pids as u64),
+        limit: None,
+    });
+    out.num_procs = Some(0);
+    if let (Some(rx), Some(tx)) = (s.net_rx, s.net_tx) {
+        out.networks = Some(HashMap::from([(
+            "eth0".to_string(),
+            ContainerNetworkStats {
+                rx_bytes: Some(rx),
+                tx_bytes: Some(tx),
+                ..Default::default()
+            },
+        )]));
+    }
+    let entry = |op: &str, value: u64| ContainerBlkioStatEntry {
+        major: Some(0),
+        minor: Some(0),
+        op: Some(op.to_string()),
+        value: Some(value),
+    };
+    out.blkio_stats = Some(ContainerBlkioStats {
+        io_service_bytes_recursive: Some(vec![
+            entry("read", s.block_read),
+            entry("write", s.block_write),
+        ]),
+        ..Default::default()
+    });
+    out
 }
