@@ -186,3 +186,146 @@ fn docker_stats_no_stream_prints_real_figures() {
     assert!(fields[3].parse::<u32>().unwrap_or(0) >= 1, "pids: {text}");
     remove(&berth, &api, "busy");
 }
+
+#[test]
+fn docker_cp_copies_files_and_directories_both_ways() {
+    let Some((berth, api)) = setup() else { return };
+    sleeper(&berth, &api, "cpr");
+    let dir = berth.host_mkdir("cp");
+    std::fs::write(dir.join("note.txt"), "a note\n").unwrap();
+    std::fs::create_dir_all(dir.join("tree/sub")).unwrap();
+    std::fs::write(dir.join("tree/sub/leaf"), "leaf\n").unwrap();
+    for p in ["note.txt", "tree", "tree/sub", "tree/sub/leaf"] {
+        berth.give(&dir.join(p));
+    }
+    let host = |p: &str| dir.join(p).to_string_lossy().into_owned();
+    // Into the container: a file into a directory, a directory to a new name.
+    api.docker_ok(&berth, &["cp", &host("note.txt"), "cpr:/tmp/"]);
+    api.docker_ok(&berth, &["cp", &host("tree"), "cpr:/tmp/copied"]);
+    let seen = api.docker_ok(
+        &berth,
+        &[
+            "exec",
+            "cpr",
+            "sh",
+            "-c",
+            "cat /tmp/note.txt /tmp/copied/sub/leaf",
+        ],
+    );
+    assert_eq!(seen, "a note\nleaf\n");
+    // Out of it: a file to a new name, a directory into an existing one.
+    api.docker_ok(
+        &berth,
+        &[
+            "exec",
+            "cpr",
+            "sh",
+            "-c",
+            "mkdir -p /data/in && echo inside > /data/in/f",
+        ],
+    );
+    api.docker_ok(&berth, &["cp", "cpr:/data/in/f", &host("out.txt")]);
+    assert_eq!(
+        std::fs::read_to_string(dir.join("out.txt")).unwrap(),
+        "inside\n"
+    );
+    api.docker_ok(&berth, &["cp", "cpr:/data", &host("tree")]);
+    assert_eq!(
+        std::fs::read_to_string(dir.join("tree/data/in/f")).unwrap(),
+        "inside\n"
+    );
+    // A path that is not there: Docker's message, nothing made.
+    let args = ["cp", "cpr:/no/such", &host("none")];
+    let out = api.docker(&berth, &args);
+    assert_ne!(code(&out), 0, "{}", describe(&args, &out));
+    assert!(
+        stderr(&out).contains("Could not find the file"),
+        "{}",
+        describe(&args, &out)
+    );
+    assert!(!dir.join("none").exists());
+    remove(&berth, &api, "cpr");
+}
+
+#[test]
+fn docker_cp_works_on_a_stopped_container() {
+    let Some((berth, api)) = setup() else { return };
+    api.docker_ok(
+        &berth,
+        &["create", "--name", "cps", IMAGE, "cat", "/root/given"],
+    );
+    let dir = berth.host_mkdir("cps");
+    std::fs::write(dir.join("given"), "given while stopped\n").unwrap();
+    berth.give(&dir.join("given"));
+    let host = |p: &str| dir.join(p).to_string_lossy().into_owned();
+    api.docker_ok(&berth, &["cp", &host("given"), "cps:/root/given"]);
+    api.docker_ok(&berth, &["cp", "cps:/root/given", &host("back")]);
+    assert_eq!(
+        std::fs::read_to_string(dir.join("back")).unwrap(),
+        "given while stopped\n"
+    );
+    // The container finds it when it runs.
+    let out = api.docker_ok(&berth, &["start", "-a", "cps"]);
+    assert_eq!(out, "given while stopped\n");
+    remove(&berth, &api, "cps");
+}
+
+#[test]
+fn docker_cp_keeps_hostile_paths_inside_the_container() {
+    let Some((berth, api)) = setup() else { return };
+    sleeper(&berth, &api, "cph");
+    let dir = berth.host_mkdir("cph");
+    std::fs::write(dir.join("planted"), "planted\n").unwrap();
+    berth.give(&dir.join("planted"));
+    let host = |p: &str| dir.join(p).to_string_lossy().into_owned();
+    // `..` past the container's root is its root: this lands in the container's /etc.
+    api.docker_ok(&berth, &["cp", &host("planted"), "cph:../../etc/"]);
+    let seen = api.docker_ok(&berth, &["exec", "cph", "cat", "/etc/planted"]);
+    assert_eq!(seen, "planted\n");
+    assert!(!std::path::Path::new("/etc/planted").exists());
+    // Out of the container too: its /etc/hostname, not the host's.
+    api.docker_ok(&berth, &["cp", "cph:../../../etc/planted", &host("back")]);
+    assert_eq!(
+        std::fs::read_to_string(dir.join("back")).unwrap(),
+        "planted\n"
+    );
+    // A client's archive with `..` entries and a symlink out of the destination writes
+    // nothing outside it.
+    let mut tar = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Symlink);
+    h.set_size(0);
+    h.set_mode(0o777);
+    tar.append_link(&mut h, "link", "/etc").unwrap();
+    for name in ["link/escaped", "../../escaped"] {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(4);
+        h.set_mode(0o644);
+        // set_path refuses `..`: write the name into the header as a hostile client does.
+        let bytes = name.as_bytes();
+        h.as_old_mut().name[..bytes.len()].copy_from_slice(bytes);
+        h.set_cksum();
+        tar.append(&h, &b"evil"[..]).unwrap();
+    }
+    let archive = tar.into_inner().unwrap();
+    let args = ["cp", "-", "cph:/tmp"];
+    let out = api.docker_with_stdin(&berth, &args, &archive);
+    assert_ne!(
+        code(&out),
+        0,
+        "a hostile archive is refused: {}",
+        describe(&args, &out)
+    );
+    let probe = api.docker(
+        &berth,
+        &[
+            "exec",
+            "cph",
+            "sh",
+            "-c",
+            "ls /etc/escaped /escaped /tmp/escaped 2>/dev/null",
+        ],
+    );
+    assert_eq!(stdout(&probe), "", "nothing escaped the destination");
+    remove(&berth, &api, "cph");
+}

@@ -49,6 +49,10 @@ pub fn routes() -> Router<State> {
         .route("/containers/{id}", delete(remove))
         // Copy and stats (the block at the end of this file).
         .route("/containers/{id}/stats", get(stats))
+        .route(
+            "/containers/{id}/archive",
+            get(archive_get).head(archive_head).put(archive_put),
+        )
 }
 
 /// An attach waiting for its container to start: what it asks the monitor for, and where
@@ -988,4 +992,210 @@ fn stats_response(
         ..Default::default()
     });
     out
+}
+
+#[derive(Deserialize)]
+struct ArchiveQuery {
+    path: Option<String>,
+    #[serde(rename = "noOverwriteDirNonDir")]
+    no_overwrite_dir_non_dir: Option<String>,
+    #[serde(rename = "copyUIDGID")]
+    copy_uid_gid: Option<String>,
+}
+
+impl ArchiveQuery {
+    fn path(&self) -> Result<String, ApiError> {
+        match self.path.as_deref() {
+            Some(p) if !p.is_empty() => Ok(p.to_string()),
+            _ => Err(ApiError::bad_request(
+                "give the path in the container: ?path=/PATH",
+            )),
+        }
+    }
+}
+
+/// Go's `os.FileMode` bits for a `st_mode`, as Docker's path stat carries them.
+fn go_file_mode(mode: u32) -> u32 {
+    const DIR: u32 = 1 << 31;
+    const SYMLINK: u32 = 1 << 27;
+    const DEVICE: u32 = 1 << 26;
+    const NAMED_PIPE: u32 = 1 << 25;
+    const SOCKET: u32 = 1 << 24;
+    const SETUID: u32 = 1 << 23;
+    const SETGID: u32 = 1 << 22;
+    const CHAR_DEVICE: u32 = 1 << 21;
+    const STICKY: u32 = 1 << 20;
+    let mut out = mode & 0o777;
+    out |= match mode & libc::S_IFMT {
+        libc::S_IFDIR => DIR,
+        libc::S_IFLNK => SYMLINK,
+        libc::S_IFBLK => DEVICE,
+        libc::S_IFCHR => DEVICE | CHAR_DEVICE,
+        libc::S_IFIFO => NAMED_PIPE,
+        libc::S_IFSOCK => SOCKET,
+        _ => 0,
+    };
+    for (bit, go) in [
+        (libc::S_ISUID, SETUID),
+        (libc::S_ISGID, SETGID),
+        (libc::S_ISVTX, STICKY),
+    ] {
+        if mode & bit != 0 {
+            out |= go;
+        }
+    }
+    out
+}
+
+/// The path's metadata, asked of the engine helper (reading it enters the container).
+async fn path_stat(
+    d: &State,
+    key: &str,
+    path: &str,
+) -> Result<(ContainerRecord, crate::engine::PathStat), ApiError> {
+    let rec = record(d, key).await?;
+    let req = HelperRequest::PathStat {
+        id: rec.id.clone(),
+        path: path.to_string(),
+    };
+    let v = d.helper(req, None).await?;
+    let stat = serde_json::from_value(v)
+        .map_err(|e| ApiError::internal(format!("the helper's path metadata: {e}")))?;
+    Ok((rec, stat))
+}
+
+/// `X-Docker-Container-Path-Stat`: base64 of `{name, size, mode, mtime, linkTarget}`.
+fn stat_header(stat: &crate::engine::PathStat) -> Result<header::HeaderValue, ApiError> {
+    use base64::Engine as _;
+    let json = serde_json::json!({
+        "name": stat.name,
+        "size": stat.size,
+        "mode": go_file_mode(stat.mode),
+        "mtime": crate::clock::rfc3339(stat.mtime),
+        "linkTarget": stat.link_target,
+    });
+    let encoded = base64::engine::general_purpose::STANDARD.encode(json.to_string());
+    header::HeaderValue::from_str(&encoded)
+        .map_err(|e| ApiError::internal(format!("encoding the path's metadata: {e}")))
+}
+
+const PATH_STAT: &str = "X-Docker-Container-Path-Stat";
+
+async fn archive_head(
+    Extract(d): Extract<State>,
+    Path(key): Path<String>,
+    Query(q): Query<ArchiveQuery>,
+) -> Result<Response, ApiError> {
+    let (_, stat) = path_stat(&d, &key, &q.path()?).await?;
+    Ok(([(PATH_STAT, stat_header(&stat)?)], StatusCode::OK).into_response())
+}
+
+/// A pipe whose ends are not inherited by what the service spawns meanwhile.
+fn archive_pipe() -> Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd), ApiError> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| ApiError::internal(format!("creating a pipe for the archive: {e}")))
+}
+
+/// The path as a tar stream; its metadata in the header (so the client knows a file from a
+/// directory before it reads).
+async fn archive_get(
+    Extract(d): Extract<State>,
+    Path(key): Path<String>,
+    Query(q): Query<ArchiveQuery>,
+) -> Result<Response, ApiError> {
+    let path = q.path()?;
+    let (rec, stat) = path_stat(&d, &key, &path).await?;
+    let (rd, wr) = archive_pipe()?;
+    let rd = tokio::net::unix::pipe::Receiver::from_owned_fd(rd)
+        .map_err(|e| ApiError::internal(format!("reading the archive's pipe: {e}")))?;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(8);
+    let busy = Busy::new(&d);
+    let req = HelperRequest::CopyOut { id: rec.id, path };
+    let helper = tokio::spawn(async move { d.helper(req, Some(wr)).await });
+    tokio::spawn(async move {
+        let _busy = busy;
+        let mut rd = rd;
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match tokio::io::AsyncReadExt::read(&mut rd, &mut buf).await {
+                Ok(0) => break,
+                Ok(n) => {
+                    if tx
+                        .send(Ok(Bytes::copy_from_slice(&buf[..n])))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e)).await;
+                    return;
+                }
+            }
+        }
+        // A failure after the stream began cuts it short: the client sees a broken archive.
+        if let Ok(Err(e)) = helper.await {
+            let _ = tx.send(Err(std::io::Error::other(e.message))).await;
+        }
+    });
+    let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
+    Ok((
+        [
+            (
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("application/x-tar"),
+            ),
+            (
+                header::HeaderName::from_static("x-docker-container-path-stat"),
+                stat_header(&stat)?,
+            ),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+/// Extracts the request's tar stream into the existing directory `path`.
+async fn archive_put(
+    Extract(d): Extract<State>,
+    Path(key): Path<String>,
+    Query(q): Query<ArchiveQuery>,
+    body: Body,
+) -> Result<StatusCode, ApiError> {
+    let path = q.path()?;
+    let (rec, stat) = path_stat(&d, &key, &path).await?;
+    if stat.mode & libc::S_IFMT != libc::S_IFDIR {
+        return Err(ApiError::bad_request(format!(
+            "extraction point is not a directory: {path} in {}: give a directory to extract into",
+            rec.name
+        )));
+    }
+    let _ = flag(&q.no_overwrite_dir_non_dir);
+    let (rd, wr) = archive_pipe()?;
+    let wr = tokio::net::unix::pipe::Sender::from_owned_fd(wr)
+        .map_err(|e| ApiError::internal(format!("writing the archive's pipe: {e}")))?;
+    let req = HelperRequest::CopyIn {
+        id: rec.id,
+        path,
+        archive: flag(&q.copy_uid_gid),
+    };
+    let helper = d.helper(req, Some(rd));
+    let feed = async move {
+        use futures_util::StreamExt;
+        let mut wr = wr;
+        let mut frames = body.into_data_stream();
+        while let Some(chunk) = frames.next().await {
+            let Ok(chunk) = chunk else { break };
+            if tokio::io::AsyncWriteExt::write_all(&mut wr, &chunk)
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+    };
+    let (done, ()) = tokio::join!(helper, feed);
+    done?;
+    Ok(StatusCode::OK)
 }

@@ -39,6 +39,16 @@ pub enum HelperRequest {
         force: bool,
         volumes: bool,
     },
+    /// The metadata of a path in a container (`HEAD /containers/{id}/archive`).
+    PathStat { id: String, path: String },
+    /// A path of a container as a tar stream written to fd 3.
+    CopyOut { id: String, path: String },
+    /// The tar stream read from fd 3 extracted into directory `path` of a container.
+    CopyIn {
+        id: String,
+        path: String,
+        archive: bool,
+    },
 }
 
 /// The streams of an attach (the monitor's request, in a serializable form).
@@ -196,10 +206,7 @@ fn handle(engine: &Engine, req: HelperRequest) -> Result<serde_json::Value, ApiE
         HelperRequest::Start { id, attach } => {
             match attach {
                 Some(want) => {
-                    // SAFETY: the service put the attach connection at fd 3 for this request
-                    // (`run_blocking`); nothing else in this process owns it.
-                    let theirs = unsafe { OwnedFd::from_raw_fd(3) };
-                    engine.start_handing(&id, want.into(), theirs)?;
+                    engine.start_handing(&id, want.into(), stream_fd())?;
                 }
                 None => {
                     engine.start_created(&id, None)?;
@@ -210,5 +217,26 @@ fn handle(engine: &Engine, req: HelperRequest) -> Result<serde_json::Value, ApiE
         HelperRequest::Remove { id, force, volumes } => {
             Ok(serde_json::json!(engine.remove(&id, force, volumes)?))
         }
+        HelperRequest::PathStat { id, path } => {
+            Ok(serde_json::json!(engine.path_stat(&id, &path)?))
+        }
+        HelperRequest::CopyOut { id, path } => {
+            let mut out = std::fs::File::from(stream_fd());
+            engine.copy_out(&id, &path, false, &mut out)?;
+            Ok(serde_json::Value::Null)
+        }
+        HelperRequest::CopyIn { id, path, archive } => {
+            let mut input = std::fs::File::from(stream_fd());
+            engine.copy_in(&id, &path, archive, &mut input)?;
+            Ok(serde_json::Value::Null)
+        }
     }
+}
+
+/// The descriptor the service passed at fd 3 for this request (an attach connection, an
+/// archive's pipe).
+fn stream_fd() -> OwnedFd {
+    // SAFETY: the service put the request's descriptor at fd 3 (`run_blocking`); nothing
+    // else in this process owns it, and each request takes it once.
+    unsafe { OwnedFd::from_raw_fd(3) }
 }
