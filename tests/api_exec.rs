@@ -244,6 +244,19 @@ fn docker_cp_copies_files_and_directories_both_ways() {
         describe(&args, &out)
     );
     assert!(!dir.join("none").exists());
+    // A file does not replace a directory (the CLI asks noOverwriteDirNonDir).
+    api.docker_ok(&berth, &["exec", "cpr", "mkdir", "/tmp/clash"]);
+    std::fs::write(dir.join("clash"), "a file\n").unwrap();
+    berth.give(&dir.join("clash"));
+    let args = ["cp", &host("clash"), "cpr:/tmp/"];
+    let out = api.docker(&berth, &args);
+    assert_ne!(code(&out), 0, "{}", describe(&args, &out));
+    assert!(
+        stderr(&out).contains("cannot overwrite directory"),
+        "{}",
+        describe(&args, &out)
+    );
+    api.docker_ok(&berth, &["exec", "cpr", "test", "-d", "/tmp/clash"]);
     remove(&berth, &api, "cpr");
 }
 

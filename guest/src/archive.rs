@@ -83,12 +83,14 @@ fn land(root: &Path, rel: &Path) -> Result<PathBuf, String> {
 
 /// Extracts a stream written by [`produce`] at `dest` by Docker's rules; `contents` is
 /// true for a `SRC/.` source. With `stream`, the archive's entries go under the existing
-/// directory `dest` as they are.
+/// directory `dest` as they are. With `keep_kinds` an entry replaces no directory with a
+/// non-directory and no non-directory with a directory (Docker's `noOverwriteDirNonDir`).
 pub fn consume(
     dest: &str,
     contents: bool,
     stream: bool,
     archive: bool,
+    keep_kinds: bool,
     input: impl Read,
 ) -> Result<(), String> {
     let mut tar = tar::Archive::new(input);
@@ -149,6 +151,18 @@ pub fn consume(
             land(target, rel)?
         };
         if let Ok(m) = std::fs::symlink_metadata(&to) {
+            if keep_kinds && m.is_dir() != kind.is_dir() {
+                let (was, now) = if m.is_dir() {
+                    ("directory", "non-directory")
+                } else {
+                    ("non-directory", "directory")
+                };
+                return Err(format!(
+                    "cannot overwrite {was} {:?} with {now} {:?}: remove it first, or copy to another path",
+                    to.display().to_string(),
+                    path.display().to_string()
+                ));
+            }
             if !(m.is_dir() && kind.is_dir()) {
                 let removed = if m.is_dir() {
                     std::fs::remove_dir_all(&to)
@@ -333,7 +347,7 @@ mod tests {
         let roundtrip = |from: &str, to: &str, contents: bool| {
             let mut buf = Vec::new();
             produce(from, false, &mut buf).unwrap();
-            consume(to, contents, false, false, &buf[..])
+            consume(to, contents, false, false, false, &buf[..])
         };
         let s = src.to_string_lossy().to_string();
         // A directory to a new path becomes that path.
@@ -385,7 +399,7 @@ mod tests {
             t.append_data(&mut h, "x/link/pwned", &b"!"[..]).unwrap();
             t.finish().unwrap();
         }
-        assert!(consume(&evil.to_string_lossy(), true, false, false, &buf[..]).is_err());
+        assert!(consume(&evil.to_string_lossy(), true, false, false, false, &buf[..]).is_err());
         assert!(!d.path().join("outside/pwned").exists());
     }
 

@@ -1171,7 +1171,6 @@ async fn archive_put(
             rec.name
         )));
     }
-    let _ = flag(&q.no_overwrite_dir_non_dir);
     let (rd, wr) = archive_pipe()?;
     let wr = tokio::net::unix::pipe::Sender::from_owned_fd(wr)
         .map_err(|e| ApiError::internal(format!("writing the archive's pipe: {e}")))?;
@@ -1179,6 +1178,7 @@ async fn archive_put(
         id: rec.id,
         path,
         archive: flag(&q.copy_uid_gid),
+        keep_kinds: flag(&q.no_overwrite_dir_non_dir),
     };
     let helper = d.helper(req, Some(rd));
     let feed = async move {

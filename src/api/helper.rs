@@ -48,6 +48,7 @@ pub enum HelperRequest {
         id: String,
         path: String,
         archive: bool,
+        keep_kinds: bool,
     },
 }
 
@@ -225,9 +226,14 @@ fn handle(engine: &Engine, req: HelperRequest) -> Result<serde_json::Value, ApiE
             engine.copy_out(&id, &path, false, &mut out)?;
             Ok(serde_json::Value::Null)
         }
-        HelperRequest::CopyIn { id, path, archive } => {
+        HelperRequest::CopyIn {
+            id,
+            path,
+            archive,
+            keep_kinds,
+        } => {
             let mut input = std::fs::File::from(stream_fd());
-            engine.copy_in(&id, &path, archive, &mut input)?;
+            engine.copy_in(&id, &path, archive, keep_kinds, &mut input)?;
             Ok(serde_json::Value::Null)
         }
     }

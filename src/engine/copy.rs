@@ -107,7 +107,7 @@ impl super::Engine {
                 })?;
                 let dest_s = dest.to_string_lossy().into_owned();
                 let contents = src_contents(src);
-                let local = consume(&dest_s, contents, false, opts.archive, rd);
+                let local = consume(&dest_s, contents, false, opts.archive, false, rd);
                 let remote = helper.wait();
                 remote?;
                 local.map_err(EngineError::Usage)
@@ -123,7 +123,7 @@ impl super::Engine {
                 let helper = self.spawn_inside(container, move || {
                     // Our copy of the writing end would keep the stream from ending.
                     close_copy(wr_fd);
-                    consume(&dest, contents, false, archive, rd)
+                    consume(&dest, contents, false, archive, false, rd)
                 })?;
                 let local = produce(&source.to_string_lossy(), opts.follow_link, wr);
                 let remote = helper.wait();
@@ -132,7 +132,7 @@ impl super::Engine {
                 Ok(())
             }
             (CopyEnd::Stream, CopyEnd::Container { container, path }) => {
-                self.copy_in(container, path, opts.archive, &mut io::stdin())
+                self.copy_in(container, path, opts.archive, false, &mut io::stdin())
             }
             (CopyEnd::Container { .. }, CopyEnd::Container { .. }) => {
                 usage("copying between containers is not supported: copy to the host, then on")
@@ -243,13 +243,15 @@ impl super::Engine {
     }
 
     /// Extracts the tar stream `input` into the existing directory `dest` of container `key`
-    /// (running or not); with `archive` the entries keep their uid and gid. Nothing lands
-    /// outside the container's root or `dest`: no `..`, no symlinks followed.
+    /// (running or not); with `archive` the entries keep their uid and gid, with
+    /// `keep_kinds` none replaces a directory with a non-directory or the other way. Nothing
+    /// lands outside the container's root or `dest`: no `..`, no symlinks followed.
     pub fn copy_in(
         &self,
         key: &str,
         dest: &str,
         archive: bool,
+        keep_kinds: bool,
         input: &mut (dyn io::Read + Send),
     ) -> Result<(), EngineError> {
         let rec = self.container(key)?;
@@ -259,6 +261,7 @@ impl super::Engine {
                 contents: false,
                 stream: true,
                 archive,
+                keep_kinds,
             };
             return self.vm_job(&rec, "berth cp", job, Some(input), &mut io::sink());
         }
@@ -267,7 +270,7 @@ impl super::Engine {
         let wr_fd = wr.as_raw_fd();
         let helper = self.spawn_inside(&rec.id, move || {
             close_copy(wr_fd);
-            consume(&inside, false, true, archive, rd)
+            consume(&inside, false, true, archive, keep_kinds, rd)
         })?;
         let copied = io::copy(input, &mut wr);
         drop(wr);
@@ -310,8 +313,8 @@ impl super::Engine {
                 let dest_s = dest.to_string_lossy().into_owned();
                 let contents = src_contents(src);
                 std::thread::scope(|scope| {
-                    let local =
-                        scope.spawn(move || consume(&dest_s, contents, false, opts.archive, rd));
+                    let local = scope
+                        .spawn(move || consume(&dest_s, contents, false, opts.archive, false, rd));
                     let remote = self.vm_job(rec, WHAT, job, None, &mut wr);
                     drop(wr);
                     let local = local
@@ -336,6 +339,7 @@ impl super::Engine {
                     contents: src_contents(src),
                     stream: false,
                     archive: opts.archive,
+                    keep_kinds: false,
                 };
                 let source = source.to_string_lossy().into_owned();
                 // A missing source would reach the guest as an empty stream: say so here.
