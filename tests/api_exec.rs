@@ -111,6 +111,39 @@ fn docker_exec_it_in_a_terminal_follows_its_size_and_returns_the_status() {
 }
 
 #[test]
+fn docker_exec_it_detaches_on_ctrl_p_ctrl_q_and_the_process_runs_on() {
+    let Some((berth, api)) = setup() else { return };
+    sleeper(&berth, &api, "exk");
+    let mut session = api.docker_pty(&berth, &["exec", "-it", "exk", "sh"], 24, 80);
+    session.write("echo ready-$((1 + 1))\r");
+    session.expect("ready-2", WAIT);
+    session.write("sleep 61\r");
+    std::thread::sleep(Duration::from_millis(300));
+    session.write("\x10\x11");
+    // The CLI ends as it does with Docker's daemon.
+    let (_, output) = session.wait(WAIT);
+    assert!(
+        output.contains("read escape sequence"),
+        "docker exec -it detached:\n{output}"
+    );
+    let procs = api.docker_ok(
+        &berth,
+        &[
+            "exec",
+            "exk",
+            "sh",
+            "-c",
+            "cat /proc/[0-9]*/cmdline | tr '\\0' ' '",
+        ],
+    );
+    assert!(
+        procs.contains("sleep 61"),
+        "the exec'd shell runs on: {procs}"
+    );
+    remove(&berth, &api, "exk");
+}
+
+#[test]
 fn docker_exec_d_leaves_the_process_running() {
     let Some((berth, api)) = setup() else { return };
     sleeper(&berth, &api, "exd");

@@ -44,7 +44,29 @@ pub fn routes() -> Router<State> {
 #[derive(Default)]
 pub struct Execs(Mutex<HashMap<String, Arc<Exec>>>);
 
+/// The most exec instances kept; past it the ended ones go first (a client could make them
+/// without end).
+const MAX_EXECS: usize = 4096;
+
 impl Execs {
+    fn add(&self, exec: Arc<Exec>) -> Result<(), ApiError> {
+        let mut all = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if all.len() >= MAX_EXECS {
+            all.retain(|_, e| {
+                let run = e.run();
+                !run.started || run.running
+            });
+        }
+        if all.len() >= MAX_EXECS {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("{MAX_EXECS} exec instances wait to be started or still run: start or end some first"),
+            ));
+        }
+        all.insert(exec.id.clone(), exec);
+        Ok(())
+    }
+
     fn get(&self, id: &str) -> Result<Arc<Exec>, ApiError> {
         self.0
             .lock()
@@ -126,6 +148,7 @@ async fn create(
             )));
         }
     }
+    detach_keys(config.detach_keys.as_deref())?;
     let d2 = d.clone();
     let rec = blocking(move || d2.engine.container(&key)).await?;
     if !running(&rec) {
@@ -141,11 +164,7 @@ async fn create(
         config,
         run: Mutex::default(),
     });
-    d.execs
-        .0
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert(id.clone(), exec);
+    d.execs.add(exec)?;
     Ok((StatusCode::CREATED, Json(IdResponse { id })))
 }
 
@@ -440,7 +459,7 @@ async fn relay(exec: Arc<Exec>, spawned: Spawned, client: Option<Hijacked>) {
                 readers.push(tokio::spawn(pump(rd, tx.clone(), Some(kind))));
             }
             drop(tx);
-            let writer = tokio::spawn(forward(rx, cl_wr));
+            let writer = tokio::spawn(forward(rx, cl_wr, None));
             for r in readers {
                 let _ = r.await;
             }
@@ -459,13 +478,18 @@ async fn relay(exec: Arc<Exec>, spawned: Spawned, client: Option<Hijacked>) {
             })();
             match ends {
                 Ok((rd, wr)) => {
+                    let (detach_tx, detach_rx) = tokio::sync::oneshot::channel();
                     if let Some(cl) = cl_rd.filter(|_| stdin) {
-                        // A half-close is ^D on the terminal, as a user's EOF.
-                        tokio::spawn(copy_stdin(cl, wr, Some(4)));
+                        // The detach keys, or the client's half-close (Docker closes no
+                        // terminal's input), let the client go while the process runs on.
+                        let keys = Escape::new(
+                            detach_keys(exec.config.detach_keys.as_deref()).unwrap_or_default(),
+                        );
+                        tokio::spawn(copy_stdin(cl, wr, Some((keys, detach_tx))));
                     }
                     let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(16);
                     let reader = tokio::spawn(pump(rd, tx, None));
-                    let w = forward(rx, cl_wr).await;
+                    let w = forward(rx, cl_wr, Some(detach_rx)).await;
                     let _ = reader.await;
                     w
                 }
@@ -499,8 +523,20 @@ async fn relay(exec: Arc<Exec>, spawned: Spawned, client: Option<Hijacked>) {
 async fn forward<W: AsyncWrite + Unpin>(
     mut chunks: tokio::sync::mpsc::Receiver<Vec<u8>>,
     mut client: Option<W>,
+    mut detached: Option<tokio::sync::oneshot::Receiver<()>>,
 ) -> Option<W> {
-    while let Some(chunk) = chunks.recv().await {
+    loop {
+        let chunk = tokio::select! {
+            chunk = chunks.recv() => chunk,
+            Ok(()) = async { detached.as_mut().expect("guarded").await }, if detached.is_some() => {
+                detached = None;
+                if let Some(mut c) = client.take() {
+                    let _ = c.shutdown().await;
+                }
+                continue;
+            }
+        };
+        let Some(chunk) = chunk else { break };
         if let Some(c) = client.as_mut() {
             if c.write_all(&chunk).await.is_err() || c.flush().await.is_err() {
                 client = None;
@@ -537,26 +573,109 @@ async fn pump<R: AsyncRead + Unpin>(
     }
 }
 
-/// The client's bytes to the process's stdin; at the client's half-close, `eof` (a
-/// terminal's ^D) or the pipe closed.
-async fn copy_stdin<R, W>(mut from: R, mut to: W, eof: Option<u8>)
-where
+/// The client's bytes to the process's stdin. Without `detach` (pipes) the client's
+/// half-close closes the pipe: EOF. With it (a terminal) the detach keys or the half-close
+/// signal the client's leave, and the terminal stays open.
+async fn copy_stdin<R, W>(
+    mut from: R,
+    mut to: W,
+    mut detach: Option<(Escape, tokio::sync::oneshot::Sender<()>)>,
+) where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
     let mut buf = vec![0u8; 16 * 1024];
+    let mut out = Vec::with_capacity(buf.len());
     loop {
         match from.read(&mut buf).await {
             Ok(0) | Err(_) => break,
             Ok(n) => {
-                if to.write_all(&buf[..n]).await.is_err() {
+                let data = match detach.as_mut() {
+                    Some((keys, _)) => {
+                        out.clear();
+                        if keys.feed(&buf[..n], &mut out) {
+                            let _ = to.write_all(&out).await;
+                            break;
+                        }
+                        &out[..]
+                    }
+                    None => &buf[..n],
+                };
+                if to.write_all(data).await.is_err() {
                     return;
                 }
             }
         }
     }
-    if let Some(b) = eof {
-        let _ = to.write_all(&[b]).await;
+    if let Some((_, tx)) = detach {
+        let _ = tx.send(());
+    }
+}
+
+/// Docker's detach keys (`ctrl-p,ctrl-q` unless given): `ctrl-X` for a letter or one of
+/// `@[\\]^_`, or a single character, comma-separated.
+fn detach_keys(spec: Option<&str>) -> Result<Vec<u8>, ApiError> {
+    let spec = spec.filter(|s| !s.is_empty()).unwrap_or("ctrl-p,ctrl-q");
+    let bad = || {
+        ApiError::bad_request(format!(
+            "invalid detach keys {spec:?}: give keys like ctrl-p,ctrl-q (ctrl- with a letter or one of @[\\]^_, or single characters)"
+        ))
+    };
+    let mut keys = Vec::new();
+    for key in spec.split(',') {
+        let key = key.trim();
+        let byte = match key.strip_prefix("ctrl-") {
+            Some(k) if k.len() == 1 => match k.as_bytes()[0].to_ascii_lowercase() {
+                c @ b'a'..=b'z' => c - b'a' + 1,
+                b'@' => 0,
+                c @ b'['..=b'_' => c - b'[' + 27,
+                _ => return Err(bad()),
+            },
+            Some(_) => return Err(bad()),
+            None if key.len() == 1 => key.as_bytes()[0],
+            None => return Err(bad()),
+        };
+        keys.push(byte);
+    }
+    Ok(keys)
+}
+
+/// Watches a client's input for the detach keys, holding back a partial match until it
+/// completes (detach) or breaks (the bytes pass on).
+#[derive(Debug, Default)]
+struct Escape {
+    keys: Vec<u8>,
+    matched: usize,
+}
+
+impl Escape {
+    fn new(keys: Vec<u8>) -> Escape {
+        Escape { keys, matched: 0 }
+    }
+
+    /// Appends to `out` what passes; true when the keys were typed (what follows them is
+    /// dropped: the client is leaving).
+    fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) -> bool {
+        if self.keys.is_empty() {
+            out.extend_from_slice(input);
+            return false;
+        }
+        for &b in input {
+            if b == self.keys[self.matched] {
+                self.matched += 1;
+                if self.matched == self.keys.len() {
+                    self.matched = 0;
+                    return true;
+                }
+                continue;
+            }
+            out.extend_from_slice(&self.keys[..self.matched]);
+            self.matched = usize::from(b == self.keys[0]);
+            if self.matched == 0 {
+                out.push(b);
+            }
+        }
+        false
     }
 }
 
@@ -591,4 +710,33 @@ async fn resize(
         nix::sys::signal::Signal::SIGWINCH,
     );
     Ok(StatusCode::OK)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn detach_keys_parse_as_dockers() {
+        assert_eq!(detach_keys(None).unwrap(), vec![16, 17]);
+        assert_eq!(detach_keys(Some("ctrl-a,x")).unwrap(), vec![1, b'x']);
+        assert_eq!(detach_keys(Some("ctrl-@,ctrl-_")).unwrap(), vec![0, 31]);
+        assert!(detach_keys(Some("ctrl-pq")).is_err());
+        assert!(detach_keys(Some("alt-x")).is_err());
+    }
+
+    #[test]
+    fn the_escape_holds_a_partial_match_and_detaches_on_the_whole() {
+        let mut e = Escape::new(vec![16, 17]);
+        let mut out = Vec::new();
+        assert!(!e.feed(b"ab\x10", &mut out));
+        assert_eq!(out, b"ab");
+        // Broken off: the held key passes on.
+        assert!(!e.feed(b"c", &mut out));
+        assert_eq!(out, b"ab\x10c");
+        out.clear();
+        assert!(!e.feed(b"\x10\x10", &mut out));
+        assert!(e.feed(b"\x11rest", &mut out));
+        assert_eq!(out, b"\x10");
+    }
 }
