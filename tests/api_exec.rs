@@ -56,6 +56,25 @@ fn docker_exec_runs_with_output_status_env_workdir_and_user() {
         describe(&args, &out)
     );
     assert_eq!(stderr(&out), "on-stderr\n", "{}", describe(&args, &out));
+    // --privileged: every capability, more than the container's own.
+    let caps = |extra: &[&str]| {
+        let mut args = vec!["exec"];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["ex", "sh", "-c", "grep CapEff /proc/self/status"]);
+        let text = api.docker_ok(&berth, &args);
+        let hex = text
+            .split_whitespace()
+            .last()
+            .unwrap_or_default()
+            .to_string();
+        u64::from_str_radix(&hex, 16).unwrap_or_else(|_| panic!("CapEff in {text:?}"))
+    };
+    let (plain, privileged) = (caps(&[]), caps(&["--privileged"]));
+    assert_eq!(plain & privileged, plain, "{plain:x} within {privileged:x}");
+    assert!(
+        privileged.count_ones() > plain.count_ones() + 10,
+        "{plain:x} vs {privileged:x}"
+    );
     // A command that is not there: Docker's 127.
     let args = ["exec", "ex", "no-such-command"];
     let out = api.docker(&berth, &args);

@@ -322,6 +322,9 @@ fn spawn(
     if tty {
         cmd.arg("--tty");
     }
+    if c.privileged.unwrap_or(false) {
+        cmd.arg("--privileged");
+    }
     // `K` alone would copy the service's own variable: only `K=V` is passed on.
     for e in c.env.iter().flatten().filter(|e| e.contains('=')) {
         cmd.arg("--env").arg(e);

@@ -22,6 +22,8 @@ pub struct ExecOptions {
     pub tty: bool,
     pub interactive: bool,
     pub detach: bool,
+    /// `--privileged`: every capability the kernel has.
+    pub privileged: bool,
 }
 
 /// One process of a container, for `berth top`.
@@ -204,6 +206,11 @@ impl super::Engine {
             process.set_cwd(w.into());
         }
         process.set_terminal(Some(opts.tty));
+        if opts.privileged {
+            let all = crate::spec::caps::effective_caps(&[], &[], true)
+                .map_err(|e| EngineError::Spec(e.into()))?;
+            process.set_capabilities(Some(crate::spec::process_capabilities(&all)?));
+        }
         if rec.machine.is_some() {
             return self.exec_vm(&rec, spec, process, opts);
         }
