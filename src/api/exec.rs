@@ -261,7 +261,9 @@ async fn start(
             return Err(e);
         }
     };
-    let busy = Busy::new(&d);
+    // A client's session keeps the service from its idle exit; a detached process does not
+    // (it runs on without the service, as `berth exec -d`'s would).
+    let busy = (!detach).then(|| Busy::new(&d));
     let exec2 = exec.clone();
     tokio::spawn(async move {
         let _busy = busy;
