@@ -75,6 +75,12 @@ fn docker_exec_runs_with_output_status_env_workdir_and_user() {
         privileged.count_ones() > plain.count_ones() + 10,
         "{plain:x} vs {privileged:x}"
     );
+    // A value shaped like a flag stays a value.
+    let out = api.docker_ok(
+        &berth,
+        &["exec", "-e", "X=--detach", "ex", "sh", "-c", "echo $X"],
+    );
+    assert_eq!(out, "--detach\n");
     // A command that is not there: Docker's 127.
     let args = ["exec", "ex", "no-such-command"];
     let out = api.docker(&berth, &args);

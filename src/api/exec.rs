@@ -328,14 +328,15 @@ fn spawn(
         cmd.arg("--privileged");
     }
     // `K` alone would copy the service's own variable: only `K=V` is passed on.
+    // `--flag=VALUE`: a value the client made to start with `-` stays a value.
     for e in c.env.iter().flatten().filter(|e| e.contains('=')) {
-        cmd.arg("--env").arg(e);
+        cmd.arg(format!("--env={e}"));
     }
     if let Some(u) = c.user.as_deref().filter(|u| !u.is_empty()) {
-        cmd.arg("--user").arg(u);
+        cmd.arg(format!("--user={u}"));
     }
     if let Some(w) = c.working_dir.as_deref().filter(|w| !w.is_empty()) {
-        cmd.arg("--workdir").arg(w);
+        cmd.arg(format!("--workdir={w}"));
     }
     cmd.arg("--").arg(&exec.container);
     cmd.args(c.cmd.iter().flatten());
