@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::api::Service;
+use common::api::{raw_request, Service};
 use common::{code, describe, have, skip, stderr, stdout, Berth, IMAGE};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -399,4 +399,71 @@ fn docker_cp_keeps_hostile_paths_inside_the_container() {
     );
     assert_eq!(stdout(&probe), "", "nothing escaped the destination");
     remove(&berth, &api, "cph");
+}
+
+#[test]
+fn an_exec_instance_reports_its_run_over_the_api() {
+    let Some((berth, api)) = setup() else { return };
+    sleeper(&berth, &api, "exj");
+    let post = |path: &str, body: &str| {
+        let req = format!(
+            "POST {path} HTTP/1.1\r\nHost: berth\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        raw_request(&api.socket, req.as_bytes())
+    };
+    let get = |path: &str| {
+        let req = format!("GET {path} HTTP/1.1\r\nHost: berth\r\nConnection: close\r\n\r\n");
+        raw_request(&api.socket, req.as_bytes())
+    };
+    let (status, body) = post(
+        "/v1.47/containers/exj/exec",
+        r#"{"Cmd":["sh","-c","sleep 1; exit 3"],"AttachStdin":true,"User":"65534"}"#,
+    );
+    assert!(status.contains("201"), "{status}: {body}");
+    let created: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let id = created["Id"].as_str().unwrap().to_string();
+    let (status, body) = post(&format!("/v1.47/exec/{id}/start"), r#"{"Detach":true}"#);
+    assert!(status.contains("200"), "{status}: {body}");
+    let inspect = |id: &str| {
+        let (status, body) = get(&format!("/v1.47/exec/{id}/json"));
+        assert!(status.contains("200"), "{status}: {body}");
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()
+    };
+    let first = inspect(&id);
+    assert_eq!(first["Running"], true, "{first}");
+    assert_eq!(first["OpenStdin"], true, "{first}");
+    assert_eq!(first["ProcessConfig"]["entrypoint"], "sh", "{first}");
+    assert_eq!(first["ProcessConfig"]["user"], "65534", "{first}");
+    assert!(first["Pid"].as_i64().unwrap_or(0) > 0, "{first}");
+    assert!(
+        first["ContainerID"].as_str().unwrap_or_default().len() == 64,
+        "{first}"
+    );
+    let deadline = std::time::Instant::now() + WAIT;
+    let done = loop {
+        let now = inspect(&id);
+        if now["Running"] == false {
+            break now;
+        }
+        assert!(std::time::Instant::now() < deadline, "{now}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(done["ExitCode"], 3, "{done}");
+    // Started once only; an unknown id is a 404; no terminal, nothing to resize.
+    let (status, _) = post(&format!("/v1.47/exec/{id}/start"), r#"{"Detach":true}"#);
+    assert!(status.contains("409"), "{status}");
+    let (status, _) = get("/v1.47/exec/no-such-exec/json");
+    assert!(status.contains("404"), "{status}");
+    let (status, _) = post(&format!("/v1.47/exec/{id}/resize?h=10&w=10"), "");
+    assert!(status.contains("409"), "{status}");
+    // Bad input is a 400 and the service serves on.
+    let (status, _) = post("/v1.47/containers/exj/exec", r#"{"Cmd":[]}"#);
+    assert!(status.contains("400"), "{status}");
+    let (status, _) = post(
+        "/v1.47/containers/exj/exec",
+        r#"{"Cmd":["true"],"DetachKeys":"alt-q"}"#,
+    );
+    assert!(status.contains("400"), "{status}");
+    remove(&berth, &api, "exj");
 }

@@ -18,9 +18,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use bollard_stubs::models::{
-    ExecConfig, ExecInspectResponse, ExecStartConfig, IdResponse, ProcessConfig,
-};
+use bollard_stubs::models::{ExecConfig, ExecInspectResponse, ExecStartConfig, ProcessConfig};
 use nix::pty::Winsize;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::unix::pipe;
@@ -129,11 +127,19 @@ fn running(rec: &crate::state::ContainerRecord) -> bool {
     matches!(state_of(rec), Status::Running | Status::Restarting)
 }
 
+/// `{"Id": ...}`: bollard's `IdResponse` writes `id`, which Docker's clients other than
+/// Go's (docker-py reads `["Id"]`) do not find.
+#[derive(serde::Serialize)]
+struct ExecCreated {
+    #[serde(rename = "Id")]
+    id: String,
+}
+
 async fn create(
     Extract(d): Extract<State>,
     Path(key): Path<String>,
     body: Bytes,
-) -> Result<(StatusCode, Json<IdResponse>), ApiError> {
+) -> Result<(StatusCode, Json<ExecCreated>), ApiError> {
     let config: ExecConfig = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("the exec configuration is invalid: {e}")))?;
     if config.cmd.as_ref().is_none_or(|c| c.is_empty()) {
@@ -165,7 +171,7 @@ async fn create(
         run: Mutex::default(),
     });
     d.execs.add(exec)?;
-    Ok((StatusCode::CREATED, Json(IdResponse { id })))
+    Ok((StatusCode::CREATED, Json(ExecCreated { id })))
 }
 
 async fn inspect(
