@@ -292,6 +292,15 @@ fn docker_cp_copies_files_and_directories_both_ways() {
         std::fs::read_to_string(dir.join("tree/data/in/f")).unwrap(),
         "inside\n"
     );
+    // `DIR/.`: the directory's contents, both ways.
+    api.docker_ok(&berth, &["cp", "cpr:/data/in/.", &host("contents")]);
+    assert_eq!(
+        std::fs::read_to_string(dir.join("contents/f")).unwrap(),
+        "inside\n"
+    );
+    api.docker_ok(&berth, &["cp", &host("tree/sub/."), "cpr:/data/in"]);
+    let seen = api.docker_ok(&berth, &["exec", "cpr", "cat", "/data/in/leaf"]);
+    assert_eq!(seen, "leaf\n");
     // A path that is not there: Docker's message, nothing made.
     let args = ["cp", "cpr:/no/such", &host("none")];
     let out = api.docker(&berth, &args);
