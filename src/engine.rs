@@ -38,8 +38,8 @@ mod volumes;
 
 pub use commit::CommitOptions;
 pub use config::{CreateConfig, HostConfig, VM_DEFAULT_CPUS, VM_DEFAULT_MEM_MIB};
-pub use copy::{CopyEnd, CopyOptions};
-pub use exec::{cgroup_note, ContainerProcess, ExecOptions, Stats};
+pub use copy::{CopyEnd, CopyOptions, PathStat};
+pub use exec::{cgroup_note, ContainerProcess, CpuTotals, ExecOptions, Stats};
 pub use inspect::{state_of, status_text};
 pub use lifecycle::{parse_signal, ExitedArgs, KillNotice, StartedContainer, DEFAULT_STOP_TIMEOUT};
 pub use logs::LogsOptions;
@@ -89,6 +89,8 @@ pub enum EngineError {
     },
     #[error("{0}")]
     Usage(String),
+    #[error("Could not find the file {path} in container {container}: check the path, e.g. with `docker exec {container} ls` on its directory")]
+    NoSuchPath { container: String, path: String },
 }
 
 impl EngineError {

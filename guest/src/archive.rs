@@ -25,7 +25,11 @@ pub fn produce(src: &str, follow: bool, out: impl Write) -> Result<(), String> {
     let name = top_name(src);
     let mut tar = tar::Builder::new(out);
     tar.follow_symlinks(false);
-    if meta.is_dir() {
+    if meta.is_dir() && name == "." {
+        // `DIR/.`: Docker's clients rebase such an archive on its leading `./`, which tar's
+        // own path setter drops; the names are written as they are.
+        append_contents(&mut tar, path, b"./", &meta).map_err(|e| format!("reading {src}: {e}"))?;
+    } else if meta.is_dir() {
         tar.append_dir_all(&name, path)
             .map_err(|e| format!("reading {src}: {e}"))?;
     } else if follow {
@@ -39,6 +43,61 @@ pub fn produce(src: &str, follow: bool, out: impl Write) -> Result<(), String> {
             .map_err(|e| format!("reading {src}: {e}"))?;
     }
     tar.into_inner().map_err(err)?.flush().map_err(err)?;
+    Ok(())
+}
+
+/// Appends `path` as entry `name` (kept as written, `./` and all) and, for a directory,
+/// everything below it.
+fn append_contents<W: Write>(
+    tar: &mut tar::Builder<W>,
+    path: &Path,
+    name: &[u8],
+    meta: &Metadata,
+) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut h = tar::Header::new_gnu();
+    h.set_metadata(meta);
+    let ft = meta.file_type();
+    if ft.is_symlink() {
+        h.set_link_name(fs::read_link(path)?)?;
+    }
+    if !ft.is_file() {
+        h.set_size(0);
+    }
+    let bytes = name;
+    if bytes.len() >= 100 {
+        // GNU's long name: an entry of its own carrying the name, before the header.
+        let mut long = tar::Header::new_gnu();
+        long.as_old_mut().name[..13].copy_from_slice(b"././@LongLink");
+        long.set_entry_type(tar::EntryType::GNULongName);
+        long.set_mode(0o644);
+        long.set_size(bytes.len() as u64 + 1);
+        long.set_cksum();
+        let mut data = bytes.to_vec();
+        data.push(0);
+        tar.append(&long, &data[..])?;
+    }
+    let field = &mut h.as_old_mut().name;
+    field.fill(0);
+    let n = bytes.len().min(field.len() - 1);
+    field[..n].copy_from_slice(&bytes[..n]);
+    h.set_cksum();
+    if ft.is_file() {
+        tar.append(&h, File::open(path)?)?;
+    } else {
+        tar.append(&h, io::empty())?;
+    }
+    if ft.is_dir() {
+        for e in sorted_entries(path)? {
+            let child = e.path();
+            let meta = fs::symlink_metadata(&child)?;
+            let mut child_name = [name, e.file_name().as_bytes()].concat();
+            if meta.is_dir() {
+                child_name.push(b'/');
+            }
+            append_contents(tar, &child, &child_name, &meta)?;
+        }
+    }
     Ok(())
 }
 
@@ -83,12 +142,14 @@ fn land(root: &Path, rel: &Path) -> Result<PathBuf, String> {
 
 /// Extracts a stream written by [`produce`] at `dest` by Docker's rules; `contents` is
 /// true for a `SRC/.` source. With `stream`, the archive's entries go under the existing
-/// directory `dest` as they are.
+/// directory `dest` as they are. With `keep_kinds` an entry replaces no directory with a
+/// non-directory and no non-directory with a directory (Docker's `noOverwriteDirNonDir`).
 pub fn consume(
     dest: &str,
     contents: bool,
     stream: bool,
     archive: bool,
+    keep_kinds: bool,
     input: impl Read,
 ) -> Result<(), String> {
     let mut tar = tar::Archive::new(input);
@@ -149,6 +210,18 @@ pub fn consume(
             land(target, rel)?
         };
         if let Ok(m) = std::fs::symlink_metadata(&to) {
+            if keep_kinds && m.is_dir() != kind.is_dir() {
+                let (was, now) = if m.is_dir() {
+                    ("directory", "non-directory")
+                } else {
+                    ("non-directory", "directory")
+                };
+                return Err(format!(
+                    "cannot overwrite {was} {:?} with {now} {:?}: remove it first, or copy to another path",
+                    to.display().to_string(),
+                    path.display().to_string()
+                ));
+            }
             if !(m.is_dir() && kind.is_dir()) {
                 let removed = if m.is_dir() {
                     std::fs::remove_dir_all(&to)
@@ -324,6 +397,41 @@ mod tests {
     }
 
     #[test]
+    fn a_directorys_contents_are_archived_under_dot_slash_long_names_too() {
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("src");
+        let long = "n".repeat(150);
+        std::fs::create_dir_all(src.join("sub")).unwrap();
+        std::fs::write(src.join("sub").join(&long), "long").unwrap();
+        std::os::unix::fs::symlink("sub", src.join("link")).unwrap();
+        let mut buf = Vec::new();
+        produce(&format!("{}/.", src.display()), false, &mut buf).unwrap();
+        let mut names: Vec<String> = tar::Archive::new(&buf[..])
+            .entries()
+            .unwrap()
+            .map(|e| e.unwrap().path_bytes().into_owned())
+            .map(|b| String::from_utf8(b).unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            ["./", "./link", "./sub/", &format!("./sub/{long}")],
+            "Docker's clients rebase on the leading ./"
+        );
+        let dest = d.path().join("dest");
+        std::fs::create_dir(&dest).unwrap();
+        consume(&dest.to_string_lossy(), true, false, false, false, &buf[..]).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(dest.join("sub").join(&long)).unwrap(),
+            "long"
+        );
+        assert_eq!(
+            std::fs::read_link(dest.join("link")).unwrap(),
+            Path::new("sub")
+        );
+    }
+
+    #[test]
     fn copies_follow_dockers_rules_and_stay_inside() {
         let d = tempfile::tempdir().unwrap();
         let src = d.path().join("src");
@@ -333,7 +441,7 @@ mod tests {
         let roundtrip = |from: &str, to: &str, contents: bool| {
             let mut buf = Vec::new();
             produce(from, false, &mut buf).unwrap();
-            consume(to, contents, false, false, &buf[..])
+            consume(to, contents, false, false, false, &buf[..])
         };
         let s = src.to_string_lossy().to_string();
         // A directory to a new path becomes that path.
@@ -385,7 +493,7 @@ mod tests {
             t.append_data(&mut h, "x/link/pwned", &b"!"[..]).unwrap();
             t.finish().unwrap();
         }
-        assert!(consume(&evil.to_string_lossy(), true, false, false, &buf[..]).is_err());
+        assert!(consume(&evil.to_string_lossy(), true, false, false, false, &buf[..]).is_err());
         assert!(!d.path().join("outside/pwned").exists());
     }
 

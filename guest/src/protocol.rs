@@ -44,6 +44,9 @@ pub enum Builtin {
         contents: bool,
         stream: bool,
         archive: bool,
+        /// Refuse to replace a directory with a non-directory or the other way.
+        #[serde(default)]
+        keep_kinds: bool,
     },
     /// Writes the root's writable layer (the overlay's upper directory) as an OCI layer tar
     /// on stdout, without the paths in `skip`.
@@ -410,6 +413,7 @@ mod tests {
                         contents: false,
                         stream: true,
                         archive: false,
+                        keep_kinds: false,
                     }),
                 },
             },

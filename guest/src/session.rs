@@ -855,7 +855,8 @@ fn builtin_child(
             contents,
             stream,
             archive,
-        } => crate::archive::consume(dest, *contents, *stream, *archive, stdin),
+            keep_kinds,
+        } => crate::archive::consume(dest, *contents, *stream, *archive, *keep_kinds, stdin),
         Builtin::Layer { skip } => {
             let skip: Vec<&str> = skip.iter().map(String::as_str).collect();
             crate::archive::upper_layer(std::path::Path::new("."), &skip, stdout)
@@ -1259,6 +1260,7 @@ mod tests {
             contents: false,
             stream: true,
             archive: false,
+            keep_kinds: false,
         });
         let (_, err, code) = run_session(&mut f, 1, copy_in, &tar_in);
         assert_eq!((code, err.as_str()), (0, ""));

@@ -12,7 +12,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use bollard_stubs::models::{
-    ContainerCreateResponse, ContainerPruneResponse, ContainerSummary, ContainerTopResponse,
+    ContainerBlkioStatEntry, ContainerBlkioStats, ContainerCpuStats, ContainerCpuUsage,
+    ContainerCreateResponse, ContainerMemoryStats, ContainerNetworkStats, ContainerPidsStats,
+    ContainerPruneResponse, ContainerStatsResponse, ContainerSummary, ContainerTopResponse,
     ContainerWaitExitError, ContainerWaitResponse,
 };
 use serde::Deserialize;
@@ -45,6 +47,12 @@ pub fn routes() -> Router<State> {
         .route("/containers/{id}/logs", get(logs))
         .route("/containers/{id}/top", get(top))
         .route("/containers/{id}", delete(remove))
+        // Copy and stats (the block at the end of this file).
+        .route("/containers/{id}/stats", get(stats))
+        .route(
+            "/containers/{id}/archive",
+            get(archive_get).head(archive_head).put(archive_put),
+        )
 }
 
 /// An attach waiting for its container to start: what it asks the monitor for, and where
@@ -630,10 +638,11 @@ async fn attach(
     Ok(stream::switching(tty))
 }
 
+/// `?h=ROWS&w=COLUMNS` of a resize (a container's or an exec's).
 #[derive(Deserialize)]
-struct ResizeQuery {
-    h: Option<u16>,
-    w: Option<u16>,
+pub(super) struct ResizeQuery {
+    pub h: Option<u16>,
+    pub w: Option<u16>,
 }
 
 async fn resize(
@@ -845,4 +854,348 @@ async fn prune(
         containers_deleted: Some(deleted),
         space_reclaimed: Some(reclaimed as i64),
     }))
+}
+
+// ---- Copy and stats: `docker cp` and `docker stats`. ----
+
+#[derive(Deserialize)]
+struct StatsQuery {
+    stream: Option<String>,
+    #[serde(rename = "one-shot")]
+    one_shot: Option<String>,
+}
+
+/// How long a stats sample measures the CPU over (Docker's clients sample once a second).
+const STATS_INTERVAL: Duration = Duration::from_secs(1);
+
+/// `GET /containers/{id}/stats`: one sample (`stream=false`; with `one-shot` at once, without
+/// the CPU figures of a previous one) or one a second while the container runs.
+async fn stats(
+    Extract(d): Extract<State>,
+    Path(key): Path<String>,
+    Query(q): Query<StatsQuery>,
+) -> Result<Response, ApiError> {
+    let stream_on = q.stream.is_none() || flag(&q.stream);
+    let one_shot = flag(&q.one_shot);
+    if stream_on && one_shot {
+        return Err(ApiError::bad_request(
+            "cannot have stream=true and one-shot=true: give stream=false with one-shot",
+        ));
+    }
+    let rec = record(&d, &key).await?;
+    let interval = if one_shot {
+        Duration::ZERO
+    } else {
+        STATS_INTERVAL
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+    let busy = Busy::new(&d);
+    tokio::spawn(async move {
+        let _busy = busy;
+        loop {
+            let sample = if running(&rec) {
+                let d2 = d.clone();
+                let id = rec.id.clone();
+                blocking(move || d2.engine.stats(&[id], interval))
+                    .await
+                    .ok()
+                    .and_then(|mut v| v.pop())
+            } else {
+                None
+            };
+            let ended = sample.is_none();
+            let body = stats_response(&rec, sample.as_ref(), one_shot);
+            let mut line = serde_json::to_vec(&body).unwrap_or_default();
+            line.push(b'\n');
+            if tx.send(Ok(Bytes::from(line))).await.is_err() || !stream_on || ended {
+                return;
+            }
+        }
+    });
+    let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+/// Docker's stats JSON from a sample; a container not running has zeros, as Docker's.
+fn stats_response(
+    rec: &ContainerRecord,
+    s: Option<&crate::engine::Stats>,
+    one_shot: bool,
+) -> ContainerStatsResponse {
+    let zero_time = "0001-01-01T00:00:00Z".to_string();
+    let mut out = ContainerStatsResponse {
+        name: Some(format!("/{}", rec.name)),
+        id: Some(rec.id.clone()),
+        read: Some(zero_time.clone()),
+        preread: Some(zero_time.clone()),
+        ..Default::default()
+    };
+    let Some(s) = s else {
+        return out;
+    };
+    let now = crate::clock::now_nanos();
+    out.read = Some(crate::clock::rfc3339(now));
+    if !one_shot {
+        out.preread = Some(crate::clock::rfc3339(
+            now - STATS_INTERVAL.as_nanos() as i128,
+        ));
+    }
+    let cpu = |total: u64, system: u64| ContainerCpuStats {
+        cpu_usage: Some(ContainerCpuUsage {
+            total_usage: Some(total),
+            percpu_usage: None,
+            usage_in_kernelmode: None,
+            usage_in_usermode: None,
+        }),
+        system_cpu_usage: Some(system),
+        online_cpus: Some(s.cpu.online_cpus),
+        throttling_data: None,
+    };
+    out.cpu_stats = Some(cpu(s.cpu.container_after, s.cpu.system_after));
+    out.precpu_stats = Some(if one_shot {
+        ContainerCpuStats::default()
+    } else {
+        cpu(s.cpu.container_before, s.cpu.system_before)
+    });
+    out.memory_stats = Some(ContainerMemoryStats {
+        usage: Some(s.memory_pss),
+        limit: Some(s.memory_limit),
+        stats: Some(HashMap::from([("pss".to_string(), s.memory_pss)])),
+        ..Default::default()
+    });
+    out.pids_stats = Some(ContainerPidsStats {
+        current: Some(s.pids as u64),
+        limit: None,
+    });
+    out.num_procs = Some(0);
+    if let (Some(rx), Some(tx)) = (s.net_rx, s.net_tx) {
+        out.networks = Some(HashMap::from([(
+            "eth0".to_string(),
+            ContainerNetworkStats {
+                rx_bytes: Some(rx),
+                tx_bytes: Some(tx),
+                ..Default::default()
+            },
+        )]));
+    }
+    let entry = |op: &str, value: u64| ContainerBlkioStatEntry {
+        major: Some(0),
+        minor: Some(0),
+        op: Some(op.to_string()),
+        value: Some(value),
+    };
+    out.blkio_stats = Some(ContainerBlkioStats {
+        io_service_bytes_recursive: Some(vec![
+            entry("read", s.block_read),
+            entry("write", s.block_write),
+        ]),
+        ..Default::default()
+    });
+    out
+}
+
+#[derive(Deserialize)]
+struct ArchiveQuery {
+    path: Option<String>,
+    #[serde(rename = "noOverwriteDirNonDir")]
+    no_overwrite_dir_non_dir: Option<String>,
+    #[serde(rename = "copyUIDGID")]
+    copy_uid_gid: Option<String>,
+}
+
+impl ArchiveQuery {
+    fn path(&self) -> Result<String, ApiError> {
+        match self.path.as_deref() {
+            Some(p) if !p.is_empty() => Ok(p.to_string()),
+            _ => Err(ApiError::bad_request(
+                "give the path in the container: ?path=/PATH",
+            )),
+        }
+    }
+}
+
+/// Go's `os.FileMode` bits for a `st_mode`, as Docker's path stat carries them.
+fn go_file_mode(mode: u32) -> u32 {
+    const DIR: u32 = 1 << 31;
+    const SYMLINK: u32 = 1 << 27;
+    const DEVICE: u32 = 1 << 26;
+    const NAMED_PIPE: u32 = 1 << 25;
+    const SOCKET: u32 = 1 << 24;
+    const SETUID: u32 = 1 << 23;
+    const SETGID: u32 = 1 << 22;
+    const CHAR_DEVICE: u32 = 1 << 21;
+    const STICKY: u32 = 1 << 20;
+    let mut out = mode & 0o777;
+    out |= match mode & libc::S_IFMT {
+        libc::S_IFDIR => DIR,
+        libc::S_IFLNK => SYMLINK,
+        libc::S_IFBLK => DEVICE,
+        libc::S_IFCHR => DEVICE | CHAR_DEVICE,
+        libc::S_IFIFO => NAMED_PIPE,
+        libc::S_IFSOCK => SOCKET,
+        _ => 0,
+    };
+    for (bit, go) in [
+        (libc::S_ISUID, SETUID),
+        (libc::S_ISGID, SETGID),
+        (libc::S_ISVTX, STICKY),
+    ] {
+        if mode & bit != 0 {
+            out |= go;
+        }
+    }
+    out
+}
+
+/// The path's metadata, asked of the engine helper (reading it enters the container).
+async fn path_stat(
+    d: &State,
+    key: &str,
+    path: &str,
+) -> Result<(ContainerRecord, crate::engine::PathStat), ApiError> {
+    let rec = record(d, key).await?;
+    let req = HelperRequest::PathStat {
+        id: rec.id.clone(),
+        path: path.to_string(),
+    };
+    let v = d.helper(req, None).await?;
+    let stat = serde_json::from_value(v)
+        .map_err(|e| ApiError::internal(format!("the helper's path metadata: {e}")))?;
+    Ok((rec, stat))
+}
+
+/// `X-Docker-Container-Path-Stat`: base64 of `{name, size, mode, mtime, linkTarget}`.
+fn stat_header(stat: &crate::engine::PathStat) -> Result<header::HeaderValue, ApiError> {
+    use base64::Engine as _;
+    let json = serde_json::json!({
+        "name": stat.name,
+        "size": stat.size,
+        "mode": go_file_mode(stat.mode),
+        "mtime": crate::clock::rfc3339(stat.mtime),
+        "linkTarget": stat.link_target,
+    });
+    let encoded = base64::engine::general_purpose::STANDARD.encode(json.to_string());
+    header::HeaderValue::from_str(&encoded)
+        .map_err(|e| ApiError::internal(format!("encoding the path's metadata: {e}")))
+}
+
+const PATH_STAT: &str = "X-Docker-Container-Path-Stat";
+
+async fn archive_head(
+    Extract(d): Extract<State>,
+    Path(key): Path<String>,
+    Query(q): Query<ArchiveQuery>,
+) -> Result<Response, ApiError> {
+    let (_, stat) = path_stat(&d, &key, &q.path()?).await?;
+    Ok(([(PATH_STAT, stat_header(&stat)?)], StatusCode::OK).into_response())
+}
+
+/// A pipe whose ends are not inherited by what the service spawns meanwhile.
+fn archive_pipe() -> Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd), ApiError> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| ApiError::internal(format!("creating a pipe for the archive: {e}")))
+}
+
+/// The path as a tar stream; its metadata in the header (so the client knows a file from a
+/// directory before it reads).
+async fn archive_get(
+    Extract(d): Extract<State>,
+    Path(key): Path<String>,
+    Query(q): Query<ArchiveQuery>,
+) -> Result<Response, ApiError> {
+    let path = q.path()?;
+    let (rec, stat) = path_stat(&d, &key, &path).await?;
+    let (rd, wr) = archive_pipe()?;
+    let rd = tokio::net::unix::pipe::Receiver::from_owned_fd(rd)
+        .map_err(|e| ApiError::internal(format!("reading the archive's pipe: {e}")))?;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(8);
+    let busy = Busy::new(&d);
+    let req = HelperRequest::CopyOut { id: rec.id, path };
+    let helper = tokio::spawn(async move { d.helper(req, Some(wr)).await });
+    tokio::spawn(async move {
+        let _busy = busy;
+        let mut rd = rd;
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match tokio::io::AsyncReadExt::read(&mut rd, &mut buf).await {
+                Ok(0) => break,
+                Ok(n) => {
+                    if tx
+                        .send(Ok(Bytes::copy_from_slice(&buf[..n])))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e)).await;
+                    return;
+                }
+            }
+        }
+        // A failure after the stream began cuts it short: the client sees a broken archive.
+        if let Ok(Err(e)) = helper.await {
+            let _ = tx.send(Err(std::io::Error::other(e.message))).await;
+        }
+    });
+    let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
+    Ok((
+        [
+            (
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("application/x-tar"),
+            ),
+            (
+                header::HeaderName::from_static("x-docker-container-path-stat"),
+                stat_header(&stat)?,
+            ),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+/// Extracts the request's tar stream into the existing directory `path`.
+async fn archive_put(
+    Extract(d): Extract<State>,
+    Path(key): Path<String>,
+    Query(q): Query<ArchiveQuery>,
+    body: Body,
+) -> Result<StatusCode, ApiError> {
+    let path = q.path()?;
+    let (rec, stat) = path_stat(&d, &key, &path).await?;
+    if stat.mode & libc::S_IFMT != libc::S_IFDIR {
+        return Err(ApiError::bad_request(format!(
+            "extraction point is not a directory: {path} in {}: give a directory to extract into",
+            rec.name
+        )));
+    }
+    let (rd, wr) = archive_pipe()?;
+    let wr = tokio::net::unix::pipe::Sender::from_owned_fd(wr)
+        .map_err(|e| ApiError::internal(format!("writing the archive's pipe: {e}")))?;
+    let req = HelperRequest::CopyIn {
+        id: rec.id,
+        path,
+        archive: flag(&q.copy_uid_gid),
+        keep_kinds: flag(&q.no_overwrite_dir_non_dir),
+    };
+    let helper = d.helper(req, Some(rd));
+    let feed = async move {
+        use futures_util::StreamExt;
+        let mut wr = wr;
+        let mut frames = body.into_data_stream();
+        while let Some(chunk) = frames.next().await {
+            let Ok(chunk) = chunk else { break };
+            if tokio::io::AsyncWriteExt::write_all(&mut wr, &chunk)
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+    };
+    let (done, ()) = tokio::join!(helper, feed);
+    done?;
+    Ok(StatusCode::OK)
 }

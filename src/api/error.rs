@@ -97,6 +97,7 @@ fn status_of(e: &EngineError) -> StatusCode {
         },
         EngineError::Usage(_) | EngineError::Spec(_) => S::BAD_REQUEST,
         EngineError::NotRunning(_) => S::CONFLICT,
+        EngineError::NoSuchPath { .. } => S::NOT_FOUND,
         _ => S::INTERNAL_SERVER_ERROR,
     }
 }

@@ -75,6 +75,17 @@ pub enum HelperRequest {
         all: bool,
         filters: Vec<(String, String)>,
     },
+    /// The metadata of a path in a container (`HEAD /containers/{id}/archive`).
+    PathStat { id: String, path: String },
+    /// A path of a container as a tar stream written to fd 3.
+    CopyOut { id: String, path: String },
+    /// The tar stream read from fd 3 extracted into directory `path` of a container.
+    CopyIn {
+        id: String,
+        path: String,
+        archive: bool,
+        keep_kinds: bool,
+    },
 }
 
 /// The streams of an attach (the monitor's request, in a serializable form).
@@ -232,10 +243,7 @@ fn handle(engine: &Engine, req: HelperRequest) -> Result<serde_json::Value, ApiE
         HelperRequest::Start { id, attach } => {
             match attach {
                 Some(want) => {
-                    // SAFETY: the service put the attach connection at fd 3 for this request
-                    // (`run_blocking`); nothing else in this process owns it.
-                    let theirs = unsafe { OwnedFd::from_raw_fd(3) };
-                    engine.start_handing(&id, want.into(), theirs)?;
+                    engine.start_handing(&id, want.into(), stream_fd())?;
                 }
                 None => {
                     engine.start_created(&id, None)?;
@@ -313,15 +321,32 @@ fn handle(engine: &Engine, req: HelperRequest) -> Result<serde_json::Value, ApiE
                 "reclaimed": report.reclaimed,
             }))
         }
+        HelperRequest::PathStat { id, path } => {
+            Ok(serde_json::json!(engine.path_stat(&id, &path)?))
+        }
+        HelperRequest::CopyOut { id, path } => {
+            let mut out = std::fs::File::from(stream_fd());
+            engine.copy_out(&id, &path, false, &mut out)?;
+            Ok(serde_json::Value::Null)
+        }
+        HelperRequest::CopyIn {
+            id,
+            path,
+            archive,
+            keep_kinds,
+        } => {
+            let mut input = std::fs::File::from(stream_fd());
+            engine.copy_in(&id, &path, archive, keep_kinds, &mut input)?;
+            Ok(serde_json::Value::Null)
+        }
     }
 }
 
 /// A pull's or push's progress as JSON lines on fd 3, which the service reads and turns
 /// into Docker's progress stream.
 fn progress_to_fd3() -> ProgressMode {
-    // SAFETY: the service put its end of a progress socket at fd 3 for this request
-    // (`run_blocking`); nothing else in this process owns it.
-    let out = std::sync::Mutex::new(unsafe { std::fs::File::from_raw_fd(3) });
+    // The service put its end of a progress socket at fd 3 for this request.
+    let out = std::sync::Mutex::new(std::fs::File::from(stream_fd()));
     ProgressMode::Events(ProgressSink(std::sync::Arc::new(
         move |event: ProgressEvent| {
             let mut line = serde_json::to_vec(&event).unwrap_or_default();
@@ -332,4 +357,12 @@ fn progress_to_fd3() -> ProgressMode {
                 .write_all(&line);
         },
     )))
+}
+
+/// The descriptor the service passed at fd 3 for this request (an attach connection, an
+/// archive's pipe).
+fn stream_fd() -> OwnedFd {
+    // SAFETY: the service put the request's descriptor at fd 3 (`run_blocking`); nothing
+    // else in this process owns it, and each request takes it once.
+    unsafe { OwnedFd::from_raw_fd(3) }
 }

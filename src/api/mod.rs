@@ -26,6 +26,7 @@ mod containers;
 mod convert;
 mod error;
 mod events;
+mod exec;
 pub mod helper;
 mod images;
 mod stream;
@@ -79,6 +80,8 @@ pub(crate) struct Daemon {
     pub pending: containers::Pending,
     /// Clients connected, requests running, streams open: the idle timer runs while it is 0.
     pub busy: AtomicUsize,
+    /// The exec instances made through the API.
+    pub execs: exec::Execs,
 }
 
 pub(crate) type State = Arc<Daemon>;
@@ -117,6 +120,7 @@ fn router(state: State) -> Router {
         .merge(containers::routes())
         .merge(events::routes())
         .merge(images::routes())
+        .merge(exec::routes())
         .fallback(|req: Request| async move {
             ApiError::not_found(format!(
                 "page not found: berth does not serve {} {}",
@@ -210,6 +214,7 @@ pub fn serve(opts: ServeOptions) -> Result<(), ServeError> {
         engine_opts: opts.engine.clone(),
         pending: Default::default(),
         busy: AtomicUsize::new(0),
+        execs: Default::default(),
     });
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

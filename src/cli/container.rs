@@ -577,6 +577,9 @@ pub struct ExecArgs {
     /// Start the process and return; its output is discarded.
     #[arg(short, long)]
     detach: bool,
+    /// Give the process every capability.
+    #[arg(long)]
+    privileged: bool,
     /// The container, then the command and its arguments.
     #[arg(
         required = true,
@@ -639,6 +642,7 @@ pub fn exec(engine: &Engine, args: ExecArgs) -> i32 {
         tty: args.tty,
         interactive: args.interactive,
         detach: args.detach,
+        privileged: args.privileged,
     };
     match engine.exec(&args.args[0], &opts) {
         Ok(code) => code,

@@ -88,8 +88,8 @@ impl super::Engine {
     /// `berth cp SRC DEST`.
     pub fn copy(&self, src: &CopyEnd, dst: &CopyEnd, opts: CopyOptions) -> Result<(), EngineError> {
         let usage = |m: &str| Err(EngineError::Usage(m.to_string()));
-        if let (CopyEnd::Container { container, .. }, _)
-        | (_, CopyEnd::Container { container, .. }) = (src, dst)
+        if let (CopyEnd::Container { container, .. }, CopyEnd::Host(_))
+        | (CopyEnd::Host(_), CopyEnd::Container { container, .. }) = (src, dst)
         {
             let rec = self.container(container)?;
             if rec.isolation == crate::state::Isolation::Vm {
@@ -107,20 +107,13 @@ impl super::Engine {
                 })?;
                 let dest_s = dest.to_string_lossy().into_owned();
                 let contents = src_contents(src);
-                let local = consume(&dest_s, contents, false, opts.archive, rd);
+                let local = consume(&dest_s, contents, false, opts.archive, false, rd);
                 let remote = helper.wait();
                 remote?;
                 local.map_err(EngineError::Usage)
             }
             (CopyEnd::Container { container, path }, CopyEnd::Stream) => {
-                let (mut rd, wr) = pipe()?;
-                let (path, follow) = (path.clone(), opts.follow_link);
-                let helper = self.spawn_inside(container, move || produce(&path, follow, wr))?;
-                let copied = io::copy(&mut rd, &mut io::stdout().lock());
-                drop(rd);
-                helper.wait()?;
-                copied.map_err(|e| EngineError::Usage(format!("writing the archive: {e}")))?;
-                Ok(())
+                self.copy_out(container, path, opts.follow_link, &mut io::stdout().lock())
             }
             (CopyEnd::Host(source), CopyEnd::Container { container, path }) => {
                 let (rd, wr) = pipe()?;
@@ -130,7 +123,7 @@ impl super::Engine {
                 let helper = self.spawn_inside(container, move || {
                     // Our copy of the writing end would keep the stream from ending.
                     close_copy(wr_fd);
-                    consume(&dest, contents, false, archive, rd)
+                    consume(&dest, contents, false, archive, false, rd)
                 })?;
                 let local = produce(&source.to_string_lossy(), opts.follow_link, wr);
                 let remote = helper.wait();
@@ -139,24 +132,163 @@ impl super::Engine {
                 Ok(())
             }
             (CopyEnd::Stream, CopyEnd::Container { container, path }) => {
-                let (rd, mut wr) = pipe()?;
-                let (dest, archive) = (path.clone(), opts.archive);
-                let wr_fd = wr.as_raw_fd();
-                let helper = self.spawn_inside(container, move || {
-                    close_copy(wr_fd);
-                    consume(&dest, false, true, archive, rd)
-                })?;
-                let copied = io::copy(&mut io::stdin().lock(), &mut wr);
-                drop(wr);
-                helper.wait()?;
-                copied.map_err(|e| EngineError::Usage(format!("reading the archive: {e}")))?;
-                Ok(())
+                self.copy_in(container, path, opts.archive, false, &mut io::stdin())
             }
             (CopyEnd::Container { .. }, CopyEnd::Container { .. }) => {
                 usage("copying between containers is not supported: copy to the host, then on")
             }
             _ => usage("one of SRC and DEST must be CONTAINER:PATH"),
         }
+    }
+}
+
+/// What a path in a container is (`docker cp` asks before it copies): the path's own
+/// metadata, a symlink not followed.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PathStat {
+    /// The last component (`/` for the root).
+    pub name: String,
+    pub size: u64,
+    /// `st_mode`: the type and permission bits.
+    pub mode: u32,
+    /// Modification time, nanoseconds since the epoch.
+    pub mtime: i128,
+    /// Where a symlink points, as written in it; empty for other files.
+    pub link_target: String,
+}
+
+impl PathStat {
+    fn of(path: &str) -> Result<Option<PathStat>, String> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = match std::fs::symlink_metadata(path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(format!("{path}: {e}")),
+        };
+        let link_target = if meta.file_type().is_symlink() {
+            std::fs::read_link(path)
+                .map(|t| t.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        let name = match berth_agent::archive::top_name(path).as_str() {
+            "." if path.trim_end_matches('/').is_empty() => "/".to_string(),
+            n => n.to_string(),
+        };
+        Ok(Some(PathStat {
+            name,
+            size: meta.size(),
+            mode: meta.mode(),
+            mtime: meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128,
+            link_target,
+        }))
+    }
+}
+
+impl super::Engine {
+    /// The metadata of `path` in container `key` (running or not); `NoSuchPath` when it is
+    /// not there.
+    pub fn path_stat(&self, key: &str, path: &str) -> Result<PathStat, EngineError> {
+        let rec = self.container(key)?;
+        self.refuse_vm(&rec)?;
+        let (mut rd, wr) = pipe()?;
+        let inside = path.to_string();
+        let rd_fd = rd.as_raw_fd();
+        let helper = self.spawn_inside(&rec.id, move || {
+            close_copy(rd_fd);
+            let stat = PathStat::of(&inside)?;
+            serde_json::to_writer(wr, &stat).map_err(|e| e.to_string())
+        })?;
+        let mut text = Vec::new();
+        let read = io::Read::read_to_end(&mut rd, &mut text);
+        helper.wait()?;
+        read.map_err(|e| EngineError::Usage(format!("reading the file's metadata: {e}")))?;
+        let stat: Option<PathStat> = serde_json::from_slice(&text).map_err(|e| {
+            EngineError::Usage(format!(
+                "the container's answer about {path} is malformed: {e}"
+            ))
+        })?;
+        stat.ok_or_else(|| EngineError::NoSuchPath {
+            container: rec.name.clone(),
+            path: path.to_string(),
+        })
+    }
+
+    /// Writes `path` of container `key` (running or not) as a tar stream to `out`: the top
+    /// entry named after its last component (`.` for `DIR/.`), as `berth cp C:PATH -` does.
+    pub fn copy_out(
+        &self,
+        key: &str,
+        path: &str,
+        follow: bool,
+        out: &mut dyn io::Write,
+    ) -> Result<(), EngineError> {
+        let rec = self.container(key)?;
+        if rec.isolation == crate::state::Isolation::Vm {
+            let job = Builtin::CopyOut {
+                path: path.to_string(),
+                follow,
+            };
+            return self.vm_job(&rec, "berth cp", job, None, out);
+        }
+        let (mut rd, wr) = pipe()?;
+        let inside = path.to_string();
+        let helper = self.spawn_inside(&rec.id, move || produce(&inside, follow, wr))?;
+        let copied = io::copy(&mut rd, out);
+        drop(rd);
+        helper.wait()?;
+        copied.map_err(|e| EngineError::Usage(format!("writing the archive: {e}")))?;
+        Ok(())
+    }
+
+    /// Extracts the tar stream `input` into the existing directory `dest` of container `key`
+    /// (running or not); with `archive` the entries keep their uid and gid, with
+    /// `keep_kinds` none replaces a directory with a non-directory or the other way. Nothing
+    /// lands outside the container's root or `dest`: no `..`, no symlinks followed.
+    pub fn copy_in(
+        &self,
+        key: &str,
+        dest: &str,
+        archive: bool,
+        keep_kinds: bool,
+        input: &mut (dyn io::Read + Send),
+    ) -> Result<(), EngineError> {
+        let rec = self.container(key)?;
+        if rec.isolation == crate::state::Isolation::Vm {
+            let job = Builtin::CopyIn {
+                dest: dest.to_string(),
+                contents: false,
+                stream: true,
+                archive,
+                keep_kinds,
+            };
+            return self.vm_job(&rec, "berth cp", job, Some(input), &mut io::sink());
+        }
+        let (rd, mut wr) = pipe()?;
+        let inside = dest.to_string();
+        let wr_fd = wr.as_raw_fd();
+        let helper = self.spawn_inside(&rec.id, move || {
+            close_copy(wr_fd);
+            consume(&inside, false, true, archive, keep_kinds, rd)
+        })?;
+        let copied = io::copy(input, &mut wr);
+        drop(wr);
+        helper.wait()?;
+        copied.map_err(|e| EngineError::Usage(format!("reading the archive: {e}")))?;
+        Ok(())
+    }
+
+    /// A microVM's files are the guest's: its agent copies whole trees (`copy_out`,
+    /// `copy_in`), but answers no single file's metadata.
+    fn refuse_vm(&self, rec: &ContainerRecord) -> Result<(), EngineError> {
+        if rec.isolation == crate::state::Isolation::Vm {
+            return Err(EngineError::Usage(format!(
+                "{} is a microVM: reading one file's metadata from its guest is not built yet; copy with `berth cp {}:PATH -` instead",
+                rec.name, rec.name
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -181,8 +313,8 @@ impl super::Engine {
                 let dest_s = dest.to_string_lossy().into_owned();
                 let contents = src_contents(src);
                 std::thread::scope(|scope| {
-                    let local =
-                        scope.spawn(move || consume(&dest_s, contents, false, opts.archive, rd));
+                    let local = scope
+                        .spawn(move || consume(&dest_s, contents, false, opts.archive, false, rd));
                     let remote = self.vm_job(rec, WHAT, job, None, &mut wr);
                     drop(wr);
                     let local = local
@@ -200,13 +332,6 @@ impl super::Engine {
                     }
                 })
             }
-            (CopyEnd::Container { path, .. }, CopyEnd::Stream) => {
-                let job = Builtin::CopyOut {
-                    path: path.clone(),
-                    follow: opts.follow_link,
-                };
-                self.vm_job(rec, WHAT, job, None, &mut io::stdout().lock())
-            }
             (CopyEnd::Host(source), CopyEnd::Container { path, .. }) => {
                 let (mut rd, wr) = pipe()?;
                 let job = Builtin::CopyIn {
@@ -214,6 +339,7 @@ impl super::Engine {
                     contents: src_contents(src),
                     stream: false,
                     archive: opts.archive,
+                    keep_kinds: false,
                 };
                 let source = source.to_string_lossy().into_owned();
                 // A missing source would reach the guest as an empty stream: say so here.
@@ -229,15 +355,6 @@ impl super::Engine {
                     remote?;
                     local.map_err(EngineError::Usage)
                 })
-            }
-            (CopyEnd::Stream, CopyEnd::Container { path, .. }) => {
-                let job = Builtin::CopyIn {
-                    dest: path.clone(),
-                    contents: false,
-                    stream: true,
-                    archive: opts.archive,
-                };
-                self.vm_job(rec, WHAT, job, Some(&mut io::stdin()), &mut io::sink())
             }
             _ => Err(EngineError::Usage(
                 "copying between containers is not supported: copy to the host, then on".into(),

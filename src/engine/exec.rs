@@ -22,6 +22,8 @@ pub struct ExecOptions {
     pub tty: bool,
     pub interactive: bool,
     pub detach: bool,
+    /// `--privileged`: every capability the kernel has.
+    pub privileged: bool,
 }
 
 /// One process of a container, for `berth top`.
@@ -54,6 +56,44 @@ pub struct Stats {
     /// Bytes read from and written to storage (`/proc/PID/io`).
     pub block_read: u64,
     pub block_write: u64,
+    /// The sample's CPU figures as running totals, for clients that work out the share
+    /// themselves (the Docker API's `cpu_stats` and `precpu_stats`).
+    pub cpu: CpuTotals,
+    /// What the container's memory is measured against: the host's (no cgroup limit).
+    pub memory_limit: u64,
+}
+
+/// CPU time used at the start and the end of a sample, in nanoseconds: the container's
+/// processes', and the whole host's (all CPUs, /proc/stat).
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct CpuTotals {
+    pub container_before: u64,
+    pub container_after: u64,
+    pub system_before: u64,
+    pub system_after: u64,
+    pub online_cpus: u32,
+}
+
+/// The host's CPU time so far over all CPUs (/proc/stat's `cpu` line), in nanoseconds.
+fn system_cpu_ns(tick: u64) -> u64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: u64 = stat
+        .lines()
+        .find(|l| l.starts_with("cpu "))
+        .map(|l| {
+            l.split_whitespace()
+                .skip(1)
+                .filter_map(|x| x.parse::<u64>().ok())
+                .sum()
+        })
+        .unwrap_or(0);
+    ticks * (1_000_000_000 / tick.max(1))
+}
+
+/// The host's memory (/proc/meminfo's MemTotal), in bytes.
+fn host_memory() -> u64 {
+    let text = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    field(&text, "MemTotal:").unwrap_or(0) * 1024
 }
 
 fn ticks_per_second() -> u64 {
@@ -166,6 +206,11 @@ impl super::Engine {
             process.set_cwd(w.into());
         }
         process.set_terminal(Some(opts.tty));
+        if opts.privileged {
+            let all = crate::spec::caps::effective_caps(&[], &[], true)
+                .map_err(|e| EngineError::Spec(e.into()))?;
+            process.set_capabilities(Some(crate::spec::process_capabilities(&all)?));
+        }
         if rec.machine.is_some() {
             return self.exec_vm(&rec, spec, process, opts);
         }
@@ -344,15 +389,22 @@ impl super::Engine {
                 .filter_map(|p| stat_fields(*p).map(|s| s.1))
                 .sum()
         };
+        let tick_n = ticks_per_second();
         let before: Vec<u64> = recs.iter().map(cpu).collect();
+        let system_before = system_cpu_ns(tick_n);
         let t0 = Instant::now();
         std::thread::sleep(interval);
-        let elapsed = t0.elapsed().as_secs_f64();
-        let tick = ticks_per_second() as f64;
+        let elapsed = t0.elapsed().as_secs_f64().max(1e-9);
+        let system_after = system_cpu_ns(tick_n);
+        let tick = tick_n as f64;
+        let online_cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+        let memory_limit = host_memory();
+        let ns = |ticks: u64| ticks * (1_000_000_000 / tick_n.max(1));
         let mut out = Vec::new();
         for (rec, b) in recs.iter().zip(before) {
             let pids = Self::pids_of(rec);
-            let used = cpu(rec).saturating_sub(b) as f64 / tick;
+            let after = cpu(rec);
+            let used = after.saturating_sub(b) as f64 / tick;
             let mut pss = 0;
             let (mut rd, mut wr) = (0, 0);
             for p in &pids {
@@ -401,6 +453,14 @@ impl super::Engine {
                 net_tx,
                 block_read: rd,
                 block_write: wr,
+                cpu: CpuTotals {
+                    container_before: ns(b),
+                    container_after: ns(after),
+                    system_before,
+                    system_after,
+                    online_cpus,
+                },
+                memory_limit,
             });
         }
         Ok(out)

@@ -353,16 +353,7 @@ pub fn build(
     let env = merge_env(&extra, &env);
 
     let cap_names = caps::effective_caps(&req.cap_add, &req.cap_drop, req.privileged)?;
-    let cap_set = to_oci_caps(&cap_names);
-    let empty = oci_spec::runtime::Capabilities::new();
-    let capabilities = LinuxCapabilitiesBuilder::default()
-        .bounding(cap_set.clone())
-        .effective(cap_set.clone())
-        .permitted(cap_set.clone())
-        .inheritable(empty.clone())
-        .ambient(empty)
-        .build()
-        .map_err(|e| SpecError::Build(e.to_string()))?;
+    let capabilities = process_capabilities(&cap_names)?;
 
     let mut process = ProcessBuilder::default()
         .terminal(req.tty)
@@ -659,6 +650,22 @@ pub fn parse_size(s: &str) -> Option<u64> {
         _ => (t, 1),
     };
     num.parse::<u64>().ok().map(|n| n * mul).filter(|n| *n > 0)
+}
+
+/// A process's capabilities: `names` bounding, effective and permitted, none inherited.
+pub fn process_capabilities(
+    names: &[String],
+) -> Result<oci_spec::runtime::LinuxCapabilities, SpecError> {
+    let cap_set = to_oci_caps(names);
+    let empty = oci_spec::runtime::Capabilities::new();
+    LinuxCapabilitiesBuilder::default()
+        .bounding(cap_set.clone())
+        .effective(cap_set.clone())
+        .permitted(cap_set)
+        .inheritable(empty.clone())
+        .ambient(empty)
+        .build()
+        .map_err(|e| SpecError::Build(e.to_string()))
 }
 
 #[cfg(test)]

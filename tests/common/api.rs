@@ -82,6 +82,23 @@ impl Service {
         finish(self.client(berth, "docker", args), Some(input), args)
     }
 
+    /// `docker ARGS` on a fresh `rows` x `cols` pty, as a user at a terminal runs it.
+    pub fn docker_pty(
+        &self,
+        berth: &Berth,
+        args: &[&str],
+        rows: u16,
+        cols: u16,
+    ) -> super::pty::PtySession {
+        let mut cmd = self.client(berth, "docker", args);
+        cmd.env("TERM", "xterm");
+        let owner = berth
+            .identity
+            .drop_privileges
+            .then_some((berth.identity.uid, berth.identity.gid));
+        super::pty::PtySession::spawn(cmd, rows, cols, owner)
+    }
+
     /// `docker ARGS`, which must succeed; its stdout.
     pub fn docker_ok(&self, berth: &Berth, args: &[&str]) -> String {
         let out = self.docker(berth, args);
