@@ -659,14 +659,15 @@ impl Engine {
         Ok(self.containers.find(key)?.ports)
     }
 
-    /// `berth network create NAME [--subnet CIDR]`.
+    /// `berth network create NAME [--subnet CIDR] [--label K=V]`.
     pub fn network_create(
         &self,
         name: &str,
         subnet: Option<&str>,
+        labels: std::collections::BTreeMap<String, String>,
     ) -> Result<net::NetworkConfig, EngineError> {
         let subnet = subnet.map(net::store::parse_subnet).transpose()?;
-        Ok(NetworkStore::new(&self.dirs).create(name, subnet)?)
+        Ok(NetworkStore::new(&self.dirs).create(name, subnet, labels)?)
     }
 
     /// `berth network ls`.
@@ -705,23 +706,26 @@ impl Engine {
         let users = self.network_users(&config.name);
         if !users.is_empty() {
             let names: Vec<&str> = users.iter().map(|c| c.name.as_str()).collect();
-            let names = names.join(" ");
-            return Err(NetError::Store(format!(
-                "network {} is in use by running containers ({names}): stop them first with `berth stop {names}` (or remove them with `berth rm -f {names}`), then remove the network",
-                config.name,
-            ))
+            return Err(NetError::InUse {
+                network: config.name,
+                users: names.join(" "),
+            }
             .into());
         }
         store.remove(&config.name)?;
         Ok(Some(config.name))
     }
 
-    /// `berth network prune`: removes the networks no running container uses.
-    pub fn network_prune(&self) -> Result<Vec<String>, EngineError> {
+    /// `berth network prune`: removes the networks no running container uses (of those
+    /// `chosen` picks: a front end's filters).
+    pub fn network_prune(
+        &self,
+        chosen: impl Fn(&net::NetworkConfig) -> bool,
+    ) -> Result<Vec<String>, EngineError> {
         let store = NetworkStore::new(&self.dirs);
         let mut removed = vec![];
         for n in store.list() {
-            if self.network_users(&n.name).is_empty() {
+            if chosen(&n) && self.network_users(&n.name).is_empty() {
                 store.remove(&n.name)?;
                 removed.push(n.name);
             }

@@ -39,6 +39,14 @@ pub enum HelperRequest {
         force: bool,
         volumes: bool,
     },
+    /// `DELETE /volumes/{name}`: the data may belong to the container's mapped ids.
+    VolumeRemove { name: String },
+    /// `POST /volumes/prune`: the unused volumes (named ones too with `all`) that carry
+    /// every label of `filters`.
+    VolumePrune {
+        all: bool,
+        filters: Vec<(String, String)>,
+    },
 }
 
 /// The streams of an attach (the monitor's request, in a serializable form).
@@ -209,6 +217,13 @@ fn handle(engine: &Engine, req: HelperRequest) -> Result<serde_json::Value, ApiE
         }
         HelperRequest::Remove { id, force, volumes } => {
             Ok(serde_json::json!(engine.remove(&id, force, volumes)?))
+        }
+        HelperRequest::VolumeRemove { name } => {
+            engine.volume_remove(&name)?;
+            Ok(serde_json::Value::Null)
+        }
+        HelperRequest::VolumePrune { all, filters } => {
+            Ok(serde_json::json!(engine.volume_prune(all, &filters)?))
         }
     }
 }

@@ -26,8 +26,10 @@ mod containers;
 mod convert;
 mod error;
 pub mod helper;
+mod networks;
 mod stream;
 mod system;
+mod volumes;
 
 pub use error::ApiError;
 
@@ -113,6 +115,8 @@ fn router(state: State) -> Router {
     Router::new()
         .merge(system::routes())
         .merge(containers::routes())
+        .merge(networks::routes())
+        .merge(volumes::routes())
         .fallback(|req: Request| async move {
             ApiError::not_found(format!(
                 "page not found: berth does not serve {} {}",

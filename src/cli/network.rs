@@ -25,6 +25,9 @@ pub struct CreateArgs {
     /// Subnet in CIDR form (default: the next free /24 of 10.89.0.0/16).
     #[arg(long, value_name = "CIDR")]
     subnet: Option<String>,
+    /// A label, KEY=VALUE (or KEY); repeatable.
+    #[arg(long)]
+    label: Vec<String>,
     name: String,
 }
 
@@ -73,10 +76,19 @@ pub struct PortArgs {
     port: Option<String>,
 }
 
+/// `KEY=VALUE` (or `KEY`, with an empty value) flags as pairs: `--label`, `--filter`.
+pub fn key_values(items: &[String]) -> impl Iterator<Item = (String, String)> + '_ {
+    items.iter().map(|l| {
+        let (k, v) = l.split_once('=').unwrap_or((l.as_str(), ""));
+        (k.to_string(), v.to_string())
+    })
+}
+
 pub fn network(engine: &Engine, cmd: NetworkCommand) -> anyhow::Result<()> {
     match cmd {
         NetworkCommand::Create(a) => {
-            let n = engine.network_create(&a.name, a.subnet.as_deref())?;
+            let labels = key_values(&a.label).collect();
+            let n = engine.network_create(&a.name, a.subnet.as_deref(), labels)?;
             println!("{}", n.name);
         }
         NetworkCommand::Ls(a) => {
@@ -159,7 +171,7 @@ pub fn network(engine: &Engine, cmd: NetworkCommand) -> anyhow::Result<()> {
             }
         }
         NetworkCommand::Prune => {
-            for n in engine.network_prune()? {
+            for n in engine.network_prune(|_| true)? {
                 println!("{n}");
             }
         }

@@ -299,7 +299,7 @@ impl super::Engine {
 }
 
 /// Disk usage of the tree at `path` (blocks allocated), links not followed.
-fn disk_bytes(path: &std::path::Path) -> u64 {
+pub(crate) fn disk_bytes(path: &std::path::Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
     let Ok(meta) = std::fs::symlink_metadata(path) else {
         return 0;

@@ -75,6 +75,8 @@ pub enum NetError {
         "network {0} already exists: remove it with `berth network rm {0}` or pick another name"
     )]
     Exists(String),
+    #[error("network {network} has active endpoints ({users}): stop or disconnect them first (`berth stop {users}`), then remove the network")]
+    InUse { network: String, users: String },
     #[error("the network daemon failed: {0}")]
     Daemon(String),
 }
