@@ -26,6 +26,7 @@ use crate::vm::sandbox::{self, SandboxError};
 
 mod commit;
 mod config;
+mod connect;
 mod copy;
 mod exec;
 pub mod filters;
@@ -675,11 +676,15 @@ impl Engine {
         NetworkStore::new(&self.dirs).list()
     }
 
-    /// Running containers on the network `name`.
+    /// Running containers on the network `name` (started on it, or connected to it since).
     pub fn network_users(&self, name: &str) -> Vec<ContainerRecord> {
         self.containers()
             .into_iter()
-            .filter(|c| c.network == name && ContainerStore::is_running(c))
+            .filter(|c| {
+                ContainerStore::is_running(c)
+                    && (c.network == name
+                        || net::Connected::of_run(c).any(|joined| joined.network == name))
+            })
             .collect()
     }
 

@@ -34,6 +34,13 @@ fn docker_fails(api: &Service, berth: &Berth, args: &[&str]) -> String {
     stderr(&out)
 }
 
+/// `docker network inspect NETWORK -f FORMAT`, trimmed.
+fn network_inspect(api: &Service, berth: &Berth, network: &str, format: &str) -> String {
+    api.docker_ok(berth, &["network", "inspect", network, "-f", format])
+        .trim()
+        .to_string()
+}
+
 /// A client script that retries until the server answers (it may still be starting) and
 /// prints the answer, or `no answer from HOST`.
 fn ask(host: &str, port: u16, tries: u32) -> String {
@@ -50,15 +57,11 @@ fn docker_network_ls_create_inspect_rm_prune() {
     for n in ["bridge", "host", "none"] {
         assert!(names.lines().any(|l| l == n), "network ls: {names}");
     }
-    let bridge = api.docker_ok(
+    let bridge = network_inspect(
+        &api,
         &berth,
-        &[
-            "network",
-            "inspect",
-            "bridge",
-            "-f",
-            "{{.Name}} {{.Driver}} {{.Scope}} {{len .Id}}",
-        ],
+        "bridge",
+        "{{.Name}} {{.Driver}} {{.Scope}} {{len .Id}}",
     );
     assert_eq!(bridge.trim(), "bridge bridge local 64");
 
@@ -80,16 +83,7 @@ fn docker_network_ls_create_inspect_rm_prune() {
     let err = docker_fails(&api, &berth, &["network", "create", "front"]);
     assert!(err.contains("already exists"), "{err}");
     api.docker_ok(&berth, &["network", "create", "back"]);
-    let shown = api.docker_ok(
-        &berth,
-        &[
-            "network",
-            "inspect",
-            "front",
-            "-f",
-            "{{.Id}} {{.Driver}} {{range .IPAM.Config}}{{.Subnet}} {{.Gateway}}{{end}} {{.Labels.team}}",
-        ],
-    );
+    let shown = network_inspect(&api, &berth, "front", "{{.Id}} {{.Driver}} {{range .IPAM.Config}}{{.Subnet}} {{.Gateway}}{{end}} {{.Labels.team}}");
     assert_eq!(
         shown.trim(),
         format!("{id} bridge 10.91.0.0/24 10.91.0.1 blue")
@@ -215,15 +209,11 @@ fn containers_on_a_user_defined_network_reach_each_other_by_name_and_alias() {
         ],
     );
     assert_eq!(shown.trim(), format!("{net_id} app {{}}"));
-    let members = api.docker_ok(
+    let members = network_inspect(
+        &api,
         &berth,
-        &[
-            "network",
-            "inspect",
-            "app",
-            "-f",
-            "{{range .Containers}}{{.Name}} {{.IPv4Address}}{{end}}",
-        ],
+        "app",
+        "{{range .Containers}}{{.Name}} {{.IPv4Address}}{{end}}",
     );
     assert_eq!(members.trim(), format!("web {}/24", ip.trim()));
     // A network with a running container stays.
@@ -231,6 +221,117 @@ fn containers_on_a_user_defined_network_reach_each_other_by_name_and_alias() {
     assert!(err.contains("active endpoints"), "{err}");
     api.docker_ok(&berth, &["rm", "-f", "web"]);
     api.docker_ok(&berth, &["network", "rm", "app"]);
+}
+
+#[test]
+fn docker_network_connect_and_disconnect() {
+    let Some((berth, api)) = setup() else { return };
+    api.docker_ok(&berth, &["network", "create", "inner"]);
+    api.docker_ok(&berth, &["network", "create", "outer"]);
+    api.docker_ok(
+        &berth,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "web",
+            "--network",
+            "inner",
+            IMAGE,
+            "nc",
+            "-ll",
+            "-p",
+            "7000",
+            "-e",
+            "echo",
+            "pong",
+        ],
+    );
+    let from_outer = |script: &str| -> String {
+        api.docker_ok(
+            &berth,
+            &[
+                "run",
+                "--rm",
+                "--network",
+                "outer",
+                IMAGE,
+                "sh",
+                "-c",
+                script,
+            ],
+        )
+    };
+    // Not on outer yet: its name means nothing there.
+    assert_eq!(from_outer(&ask("web", 7000, 3)), "no answer from web\n");
+    // Connected while it runs: reached by name and alias at once.
+    api.docker_ok(
+        &berth,
+        &["network", "connect", "--alias", "site", "outer", "web"],
+    );
+    let script = format!("{} && {}", ask("web", 7000, 100), ask("site", 7000, 100));
+    assert_eq!(from_outer(&script), "pong\npong\n");
+    let nets = api.docker_ok(
+        &berth,
+        &[
+            "inspect",
+            "-f",
+            "{{range $k, $v := .NetworkSettings.Networks}}{{$k}} {{end}}",
+            "web",
+        ],
+    );
+    assert_eq!(nets.trim(), "inner outer");
+    let members = network_inspect(
+        &api,
+        &berth,
+        "outer",
+        "{{range .Containers}}{{.Name}}{{end}}",
+    );
+    assert_eq!(members.trim(), "web");
+    let err = docker_fails(&api, &berth, &["network", "connect", "outer", "web"]);
+    assert!(err.contains("already"), "{err}");
+    let err = docker_fails(&api, &berth, &["network", "rm", "outer"]);
+    assert!(err.contains("active endpoints"), "{err}");
+    // Disconnected: unreachable from outer again, still there on inner.
+    api.docker_ok(&berth, &["network", "disconnect", "outer", "web"]);
+    assert_eq!(from_outer(&ask("web", 7000, 3)), "no answer from web\n");
+    let out = api.docker_ok(
+        &berth,
+        &[
+            "run",
+            "--rm",
+            "--network",
+            "inner",
+            IMAGE,
+            "sh",
+            "-c",
+            &ask("web", 7000, 100),
+        ],
+    );
+    assert_eq!(out, "pong\n");
+    let err = docker_fails(&api, &berth, &["network", "disconnect", "outer", "web"]);
+    assert!(err.contains("is not connected"), "{err}");
+
+    // A container that is not running starts on the network it was connected to.
+    api.docker_ok(&berth, &["create", "--name", "later", IMAGE, "true"]);
+    api.docker_ok(&berth, &["network", "connect", "inner", "later"]);
+    let mode =
+        |c: &str| api.docker_ok(&berth, &["inspect", "-f", "{{.HostConfig.NetworkMode}}", c]);
+    assert_eq!(mode("later").trim(), "inner");
+    api.docker_ok(&berth, &["network", "disconnect", "inner", "later"]);
+    assert_eq!(mode("later").trim(), "bridge");
+    // The berth CLI does the same.
+    berth.run_ok(&["network", "connect", "outer", "later"]);
+    assert_eq!(mode("later").trim(), "outer");
+    // A running container on the default network has no way onto another one but a restart.
+    api.docker_ok(
+        &berth,
+        &["run", "-d", "--name", "plain", IMAGE, "sleep", "60"],
+    );
+    let err = docker_fails(&api, &berth, &["network", "connect", "outer", "plain"]);
+    assert!(err.contains("default network"), "{err}");
+    api.docker_ok(&berth, &["rm", "-f", "web", "later", "plain"]);
+    api.docker_ok(&berth, &["network", "rm", "inner", "outer"]);
 }
 
 #[test]
@@ -257,7 +358,7 @@ fn published_ports_reach_the_container_from_the_host() {
             id,
         ],
     );
-    let bridge_id = api.docker_ok(&berth, &["network", "inspect", "bridge", "-f", "{{.Id}}"]);
+    let bridge_id = network_inspect(&api, &berth, "bridge", "{{.Id}}");
     let fields: Vec<&str> = shown.split_whitespace().collect();
     assert_eq!(fields.len(), 4, "{shown}");
     assert_eq!(
@@ -266,15 +367,11 @@ fn published_ports_reach_the_container_from_the_host() {
         "{shown}"
     );
     assert!(fields[3].parse::<std::net::Ipv4Addr>().is_ok(), "{shown}");
-    let members = api.docker_ok(
+    let members = network_inspect(
+        &api,
         &berth,
-        &[
-            "network",
-            "inspect",
-            "bridge",
-            "-f",
-            "{{range $k, $v := .Containers}}{{$k}}{{end}}",
-        ],
+        "bridge",
+        "{{range $k, $v := .Containers}}{{$k}}{{end}}",
     );
     assert_eq!(members.trim(), id);
     let ports = api.docker_ok(&berth, &["port", id]);

@@ -74,7 +74,10 @@ fn status_of(e: &EngineError) -> StatusCode {
         EngineError::Net(n) => match n {
             NetError::NoSuchNetwork(_) => S::NOT_FOUND,
             // Docker answers 403 for a network with active endpoints.
-            NetError::InUse { .. } => S::FORBIDDEN,
+            NetError::InUse { .. }
+            | NetError::NotConnected { .. }
+            | NetError::AlreadyConnected { .. } => S::FORBIDDEN,
+            NetError::CannotConnect { .. } => S::CONFLICT,
             // Names, subnets and overlaps: what the client asked for.
             NetError::Store(_) => S::BAD_REQUEST,
             NetError::Exists(_) | NetError::PortInUse { .. } => S::CONFLICT,

@@ -9,8 +9,8 @@ use axum::http::StatusCode;
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use bollard_stubs::models::{
-    Ipam, IpamConfig, Network, NetworkContainer, NetworkCreateRequest, NetworkCreateResponse,
-    NetworkPruneResponse,
+    Ipam, IpamConfig, Network, NetworkConnectRequest, NetworkContainer, NetworkCreateRequest,
+    NetworkCreateResponse, NetworkDisconnectRequest, NetworkPruneResponse,
 };
 use serde::Deserialize;
 use sha2::Digest;
@@ -21,7 +21,7 @@ use super::error::{blocking, ApiError};
 use super::State;
 use crate::engine::filters::{network_matches, NetworkFacts};
 use crate::engine::EngineError;
-use crate::net::{slirp4netns, NetworkConfig};
+use crate::net::{slirp4netns, Connected, NetworkConfig};
 use crate::state::{ContainerRecord, ContainerStore};
 
 pub fn routes() -> Router<State> {
@@ -31,6 +31,8 @@ pub fn routes() -> Router<State> {
         .route("/networks/prune", post(prune))
         .route("/networks/{id}", get(inspect).delete(remove))
         .route("/networks/{id}/", delete(remove))
+        .route("/networks/{id}/connect", post(connect))
+        .route("/networks/{id}/disconnect", post(disconnect))
 }
 
 /// Docker's built-in networks, as berth has them.
@@ -53,9 +55,16 @@ fn rfc3339(secs: u64) -> String {
 /// One network's containers (those running on it), as `Network.Containers` has them.
 fn members(recs: &[ContainerRecord], net: &str) -> HashMap<String, NetworkContainer> {
     recs.iter()
-        .filter(|r| ContainerStore::is_running(r) && network_name(r) == net)
-        .map(|r| {
-            let e = r.endpoint.as_ref();
+        .filter(|r| ContainerStore::is_running(r))
+        .filter_map(|r| {
+            let joined = Connected::of_run(r).find(|c| c.network == net);
+            match joined {
+                Some(c) => Some((r, Some(&c.endpoint))),
+                None if network_name(r) == net => Some((r, r.endpoint.as_ref())),
+                None => None,
+            }
+        })
+        .map(|(r, e)| {
             let c = NetworkContainer {
                 name: Some(r.name.clone()),
                 endpoint_id: Some(endpoint_id(&r.id, net)),
@@ -409,4 +418,64 @@ async fn prune(
     Ok(Json(NetworkPruneResponse {
         networks_deleted: Some(deleted),
     }))
+}
+
+/// The network `key` names, for connect and disconnect: a built-in one is not for joining.
+fn joinable(d: &State, key: &str) -> Result<String, ApiError> {
+    let name = find(d, key)?.name.unwrap_or_default();
+    if BUILTIN.contains(&name.as_str()) {
+        return Err(ApiError::bad_request(format!(
+            "berth connects containers to user-defined networks, not to {name}: a container on none of them is on {name} (the default) unless created with --network none or host"
+        )));
+    }
+    Ok(name)
+}
+
+async fn connect(
+    Extract(d): Extract<State>,
+    Path(key): Path<String>,
+    Json(req): Json<NetworkConnectRequest>,
+) -> Result<StatusCode, ApiError> {
+    let container = req
+        .container
+        .filter(|c| !c.is_empty())
+        .ok_or_else(|| ApiError::bad_request("name the container to connect (Container)"))?;
+    let aliases = req
+        .endpoint_config
+        .and_then(|e| e.aliases)
+        .unwrap_or_default();
+    blocking(move || {
+        let name = match joinable(&d, &key) {
+            Ok(n) => n,
+            Err(e) => return Ok(Err(e)),
+        };
+        d.engine
+            .network_connect(&name, &container, &aliases)
+            .map(Ok)
+    })
+    .await??;
+    Ok(StatusCode::OK)
+}
+
+async fn disconnect(
+    Extract(d): Extract<State>,
+    Path(key): Path<String>,
+    Json(req): Json<NetworkDisconnectRequest>,
+) -> Result<StatusCode, ApiError> {
+    let container = req
+        .container
+        .filter(|c| !c.is_empty())
+        .ok_or_else(|| ApiError::bad_request("name the container to disconnect (Container)"))?;
+    let force = req.force.unwrap_or(false);
+    blocking(move || {
+        let name = match joinable(&d, &key) {
+            Ok(n) => n,
+            Err(e) => return Ok(Err(e)),
+        };
+        d.engine
+            .network_disconnect(&name, &container, force)
+            .map(Ok)
+    })
+    .await??;
+    Ok(StatusCode::OK)
 }

@@ -1,4 +1,4 @@
-//! `berth network create|ls|inspect|rm|prune` and `berth port`.
+//! `berth network create|ls|inspect|rm|prune|connect|disconnect` and `berth port`.
 
 use clap::{Args, Subcommand};
 
@@ -18,6 +18,29 @@ pub enum NetworkCommand {
     Rm(RmArgs),
     /// Remove every network no running container uses.
     Prune,
+    /// Connect a container to a network: a running one at once (it must be on a user-defined
+    /// network already), one that is not running when it starts.
+    Connect(ConnectArgs),
+    /// Disconnect a container from a network.
+    Disconnect(DisconnectArgs),
+}
+
+#[derive(Args)]
+pub struct ConnectArgs {
+    /// A further name the container has on the network; repeatable.
+    #[arg(long)]
+    alias: Vec<String>,
+    network: String,
+    container: String,
+}
+
+#[derive(Args)]
+pub struct DisconnectArgs {
+    /// No error when the container is not on the network.
+    #[arg(short, long)]
+    force: bool,
+    network: String,
+    container: String,
 }
 
 #[derive(Args)]
@@ -169,6 +192,10 @@ pub fn network(engine: &Engine, cmd: NetworkCommand) -> anyhow::Result<()> {
             if failed.is_some() {
                 anyhow::bail!("some networks were not removed (see above)");
             }
+        }
+        NetworkCommand::Connect(a) => engine.network_connect(&a.network, &a.container, &a.alias)?,
+        NetworkCommand::Disconnect(a) => {
+            engine.network_disconnect(&a.network, &a.container, a.force)?
         }
         NetworkCommand::Prune => {
             for n in engine.network_prune(|_| true)? {

@@ -174,6 +174,20 @@ fn describe(
             "Aliases": aliases,
         }),
     );
+    for c in crate::net::Connected::of_run(rec) {
+        let e = &c.endpoint;
+        networks.insert(
+            c.network.clone(),
+            json!({
+                "NetworkID": e.network_id,
+                "IPAddress": e.ip.to_string(),
+                "IPPrefixLen": e.prefix_len,
+                "Gateway": e.gateway.to_string(),
+                "MacAddress": e.mac,
+                "Aliases": Some(&e.aliases).filter(|a| !a.is_empty()),
+            }),
+        );
+    }
     // Docker's shape: "8080/tcp": [{"HostIp": "127.0.0.1", "HostPort": "32768"}].
     let mut ports = Map::new();
     for p in &rec.ports {

@@ -75,8 +75,18 @@ pub enum NetError {
         "network {0} already exists: remove it with `berth network rm {0}` or pick another name"
     )]
     Exists(String),
-    #[error("network {network} has active endpoints ({users}): stop or disconnect them first (`berth stop {users}`), then remove the network")]
+    #[error("network {network} has active endpoints: it is in use by running containers ({users}): stop them first with `berth stop {users}` (or disconnect them, or remove them with `berth rm -f {users}`), then remove the network")]
     InUse { network: String, users: String },
+    #[error("container {container} is not connected to network {network}: `docker inspect {container}` shows its networks")]
+    NotConnected { container: String, network: String },
+    #[error("container {container} is on network {network} already")]
+    AlreadyConnected { container: String, network: String },
+    #[error("container {container} cannot join network {network}: {why}")]
+    CannotConnect {
+        container: String,
+        network: String,
+        why: String,
+    },
     #[error("the network daemon failed: {0}")]
     Daemon(String),
 }
@@ -283,6 +293,24 @@ pub struct Endpoint {
     /// `--network-alias`.
     #[serde(default)]
     pub aliases: Vec<String>,
+}
+
+/// A user-defined network a running container joined after it started (`network connect`),
+/// with the pid of that run: a later run is not on it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Connected {
+    pub network: String,
+    pub endpoint: Endpoint,
+    pub pid: i32,
+}
+
+impl Connected {
+    /// The networks `rec`'s current run joined.
+    pub fn of_run(rec: &crate::state::ContainerRecord) -> impl Iterator<Item = &Connected> {
+        rec.connected.iter().filter(move |c| {
+            rec.pid == Some(c.pid) && crate::state::ContainerStore::is_running(rec)
+        })
+    }
 }
 
 /// The hardware address berth gives a container's interface: Docker's rule, `02:42` (locally
