@@ -8,7 +8,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::api::Service;
+use common::api::{raw_request, Service};
 use common::{describe, free_port, have, skip, stderr, tcp_ask, Berth, IMAGE};
 
 /// The fixture and its service, or `None` (skipped, with the reason printed) where the docker
@@ -561,4 +561,85 @@ fn bind_mounts_through_the_api() {
         ],
     );
     assert!(err.contains("/no/such/dir"), "{err}");
+}
+
+#[test]
+fn hostile_network_and_volume_requests_get_a_4xx_and_the_service_serves_on() {
+    let Some((berth, api)) = setup() else { return };
+    let send = |method: &str, path: &str, body: &str| {
+        let req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: berth\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        raw_request(&api.socket, req.as_bytes())
+    };
+    for (method, path, body, code) in [
+        ("POST", "/v1.47/networks/create", "{not json", " 400 "),
+        (
+            "POST",
+            "/v1.47/networks/create",
+            r#"{"Name": "../up"}"#,
+            " 400 ",
+        ),
+        (
+            "POST",
+            "/v1.47/networks/create",
+            r#"{"Name": "n", "IPAM": {"Config": [{"Subnet": "bogus"}]}}"#,
+            " 400 ",
+        ),
+        (
+            "POST",
+            "/v1.47/networks/create",
+            r#"{"Name": "host"}"#,
+            " 403 ",
+        ),
+        ("GET", "/v1.47/networks?filters=%7Bx", "", " 400 "),
+        (
+            "GET",
+            "/v1.47/networks?filters=%7B%22color%22%3A%5B%22red%22%5D%7D",
+            "",
+            " 400 ",
+        ),
+        ("DELETE", "/v1.47/networks/..%2F..%2Fetc", "", " 404 "),
+        (
+            "POST",
+            "/v1.47/networks/nope/connect",
+            r#"{"Container": "x"}"#,
+            " 404 ",
+        ),
+        (
+            "POST",
+            "/v1.47/volumes/create",
+            r#"{"Name": "../../etc"}"#,
+            " 400 ",
+        ),
+        ("POST", "/v1.47/volumes/create", r#"{"Name": 7}"#, " 400 "),
+        ("GET", "/v1.47/volumes/..%2F..%2Fetc", "", " 404 "),
+        ("DELETE", "/v1.47/volumes/..%2F..%2Fetc", "", " 404 "),
+        (
+            "GET",
+            "/v1.47/volumes?filters=%7B%22dangling%22%3A%5B%22maybe%22%5D%7D",
+            "",
+            " 400 ",
+        ),
+        (
+            "POST",
+            "/v1.47/volumes/prune?filters=%7B%22until%22%3A%5B%221h%22%5D%7D",
+            "",
+            " 400 ",
+        ),
+    ] {
+        let (status, reply) = send(method, path, body);
+        assert!(
+            status.contains(code),
+            "{method} {path} {body}: {status} {reply}"
+        );
+        assert!(reply.contains("\"message\""), "{method} {path}: {reply}");
+    }
+    // Nothing was made, and the service still answers.
+    assert_eq!(
+        api.docker_ok(&berth, &["network", "ls", "-q", "--filter", "type=custom"]),
+        ""
+    );
+    assert_eq!(api.docker_ok(&berth, &["volume", "ls", "-q"]), "");
 }

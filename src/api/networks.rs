@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use axum::body::Bytes;
 use axum::extract::{Path, Query, State as Extract};
 use axum::http::StatusCode;
 use axum::routing::{delete, get, post};
@@ -298,6 +299,12 @@ fn requested_subnet(req: &NetworkCreateRequest) -> Result<Option<String>, ApiErr
     Ok(Some(format!("{ip}/{prefix}")))
 }
 
+/// A request body in Docker's model; what does not fit is the client's mistake (400).
+pub(super) fn json_body<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("the request body does not fit: {e}")))
+}
+
 /// Refuses a driver other than berth's own (`ours`, or none given); `why` has a `{}` for it.
 pub(super) fn only_driver(given: Option<&str>, ours: &str, why: &str) -> Result<(), ApiError> {
     match given {
@@ -311,8 +318,9 @@ pub(super) fn only_driver(given: Option<&str>, ours: &str, why: &str) -> Result<
 
 async fn create(
     Extract(d): Extract<State>,
-    Json(req): Json<NetworkCreateRequest>,
+    body: Bytes,
 ) -> Result<(StatusCode, Json<NetworkCreateResponse>), ApiError> {
+    let req: NetworkCreateRequest = json_body(&body)?;
     only_driver(
         req.driver.as_deref(),
         "bridge",
@@ -434,8 +442,9 @@ fn joinable(d: &State, key: &str) -> Result<String, ApiError> {
 async fn connect(
     Extract(d): Extract<State>,
     Path(key): Path<String>,
-    Json(req): Json<NetworkConnectRequest>,
+    body: Bytes,
 ) -> Result<StatusCode, ApiError> {
+    let req: NetworkConnectRequest = json_body(&body)?;
     let container = req
         .container
         .filter(|c| !c.is_empty())
@@ -460,8 +469,9 @@ async fn connect(
 async fn disconnect(
     Extract(d): Extract<State>,
     Path(key): Path<String>,
-    Json(req): Json<NetworkDisconnectRequest>,
+    body: Bytes,
 ) -> Result<StatusCode, ApiError> {
+    let req: NetworkDisconnectRequest = json_body(&body)?;
     let container = req
         .container
         .filter(|c| !c.is_empty())

@@ -2,6 +2,7 @@
 //! `local` driver. Removing a volume may remove files a container's other users own (a user
 //! namespace's work), so removal and prune run in the engine helper.
 
+use axum::body::Bytes;
 use axum::extract::{Path, Query, State as Extract};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
@@ -68,8 +69,9 @@ async fn list(
 
 async fn create(
     Extract(d): Extract<State>,
-    Json(req): Json<VolumeCreateOptions>,
+    body: Bytes,
 ) -> Result<(StatusCode, Json<Volume>), ApiError> {
+    let req: VolumeCreateOptions = super::networks::json_body(&body)?;
     super::networks::only_driver(
         req.driver.as_deref(),
         "local",

@@ -147,7 +147,8 @@ pub fn network_matches(
 }
 
 /// Whether volume `v` passes every filter: `name` (part of the name), `label`, `dangling`
-/// (no container uses it), `driver` (`local`, berth's only one).
+/// (no container uses it), `driver` (`local`, berth's only one). The filters are checked
+/// first with [`check_volume_filters`].
 pub fn volume_matches(
     v: &crate::state::volumes::VolumeRecord,
     in_use: bool,
@@ -157,14 +158,26 @@ pub fn volume_matches(
         Ok(match key {
             "name" => v.name.contains(value),
             "dangling" => boolean(key, value)? != in_use,
-            "driver" => value == "local",
-            other => {
-                return Err(usage(format!(
-                "unknown filter {other:?}: berth filters volumes by name, label, dangling, driver"
-            )))
-            }
+            _ => value == "local",
         })
     })
+}
+
+/// Refuses a volume filter berth does not know, or a `dangling` that is not a boolean, also
+/// where there is no volume to apply it to.
+pub fn check_volume_filters(filters: &[(String, String)]) -> Result<(), EngineError> {
+    for (key, value) in filters {
+        match key.as_str() {
+            "name" | "label" | "driver" => {}
+            "dangling" => {
+                boolean(key, value)?;
+            }
+            other => return Err(usage(format!(
+                "unknown filter {other:?}: berth filters volumes by name, label, dangling, driver"
+            ))),
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -426,6 +426,7 @@ impl super::Engine {
         &self,
         filters: &[(String, String)],
     ) -> Result<Vec<(VolumeRecord, bool)>, EngineError> {
+        super::filters::check_volume_filters(filters)?;
         let used: std::collections::BTreeSet<String> = self
             .containers
             .list()
