@@ -374,6 +374,23 @@ fn published_ports_reach_the_container_from_the_host() {
         "{{range $k, $v := .Containers}}{{$k}}{{end}}",
     );
     assert_eq!(members.trim(), id);
+    // --network bridge and default are the same network.
+    for mode in ["bridge", "default"] {
+        let out = api.docker_ok(
+            &berth,
+            &[
+                "run",
+                "--rm",
+                "--network",
+                mode,
+                IMAGE,
+                "sh",
+                "-c",
+                "ip -4 -o addr show | grep -vc ' lo '",
+            ],
+        );
+        assert_eq!(out, "1\n", "--network {mode}: one interface besides lo");
+    }
     let ports = api.docker_ok(&berth, &["port", id]);
     assert!(
         ports.contains(&format!("80/tcp -> 0.0.0.0:{port}")),

@@ -172,9 +172,11 @@ pub fn check_volume_filters(filters: &[(String, String)]) -> Result<(), EngineEr
             "dangling" => {
                 boolean(key, value)?;
             }
-            other => return Err(usage(format!(
+            other => {
+                return Err(usage(format!(
                 "unknown filter {other:?}: berth filters volumes by name, label, dangling, driver"
-            ))),
+            )))
+            }
         }
     }
     Ok(())
