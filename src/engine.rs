@@ -683,7 +683,7 @@ impl Engine {
             .filter(|c| {
                 ContainerStore::is_running(c)
                     && (c.network == name
-                        || net::Connected::of_run(c).any(|joined| joined.network == name))
+                        || net::Connected::of_run(c).any(|(joined, _)| joined.network == name))
             })
             .collect()
     }

@@ -311,13 +311,26 @@ fn docker_network_connect_and_disconnect() {
     assert_eq!(out, "pong\n");
     let err = docker_fails(&api, &berth, &["network", "disconnect", "outer", "web"]);
     assert!(err.contains("is not connected"), "{err}");
+    // A connection lasts: connected again, it is on outer after a restart too.
+    api.docker_ok(&berth, &["network", "connect", "outer", "web"]);
+    api.docker_ok(&berth, &["restart", "-t", "0", "web"]);
+    assert_eq!(from_outer(&ask("web", 7000, 100)), "pong\n");
 
     // A container that is not running starts on the network it was connected to.
-    api.docker_ok(&berth, &["create", "--name", "later", IMAGE, "true"]);
+    // (It waits for its interfaces: a further network is joined just after the start.)
+    let count = "for i in $(seq 100); do [ $(ip -4 -o addr show | grep -c eth) = 2 ] && echo two && exit; sleep 0.1; done; echo not two";
+    api.docker_ok(
+        &berth,
+        &["create", "--name", "later", IMAGE, "sh", "-c", count],
+    );
     api.docker_ok(&berth, &["network", "connect", "inner", "later"]);
     let mode =
         |c: &str| api.docker_ok(&berth, &["inspect", "-f", "{{.HostConfig.NetworkMode}}", c]);
     assert_eq!(mode("later").trim(), "inner");
+    // Connected to one more before it starts, it starts on both.
+    api.docker_ok(&berth, &["network", "connect", "outer", "later"]);
+    assert_eq!(api.docker_ok(&berth, &["start", "-a", "later"]), "two\n");
+    api.docker_ok(&berth, &["network", "disconnect", "outer", "later"]);
     api.docker_ok(&berth, &["network", "disconnect", "inner", "later"]);
     assert_eq!(mode("later").trim(), "bridge");
     // The berth CLI does the same.

@@ -58,9 +58,9 @@ fn members(recs: &[ContainerRecord], net: &str) -> HashMap<String, NetworkContai
     recs.iter()
         .filter(|r| ContainerStore::is_running(r))
         .filter_map(|r| {
-            let joined = Connected::of_run(r).find(|c| c.network == net);
+            let joined = Connected::of_run(r).find(|(c, _)| c.network == net);
             match joined {
-                Some(c) => Some((r, Some(&c.endpoint))),
+                Some((_, e)) => Some((r, Some(e))),
                 None if network_name(r) == net => Some((r, r.endpoint.as_ref())),
                 None => None,
             }

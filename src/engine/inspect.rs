@@ -174,8 +174,7 @@ fn describe(
             "Aliases": aliases,
         }),
     );
-    for c in crate::net::Connected::of_run(rec) {
-        let e = &c.endpoint;
+    for (c, e) in crate::net::Connected::of_run(rec) {
         networks.insert(
             c.network.clone(),
             json!({

@@ -295,20 +295,30 @@ pub struct Endpoint {
     pub aliases: Vec<String>,
 }
 
-/// A user-defined network a running container joined after it started (`network connect`),
-/// with the pid of that run: a later run is not on it.
+/// A further user-defined network a container is connected to (`network connect`): joined
+/// at each start, after the network it starts on.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Connected {
     pub network: String,
-    pub endpoint: Endpoint,
-    pub pid: i32,
+    /// `--alias`.
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    /// The run that joined it, and where it sits there (None: not joined by the current run).
+    #[serde(default)]
+    pub pid: Option<i32>,
+    #[serde(default)]
+    pub endpoint: Option<Endpoint>,
 }
 
 impl Connected {
-    /// The networks `rec`'s current run joined.
-    pub fn of_run(rec: &crate::state::ContainerRecord) -> impl Iterator<Item = &Connected> {
-        rec.connected.iter().filter(move |c| {
-            rec.pid == Some(c.pid) && crate::state::ContainerStore::is_running(rec)
+    /// The networks `rec`'s current run joined, with their endpoints.
+    pub fn of_run(
+        rec: &crate::state::ContainerRecord,
+    ) -> impl Iterator<Item = (&Connected, &Endpoint)> {
+        let running = crate::state::ContainerStore::is_running(rec);
+        rec.connected.iter().filter_map(move |c| {
+            let e = c.endpoint.as_ref()?;
+            (running && rec.pid.is_some() && c.pid == rec.pid).then_some((c, e))
         })
     }
 }
