@@ -330,6 +330,23 @@ fn docker_network_connect_and_disconnect() {
     // Connected to one more before it starts, it starts on both.
     api.docker_ok(&berth, &["network", "connect", "outer", "later"]);
     assert_eq!(api.docker_ok(&berth, &["start", "-a", "later"]), "two\n");
+    // `docker run --network a --network b`: on both from the start.
+    let out = api.docker_ok(
+        &berth,
+        &[
+            "run",
+            "--rm",
+            "--network",
+            "inner",
+            "--network",
+            "outer",
+            IMAGE,
+            "sh",
+            "-c",
+            count,
+        ],
+    );
+    assert_eq!(out, "two\n");
     api.docker_ok(&berth, &["network", "disconnect", "outer", "later"]);
     api.docker_ok(&berth, &["network", "disconnect", "inner", "later"]);
     assert_eq!(mode("later").trim(), "bridge");

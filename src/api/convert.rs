@@ -153,6 +153,29 @@ fn mounts(body: &ContainerCreateBody, h: &HostConfig) -> Result<Vec<MountRequest
     Ok(out)
 }
 
+/// The further networks of a create body (`docker run --network a --network b`): the
+/// endpoints besides the one of `NetworkMode`, each with its aliases, by name. The container
+/// is connected to them once created.
+pub fn further_networks(body: &ContainerCreateBody) -> Vec<(String, Vec<String>)> {
+    let mode = body
+        .host_config
+        .as_ref()
+        .and_then(|h| h.network_mode.clone())
+        .unwrap_or_default();
+    let mut out: Vec<(String, Vec<String>)> = body
+        .networking_config
+        .iter()
+        .flat_map(|n| n.endpoints_config.iter().flatten())
+        .filter(|(name, _)| {
+            **name != mode
+                && !super::networks::BUILTIN.contains(&docker_network_name(name).as_str())
+        })
+        .map(|(name, e)| (name.clone(), e.aliases.clone().unwrap_or_default()))
+        .collect();
+    out.sort();
+    out
+}
+
 /// The engine's create configuration from a create body (`name` from the query).
 pub fn create_config(
     name: Option<String>,

@@ -186,6 +186,7 @@ fn handle(engine: &Engine, req: HelperRequest) -> Result<serde_json::Value, ApiE
         HelperRequest::Create { name, body } => {
             let text = serde_json::to_vec(&body).unwrap_or_default();
             let (body, isolation) = super::convert::parse_create_body(&text)?;
+            let further = super::convert::further_networks(&body);
             let config = super::convert::create_config(name, body, isolation)?;
             // Docker answers 404 for an image it does not have, and its clients pull and
             // retry; the service never pulls on its own.
@@ -199,6 +200,13 @@ fn handle(engine: &Engine, req: HelperRequest) -> Result<serde_json::Value, ApiE
             }
             let (image, req, flags) = config.resolve()?;
             let id = engine.create(&image, req, &flags)?;
+            for (network, aliases) in further {
+                if let Err(e) = engine.network_connect(&network, &id, &aliases) {
+                    // Not made, as Docker's create fails whole.
+                    let _ = engine.remove(&id, true, false);
+                    return Err(e.into());
+                }
+            }
             Ok(serde_json::json!(id))
         }
         HelperRequest::Start { id, attach } => {

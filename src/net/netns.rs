@@ -611,6 +611,13 @@ fn iptables(args: &[&str]) -> Result<(), NetError> {
     Ok(())
 }
 
+/// The network namespace of process `pid`: (device, inode) of /proc/PID/ns/net.
+fn netns_of(pid: i32) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(format!("/proc/{pid}/ns/net")).ok()?;
+    Some((m.dev(), m.ino()))
+}
+
 /// The reply to a request that succeeded (with the address it gave) or failed.
 fn answer(result: Result<Option<Ipv4Addr>, NetError>) -> Reply {
     match result {
@@ -630,8 +637,9 @@ fn answer(result: Result<Option<Ipv4Addr>, NetError>) -> Reply {
 struct Member {
     /// The connection whose end takes the member with it.
     owner: u64,
-    /// The container's process, for a veth (None for a VM's tap).
-    pid: Option<i32>,
+    /// The container's network namespace (device, inode), for a veth (None for a VM's tap):
+    /// what tells a container asked for by any of its processes.
+    netns: Option<(u64, u64)>,
     network: NetworkConfig,
     ip: Ipv4Addr,
     names: Vec<String>,
@@ -894,8 +902,9 @@ impl Inner {
         }
     }
 
-    /// Joins the running container `pid` to one more network, through the next free
-    /// `ethN`; the member goes with the connection that brought the container here.
+    /// Joins the running container `pid` (any process in its network namespace) to one more
+    /// network, through the next free `ethN`; the member goes with the connection that
+    /// brought the container here.
     fn connect(
         &mut self,
         network: NetworkConfig,
@@ -903,10 +912,11 @@ impl Inner {
         names: Vec<String>,
         hosts: PathBuf,
     ) -> Result<Ipv4Addr, NetError> {
+        let ns = netns_of(pid);
         let mine: Vec<&Member> = self
             .members
             .values()
-            .filter(|m| m.pid == Some(pid))
+            .filter(|m| ns.is_some() && m.netns == ns)
             .collect();
         let owner = mine.first().map(|m| m.owner).ok_or_else(|| {
             daemon_err("the container is on none of berth's user-defined networks")
@@ -926,10 +936,11 @@ impl Inner {
     }
 
     fn disconnect(&mut self, network_id: &str, pid: i32) -> Result<(), NetError> {
+        let ns = netns_of(pid);
         let key = self
             .members
             .iter()
-            .find(|(_, m)| m.pid == Some(pid) && m.network.id == network_id)
+            .find(|(_, m)| ns.is_some() && m.netns == ns && m.network.id == network_id)
             .map(|(k, _)| *k)
             .ok_or_else(|| daemon_err("the container is not on that network"))?;
         self.drop_member(key);
@@ -988,7 +999,7 @@ impl Inner {
         let br = network.bridge();
         let key = self.next;
         self.next += 1;
-        let (name, tap, pid, iface) = match link {
+        let (name, tap, netns, iface) = match link {
             Link::Veth { pid, iface } => {
                 let veth = format!("vth{:x}{key:x}", std::process::id() & 0xffff);
                 ip_batch(
@@ -1020,7 +1031,7 @@ impl Inner {
                     let _ = ip_batch(&[format!("link del {veth}")], None);
                     return Err(e);
                 }
-                (veth, None, Some(pid), iface)
+                (veth, None, netns_of(pid), iface)
             }
             Link::Tap => {
                 let name = format!("btp{:x}{key:x}", std::process::id() & 0xffff);
@@ -1040,7 +1051,7 @@ impl Inner {
             key,
             Member {
                 owner: id,
-                pid,
+                netns,
                 network,
                 ip,
                 names,
