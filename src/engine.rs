@@ -26,6 +26,7 @@ use crate::vm::sandbox::{self, SandboxError};
 
 mod commit;
 mod config;
+mod connect;
 mod copy;
 mod exec;
 pub mod filters;
@@ -686,14 +687,15 @@ impl Engine {
         Ok(self.containers.find(key)?.ports)
     }
 
-    /// `berth network create NAME [--subnet CIDR]`.
+    /// `berth network create NAME [--subnet CIDR] [--label K=V]`.
     pub fn network_create(
         &self,
         name: &str,
         subnet: Option<&str>,
+        labels: std::collections::BTreeMap<String, String>,
     ) -> Result<net::NetworkConfig, EngineError> {
         let subnet = subnet.map(net::store::parse_subnet).transpose()?;
-        Ok(NetworkStore::new(&self.dirs).create(name, subnet)?)
+        Ok(NetworkStore::new(&self.dirs).create(name, subnet, labels)?)
     }
 
     /// `berth network ls`.
@@ -701,11 +703,15 @@ impl Engine {
         NetworkStore::new(&self.dirs).list()
     }
 
-    /// Running containers on the network `name`.
+    /// Running containers on the network `name` (started on it, or connected to it since).
     pub fn network_users(&self, name: &str) -> Vec<ContainerRecord> {
         self.containers()
             .into_iter()
-            .filter(|c| c.network == name && ContainerStore::is_running(c))
+            .filter(|c| {
+                ContainerStore::is_running(c)
+                    && (c.network == name
+                        || net::Connected::of_run(c).any(|(joined, _)| joined.network == name))
+            })
             .collect()
     }
 
@@ -732,23 +738,26 @@ impl Engine {
         let users = self.network_users(&config.name);
         if !users.is_empty() {
             let names: Vec<&str> = users.iter().map(|c| c.name.as_str()).collect();
-            let names = names.join(" ");
-            return Err(NetError::Store(format!(
-                "network {} is in use by running containers ({names}): stop them first with `berth stop {names}` (or remove them with `berth rm -f {names}`), then remove the network",
-                config.name,
-            ))
+            return Err(NetError::InUse {
+                network: config.name,
+                users: names.join(" "),
+            }
             .into());
         }
         store.remove(&config.name)?;
         Ok(Some(config.name))
     }
 
-    /// `berth network prune`: removes the networks no running container uses.
-    pub fn network_prune(&self) -> Result<Vec<String>, EngineError> {
+    /// `berth network prune`: removes the networks no running container uses (of those
+    /// `chosen` picks: a front end's filters).
+    pub fn network_prune(
+        &self,
+        chosen: impl Fn(&net::NetworkConfig) -> bool,
+    ) -> Result<Vec<String>, EngineError> {
         let store = NetworkStore::new(&self.dirs);
         let mut removed = vec![];
         for n in store.list() {
-            if self.network_users(&n.name).is_empty() {
+            if chosen(&n) && self.network_users(&n.name).is_empty() {
                 store.remove(&n.name)?;
                 removed.push(n.name);
             }

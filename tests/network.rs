@@ -6,14 +6,16 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::io::Write;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use common::{assert_exit, describe, have, lines, skip, stderr, stdout, Berth, IMAGE};
+use common::{
+    assert_exit, describe, free_port, have, lines, skip, stderr, stdout, tcp_ask, Berth, IMAGE,
+};
 
 const BACKENDS: &[&str] = &["slirp4netns", "pasta"];
 
@@ -28,14 +30,6 @@ fn berth_with(tool: &str) -> Option<Berth> {
     Berth::new()
 }
 
-/// A TCP port nobody listens on right now.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
 fn interfaces(proc_net_dev: &str) -> Vec<String> {
     let mut names: Vec<String> = proc_net_dev
         .lines()
@@ -45,31 +39,6 @@ fn interfaces(proc_net_dev: &str) -> Vec<String> {
         .collect();
     names.sort();
     names
-}
-
-/// Sends `msg` over TCP to `addr` until an answer comes back (the server in the container may
-/// not listen yet), and returns the answer.
-fn tcp_ask(addr: SocketAddr, msg: &str, within: Duration) -> String {
-    let deadline = Instant::now() + within;
-    let mut last = String::new();
-    while Instant::now() < deadline {
-        match TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
-            Ok(mut s) => {
-                let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-                let _ = s.write_all(msg.as_bytes());
-                let _ = s.shutdown(std::net::Shutdown::Write);
-                let mut reply = String::new();
-                let _ = s.read_to_string(&mut reply);
-                if !reply.is_empty() {
-                    return reply;
-                }
-                last = "connection closed without an answer".into();
-            }
-            Err(e) => last = e.to_string(),
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("no answer from {addr} within {within:?}: {last}");
 }
 
 /// Sends `msg` over UDP to `addr` until an answer comes back.

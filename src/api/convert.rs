@@ -153,6 +153,29 @@ fn mounts(body: &ContainerCreateBody, h: &HostConfig) -> Result<Vec<MountRequest
     Ok(out)
 }
 
+/// The further networks of a create body (`docker run --network a --network b`): the
+/// endpoints besides the one of `NetworkMode`, each with its aliases, by name. The container
+/// is connected to them once created.
+pub fn further_networks(body: &ContainerCreateBody) -> Vec<(String, Vec<String>)> {
+    let mode = body
+        .host_config
+        .as_ref()
+        .and_then(|h| h.network_mode.clone())
+        .unwrap_or_default();
+    let mut out: Vec<(String, Vec<String>)> = body
+        .networking_config
+        .iter()
+        .flat_map(|n| n.endpoints_config.iter().flatten())
+        .filter(|(name, _)| {
+            **name != mode
+                && !super::networks::BUILTIN.contains(&docker_network_name(name).as_str())
+        })
+        .map(|(name, e)| (name.clone(), e.aliases.clone().unwrap_or_default()))
+        .collect();
+    out.sort();
+    out
+}
+
 /// The engine's create configuration from a create body (`name` from the query).
 pub fn create_config(
     name: Option<String>,
@@ -263,6 +286,32 @@ pub fn create_config(
         })
         .collect();
     tmpfs.sort();
+    // `-P` publishes `--expose`'s ports (the body's ExposedPorts) as well as the image's,
+    // each on a free host port.
+    let mut publish = publish(&h)?;
+    if h.publish_all_ports == Some(true) {
+        let mut exposed: Vec<&String> = body
+            .exposed_ports
+            .iter()
+            .flatten()
+            .map(|(k, _)| k)
+            .collect();
+        exposed.sort();
+        for key in exposed {
+            let (container_port, proto) = port_key(key)?;
+            if !publish
+                .iter()
+                .any(|p| p.container_port == container_port && p.proto == proto)
+            {
+                publish.push(PortSpec {
+                    host_ip: None,
+                    host_port: None,
+                    container_port,
+                    proto,
+                });
+            }
+        }
+    }
     let memory = h.memory.filter(|m| *m > 0).map(|m| m as u64);
     let cpus = h.nano_cpus.filter(|n| *n > 0).map(|n| n as f64 / 1e9);
     Ok(CreateConfig {
@@ -291,7 +340,7 @@ pub fn create_config(
             tmpfs,
             volumes_from: h.volumes_from.clone().unwrap_or_default(),
             network,
-            publish: publish(&h)?,
+            publish,
             publish_all: h.publish_all_ports.unwrap_or(false),
             aliases,
             restart,
@@ -335,7 +384,12 @@ fn state_enum(s: Status) -> ContainerSummaryStateEnum {
 
 /// The network a record is on, as Docker names it: `bridge` for berth's default.
 pub fn network_name(r: &ContainerRecord) -> String {
-    match r.network.as_str() {
+    docker_network_name(&r.network)
+}
+
+/// A network as Docker names it: `bridge` for berth's default (whichever stack it uses).
+fn docker_network_name(n: &str) -> String {
+    match n {
         "" | "default" | "slirp4netns" | "pasta" | "passt" | "private" => "bridge".into(),
         other => other.to_string(),
     }
@@ -367,10 +421,10 @@ pub fn summary(r: &ContainerRecord) -> ContainerSummary {
         endpoint.network_id = Some(e.network_id.clone());
         endpoint.aliases = Some(e.aliases.clone());
     }
-    let networks: HashMap<String, EndpointSettings> = match r.network.as_str() {
-        "none" | "host" => HashMap::from([(r.network.clone(), EndpointSettings::default())]),
-        _ => HashMap::from([(net.clone(), endpoint)]),
-    };
+    if super::networks::BUILTIN.contains(&net.as_str()) {
+        endpoint.network_id = Some(super::networks::builtin_id(&net));
+    }
+    let networks = HashMap::from([(net.clone(), endpoint)]);
     let mounts = r
         .mounts
         .iter()
@@ -420,6 +474,36 @@ pub fn summary(r: &ContainerRecord) -> ContainerSummary {
     }
 }
 
+/// berth's default network as Docker's `bridge` in an inspect document, and the built-in
+/// networks' ids where berth has none.
+fn docker_networks(v: &mut serde_json::Value) {
+    let docker_name = docker_network_name;
+    if let Some(mode) = v.pointer_mut("/HostConfig/NetworkMode") {
+        if let Some(m) = mode.as_str() {
+            *mode = serde_json::Value::String(docker_name(m));
+        }
+    }
+    let Some(networks) = v
+        .pointer_mut("/NetworkSettings/Networks")
+        .and_then(|n| n.as_object_mut())
+    else {
+        return;
+    };
+    let entries: Vec<(String, serde_json::Value)> = std::mem::take(networks).into_iter().collect();
+    for (name, mut endpoint) in entries {
+        let name = docker_name(&name);
+        if super::networks::BUILTIN.contains(&name.as_str()) {
+            if let Some(e) = endpoint.as_object_mut() {
+                e.insert(
+                    "NetworkID".into(),
+                    super::networks::builtin_id(&name).into(),
+                );
+            }
+        }
+        networks.insert(name, endpoint);
+    }
+}
+
 /// `GET /containers/{id}/json`: berth's inspect document read into Docker's model (so its
 /// shape is checked by the compiler's types), with berth's own isolation, which the model has
 /// no value for, put back: `"vm"` for a microVM.
@@ -435,6 +519,7 @@ pub fn inspect(mut v: serde_json::Value) -> Result<serde_json::Value, ApiError> 
             *t = serde_json::Value::String("json-file".into());
         }
     }
+    docker_networks(&mut v);
     let typed: ContainerInspectResponse = serde_json::from_value(v).map_err(|e| {
         ApiError::internal(format!(
             "berth's inspect output does not fit Docker's model: {e}"

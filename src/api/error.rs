@@ -83,11 +83,18 @@ fn status_of(e: &EngineError) -> StatusCode {
         EngineError::Volume(v) => match v {
             VolumeError::NotFound(_) => S::NOT_FOUND,
             VolumeError::BadName(_) => S::BAD_REQUEST,
-            VolumeError::State(StateError::Running(_)) => S::CONFLICT,
+            VolumeError::State(StateError::Running(_)) | VolumeError::InUse { .. } => S::CONFLICT,
             _ => S::INTERNAL_SERVER_ERROR,
         },
         EngineError::Net(n) => match n {
             NetError::NoSuchNetwork(_) => S::NOT_FOUND,
+            // Docker answers 403 for a network with active endpoints.
+            NetError::InUse { .. }
+            | NetError::NotConnected { .. }
+            | NetError::AlreadyConnected { .. } => S::FORBIDDEN,
+            NetError::CannotConnect { .. } => S::CONFLICT,
+            // Names, subnets and overlaps: what the client asked for.
+            NetError::Store(_) => S::BAD_REQUEST,
             NetError::Exists(_) | NetError::PortInUse { .. } => S::CONFLICT,
             NetError::UnknownNetwork(_)
             | NetError::BadPort { .. }

@@ -86,6 +86,14 @@ pub enum HelperRequest {
         archive: bool,
         keep_kinds: bool,
     },
+    /// `DELETE /volumes/{name}`: the data may belong to the container's mapped ids.
+    VolumeRemove { name: String },
+    /// `POST /volumes/prune`: the unused volumes (named ones too with `all`) that carry
+    /// every label of `filters`.
+    VolumePrune {
+        all: bool,
+        filters: Vec<(String, String)>,
+    },
 }
 
 /// The streams of an attach (the monitor's request, in a serializable form).
@@ -225,6 +233,7 @@ fn handle(engine: &Engine, req: HelperRequest) -> Result<serde_json::Value, ApiE
         HelperRequest::Create { name, body } => {
             let text = serde_json::to_vec(&body).unwrap_or_default();
             let (body, isolation) = super::convert::parse_create_body(&text)?;
+            let further = super::convert::further_networks(&body);
             let config = super::convert::create_config(name, body, isolation)?;
             // Docker answers 404 for an image it does not have, and its clients pull and
             // retry; the service never pulls on its own.
@@ -238,6 +247,13 @@ fn handle(engine: &Engine, req: HelperRequest) -> Result<serde_json::Value, ApiE
             }
             let (image, req, flags) = config.resolve()?;
             let id = engine.create(&image, req, &flags)?;
+            for (network, aliases) in further {
+                if let Err(e) = engine.network_connect(&network, &id, &aliases) {
+                    // Not made, as Docker's create fails whole.
+                    let _ = engine.remove(&id, true, false);
+                    return Err(e.into());
+                }
+            }
             Ok(serde_json::json!(id))
         }
         HelperRequest::Start { id, attach } => {
@@ -338,6 +354,13 @@ fn handle(engine: &Engine, req: HelperRequest) -> Result<serde_json::Value, ApiE
             let mut input = std::fs::File::from(stream_fd());
             engine.copy_in(&id, &path, archive, keep_kinds, &mut input)?;
             Ok(serde_json::Value::Null)
+        }
+        HelperRequest::VolumeRemove { name } => {
+            engine.volume_remove(&name)?;
+            Ok(serde_json::Value::Null)
+        }
+        HelperRequest::VolumePrune { all, filters } => {
+            Ok(serde_json::json!(engine.volume_prune(all, &filters)?))
         }
     }
 }

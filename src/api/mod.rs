@@ -29,8 +29,10 @@ mod events;
 mod exec;
 pub mod helper;
 mod images;
+mod networks;
 mod stream;
 mod system;
+mod volumes;
 
 pub use error::ApiError;
 
@@ -121,6 +123,8 @@ fn router(state: State) -> Router {
         .merge(events::routes())
         .merge(images::routes())
         .merge(exec::routes())
+        .merge(networks::routes())
+        .merge(volumes::routes())
         .fallback(|req: Request| async move {
             ApiError::not_found(format!(
                 "page not found: berth does not serve {} {}",

@@ -1,4 +1,4 @@
-//! `berth network create|ls|inspect|rm|prune` and `berth port`.
+//! `berth network create|ls|inspect|rm|prune|connect|disconnect` and `berth port`.
 
 use clap::{Args, Subcommand};
 
@@ -18,6 +18,29 @@ pub enum NetworkCommand {
     Rm(RmArgs),
     /// Remove every network no running container uses.
     Prune,
+    /// Connect a container to a network: a running one at once (it must be on a user-defined
+    /// network already), one that is not running when it starts.
+    Connect(ConnectArgs),
+    /// Disconnect a container from a network.
+    Disconnect(DisconnectArgs),
+}
+
+#[derive(Args)]
+pub struct ConnectArgs {
+    /// A further name the container has on the network; repeatable.
+    #[arg(long)]
+    alias: Vec<String>,
+    network: String,
+    container: String,
+}
+
+#[derive(Args)]
+pub struct DisconnectArgs {
+    /// No error when the container is not on the network.
+    #[arg(short, long)]
+    force: bool,
+    network: String,
+    container: String,
 }
 
 #[derive(Args)]
@@ -25,6 +48,9 @@ pub struct CreateArgs {
     /// Subnet in CIDR form (default: the next free /24 of 10.89.0.0/16).
     #[arg(long, value_name = "CIDR")]
     subnet: Option<String>,
+    /// A label, KEY=VALUE (or KEY); repeatable.
+    #[arg(long)]
+    label: Vec<String>,
     name: String,
 }
 
@@ -73,10 +99,19 @@ pub struct PortArgs {
     port: Option<String>,
 }
 
+/// `KEY=VALUE` (or `KEY`, with an empty value) flags as pairs: `--label`, `--filter`.
+pub fn key_values(items: &[String]) -> impl Iterator<Item = (String, String)> + '_ {
+    items.iter().map(|l| {
+        let (k, v) = l.split_once('=').unwrap_or((l.as_str(), ""));
+        (k.to_string(), v.to_string())
+    })
+}
+
 pub fn network(engine: &Engine, cmd: NetworkCommand) -> anyhow::Result<()> {
     match cmd {
         NetworkCommand::Create(a) => {
-            let n = engine.network_create(&a.name, a.subnet.as_deref())?;
+            let labels = key_values(&a.label).collect();
+            let n = engine.network_create(&a.name, a.subnet.as_deref(), labels)?;
             println!("{}", n.name);
         }
         NetworkCommand::Ls(a) => {
@@ -158,8 +193,12 @@ pub fn network(engine: &Engine, cmd: NetworkCommand) -> anyhow::Result<()> {
                 anyhow::bail!("some networks were not removed (see above)");
             }
         }
+        NetworkCommand::Connect(a) => engine.network_connect(&a.network, &a.container, &a.alias)?,
+        NetworkCommand::Disconnect(a) => {
+            engine.network_disconnect(&a.network, &a.container, a.force)?
+        }
         NetworkCommand::Prune => {
-            for n in engine.network_prune()? {
+            for n in engine.network_prune(|_| true)? {
                 println!("{n}");
             }
         }

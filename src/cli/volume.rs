@@ -1,7 +1,5 @@
 //! `berth volume create|ls|inspect|rm|prune`.
 
-use std::collections::BTreeMap;
-
 use anyhow::Context;
 use clap::{Args, Subcommand};
 
@@ -36,7 +34,7 @@ pub struct LsArgs {
     /// Only names.
     #[arg(short, long)]
     quiet: bool,
-    /// Filter: name=SUBSTRING, dangling=true|false (repeatable).
+    /// Filter: name=SUBSTRING, label=KEY[=VALUE], dangling=true|false, driver=local (repeatable).
     #[arg(short, long, value_name = "KEY=VALUE")]
     filter: Vec<String>,
     /// table (default), json (one object per line), a Go template ({{.Name}}), or
@@ -85,38 +83,15 @@ pub struct PruneArgs {
 pub fn volume(engine: &Engine, cmd: VolumeCommand) -> anyhow::Result<()> {
     match cmd {
         VolumeCommand::Create(a) => {
-            let mut labels = BTreeMap::new();
-            for l in &a.label {
-                let (k, v) = l.split_once('=').unwrap_or((l.as_str(), ""));
-                labels.insert(k.to_string(), v.to_string());
-            }
+            let labels = super::network::key_values(&a.label).collect();
             println!("{}", engine.volume_create(a.name.as_deref(), labels)?);
         }
         VolumeCommand::Ls(a) => {
-            let mut name_filters = Vec::new();
-            let mut dangling = None;
-            for f in &a.filter {
-                match f.split_once('=') {
-                    Some(("name", v)) => name_filters.push(v.to_string()),
-                    Some(("dangling", v)) => dangling = Some(v == "true" || v == "1"),
-                    _ => anyhow::bail!(
-                        "unknown volume filter {f:?}: use name=... or dangling=true|false"
-                    ),
-                }
-            }
-            let users: Vec<String> = engine
-                .containers()
-                .into_iter()
-                .flat_map(|c| c.mounts.into_iter().filter_map(|m| m.name))
-                .collect();
+            let filters: Vec<(String, String)> = super::network::key_values(&a.filter).collect();
             let shown: Vec<_> = engine
-                .volumes()
+                .volumes_matching(&filters)?
                 .into_iter()
-                .filter(|v| {
-                    name_filters.is_empty()
-                        || name_filters.iter().any(|n| v.name.contains(n.as_str()))
-                })
-                .filter(|v| dangling.is_none_or(|d| d != users.contains(&v.name)))
+                .map(|(v, _)| v)
                 .collect();
             if a.quiet {
                 for v in &shown {
@@ -180,7 +155,7 @@ pub fn volume(engine: &Engine, cmd: VolumeCommand) -> anyhow::Result<()> {
         }
         VolumeCommand::Prune(a) => {
             let _ = a.force;
-            let removed = engine.volume_prune(a.all)?;
+            let (removed, _) = engine.volume_prune(a.all, &[])?;
             for n in &removed {
                 println!("{n}");
             }

@@ -1,6 +1,6 @@
-//! Docker's list filters (`ps --filter`, `images --filter`, `GET /containers/json?filters=`,
-//! `GET /images/json?filters=`), for every front end: values of one key are alternatives,
-//! keys must all hold, and each `label` must hold.
+//! Docker's list filters (`ps --filter`, `images --filter`, `network ls --filter`,
+//! `volume ls --filter`, and the API's `filters=`), for every front end: values of one
+//! key are alternatives, keys must all hold, and each `label` must hold.
 
 use crate::image::ImageInspect;
 use crate::state::{ContainerRecord, Isolation, Status};
@@ -19,65 +19,28 @@ pub fn label_matches(labels: &std::collections::BTreeMap<String, String>, label:
     }
 }
 
-/// Whether container `r` passes every filter (`KEY`, `VALUE` pairs as given).
-pub fn container_matches(
-    r: &ContainerRecord,
+/// Whether every filter holds: the values of one key are alternatives (`value` says whether
+/// one holds), and each `label` must hold on its own.
+fn all_hold(
+    labels: &std::collections::BTreeMap<String, String>,
     filters: &[(String, String)],
+    mut value: impl FnMut(&str, &str) -> Result<bool, EngineError>,
 ) -> Result<bool, EngineError> {
     let mut keys: Vec<&str> = filters.iter().map(|(k, _)| k.as_str()).collect();
     keys.sort_unstable();
     keys.dedup();
     for key in keys {
-        let values = filters.iter().filter(|(k, _)| k == key).map(|(_, v)| v);
+        let mut values = filters.iter().filter(|(k, _)| k == key).map(|(_, v)| v);
         if key == "label" {
             // Every label asked for must be there, as Docker has it.
-            if !values.clone().all(|v| label_matches(&r.labels, v)) {
+            if !values.all(|v| label_matches(labels, v)) {
                 return Ok(false);
             }
             continue;
         }
         let mut any = false;
         for v in values {
-            any |= match key {
-                "id" => r.id.starts_with(v.as_str()),
-                "name" => r.name.contains(v.trim_start_matches('/')),
-                "status" => {
-                    if !["created", "restarting", "running", "exited", "dead", "paused", "removing"]
-                        .contains(&v.as_str())
-                    {
-                        return Err(usage(format!("invalid status filter {v:?}: use created, restarting, running, exited or dead")));
-                    }
-                    state_of(r).name() == v
-                }
-                "ancestor" => {
-                    r.image == *v
-                        || r.image.split(':').next() == Some(v.as_str())
-                        || r.image_id
-                            .trim_start_matches("sha256:")
-                            .starts_with(v.trim_start_matches("sha256:"))
-                }
-                "exited" => {
-                    let code: i32 = v.parse().map_err(|_| {
-                        usage(format!("invalid exited filter {v:?}: give a number"))
-                    })?;
-                    state_of(r) == Status::Exited && r.exit_code == Some(code)
-                }
-                "volume" => r.mounts.iter().any(|m| {
-                    m.name.as_deref() == Some(v.as_str())
-                        || m.destination.to_string_lossy() == v.as_str()
-                }),
-                "isolation" => {
-                    let name = match r.isolation {
-                        Isolation::Container => "container",
-                        Isolation::Vm => "vm",
-                    };
-                    name == v
-                }
-                "network" => r.network == *v,
-                other => return Err(usage(format!(
-                    "unknown filter {other:?}: berth filters containers by id, name, label, status, ancestor, exited, volume, network, isolation"
-                ))),
-            };
+            any |= value(key, v)?;
         }
         if !any {
             return Ok(false);
@@ -240,6 +203,140 @@ impl Engine {
         }
         Ok(Some(ids))
     }
+}
+
+/// `true`/`1` or `false`/`0`, for a filter that takes a boolean.
+fn boolean(key: &str, v: &str) -> Result<bool, EngineError> {
+    match v {
+        "true" | "1" => Ok(true),
+        "false" | "0" => Ok(false),
+        _ => Err(usage(format!(
+            "invalid {key} filter {v:?}: use true or false"
+        ))),
+    }
+}
+
+/// Whether container `r` passes every filter (`KEY`, `VALUE` pairs as given).
+pub fn container_matches(
+    r: &ContainerRecord,
+    filters: &[(String, String)],
+) -> Result<bool, EngineError> {
+    all_hold(&r.labels, filters, |key, v| {
+        Ok(match key {
+            "id" => r.id.starts_with(v),
+            "name" => r.name.contains(v.trim_start_matches('/')),
+            "status" => {
+                if !["created", "restarting", "running", "exited", "dead", "paused", "removing"]
+                    .contains(&v)
+                {
+                    return Err(usage(format!("invalid status filter {v:?}: use created, restarting, running, exited or dead")));
+                }
+                state_of(r).name() == v
+            }
+            "ancestor" => {
+                r.image == v
+                    || r.image.split(':').next() == Some(v)
+                    || r.image_id
+                        .trim_start_matches("sha256:")
+                        .starts_with(v.trim_start_matches("sha256:"))
+            }
+            "exited" => {
+                let code: i32 = v
+                    .parse()
+                    .map_err(|_| usage(format!("invalid exited filter {v:?}: give a number")))?;
+                state_of(r) == Status::Exited && r.exit_code == Some(code)
+            }
+            "volume" => r.mounts.iter().any(|m| {
+                m.name.as_deref() == Some(v) || m.destination.to_string_lossy() == v
+            }),
+            "isolation" => {
+                let name = match r.isolation {
+                    Isolation::Container => "container",
+                    Isolation::Vm => "vm",
+                };
+                name == v
+            }
+            "network" => r.network == v,
+            other => return Err(usage(format!(
+                "unknown filter {other:?}: berth filters containers by id, name, label, status, ancestor, exited, volume, network, isolation"
+            ))),
+        })
+    })
+}
+
+/// What a network filter looks at (a user-defined network, or one of the built-in
+/// `bridge`, `host`, `none`).
+pub struct NetworkFacts<'a> {
+    pub name: &'a str,
+    pub id: &'a str,
+    pub driver: &'a str,
+    pub builtin: bool,
+    pub labels: &'a std::collections::BTreeMap<String, String>,
+}
+
+/// Whether a network passes every filter: `name` (part of the name), `id` (a prefix),
+/// `label`, `driver`, `type` (`builtin` or `custom`).
+pub fn network_matches(
+    n: &NetworkFacts,
+    filters: &[(String, String)],
+) -> Result<bool, EngineError> {
+    all_hold(n.labels, filters, |key, v| {
+        Ok(match key {
+            "name" => n.name.contains(v),
+            "id" => n.id.starts_with(v),
+            "driver" => n.driver == v,
+            "type" => match v {
+                "builtin" => n.builtin,
+                "custom" => !n.builtin,
+                _ => {
+                    return Err(usage(format!(
+                        "invalid type filter {v:?}: use builtin or custom"
+                    )))
+                }
+            },
+            other => {
+                return Err(usage(format!(
+                "unknown filter {other:?}: berth filters networks by name, id, label, driver, type"
+            )))
+            }
+        })
+    })
+}
+
+/// Whether volume `v` passes every filter: `name` (part of the name), `label`, `dangling`
+/// (no container uses it), `driver` (`local`, berth's only one). The filters are checked
+/// first with [`check_volume_filters`].
+pub fn volume_matches(
+    v: &crate::state::volumes::VolumeRecord,
+    in_use: bool,
+    filters: &[(String, String)],
+) -> Result<bool, EngineError> {
+    all_hold(&v.labels, filters, |key, value| {
+        Ok(match key {
+            "name" => v.name.contains(value),
+            "dangling" => boolean(key, value)? != in_use,
+            _ => value == "local",
+        })
+    })
+}
+
+/// Refuses a volume filter berth does not know, or a `dangling` that is not a boolean, also
+/// where there is no volume to apply it to.
+pub fn check_volume_filters(filters: &[(String, String)]) -> Result<(), EngineError> {
+    for (key, value) in filters {
+        match key.as_str() {
+            "name" | "label" | "driver" => {}
+            "dangling" => {
+                boolean(key, value)?;
+            }
+            other => {
+                return Err(usage(format!(
+                "unknown filter {other:?}: berth filters volumes by name, label, dangling, driver"
+            )))
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -174,6 +174,19 @@ fn describe(
             "Aliases": aliases,
         }),
     );
+    for (c, e) in crate::net::Connected::of_run(rec) {
+        networks.insert(
+            c.network.clone(),
+            json!({
+                "NetworkID": e.network_id,
+                "IPAddress": e.ip.to_string(),
+                "IPPrefixLen": e.prefix_len,
+                "Gateway": e.gateway.to_string(),
+                "MacAddress": e.mac,
+                "Aliases": Some(&e.aliases).filter(|a| !a.is_empty()),
+            }),
+        );
+    }
     // Docker's shape: "8080/tcp": [{"HostIp": "127.0.0.1", "HostPort": "32768"}].
     let mut ports = Map::new();
     for p in &rec.ports {
@@ -299,7 +312,7 @@ impl super::Engine {
 }
 
 /// Disk usage of the tree at `path` (blocks allocated), links not followed.
-fn disk_bytes(path: &std::path::Path) -> u64 {
+pub(crate) fn disk_bytes(path: &std::path::Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
     let Ok(meta) = std::fs::symlink_metadata(path) else {
         return 0;

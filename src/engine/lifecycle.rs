@@ -361,6 +361,7 @@ impl super::Engine {
             |started| {
                 rec.pid = Some(started.init.as_raw());
                 rec.endpoint = endpoint.lock().ok().and_then(|e| e.clone());
+                self.rejoin_networks(&mut rec);
                 let _ = self.containers.save(&rec);
             },
         )?;
@@ -648,6 +649,7 @@ impl super::Engine {
         let me = std::process::id() as i32;
         rec.status = Status::Running;
         rec.pid = Some(started.init.as_raw());
+        self.rejoin_networks(&mut rec);
         rec.monitor_pid = Some(me);
         rec.monitor_start = process_start_time(me);
         rec.socket = Some(socket);

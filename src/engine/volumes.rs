@@ -355,20 +355,19 @@ impl super::Engine {
     pub(super) fn remove_anonymous_volumes(&self, rec: &ContainerRecord) {
         for m in rec.mounts.iter().filter(|m| m.anonymous) {
             if let Some(name) = &m.name {
-                if self.volume_users(name).iter().all(|u| u == &rec.id) {
+                if self.volume_users(name).iter().all(|u| u.id == rec.id) {
                     let _ = self.remove_volume_data(name);
                 }
             }
         }
     }
 
-    /// The ids of the containers (any state) that mount volume `name`.
-    fn volume_users(&self, name: &str) -> Vec<String> {
+    /// The containers (any state) that mount volume `name`.
+    fn volume_users(&self, name: &str) -> Vec<crate::state::ContainerRecord> {
         self.containers
             .list()
             .into_iter()
             .filter(|c| c.mounts.iter().any(|m| m.name.as_deref() == Some(name)))
-            .map(|c| c.id)
             .collect()
     }
 
@@ -404,10 +403,8 @@ impl super::Engine {
     pub fn volume_inspect(&self, name: &str) -> Result<VolumeInspect, EngineError> {
         let v = self.volumes.get(name)?;
         let used_by = self
-            .containers
-            .list()
+            .volume_users(name)
             .into_iter()
-            .filter(|c| c.mounts.iter().any(|m| m.name.as_deref() == Some(name)))
             .map(|c| c.name)
             .collect();
         Ok(VolumeInspect {
@@ -423,47 +420,72 @@ impl super::Engine {
         })
     }
 
-    /// `berth volume rm NAME`: refuses a volume a container (in any state) uses.
-    pub fn volume_remove(&self, name: &str) -> Result<(), EngineError> {
-        self.volumes.get(name)?;
-        let users: Vec<String> = self
-            .containers
-            .list()
-            .into_iter()
-            .filter(|c| c.mounts.iter().any(|m| m.name.as_deref() == Some(name)))
-            .map(|c| c.name)
-            .collect();
-        if !users.is_empty() {
-            return Err(EngineError::Usage(format!(
-                "volume {name} is in use by container {}: remove the container first (`berth rm {}`)",
-                users.join(", "),
-                users[0]
-            )));
-        }
-        self.remove_volume_data(name)
-    }
-
-    /// `berth volume prune [-a]`: removes the anonymous volumes no container uses (with
-    /// `all`, every unused volume); returns their names.
-    pub fn volume_prune(&self, all: bool) -> Result<Vec<String>, EngineError> {
+    /// `berth volume ls [--filter ...]`: the volumes that pass `filters` (Docker's `name`,
+    /// `label`, `dangling`, `driver`), each with whether a container uses it.
+    pub fn volumes_matching(
+        &self,
+        filters: &[(String, String)],
+    ) -> Result<Vec<(VolumeRecord, bool)>, EngineError> {
+        super::filters::check_volume_filters(filters)?;
         let used: std::collections::BTreeSet<String> = self
             .containers
             .list()
             .into_iter()
             .flat_map(|c| c.mounts.into_iter().filter_map(|m| m.name))
             .collect();
-        let mut removed = Vec::new();
+        let mut out = Vec::new();
         for v in self.volumes.list() {
-            if used.contains(&v.name) || !(all || v.anonymous) {
+            let in_use = used.contains(&v.name);
+            if super::filters::volume_matches(&v, in_use, filters)? {
+                out.push((v, in_use));
+            }
+        }
+        Ok(out)
+    }
+
+    /// `berth volume rm NAME`: refuses a volume a container (in any state) uses.
+    pub fn volume_remove(&self, name: &str) -> Result<(), EngineError> {
+        self.volumes.get(name)?;
+        let users: Vec<String> = self
+            .volume_users(name)
+            .into_iter()
+            .map(|c| c.name)
+            .collect();
+        if !users.is_empty() {
+            return Err(VolumeError::InUse {
+                name: name.to_string(),
+                users: users.join(", "),
+            }
+            .into());
+        }
+        self.remove_volume_data(name)
+    }
+
+    /// `berth volume prune [-a] [--filter label=...]`: removes the anonymous volumes no
+    /// container uses (with `all`, every unused volume) that pass `filters`; returns their
+    /// names and the bytes their data took.
+    pub fn volume_prune(
+        &self,
+        all: bool,
+        filters: &[(String, String)],
+    ) -> Result<(Vec<String>, u64), EngineError> {
+        let mut removed = Vec::new();
+        let mut reclaimed = 0;
+        for (v, in_use) in self.volumes_matching(filters)? {
+            if in_use || !(all || v.anonymous) {
                 continue;
             }
+            let size = super::inspect::disk_bytes(&self.volumes.data_dir(&v.name));
             match self.remove_volume_data(&v.name) {
-                Ok(()) => removed.push(v.name),
+                Ok(()) => {
+                    removed.push(v.name);
+                    reclaimed += size;
+                }
                 Err(EngineError::Volume(VolumeError::NotFound(_))) => {}
                 Err(e) => return Err(e),
             }
         }
-        Ok(removed)
+        Ok((removed, reclaimed))
     }
 }
 

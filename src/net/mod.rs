@@ -75,6 +75,18 @@ pub enum NetError {
         "network {0} already exists: remove it with `berth network rm {0}` or pick another name"
     )]
     Exists(String),
+    #[error("network {network} has active endpoints: it is in use by running containers ({users}): stop them first with `berth stop {users}` (or disconnect them, or remove them with `berth rm -f {users}`), then remove the network")]
+    InUse { network: String, users: String },
+    #[error("container {container} is not connected to network {network}: `docker inspect {container}` shows its networks")]
+    NotConnected { container: String, network: String },
+    #[error("container {container} is on network {network} already")]
+    AlreadyConnected { container: String, network: String },
+    #[error("container {container} cannot join network {network}: {why}")]
+    CannotConnect {
+        container: String,
+        network: String,
+        why: String,
+    },
     #[error("the network daemon failed: {0}")]
     Daemon(String),
 }
@@ -281,6 +293,34 @@ pub struct Endpoint {
     /// `--network-alias`.
     #[serde(default)]
     pub aliases: Vec<String>,
+}
+
+/// A further user-defined network a container is connected to (`network connect`): joined
+/// at each start, after the network it starts on.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Connected {
+    pub network: String,
+    /// `--alias`.
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    /// The run that joined it, and where it sits there (None: not joined by the current run).
+    #[serde(default)]
+    pub pid: Option<i32>,
+    #[serde(default)]
+    pub endpoint: Option<Endpoint>,
+}
+
+impl Connected {
+    /// The networks `rec`'s current run joined, with their endpoints.
+    pub fn of_run(
+        rec: &crate::state::ContainerRecord,
+    ) -> impl Iterator<Item = (&Connected, &Endpoint)> {
+        let running = crate::state::ContainerStore::is_running(rec);
+        rec.connected.iter().filter_map(move |c| {
+            let e = c.endpoint.as_ref()?;
+            (running && rec.pid.is_some() && c.pid == rec.pid).then_some((c, e))
+        })
+    }
 }
 
 /// The hardware address berth gives a container's interface: Docker's rule, `02:42` (locally

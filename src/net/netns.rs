@@ -111,6 +111,19 @@ enum Request {
         names: Vec<String>,
         hosts: PathBuf,
     },
+    /// A running container already on a network of this daemon (`pid`) joins another one
+    /// through a further interface; it stays there until disconnected or gone.
+    Connect {
+        network: NetworkConfig,
+        pid: i32,
+        names: Vec<String>,
+        hosts: PathBuf,
+    },
+    /// The container `pid` leaves network `network_id`.
+    Disconnect {
+        network_id: String,
+        pid: i32,
+    },
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -253,6 +266,57 @@ impl Join {
             ip,
         })
     }
+}
+
+/// Asks the running daemon (a container on one of its networks keeps it running) for a
+/// connection of its own; no daemon means the container is on none of its networks.
+fn running_daemon(dirs: &Dirs) -> Result<UnixStream, NetError> {
+    let f = files(dirs);
+    let stream = UnixStream::connect(&f.socket).map_err(|_| {
+        daemon_err(
+            "it is not running, so the container is on none of berth's user-defined networks",
+        )
+    })?;
+    let _ = stream.set_read_timeout(Some(START_TIMEOUT));
+    Ok(stream)
+}
+
+/// Connects the running container `pid`, already on a user-defined network, to `network`
+/// too (a further interface, its address returned); it stays there while it runs, or until
+/// [`disconnect_running`].
+pub fn connect_running(
+    dirs: &Dirs,
+    pid: i32,
+    network: NetworkConfig,
+    names: Vec<String>,
+    hosts: PathBuf,
+) -> Result<Ipv4Addr, NetError> {
+    let stream = running_daemon(dirs)?;
+    let reply = exchange(
+        &stream,
+        &Request::Connect {
+            network,
+            pid,
+            names,
+            hosts,
+        },
+    )?;
+    reply
+        .ip
+        .ok_or_else(|| daemon_err("it gave the container no address"))
+}
+
+/// Takes the running container `pid` off network `network_id`.
+pub fn disconnect_running(dirs: &Dirs, pid: i32, network_id: &str) -> Result<(), NetError> {
+    let stream = running_daemon(dirs)?;
+    exchange(
+        &stream,
+        &Request::Disconnect {
+            network_id: network_id.to_string(),
+            pid,
+        },
+    )?;
+    Ok(())
 }
 
 /// A microVM on a user-defined network: its tap (to hand to the VMM) and its address. The
@@ -547,20 +611,50 @@ fn iptables(args: &[&str]) -> Result<(), NetError> {
     Ok(())
 }
 
-/// A container the daemon has connected.
+/// The network namespace of process `pid`: (device, inode) of /proc/PID/ns/net.
+fn netns_of(pid: i32) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(format!("/proc/{pid}/ns/net")).ok()?;
+    Some((m.dev(), m.ino()))
+}
+
+/// The reply to a request that succeeded (with the address it gave) or failed.
+fn answer(result: Result<Option<Ipv4Addr>, NetError>) -> Reply {
+    match result {
+        Ok(ip) => Reply {
+            ok: true,
+            ip,
+            ..Reply::default()
+        },
+        Err(e) => Reply {
+            error: Some(e.to_string()),
+            ..Reply::default()
+        },
+    }
+}
+
+/// A container the daemon has connected (to one network: a container on two is two members).
 struct Member {
+    /// The connection whose end takes the member with it.
+    owner: u64,
+    /// The container's network namespace (device, inode), for a veth (None for a VM's tap):
+    /// what tells a container asked for by any of its processes.
+    netns: Option<(u64, u64)>,
     network: NetworkConfig,
     ip: Ipv4Addr,
     names: Vec<String>,
     hosts: PathBuf,
     /// The host side of its link: a veth, or a VM's tap.
     link: String,
+    /// The container's side of a veth (`eth0`, `eth1`, ...).
+    iface: String,
 }
 
 /// How a member is linked to its network's bridge.
 enum Link {
-    /// A veth pair, the peer moved into the network namespace of `pid` as eth0.
-    Veth { pid: i32 },
+    /// A veth pair, the peer moved into the network namespace of `pid` as `iface` (eth0 for
+    /// the first network, the one with the default route).
+    Veth { pid: i32, iface: String },
     /// A tap device whose descriptor goes to a microVM's VMM.
     Tap,
 }
@@ -762,10 +856,6 @@ impl Inner {
     }
 
     fn handle(&mut self, id: u64, req: Request) -> (Reply, Option<OwnedFd>) {
-        let failed = |e: NetError| Reply {
-            error: Some(e.to_string()),
-            ..Reply::default()
-        };
         match req {
             Request::Hello => (
                 Reply {
@@ -780,33 +870,81 @@ impl Inner {
                 pid,
                 names,
                 hosts,
-            } => match self.join(id, network, Link::Veth { pid }, names, hosts) {
-                Ok((ip, _)) => (
-                    Reply {
-                        ok: true,
-                        ip: Some(ip),
-                        ..Reply::default()
-                    },
-                    None,
-                ),
-                Err(e) => (failed(e), None),
-            },
+            } => {
+                let link = Link::Veth {
+                    pid,
+                    iface: "eth0".into(),
+                };
+                let joined = self.join(id, network, link, names, hosts);
+                (answer(joined.map(|(ip, _)| Some(ip))), None)
+            }
             Request::AttachTap {
                 network,
                 names,
                 hosts,
             } => match self.join(id, network, Link::Tap, names, hosts) {
-                Ok((ip, tap)) => (
-                    Reply {
-                        ok: true,
-                        ip: Some(ip),
-                        ..Reply::default()
-                    },
-                    tap,
-                ),
-                Err(e) => (failed(e), None),
+                Ok((ip, tap)) => (answer(Ok(Some(ip))), tap),
+                Err(e) => (answer(Err(e)), None),
             },
+            Request::Connect {
+                network,
+                pid,
+                names,
+                hosts,
+            } => (
+                answer(self.connect(network, pid, names, hosts).map(Some)),
+                None,
+            ),
+            Request::Disconnect { network_id, pid } => (
+                answer(self.disconnect(&network_id, pid).map(|()| None)),
+                None,
+            ),
         }
+    }
+
+    /// Joins the running container `pid` (any process in its network namespace) to one more
+    /// network, through the next free `ethN`; the member goes with the connection that
+    /// brought the container here.
+    fn connect(
+        &mut self,
+        network: NetworkConfig,
+        pid: i32,
+        names: Vec<String>,
+        hosts: PathBuf,
+    ) -> Result<Ipv4Addr, NetError> {
+        let ns = netns_of(pid);
+        let mine: Vec<&Member> = self
+            .members
+            .values()
+            .filter(|m| ns.is_some() && m.netns == ns)
+            .collect();
+        let owner = mine.first().map(|m| m.owner).ok_or_else(|| {
+            daemon_err("the container is on none of berth's user-defined networks")
+        })?;
+        if mine.iter().any(|m| m.network.id == network.id) {
+            return Err(daemon_err(format!(
+                "the container is on network {} already",
+                network.name
+            )));
+        }
+        let iface = (1..)
+            .map(|n| format!("eth{n}"))
+            .find(|i| !mine.iter().any(|m| &m.iface == i))
+            .unwrap_or_default();
+        let (ip, _) = self.join(owner, network, Link::Veth { pid, iface }, names, hosts)?;
+        Ok(ip)
+    }
+
+    fn disconnect(&mut self, network_id: &str, pid: i32) -> Result<(), NetError> {
+        let ns = netns_of(pid);
+        let key = self
+            .members
+            .iter()
+            .find(|(_, m)| ns.is_some() && m.netns == ns && m.network.id == network_id)
+            .map(|(k, _)| *k)
+            .ok_or_else(|| daemon_err("the container is not on that network"))?;
+        self.drop_member(key);
+        Ok(())
     }
 
     fn ensure_bridge(&mut self, n: &NetworkConfig) -> Result<(), NetError> {
@@ -837,7 +975,8 @@ impl Inner {
         names: Vec<String>,
         hosts: PathBuf,
     ) -> Result<(Ipv4Addr, Option<OwnedFd>), NetError> {
-        if self.members.contains_key(&id) {
+        let first = !self.members.values().any(|m| m.owner == id);
+        if !first && !matches!(link, Link::Veth { .. }) {
             return Err(daemon_err("this connection is on a network already"));
         }
         self.ensure_bridge(&network)?;
@@ -858,13 +997,15 @@ impl Inner {
                 ))
             })?;
         let br = network.bridge();
-        let (name, tap) = match link {
-            Link::Veth { pid } => {
-                let veth = format!("vth{:x}{id:x}", std::process::id() & 0xffff);
+        let key = self.next;
+        self.next += 1;
+        let (name, tap, netns, iface) = match link {
+            Link::Veth { pid, iface } => {
+                let veth = format!("vth{:x}{key:x}", std::process::id() & 0xffff);
                 ip_batch(
                     &[
                         format!(
-                            "link add {veth} mtu {MTU} type veth peer name eth0 address {} mtu {MTU} netns {pid}",
+                            "link add {veth} mtu {MTU} type veth peer name {iface} address {} mtu {MTU} netns {pid}",
                             super::mac_for(ip)
                         ),
                         format!("link set {veth} master {br} up"),
@@ -876,23 +1017,24 @@ impl Inner {
                     .map(OwnedFd::from)
                     .map_err(super::io("opening", &ns_path))
                     .and_then(|ns| {
-                        ip_batch(
-                            &[
-                                format!("addr add {ip}/{} dev eth0", network.prefix),
-                                "link set eth0 up".to_string(),
-                                format!("route add default via {}", network.gateway),
-                            ],
-                            Some(&ns),
-                        )
+                        let mut commands = vec![
+                            format!("addr add {ip}/{} dev {iface}", network.prefix),
+                            format!("link set {iface} up"),
+                        ];
+                        // The first network has the default route; a further one its subnet.
+                        if iface == "eth0" {
+                            commands.push(format!("route add default via {}", network.gateway));
+                        }
+                        ip_batch(&commands, Some(&ns))
                     });
                 if let Err(e) = configured {
                     let _ = ip_batch(&[format!("link del {veth}")], None);
                     return Err(e);
                 }
-                (veth, None)
+                (veth, None, netns_of(pid), iface)
             }
             Link::Tap => {
-                let name = format!("btp{:x}{id:x}", std::process::id() & 0xffff);
+                let name = format!("btp{:x}{key:x}", std::process::id() & 0xffff);
                 let tap = create_tap(&name)?;
                 // The tap keeps the bridge's MTU, the one the VM's NIC offers its guest
                 // (virtio-net's MTU), so frames cross the bridge whole either way.
@@ -902,50 +1044,78 @@ impl Inner {
                     drop(tap);
                     return Err(e);
                 }
-                (name, Some(tap))
+                (name, Some(tap), None, String::new())
             }
         };
         self.members.insert(
-            id,
+            key,
             Member {
-                network: network.clone(),
+                owner: id,
+                netns,
+                network,
                 ip,
                 names,
                 hosts,
                 link: name,
+                iface,
             },
         );
-        self.refresh_hosts(&network.id);
+        self.refresh_hosts();
         Ok((ip, tap))
     }
 
+    /// Connection `id` closed: its container leaves every network it was on.
     fn leave(&mut self, id: u64) {
-        if let Some(m) = self.members.remove(&id) {
-            // Gone with the container's namespace already, unless the container outlived us.
-            let _ = ip_batch(&[format!("link del {}", m.link)], None);
-            self.refresh_hosts(&m.network.id);
+        let keys: Vec<u64> = self
+            .members
+            .iter()
+            .filter(|(_, m)| m.owner == id)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in keys {
+            self.drop_member(k);
         }
     }
 
-    /// Rewrites the /etc/hosts of every container on the network.
-    fn refresh_hosts(&self, network_id: &str) {
-        let on: Vec<&Member> = self
-            .members
-            .values()
-            .filter(|m| m.network.id == network_id)
-            .collect();
-        for m in &on {
+    fn drop_member(&mut self, key: u64) {
+        if let Some(m) = self.members.remove(&key) {
+            // Gone with the container's namespace already, unless the container outlived us.
+            let _ = ip_batch(&[format!("link del {}", m.link)], None);
+            self.refresh_hosts();
+        }
+    }
+
+    /// Rewrites the /etc/hosts of every container: its own address (on its first network)
+    /// and names, and the containers on each network it is on.
+    fn refresh_hosts(&self) {
+        let mut files: Vec<&PathBuf> = self.members.values().map(|m| &m.hosts).collect();
+        files.sort();
+        files.dedup();
+        for file in files {
+            let mut mine: Vec<(&u64, &Member)> = self
+                .members
+                .iter()
+                .filter(|(_, m)| &m.hosts == file)
+                .collect();
+            mine.sort_by_key(|(k, _)| **k);
+            let Some((_, first)) = mine.first() else {
+                continue;
+            };
+            let mut peers: Vec<(IpAddr, Vec<String>)> = vec![];
+            for (_, m) in &mine {
+                for p in self.members.values() {
+                    if p.network.id == m.network.id && &p.hosts != file {
+                        peers.push((IpAddr::V4(p.ip), p.names.clone()));
+                    }
+                }
+            }
             let view = EtcView {
-                own: Some((IpAddr::V4(m.ip), m.names.clone())),
+                own: Some((IpAddr::V4(first.ip), first.names.clone())),
                 gateway: Some(IpAddr::V4(slirp4netns::GATEWAY)),
-                peers: on
-                    .iter()
-                    .filter(|p| p.ip != m.ip)
-                    .map(|p| (IpAddr::V4(p.ip), p.names.clone()))
-                    .collect(),
+                peers,
                 nameserver: None,
             };
-            let _ = hosts::rewrite_in_place(&m.hosts, &hosts::render_hosts(&view));
+            let _ = hosts::rewrite_in_place(file, &hosts::render_hosts(&view));
         }
     }
 }

@@ -34,6 +34,9 @@ pub struct NetworkConfig {
     /// The bridge's address, the containers' default route.
     pub gateway: Ipv4Addr,
     pub created: u64,
+    /// `--label` (Docker's `Labels`).
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 impl NetworkConfig {
@@ -135,6 +138,7 @@ impl NetworkStore {
         &self,
         name: &str,
         subnet: Option<(Ipv4Addr, u8)>,
+        labels: std::collections::BTreeMap<String, String>,
     ) -> Result<NetworkConfig, NetError> {
         if !valid_name(name) {
             return Err(NetError::Store(format!(
@@ -194,6 +198,7 @@ impl NetworkStore {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs())
                 .unwrap_or(0),
+            labels,
         };
         let path = self.path(name);
         let tmp = path.with_extension("json.tmp");
@@ -243,18 +248,26 @@ mod tests {
     fn networks_get_distinct_subnets() {
         let tmp = tempfile::tempdir().unwrap();
         let store = NetworkStore::new(&dirs(tmp.path()));
-        let a = store.create("front", None).unwrap();
-        let b = store.create("back", None).unwrap();
+        let a = store.create("front", None, Default::default()).unwrap();
+        let b = store.create("back", None, Default::default()).unwrap();
         assert_eq!(a.cidr(), "10.89.1.0/24");
         assert_eq!(b.cidr(), "10.89.2.0/24");
         assert_eq!(b.gateway, Ipv4Addr::new(10, 89, 2, 1));
-        assert!(store.create("front", None).is_err());
-        assert!(store.create("host", None).is_err());
+        assert!(store.create("front", None, Default::default()).is_err());
+        assert!(store.create("host", None, Default::default()).is_err());
         assert!(store
-            .create("over", Some(parse_subnet("10.89.1.128/25").unwrap()))
+            .create(
+                "over",
+                Some(parse_subnet("10.89.1.128/25").unwrap()),
+                Default::default()
+            )
             .is_err());
         let c = store
-            .create("mine", Some(parse_subnet("10.90.0.7/24").unwrap()))
+            .create(
+                "mine",
+                Some(parse_subnet("10.90.0.7/24").unwrap()),
+                Default::default(),
+            )
             .unwrap();
         assert_eq!(c.cidr(), "10.90.0.0/24");
         assert_eq!(store.get("back").unwrap().id, b.id);
@@ -274,6 +287,7 @@ mod tests {
             prefix,
             gateway: Ipv4Addr::new(10, 90, 0, 1),
             created: 0,
+            labels: Default::default(),
         };
         assert_eq!(n.host(2), Some(Ipv4Addr::new(10, 90, 0, 2)));
         assert_eq!(n.host(14), Some(Ipv4Addr::new(10, 90, 0, 14)));

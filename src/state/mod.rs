@@ -153,6 +153,9 @@ pub struct ContainerRecord {
     /// connected): `inspect` shows them while it runs.
     #[serde(default)]
     pub endpoint: Option<crate::net::Endpoint>,
+    /// Further user-defined networks a run joined (`network connect`): they go with that run.
+    #[serde(default)]
+    pub connected: Vec<crate::net::Connected>,
     /// The container's first process, as the host sees it, while it runs.
     #[serde(default)]
     pub pid: Option<i32>,

@@ -35,6 +35,8 @@ pub enum VolumeError {
     NotFound(String),
     #[error("invalid volume name {0:?}: use letters, digits, '_', '.' and '-' (starting with a letter or digit)")]
     BadName(String),
+    #[error("volume {name} is in use by container {users}: remove the container first (`berth rm {users}`), then the volume")]
+    InUse { name: String, users: String },
     #[error(transparent)]
     State(#[from] StateError),
 }

@@ -1033,3 +1033,36 @@ pub fn status_field(status: &str, key: &str) -> Option<String> {
         .find(|l| l.starts_with(&format!("{key}:")))
         .map(|l| l[key.len() + 1..].trim().to_string())
 }
+
+/// A TCP port nobody listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Sends `msg` over TCP to `addr` until an answer comes back (the server in the container may
+/// not listen yet), and returns the answer.
+pub fn tcp_ask(addr: std::net::SocketAddr, msg: &str, within: Duration) -> String {
+    let deadline = Instant::now() + within;
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        match std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
+            Ok(mut s) => {
+                let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+                let _ = s.write_all(msg.as_bytes());
+                let _ = s.shutdown(std::net::Shutdown::Write);
+                let mut reply = String::new();
+                let _ = s.read_to_string(&mut reply);
+                if !reply.is_empty() {
+                    return reply;
+                }
+                last = "connection closed without an answer".into();
+            }
+            Err(e) => last = e.to_string(),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("no answer from {addr} within {within:?}: {last}");
+}
