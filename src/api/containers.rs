@@ -507,7 +507,8 @@ async fn wait_for(d: &State, rec: ContainerRecord, condition: &str) -> Result<i3
             let id2 = id.clone();
             match blocking(move || d2.engine.container(&id2)).await {
                 Err(_) => break,
-                Ok(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                // The monitor removes a --rm container moments after its end.
+                Ok(_) => tokio::time::sleep(Duration::from_millis(5)).await,
             }
         }
     }
