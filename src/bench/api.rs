@@ -191,10 +191,17 @@ pub fn run(env: &BenchEnv, opts: &ApiOptions) -> Result<Report, BenchError> {
     };
     let (api_row, concurrent_row) = match &berth_svc {
         Ok(svc) => {
+            // Idle: after one request (the first one maps what serving needs), nothing running.
+            let _ = svc
+                .docker(&["version"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+            std::thread::sleep(Duration::from_millis(300));
+            let idle = svc.memory();
             let timed = measure_runs(env, opts.warmups, opts.runs, "docker -> berth", |_| {
                 svc.docker(&run_args)
             });
-            let mem = svc.memory();
             let many = concurrent(
                 svc,
                 image,
@@ -202,7 +209,7 @@ pub fn run(env: &BenchEnv, opts: &ApiOptions) -> Result<Report, BenchError> {
                 opts.runs.min(3),
                 "berth API, concurrent",
             );
-            (timed.map(|m| (m, mem)), many)
+            (timed.map(|m| (m, idle)), many)
         }
         Err(why) => (Err(why.clone()), Err(why.clone())),
     };
@@ -212,12 +219,16 @@ pub fn run(env: &BenchEnv, opts: &ApiOptions) -> Result<Report, BenchError> {
         true,
         "docker",
         &run_args,
-        api_row.map(|(m, _)| m).map_err(|e| e.to_string()),
+        api_row
+            .as_ref()
+            .map(|(m, _)| m.clone())
+            .map_err(|e| e.to_string()),
     );
-    if let Ok(svc) = &berth_svc {
+    let idle = api_row.ok().and_then(|(_, idle)| idle);
+    if let (Ok(svc), Some((idle_rss, idle_pss))) = (&berth_svc, idle) {
         if let Some((rss, pss)) = svc.memory() {
             r.note = Some(format!(
-                "the service after the runs: RSS {rss:.1} MiB, PSS {pss:.1} MiB"
+                "the service idle: RSS {idle_rss:.1} MiB, PSS {idle_pss:.1} MiB; after the runs: RSS {rss:.1} MiB, PSS {pss:.1} MiB"
             ));
         }
     }
